@@ -1,0 +1,118 @@
+"""`make bench`: time synth and each pipeline stage at a chosen size; report peak memory.
+
+Each stage runs as its own `wobble` process, so its peak resident memory is its own
+(os.wait4's rusage). Results print as a table and are kept in data/bench/<persons>/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], env: dict) -> tuple[float, float, dict]:
+    """(seconds, peak RSS in GB, parsed --json output) for one command, run as its own process."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        # Reap the child ourselves: wait4 returns that child's own resource usage.
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if p.returncode != 0:
+        sys.stderr.write(stderr[-3000:])
+        raise SystemExit(f"bench: {' '.join(cmd[2:4])} failed with exit code {p.returncode}")
+    try:
+        data = json.loads(stdout) if stdout.strip() else {}
+    except json.JSONDecodeError:
+        data = {}
+    return seconds, usage.ru_maxrss / 1024 / 1024, data  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--persons", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--stages", default="synth,ingest,features1,features13,train,approve,publish")
+    args = ap.parse_args()
+    stages = args.stages.split(",")
+    work = ROOT / "data" / "bench" / str(args.persons)
+    work.mkdir(parents=True, exist_ok=True)
+    py = [sys.executable, "-m", "wobble"]
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    key_file = work / ".wobble_key"
+    if not key_file.exists():
+        key_file.write_text(os.urandom(24).hex())
+    env["WOBBLE_PSEUDONYM_KEY"] = key_file.read_text().strip()
+    cfg = work / "wobble.toml"
+    results = []
+
+    def record(stage, seconds, peak, rows=None, note=""):
+        results.append({"stage": stage, "seconds": round(seconds, 1), "peak_gb": round(peak, 2),
+                        "rows": rows, "rows_per_second": round(rows / seconds) if rows else None,
+                        "note": note})
+        line = f"{stage:12s} {seconds:8.1f} s  {peak:6.2f} GB"
+        if rows:
+            line += f"  {rows:,} rows  {rows / seconds:,.0f} rows/s"
+        print(line + (f"  {note}" if note else ""), flush=True)
+
+    if "synth" in stages:
+        s, m, d = run(py + ["synth", "--persons", str(args.persons), "--seed", str(args.seed),
+                            "--out", str(work / "world"), "--json"], env)
+        st = d.get("stages", {}).get("synth", {})
+        record("synth", s, m, st.get("contacts"), f"{st.get('persons', 0):,} people")
+    from wobble.synth import WORLD_START, WORLD_WEEKS, demo_config
+
+    cfg.write_text(demo_config("world", seed=args.seed))
+    end = WORLD_START + timedelta(weeks=WORLD_WEEKS)
+    if "ingest" in stages:
+        wh = work / "warehouse.duckdb"
+        if wh.exists():
+            wh.unlink()
+        s, m, d = run(py + ["ingest", "--config", str(cfg), "--json"], env)
+        st = d.get("stages", {}).get("ingest", {})
+        record("ingest", s, m, st.get("rows_in"), f"loaded {st.get('rows_loaded', 0):,}")
+    if "features1" in stages:
+        s, m, d = run(py + ["features", "--as-of", end.isoformat(), "--config", str(cfg), "--json"], env)
+        record("features x1", s, m, d.get("stages", {}).get("features", {}).get("rows"))
+    if "features13" in stages:
+        dates = [(end - timedelta(weeks=k)).isoformat() for k in range(13)]
+        cmd = py + ["features", "--config", str(cfg), "--json"]
+        for x in dates:
+            cmd += ["--as-of", x]
+        s, m, d = run(cmd, env)
+        record("features x13", s, m, d.get("stages", {}).get("features", {}).get("rows"))
+    version = None
+    if "train" in stages:
+        s, m, d = run(py + ["train", "--config", str(cfg), "--json"], env)
+        tr = d.get("stages", {}).get("train", {})
+        version = tr.get("model_version")
+        record("train", s, m, tr.get("rows_train"), f"AUROC {tr.get('metrics', {}).get('auroc')}")
+    if "approve" in stages and version:
+        s, m, _ = run(py + ["approve", "--model", "crisis_90d", "--version", version, "--by", "bench",
+                            "--demo", "--config", str(cfg)], env)
+        record("approve", s, m)
+    if "publish" in stages:
+        s, m, d = run(py + ["publish", "--config", str(cfg), "--as-of", end.isoformat(), "--json"], env)
+        lists = d.get("stages", {}).get("publish", {}).get("lists", [])
+        record("publish", s, m, None, f"{len(lists)} team lists")
+    out = work / "bench.json"
+    out.write_text(json.dumps({"persons": args.persons, "date": date.today().isoformat(),
+                               "cpus": os.cpu_count(), "results": results}, indent=2))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from wobble.cli import main
+
+main()

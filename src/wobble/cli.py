@@ -1,0 +1,341 @@
+"""The `wobble` command line: one command per stage, `wobble run` for the weekly path, `wobble demo`.
+
+Progress and messages go to stderr; `--json` prints the run summary on stdout. Input and
+configuration problems print one line and exit non-zero; heavy libraries are imported inside
+the commands that need them, so `wobble --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from wobble.errors import WobbleError
+
+app = typer.Typer(
+    name="wobble",
+    help="Early warning for health and social care: short, explained lists for MDT discussion.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+features_app = typer.Typer(help="Build feature snapshots, or list the feature catalogue.")
+app.add_typer(features_app, name="features")
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to wobble.toml.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")]
+
+
+def _date(value: str) -> date:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise WobbleError(f"{value!r} is not a date; write YYYY-MM-DD") from None
+
+
+def friendly(fn):
+    """Turn WobbleError into one line on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except WobbleError as exc:
+            err.print(f"[bold red]wobble:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("wobble: interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _finish(summary, outputs_dir: Path, as_json: bool, lines: list[str]) -> None:
+    path = summary.write(outputs_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(summary.data, indent=2, default=str) + "\n")
+    for line in lines:
+        err.print(line, highlight=False, soft_wrap=True)
+    err.print(f"run summary: {path}", highlight=False, soft_wrap=True)
+
+
+class _Progress:
+    """A Rich progress display with one line per stage message."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 TimeElapsedColumn(), console=err, transient=False)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.update(self.task, description="done", completed=1, total=1)
+        return self.progress.__exit__(*exc)
+
+    def say(self, message: str) -> None:
+        self.progress.update(self.task, description=message, total=None)
+
+    def chunks(self, done: int, total: int) -> None:
+        self.progress.update(self.task, description="synthetic world", completed=done, total=total)
+
+
+def _load(config: Path):
+    from wobble.config import load_config, pseudonym_key
+
+    cfg = load_config(config)
+    return cfg, pseudonym_key
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def synth(
+    persons: Annotated[int, typer.Option(help="How many people.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same world.")] = 7,
+    out: Annotated[Path, typer.Option(help="Folder to write the world into.")] = Path("data/world"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a synthetic population's source extracts (and its hidden truth) to OUT."""
+    from wobble.runs import RunSummary
+    from wobble.synth import synth as run_synth
+
+    summary = RunSummary("synth")
+    with _Progress() as p, summary.stage("synth") as s:
+        s.update(run_synth(persons=persons, seed=seed, out=out, progress=p.chunks).to_dict())
+    st = summary.data["stages"]["synth"]
+    _finish(summary, out, as_json, [
+        f"{st['persons']:,} people, {st['contacts']:,} contacts, {st['tags']:,} tags, "
+        f"{st['crises']:,} crises in {st['seconds']} s",
+        f"extracts: {out / 'raw'}   truth (for grading only): {out / 'truth'}",
+    ])
+
+
+@app.command()
+@friendly
+def ingest(config: ConfigOpt = Path("wobble.toml"), as_json: JsonOpt = False,
+           wait: Annotated[float, typer.Option(help="Seconds to wait for a busy warehouse.")] = 0.0) -> None:
+    """Load the sources named in wobble.toml into the warehouse (quarantining bad rows)."""
+    from wobble.ingest import ingest as run_ingest
+    from wobble.runs import RunSummary
+
+    cfg, key_of = _load(config)
+    key = key_of(cfg)
+    summary = RunSummary("ingest")
+    with _Progress() as p, summary.stage("ingest") as s:
+        result = run_ingest(cfg, key=key, progress=p.say, wait_seconds=wait)
+        s.update(result.summary())
+    summary.output("warehouse", cfg.warehouse)
+    st = summary.data["stages"]["ingest"]
+    lines = [f"rows in {st['rows_in']:,} = loaded {st['rows_loaded']:,} + quarantined "
+             f"{st['rows_quarantined']:,} + duplicate {st['rows_duplicate']:,}",
+             f"warehouse: {cfg.warehouse}"]
+    lines += [f"[red]failed:[/] {e}" for e in st["errors"]]
+    _finish(summary, cfg.outputs, as_json, lines)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@features_app.callback(invoke_without_command=True)
+@friendly
+def features(
+    ctx: typer.Context,
+    as_of: Annotated[
+        list[str] | None, typer.Option("--as-of", help="As-of date (a Monday); repeat for several.")
+    ] = None,
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Build feature snapshots at one or more as-of dates."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from wobble.features import build_features
+    from wobble.runs import RunSummary
+
+    if not as_of:
+        raise WobbleError("give at least one --as-of YYYY-MM-DD (a Monday)")
+    dates = [_date(a) for a in as_of]
+    bad = [d for d in dates if d.weekday() != 0]
+    if bad:
+        raise WobbleError(f"{bad[0]} is not a Monday; as-of dates are Mondays")
+    cfg, _ = _load(config)
+    summary = RunSummary("features")
+    with _Progress() as p, summary.stage("features") as s:
+        p.say("features")
+        s.update(build_features(cfg, dates).summary())
+    st = summary.data["stages"]["features"]
+    _finish(summary, cfg.outputs, as_json,
+            [f"{st['rows']:,} snapshot rows × {st['features']} features in {st['seconds']} s"])
+
+
+@features_app.command("list")
+@friendly
+def features_list(as_json: JsonOpt = False) -> None:
+    """Print the feature catalogue: name, family and the sentence a huddle reads."""
+    from rich.table import Table
+
+    from wobble.config import project_dir
+    from wobble.features import load_catalogue
+
+    cat = load_catalogue(project_dir() / "features")
+    if as_json:
+        sys.stdout.write(json.dumps([
+            {"name": f.column, "family": f.family, "description": f.description, "unit": f.unit,
+             "predictor": f.predictor} for f in cat.features], indent=2) + "\n")
+        return
+    table = Table(title=f"{len(cat.features)} features")
+    for col in ("name", "family", "description"):
+        table.add_column(col)
+    for f in cat.features:
+        table.add_row(f.column, f.family, f.description + ("" if f.predictor else " (not a predictor)"))
+    Console().print(table)
+
+
+@app.command()
+@friendly
+def train(
+    model: Annotated[str, typer.Option(help="Model spec name under models/.")] = "crisis_90d",
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Train, evaluate and register a model; write its model card."""
+    from wobble.pipeline import stage_train
+    from wobble.runs import RunSummary
+
+    cfg, key_of = _load(config)
+    key = key_of(cfg)
+    summary = RunSummary("train")
+    with _Progress() as p:
+        result = stage_train(cfg, model, key, summary, p.say)
+    m = result.metrics
+    _finish(summary, cfg.outputs, as_json, [
+        f"{model} version {result.model_version}: AUROC {m['auroc']:.3f} "
+        f"(baseline {m['baseline_auroc']:.3f}"
+        + (f", oracle {m['oracle_auroc']:.3f}" if "oracle_auroc" in m else "") + ")",
+        f"model card: {result.card_md}",
+        f"approve it with: wobble approve --model {model} --version {result.model_version} "
+        "--by \"NAME\" --note \"...\"",
+    ])
+
+
+@app.command()
+@friendly
+def approve(
+    model: Annotated[str, typer.Option(help="Model name.")],
+    version: Annotated[str, typer.Option(help="Model version to approve.")],
+    by: Annotated[str, typer.Option(help="Who approves (full name and role).")],
+    note: Annotated[str, typer.Option(help="What was reviewed, and any conditions.")] = "",
+    demo: Annotated[bool, typer.Option(help="Mark as a demo approval (synthetic data only).")] = False,
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve a model version for publication and make it the champion."""
+    from wobble.pipeline import stage_approve
+    from wobble.runs import RunSummary
+
+    cfg, _ = _load(config)
+    summary = RunSummary("approve")
+    st = stage_approve(cfg, model, version, by, note, demo, summary)
+    _finish(summary, cfg.outputs, as_json,
+            [f"{model} version {version} approved by {st['approved_by']} at {st['approved_at']}; "
+             "it is now the champion"])
+
+
+@app.command()
+@friendly
+def publish(
+    model: Annotated[str | None, typer.Option(help="Model name (default: the config's first).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version (default: the champion).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="As-of date (default: latest data).")] = None,
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Score, explain and publish each team's list from an approved model."""
+    from wobble.pipeline import as_of_for, stage_publish
+    from wobble.runs import RunSummary
+
+    cfg, _ = _load(config)
+    summary = RunSummary("publish")
+    d = as_of_for(cfg, _date(as_of) if as_of else None)
+    with _Progress() as p:
+        st = stage_publish(cfg, model or cfg.wobble.models[0], version, d, summary, p.say)
+    _finish(summary, cfg.outputs, as_json, _list_lines(st))
+
+
+def _list_lines(st: dict) -> list[str]:
+    lines = [f"{len(st['lists'])} team lists at {st['as_of']}" + (" (DEMO)" if st.get("demo") else "")]
+    lines += [f"  {t['team']}: {t['rows']} people  {t['html']}" for t in st["lists"][:10]]
+    if len(st["lists"]) > 10:
+        lines.append(f"  … and {len(st['lists']) - 10} more in {Path(st['lists'][0]['html']).parent}")
+    return lines
+
+
+@app.command()
+@friendly
+def run(
+    as_of: Annotated[str | None, typer.Option("--as-of", help="As-of date (default: latest data).")] = None,
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """The weekly path: ingest → features → score → publish from the champion model."""
+    from wobble.pipeline import run_weekly
+    from wobble.runs import RunSummary
+
+    cfg, key_of = _load(config)
+    key = key_of(cfg)
+    summary = RunSummary("run")
+    with _Progress() as p:
+        run_weekly(cfg, key, summary, p.say, as_of=_date(as_of) if as_of else None)
+    _finish(summary, cfg.outputs, as_json, _list_lines(summary.data["stages"]["publish"]))
+
+
+@app.command()
+@friendly
+def demo(
+    persons: Annotated[int, typer.Option(help="How many synthetic people.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    workdir: Annotated[Path, typer.Option(help="Folder for the world, warehouse and outputs.")] = Path("data/demo"),
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole pipeline on a synthetic population: synth → … → publish (marked as demo)."""
+    from wobble.pipeline import run_demo
+    from wobble.runs import RunSummary
+
+    summary = RunSummary("demo")
+    with _Progress() as p:
+        cfg = run_demo(workdir, persons, seed, summary, p.say, p.chunks)
+    tr = summary.data["stages"]["train"]
+    m = tr["metrics"]
+    lines = [
+        f"synthetic world: {workdir / 'world'}",
+        f"warehouse: {cfg.warehouse}",
+        f"MLflow store: {cfg.mlflow_dir} (mlflow ui --backend-store-uri sqlite:///{cfg.mlflow_dir / 'mlflow.db'})",
+        f"model {tr['model_name']} v{tr['model_version']}: AUROC {m['auroc']} (baseline {m['baseline_auroc']}"
+        + (f", oracle {m['oracle_auroc']}" if "oracle_auroc" in m else "") + ")",
+        f"model card: {summary.data['outputs']['model_card']}",
+        *_list_lines(summary.data["stages"]["publish"]),
+    ]
+    _finish(summary, cfg.outputs, as_json, lines)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

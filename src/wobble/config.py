@@ -1,0 +1,206 @@
+"""`wobble.toml`: one file that says where data lives, which sources to read and which teams exist.
+
+Paths in the file are relative to the file's own folder. Unknown keys are errors, and every
+error names the block and key that is wrong, e.g. ``sources.gp_appointments.columns.occurred_at``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from wobble.errors import ConfigError
+
+DEFAULT_CONFIG = "wobble.toml"
+
+# Contract fields each kind of source may map, and those it must map.
+SOURCE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "persons": (
+        (
+            "nhs_number", "birth_year", "birth_date", "sex", "ethnicity_group", "imd_decile",
+            "lsoa", "practice_id", "team_id", "opted_out", "died_on", "registered_on",
+        ),
+        ("nhs_number", "sex"),
+    ),
+    "contacts": (
+        (
+            "nhs_number", "record_id", "occurred_at", "recorded_at", "service", "status",
+            "mode", "professional",
+        ),
+        ("nhs_number", "record_id", "occurred_at", "service"),
+    ),
+    "tags": (
+        ("nhs_number", "record_id", "recorded_at", "tag", "author_role"),
+        ("nhs_number", "record_id", "recorded_at", "tag"),
+    ),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Strict):
+    warehouse: Path = Path("data/warehouse.duckdb")
+    mlflow: Path = Path("data/mlflow")
+    outputs: Path = Path("data/outputs")
+    truth: Path | None = None
+
+
+class Source(_Strict):
+    """One extract: a file (or glob of files) from one system, mapped to one contract table."""
+
+    kind: Literal["csv", "parquet"]
+    table: Literal["persons", "contacts", "tags"]
+    system: str
+    path: str
+    delimiter: str = ","
+    encoding: Literal["utf-8", "latin-1"] = "utf-8"
+    timestamp_format: str | None = None
+    date_format: str | None = None
+    timezone: str = "Europe/London"
+    columns: dict[str, str]
+    values: dict[str, dict[str, str]] = Field(default_factory=dict)
+    defaults: dict[str, str] = Field(default_factory=dict)
+
+    def check(self, name: str) -> None:
+        allowed, required = SOURCE_FIELDS[self.table]
+        for field in list(self.columns) + list(self.values) + list(self.defaults):
+            if field not in allowed:
+                raise ConfigError(
+                    f"sources.{name}: '{field}' is not a field of the {self.table} contract "
+                    f"(expected one of: {', '.join(allowed)})"
+                )
+        for field in required:
+            if field not in self.columns and field not in self.defaults:
+                raise ConfigError(f"sources.{name}.columns: missing required field '{field}'")
+
+
+class Lookups(_Strict):
+    lsoa_imd: str | None = None
+    practice_team: str | None = None
+
+
+class Teams(_Strict):
+    default_capacity: int = Field(default=25, ge=1, le=500)
+    capacity: dict[str, int] = Field(default_factory=dict)
+
+    def capacity_for(self, team_id: str) -> int:
+        return self.capacity.get(team_id, self.default_capacity)
+
+
+class Settings(_Strict):
+    name: str = "wobble"
+    pseudonym_key_env: str = "WOBBLE_PSEUDONYM_KEY"
+    small_number_threshold: int = Field(default=7, ge=1)
+    seed: int = 7
+    as_of: date | None = None
+    demo: bool = False
+    models: list[str] = Field(default_factory=lambda: ["crisis_90d"])
+
+    @field_validator("as_of")
+    @classmethod
+    def _monday(cls, v: date | None) -> date | None:
+        if v is not None and v.weekday() != 0:
+            raise ValueError(f"{v} is not a Monday; as-of dates are Mondays")
+        return v
+
+
+class Config(_Strict):
+    """The parsed `wobble.toml`, with paths made absolute against `root`."""
+
+    root: Path
+    wobble: Settings = Settings()
+    paths: Paths = Paths()
+    sources: dict[str, Source] = Field(default_factory=dict)
+    lookups: Lookups = Lookups()
+    teams: Teams = Teams()
+
+    def path(self, p: Path | str) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def warehouse(self) -> Path:
+        return self.path(self.paths.warehouse)
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.path(self.paths.mlflow)
+
+    @property
+    def outputs(self) -> Path:
+        return self.path(self.paths.outputs)
+
+    @property
+    def truth(self) -> Path | None:
+        return self.path(self.paths.truth) if self.paths.truth else None
+
+    @property
+    def features_dir(self) -> Path:
+        return project_dir() / "features"
+
+    @property
+    def models_dir(self) -> Path:
+        return project_dir() / "models"
+
+
+def project_dir() -> Path:
+    """The folder holding `features/` and `models/`: WOBBLE_HOME, else the source checkout."""
+    env = os.environ.get("WOBBLE_HOME")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2]
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"])
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG) -> Config:
+    """Read and validate `wobble.toml`; raise ConfigError naming the block and key at fault."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"no config file at {path}: pass --config, or run `wobble demo` to create one"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    return parse_config(raw, root=path.resolve().parent)
+
+
+def parse_config(raw: dict[str, Any], *, root: Path) -> Config:
+    """Validate a config mapping (as read from TOML) against the schema."""
+    try:
+        cfg = Config(root=root, **raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _loc(first)
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(f"config {where}: {msg}") from None
+    for name, source in cfg.sources.items():
+        source.check(name)
+    return cfg
+
+
+def pseudonym_key(cfg: Config) -> bytes:
+    """The HMAC key from the environment; refuses to go on without one."""
+    var = cfg.wobble.pseudonym_key_env
+    key = os.environ.get(var, "")
+    if len(key) < 16:
+        raise ConfigError(
+            f"environment variable {var} must hold the pseudonymisation key (at least 16 "
+            "characters); it is not set or too short. Ask your data controller for the key."
+        )
+    return key.encode("utf-8")

@@ -1,0 +1,27 @@
+"""Errors a data analyst can act on.
+
+A `WobbleError` is caught once, in the CLI, and printed as one line with a non-zero exit
+code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class WobbleError(Exception):
+    """A problem with input or configuration, explained in one line."""
+
+    exit_code = 2
+
+
+class ConfigError(WobbleError):
+    """The configuration file or a spec is wrong; the message names the block and key."""
+
+
+class WarehouseBusy(WobbleError):
+    """Another process holds the warehouse for writing."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+class NotApproved(WobbleError):
+    """A list was requested from a model version nobody has approved."""

@@ -1,0 +1,155 @@
+"""Model specs: one YAML per model under `models/`, validated strictly.
+
+A spec names the target (which services count, over what horizon), the cohort, the as-of
+schedule for training and testing, the estimator, calibration, the baseline's features, team
+capacity and fairness groups. `timesplit` turns the schedule into plain lists of dates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from wobble.errors import ConfigError
+from wobble.vocab import SERVICES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Strict):
+    kind: Literal["crisis", "escalation"] = "crisis"
+    services: list[str]
+    horizon_days: int = Field(ge=7, le=730)
+    min_contacts: int = 4  # escalation only: at least this many contacts in the horizon
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in SERVICES]
+        if unknown:
+            raise ValueError(f"unknown service(s): {', '.join(unknown)}")
+        return v
+
+
+class Cohort(_Strict):
+    min_age: int = 18
+    max_age: int = 120
+
+
+class Schedule(_Strict):
+    train_start: date
+    train_every_weeks: int = Field(default=4, ge=1)
+    test_weeks: int = Field(default=12, ge=1)
+    test_every_weeks: int = Field(default=2, ge=1)
+    test_share_of_people: float = Field(default=0.3, gt=0, lt=1)
+    max_train_dates: int | None = None
+
+    @field_validator("train_start")
+    @classmethod
+    def _monday(cls, v: date) -> date:
+        if v.weekday() != 0:
+            raise ValueError(f"{v} is not a Monday")
+        return v
+
+
+class Estimator(_Strict):
+    kind: Literal["lightgbm"] = "lightgbm"
+    params: dict[str, Any] = Field(default_factory=dict)
+    early_stopping_rounds: int = 30
+    validation_share: float = Field(default=0.2, gt=0, lt=0.5)
+
+
+class Baseline(_Strict):
+    features: list[str]
+
+
+class ModelSpec(_Strict):
+    name: str
+    title: str
+    description: str
+    owner: str = "wobble data team"
+    target: Target
+    cohort: Cohort = Cohort()
+    schedule: Schedule
+    estimator: Estimator = Estimator()
+    calibration: Literal["isotonic", "platt"] = "isotonic"
+    baseline: Baseline
+    features: list[str] | None = None  # default: every predictor in the catalogue
+    capacity_per_team: int = Field(default=20, ge=1)
+    fairness_groups: list[Literal["age_band", "sex", "ethnicity_group", "imd_quintile"]] = Field(
+        default_factory=lambda: ["age_band", "sex", "ethnicity_group", "imd_quintile"]
+    )
+    small_number_threshold: int = 7
+
+
+def load_spec(models_dir: Path, name: str) -> ModelSpec:
+    """Read `models/<name>.yml`; errors name the file and key."""
+    path = Path(models_dir) / f"{name}.yml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in Path(models_dir).glob("*.yml")))
+        raise ConfigError(f"no model spec {path.name} in {models_dir} (known: {known})")
+    try:
+        spec = ModelSpec(**yaml.safe_load(path.read_text(encoding="utf-8")))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{path.name}: {where}: {msg}") from None
+    except (yaml.YAMLError, TypeError) as exc:
+        raise ConfigError(f"{path.name}: not a model spec ({exc})") from None
+    if spec.name != name:
+        raise ConfigError(f"{path.name}: name is {spec.name!r}; it must match the file name")
+    return spec
+
+
+def monday_on_or_before(d: date) -> date:
+    return d - timedelta(days=d.weekday())
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Plain dates: training as-ofs, test as-ofs, and the gap that keeps outcomes apart."""
+
+    train: list[date]
+    test: list[date]
+    last_label_date: date  # the last day any training label looks at
+    data_end: date
+
+    @property
+    def gap_days(self) -> int:
+        return (self.test[0] - self.last_label_date).days
+
+
+def timesplit(schedule: Schedule, horizon_days: int, data_end: date) -> TimeSplit:
+    """Split as-of dates so that no training outcome overlaps the test period.
+
+    e.g. data_end 2026-11-23, horizon 90: last matured as-of = Monday on/before 2026-08-25
+    = 2026-08-24; test = every 2 weeks over 12 weeks back from it (2026-06-01 … 2026-08-24);
+    last training as-of = Monday on/before 2026-06-01 − 90 days = 2026-03-02.
+    """
+    horizon = timedelta(days=horizon_days)
+    last_test = monday_on_or_before(data_end - horizon)
+    n_test = schedule.test_weeks // schedule.test_every_weeks + 1
+    test = sorted(last_test - timedelta(weeks=k * schedule.test_every_weeks) for k in range(n_test))
+    last_train = monday_on_or_before(test[0] - horizon)
+    if last_train < schedule.train_start:
+        raise ConfigError(
+            f"not enough history: training would end {last_train}, before train_start "
+            f"{schedule.train_start}; the data end at {data_end}"
+        )
+    train = []
+    d = last_train
+    while d >= schedule.train_start:
+        train.append(d)
+        d -= timedelta(weeks=schedule.train_every_weeks)
+    train = sorted(train)
+    if schedule.max_train_dates:
+        train = train[-schedule.max_train_dates :]
+    return TimeSplit(train, test, last_train + horizon - timedelta(days=1), data_end)

@@ -1,0 +1,67 @@
+"""MLflow, kept local: a SQLite store and an artifact folder under the configured data folder.
+
+No server is needed; telemetry is off. Everything MLflow-shaped the other stages need goes through
+here: where the store is, which experiment, and how to load a registered model version.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from wobble.config import Config
+
+EXPERIMENT = "wobble"
+
+for _var, _val in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
+                   ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+    os.environ.setdefault(_var, _val)
+
+
+def tracking_uri(cfg: Config) -> str:
+    return f"sqlite:///{(cfg.mlflow_dir / 'mlflow.db').resolve()}"
+
+
+def setup(cfg: Config) -> str:
+    """Point MLflow at the local store; create the experiment if needed; return its id."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    cfg.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_registry_uri(tracking_uri(cfg))
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = (cfg.mlflow_dir / "artifacts").resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+
+
+def client(cfg: Config):
+    """An MlflowClient on the local store."""
+    from mlflow import MlflowClient
+
+    setup(cfg)
+    return MlflowClient(tracking_uri=tracking_uri(cfg), registry_uri=tracking_uri(cfg))
+
+
+def load_version(cfg: Config, name: str, version: str):
+    """(LightGBM Booster, calibrator, feature list, run id) for a registered model version."""
+    import json
+    import pickle
+
+    import mlflow
+    import mlflow.lightgbm
+
+    c = client(cfg)
+    mv = c.get_model_version(name, version)
+    booster = mlflow.lightgbm.load_model(f"models:/{name}/{version}")
+    local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="wobble"))
+    with open(local / "calibrator.pkl", "rb") as f:
+        calibrator = pickle.load(f)
+    features = json.loads((local / "features.json").read_text())
+    return booster, calibrator, features, mv.run_id

@@ -1,0 +1,121 @@
+"""The data contract's vocabularies, in one place.
+
+Every stage imports its codes from here; the README's data-contract section is
+generated from the same lists, so code and documentation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+SERVICES: tuple[str, ...] = (
+    "gp_appointment",
+    "outpatient_attendance",
+    "nhs111_call",
+    "ae_attendance",
+    "ambulance_callout",
+    "emergency_admission",
+    "community_nursing",
+    "social_care_contact",
+    "social_care_assessment",
+    "mental_health_contact",
+    "mental_health_crisis",
+    "housing_contact",
+    "police_welfare_check",
+    "pharmacy_contact",
+    "voluntary_sector_contact",
+)
+
+# The services whose contacts count as a crisis for the default target.
+CRISIS_SERVICES: tuple[str, ...] = (
+    "ae_attendance",
+    "emergency_admission",
+    "ambulance_callout",
+    "mental_health_crisis",
+)
+
+SERVICE_LABELS: dict[str, str] = {
+    "gp_appointment": "GP appointments",
+    "outpatient_attendance": "outpatient appointments",
+    "nhs111_call": "NHS 111 calls",
+    "ae_attendance": "A&E attendances",
+    "ambulance_callout": "ambulance call-outs",
+    "emergency_admission": "emergency admissions",
+    "community_nursing": "community nursing visits",
+    "social_care_contact": "social care contacts",
+    "social_care_assessment": "social care assessments",
+    "mental_health_contact": "mental health contacts",
+    "mental_health_crisis": "mental health crisis contacts",
+    "housing_contact": "housing contacts",
+    "police_welfare_check": "police welfare checks",
+    "pharmacy_contact": "pharmacy contacts",
+    "voluntary_sector_contact": "voluntary sector contacts",
+}
+
+STATUSES: tuple[str, ...] = ("attended", "did_not_attend", "cancelled")
+MODES: tuple[str, ...] = ("face_to_face", "phone", "video", "home_visit")
+
+CONCERN_TAGS: tuple[str, ...] = (
+    "carer_strain",
+    "social_isolation",
+    "housing_insecurity",
+    "financial_hardship",
+    "low_mood",
+    "anxiety",
+    "self_neglect",
+    "fall_or_near_fall",
+    "missed_medication",
+    "cognitive_decline",
+    "bereavement",
+    "substance_use",
+    "food_insecurity",
+    "disengagement",
+)
+STRENGTH_TAGS: tuple[str, ...] = ("support_network", "engaged_with_plan", "improving")
+TAGS: tuple[str, ...] = CONCERN_TAGS + STRENGTH_TAGS
+POLARITIES: tuple[str, ...] = ("concern", "strength")
+
+TAG_LABELS: dict[str, str] = {t: t.replace("_", " ") for t in TAGS}
+TAG_LABELS["fall_or_near_fall"] = "fall or near fall"
+
+AUTHOR_ROLES: tuple[str, ...] = (
+    "gp",
+    "practice_nurse",
+    "district_nurse",
+    "mental_health_practitioner",
+    "social_worker",
+    "care_coordinator",
+    "housing_officer",
+    "link_worker",
+)
+
+SEXES: tuple[str, ...] = ("female", "male")
+ETHNICITY_GROUPS: tuple[str, ...] = ("White", "Mixed", "Asian", "Black", "Other", "Not stated")
+
+SOURCE_SYSTEMS: tuple[str, ...] = ("gp", "acute", "community", "social_care", "housing")
+
+AGE_BANDS: tuple[tuple[int, int, str], ...] = (
+    (0, 17, "0-17"),
+    (18, 39, "18-39"),
+    (40, 64, "40-64"),
+    (65, 79, "65-79"),
+    (80, 200, "80+"),
+)
+
+
+def tag_polarity(tag: str) -> str:
+    """Return 'concern' or 'strength' for a tag in the vocabulary."""
+    if tag in CONCERN_TAGS:
+        return "concern"
+    if tag in STRENGTH_TAGS:
+        return "strength"
+    raise KeyError(f"unknown tag {tag!r}")
+
+
+def sql_list(values: tuple[str, ...] | list[str]) -> str:
+    """Render values as a SQL list literal: ('a', 'b')."""
+    return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+
+
+def age_band_sql(age_expr: str) -> str:
+    """A DuckDB CASE expression mapping an age in years to the contract's age bands."""
+    arms = " ".join(f"WHEN {age_expr} <= {hi} THEN '{label}'" for _lo, hi, label in AGE_BANDS)
+    return f"CASE {arms} END"

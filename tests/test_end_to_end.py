@@ -1,0 +1,116 @@
+"""The whole path at a small size, through the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from html import unescape
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import ROOT, TEST_KEY, run_wobble
+
+
+def test_demo_runs_and_says_where_everything_is(demo_run):
+    work, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    for stage in ("synth", "ingest", "train", "approve", "features", "publish"):
+        assert summary["stages"][stage]["seconds"] >= 0
+    ing = summary["stages"]["ingest"]
+    assert ing["rows_in"] == ing["rows_loaded"] + ing["rows_quarantined"] + ing["rows_duplicate"]
+    tr = summary["stages"]["train"]
+    assert tr["model_name"] == "crisis_90d" and tr["model_version"] == "1"
+    for k in ("auroc", "auprc", "brier", "baseline_auroc", "oracle_auroc"):
+        assert 0 <= tr["metrics"][k] <= 1, k
+    assert tr["metrics"]["auroc"] > 0.7
+    for k in ("warehouse", "mlflow", "model_card"):
+        assert Path(summary["outputs"][k]).exists(), k
+    assert len(summary["lists"]) == 2  # 10,000 people: two teams
+    for item in summary["lists"]:
+        assert item["rows"] == 20
+        assert Path(item["csv"]).exists() and Path(item["html"]).exists()
+    run_files = list((work / "outputs" / "runs").glob("*.json"))
+    assert run_files and json.loads(run_files[0].read_text())["run_id"] == summary["run_id"]
+    assert "model card" in proc.stderr and "T01" in proc.stderr
+
+
+def test_lists_are_framed_for_discussion_and_marked_demo(demo_run):
+    work, proc = demo_run
+    summary = json.loads(proc.stdout)
+    raw = Path(summary["lists"][0]["html"]).read_text()
+    html = unescape(raw)
+    assert "For discussion, not a decision" in html
+    assert "What do we know that the data doesn't?" in html
+    assert "Demonstration only" in html
+    assert "<script" not in raw and "http://" not in raw and "https://" not in raw
+    with open(summary["lists"][0]["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 21))
+    assert all(r["demo"] == "yes" and r["reasons"] for r in rows)
+    risks = [float(r["risk"]) for r in rows]
+    assert risks == sorted(risks, reverse=True)
+    with duckdb.connect(str(work / "warehouse.duckdb"), read_only=True) as con:
+        n, demo = con.sql("SELECT count(*), bool_and(demo) FROM huddle_lists").fetchall()[0]
+    assert n == 40 and demo
+
+
+def test_publishing_again_changes_nothing(demo_run):
+    work, proc = demo_run
+    summary = json.loads(proc.stdout)
+    as_of = summary["stages"]["publish"]["as_of"]
+    html_before = Path(summary["lists"][0]["html"]).read_text()
+    with duckdb.connect(str(work / "warehouse.duckdb"), read_only=True) as con:
+        before = con.sql("SELECT * FROM huddle_lists ORDER BY team_id, rank").fetchall()
+    again = run_wobble("publish", "--config", str(work / "wobble.toml"), "--as-of", as_of,
+                       env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
+    assert again.returncode == 0, again.stderr
+    with duckdb.connect(str(work / "warehouse.duckdb"), read_only=True) as con:
+        after = con.sql("SELECT * FROM huddle_lists ORDER BY team_id, rank").fetchall()
+    assert before == after
+    assert Path(summary["lists"][0]["html"]).read_text() == html_before
+
+
+def test_publish_refuses_an_unapproved_model(demo_run):
+    work, _ = demo_run
+    env = {"WOBBLE_PSEUDONYM_KEY": TEST_KEY}
+    trained = run_wobble("train", "--config", str(work / "wobble.toml"), "--json", env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    version = json.loads(trained.stdout)["stages"]["train"]["model_version"]
+    assert version == "2"
+    refused = run_wobble("publish", "--config", str(work / "wobble.toml"), "--version", version, env=env)
+    assert refused.returncode != 0
+    assert "not been approved" in refused.stderr and "wobble approve" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_commands_without_a_key_explain_in_one_line(demo_run):
+    work, _ = demo_run
+    proc = run_wobble("ingest", "--config", str(work / "wobble.toml"), env={"WOBBLE_PSEUDONYM_KEY": ""})
+    assert proc.returncode == 2
+    assert "WOBBLE_PSEUDONYM_KEY" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2
+
+
+def test_bad_config_names_the_block_and_key(tmp_path):
+    cfg = tmp_path / "wobble.toml"
+    cfg.write_text('[paths]\nwarehose = "x.duckdb"\n')
+    proc = run_wobble("ingest", "--config", str(cfg))
+    assert proc.returncode == 2 and "paths.warehose" in proc.stderr and "unknown key" in proc.stderr
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys, wobble.cli; heavy = [m for m in ('polars', 'duckdb', 'numpy', 'lightgbm', "
+            "'mlflow', 'prefect', 'sklearn', 'shap') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT / "src")}, check=True).stdout.strip()
+    assert out == "[]"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["features", "list"]])
+def test_cli_basics(args):
+    proc = run_wobble(*args)
+    assert proc.returncode == 0, proc.stderr
