@@ -28,6 +28,13 @@ def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
     assert a.contacts == b.contacts and a.contacts != c.contacts
 
 
+def test_worker_processes_do_not_change_the_world(tmp_path):
+    a = synth(persons=25_100, seed=5, out=tmp_path / "a", workers=1)  # two chunks
+    b = synth(persons=25_100, seed=5, out=tmp_path / "b", workers=2)
+    assert a.contacts == b.contacts
+    assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
+
+
 def _years():
     return WORLD_WEEKS / 52.18
 

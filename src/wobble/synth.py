@@ -342,10 +342,12 @@ def synth(
     start: date = WORLD_START,
     weeks: int = WORLD_WEEKS,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> SynthResult:
     """Simulate `persons` people for `weeks` weeks from `start` and write extracts and truth to `out`.
 
-    Deterministic by `seed`: the same arguments write byte-identical files.
+    Deterministic by `seed`: the same arguments write byte-identical files, whatever `workers`
+    (processes simulating chunks while this one writes; default: one per core, at most 2).
     """
     if persons < 10:
         raise ValueError("persons must be at least 10")
@@ -367,10 +369,10 @@ def synth(
     defects: dict[str, int] = {}
     totals = {"contacts": 0, "tags": 0, "crises": 0}
     n_chunks = len(chunk_seqs)
-    for c, seq in enumerate(chunk_seqs):
-        lo, hi = c * CHUNK, min(persons, (c + 1) * CHUNK)
-        rng = np.random.default_rng(seq)
-        world = _simulate_chunk(rng, pop, lo, hi, start, weeks)
+    tasks = [(seq, c * CHUNK, min(persons, (c + 1) * CHUNK), start, weeks) for c, seq in enumerate(chunk_seqs)]
+    for c, (world, rng_state) in enumerate(_simulated(pop, tasks, workers)):
+        rng = np.random.default_rng()
+        rng.bit_generator.state = rng_state  # carry on the chunk's own stream where it stopped
         counts = writers.write_chunk(rng, world, defects)
         for k, v in counts.items():
             totals[k] += v
@@ -390,6 +392,49 @@ def synth(
         crises=totals["crises"], files=writers.files, seconds=time.perf_counter() - t0,
         defects=defects,
     )
+
+
+# The population, held by each worker process once (set by the pool's initializer).
+_SHARED: dict[str, dict[str, np.ndarray]] = {}
+
+
+def _init_worker(pop: dict[str, np.ndarray]) -> None:
+    _SHARED["pop"] = pop
+
+
+def _simulate_task(task):
+    seq, lo, hi, start, weeks = task
+    rng = np.random.default_rng(seq)
+    world = _simulate_chunk(rng, _SHARED["pop"], lo, hi, start, weeks)
+    return world, rng.bit_generator.state
+
+
+def _simulated(pop: dict[str, np.ndarray], tasks: list, workers: int | None):
+    """Each chunk's world and its generator's state, in chunk order.
+
+    With workers, chunks are simulated in forked processes, at most workers + 1 ahead of the
+    writer so memory stays bounded.
+    """
+    import multiprocessing
+    import os
+
+    _SHARED["pop"] = pop
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    if workers <= 1 or len(tasks) == 1:
+        for task in tasks:
+            yield _simulate_task(task)
+        return
+    # forkserver, not fork: this process may already run polars' threads, and forking a
+    # threaded process can deadlock the child
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(pop,)) as pool:
+        pending = [pool.apply_async(_simulate_task, (t,)) for t in tasks[: workers + 1]]
+        for i in range(len(tasks)):
+            result = pending[i].get()
+            pending[i] = None
+            if i + workers + 1 < len(tasks):
+                pending.append(pool.apply_async(_simulate_task, (tasks[i + workers + 1],)))
+            yield result
 
 
 # ---------------------------------------------------------------------------------------------
