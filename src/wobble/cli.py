@@ -292,7 +292,7 @@ def run(
     config: ConfigOpt = Path("wobble.toml"),
     as_json: JsonOpt = False,
 ) -> None:
-    """The weekly path: ingest → features → score → publish from the champion model."""
+    """The weekly path: ingest → features → score → publish from the champion → monitor (exit 1 if flagged)."""
     from wobble.pipeline import run_weekly
     from wobble.runs import RunSummary
 
@@ -301,7 +301,43 @@ def run(
     summary = RunSummary("run")
     with _Progress() as p:
         run_weekly(cfg, key, summary, p.say, as_of=_date(as_of) if as_of else None)
-    _finish(summary, cfg.outputs, as_json, _list_lines(summary.data["stages"]["publish"]))
+    st = summary.data["stages"]
+    lines = _list_lines(st["publish"])
+    lines += _monitor_lines(st["monitor"]) if "monitor" in st else [
+        f"[bold red]monitoring could not run:[/] {summary.data['monitor_error']}"]
+    _finish(summary, cfg.outputs, as_json, lines)
+    if summary.data["flagged"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def monitor(
+    model: Annotated[str | None, typer.Option(help="Model name (default: the config's first).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="As-of date (default: latest data).")] = None,
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Drift, matured performance and huddle outcomes for the champion; exit 1 when it needs a look."""
+    from wobble.pipeline import stage_monitor
+    from wobble.runs import RunSummary
+
+    cfg, _ = _load(config)
+    summary = RunSummary("monitor")
+    with _Progress() as p:
+        st = stage_monitor(cfg, model or cfg.wobble.models[0], _date(as_of) if as_of else None, summary, p.say)
+    _finish(summary, cfg.outputs, as_json, _monitor_lines(st))
+    if st["flagged"]:
+        raise typer.Exit(1)
+
+
+def _monitor_lines(st: dict) -> list[str]:
+    head = {"act": "[bold red]needs a human look[/]", "watch": "[yellow]items to watch[/]",
+            "ok": "[green]nothing crossed a threshold[/]"}[st["level"]]
+    lines = [f"monitoring {st['model_name']} v{st['model_version']} at {st['as_of']}: {head}"]
+    lines += [f"  {f['level']}: {f['what']}" for f in st["findings"]]
+    lines.append(f"report: {st['report_html']}")
+    return lines
 
 
 @app.command()
