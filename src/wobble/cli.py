@@ -342,6 +342,38 @@ def _monitor_lines(st: dict) -> list[str]:
 
 @app.command()
 @friendly
+def schedule(config: ConfigOpt = Path("wobble.toml")) -> None:
+    """Serve the scheduled flows (weekly lists Mondays 06:00, retrain each quarter) on a Prefect server."""
+    import importlib.util
+    import os
+
+    from wobble.config import load_config, project_dir
+
+    load_config(config)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise WobbleError("no Prefect server: start one with `prefect server start`, then set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api and run `wobble schedule` again")
+    import httpx
+
+    try:
+        httpx.get(f"{api.rstrip('/')}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError:
+        raise WobbleError(f"cannot reach the Prefect server at {api}: is `prefect server start` running?") from None
+    path = project_dir() / "flows" / "deploy.py"
+    spec = importlib.util.spec_from_file_location("wobble_deploy", path)
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    err.print(f"serving wobble's schedules on {api} for {config.resolve()}; Ctrl-C stops serving and "
+              "pauses the schedules until the next `wobble schedule`", highlight=False, soft_wrap=True)
+    deploy.serve_all(str(config.resolve()))
+
+
+@app.command()
+@friendly
 def demo(
     persons: Annotated[int, typer.Option(help="How many synthetic people.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
