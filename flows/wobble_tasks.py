@@ -113,7 +113,7 @@ def ingest_sources(config: str) -> dict:
     return ingest(cfg, key=pseudonym_key(cfg), wait_seconds=60).summary()
 
 
-@task
+@task(**RETRY)
 def resolve_as_of(config: str, as_of: str) -> date:
     """The as-of date: given, else ('latest') the latest the data supports."""
     from wobble.pipeline import as_of_for

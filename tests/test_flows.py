@@ -29,13 +29,17 @@ def _client():
     return get_client(sync_client=True)
 
 
-def _artifact(key: str):
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+def _artifact(key: str, state=None):
+    """The newest artifact with this key (left by the run behind `state`, if given)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
+    run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]) if state else None
     with _client() as c:
-        found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]), flow_run_id=run),
+                                 sort=ArtifactSort.CREATED_DESC)
     assert found, f"no artifact {key!r}"
-    return found[-1]
+    return found[0]
 
 
 def _runs(parent_id) -> dict[str, object]:
@@ -122,20 +126,23 @@ def test_monitor_flow_ends_flagged_on_drift(drifted_world, prefect_harness):
     assert state.name == "Flagged" and state.is_completed()
     assert "needs a human look" in state.message or "human look" in state.message
     assert state.result()["flagged"] is True
-    assert "FLAGGED" in (_artifact("monitoring-report-crisis-90d").description or "")
+    assert "FLAGGED" in _artifact("monitoring-report-crisis-90d", state).description
 
 
 def test_retrain_registers_a_version_that_waits_for_approval(demo_run, prefect_harness, tmp_path, monkeypatch):
     from wobble.approve import champion
     from wobble.config import load_config
+    from wobble.tracking import client
 
     monkeypatch.setenv("WOBBLE_PSEUDONYM_KEY", TEST_KEY)
     config = copy_demo(demo_run[0], tmp_path / "w")
-    retrain = _flows("retrain")
-    result = retrain.retrain(config=str(config))
-    assert result["train"]["model_version"] == "2"
-    assert champion(load_config(config), "crisis_90d") == "1", "a retrain must never approve itself"
-    summary = _artifact("model-summary-crisis-90d").data
+    cfg = load_config(config)
+    versions = [int(v.version) for v in client(cfg).search_model_versions("name = 'crisis_90d'")]
+    before = champion(cfg, "crisis_90d")
+    result = _flows("retrain").retrain(config=str(config))
+    assert result["train"]["model_version"] == str(max(versions) + 1)
+    assert champion(cfg, "crisis_90d") == before, "a retrain must never approve itself"
+    summary = _artifact("model-summary-crisis-90d").data  # left by the train sub-flow
     assert "awaiting governance approval" in summary and "wobble approve" in summary
     assert "# Model card" in summary  # the card itself, embedded from the path in the train summary
     assert json.loads(Path(result["summary_path"]).read_text())["command"] == "retrain-flow"
