@@ -41,6 +41,7 @@ from wobble.warehouse import connect, scalar, table_exists
 LEVELS = ("ok", "watch", "act")
 PSI_FLOOR = 1e-4
 DECILES = [i / 10 for i in range(1, 10)]
+MIN_TEAM_PEOPLE = 500  # smaller teams' PSI is mostly noise: shown, not judged
 SAMPLE_ROWS = 200_000  # rows scored for the score's PSI, per side: a deterministic sample by person
 OUTCOME_WEEKS = 26  # huddle outcomes are summarised over lists from the last half year
 IMPACT_DAYS = 90
@@ -211,9 +212,10 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
     aggs = ", ".join(f"histogram({binned(f)}), avg({f}::DOUBLE), avg(({f} IS NULL)::DOUBLE)" for f in features)
     sides = {}
     for side, where in (("ref", ref), ("cur", cur)):  # one scan per side: every team, and all teams
-        result = con.execute(f"SELECT grouping(team_id), team_id, {aggs} FROM feature_snapshots WHERE {where} "
-                             "GROUP BY GROUPING SETS ((team_id), ())").fetchall()
-        sides[side] = {None if r[0] else r[1]: r[2:] for r in result}
+        result = con.execute(f"SELECT grouping(team_id), team_id, count(*), {aggs} FROM feature_snapshots "
+                             f"WHERE {where} GROUP BY GROUPING SETS ((team_id), ())").fetchall()
+        sides[side] = {None if r[0] else r[1]: r[3:] for r in result}
+        sizes = {None if r[0] else r[1]: r[2] for r in result}  # the current side's, after the loop
 
     def compare(team: str | None) -> list[dict]:
         rows = []
@@ -232,7 +234,11 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
     teams = []
     for t in score.pop("teams"):
         if t["team"] in sides["ref"] and t["team"] in sides["cur"]:
-            t["features"] = [r for r in compare(t["team"]) if r["level"] != "ok"]
+            judged = sizes[t["team"]] >= MIN_TEAM_PEOPLE
+            t["features"] = [r for r in compare(t["team"]) if r["level"] != "ok"] if judged else []
+            t["people"], t["judged"] = sizes[t["team"]], judged
+            if not judged:
+                t["level"] = "ok"
             teams.append(t)
     return {"ref_dates": [d.isoformat() for d in ref_dates], "as_of": as_of.isoformat(),
             "n_ref": int(n_ref), "n_cur": int(n_cur), "features": compare(None), "score": score,
