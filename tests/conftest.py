@@ -69,3 +69,58 @@ def demo_run(tmp_path_factory):
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def load_script(path: Path):
+    """A module from a file outside the package (flows/, scripts/), its folder importable."""
+    import importlib.util
+
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def copy_demo(src: Path, dst: Path) -> Path:
+    """A writable copy of a demo workdir (warehouse, MLflow store, outputs, config); the world is linked."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("warehouse.duckdb", "wobble.toml"):
+        shutil.copy2(src / name, dst / name)
+    for name in ("mlflow", "outputs"):
+        shutil.copytree(src / name, dst / name)
+    (dst / "world").symlink_to((src / "world").resolve())
+    return dst / "wobble.toml"
+
+
+@pytest.fixture(scope="session")
+def monitor_world(demo_run, tmp_path_factory):
+    """The small demo, copied, with a list 13 weeks back (its horizon has passed) and synthetic
+    huddle outcomes for it: (config path, the matured as-of date)."""
+    from datetime import timedelta
+
+    from wobble.approve import champion
+    from wobble.config import load_config
+    from wobble.pipeline import as_of_for
+    from wobble.publish import publish
+
+    config = copy_demo(demo_run[0], tmp_path_factory.mktemp("monitor_world"))
+    cfg = load_config(config)
+    matured = as_of_for(cfg, None) - timedelta(weeks=13)
+    model = cfg.wobble.models[0]
+    publish(cfg, model=model, version=champion(cfg, model), as_of=matured)
+    load_script(ROOT / "scripts" / "drift_scenario.py").record_outcomes(cfg, matured)
+    return config, matured
+
+
+@pytest.fixture(scope="session")
+def drifted_world(monitor_world, tmp_path_factory) -> Path:
+    """monitor_world copied again, with scripts/drift_scenario.py's injected drift: its config path."""
+    from wobble.config import load_config
+    from wobble.pipeline import as_of_for
+
+    config = copy_demo(monitor_world[0].parent, tmp_path_factory.mktemp("drifted_world"))
+    cfg = load_config(config)
+    load_script(ROOT / "scripts" / "drift_scenario.py").inject_drift(cfg, as_of_for(cfg, None))
+    return config

@@ -292,7 +292,7 @@ def run(
     config: ConfigOpt = Path("wobble.toml"),
     as_json: JsonOpt = False,
 ) -> None:
-    """The weekly path: ingest → features → score → publish from the champion model."""
+    """The weekly path: ingest → features → score → publish from the champion → monitor (exit 1 if flagged)."""
     from wobble.pipeline import run_weekly
     from wobble.runs import RunSummary
 
@@ -301,7 +301,75 @@ def run(
     summary = RunSummary("run")
     with _Progress() as p:
         run_weekly(cfg, key, summary, p.say, as_of=_date(as_of) if as_of else None)
-    _finish(summary, cfg.outputs, as_json, _list_lines(summary.data["stages"]["publish"]))
+    st = summary.data["stages"]
+    lines = _list_lines(st["publish"])
+    lines += _monitor_lines(st["monitor"]) if "monitor" in st else [
+        f"[bold red]monitoring could not run:[/] {summary.data['monitor_error']}"]
+    _finish(summary, cfg.outputs, as_json, lines)
+    if summary.data["flagged"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def monitor(
+    model: Annotated[str | None, typer.Option(help="Model name (default: the config's first).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="As-of date (default: latest data).")] = None,
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Drift, matured performance and huddle outcomes for the champion; exit 1 when it needs a look."""
+    from wobble.pipeline import stage_monitor
+    from wobble.runs import RunSummary
+
+    cfg, _ = _load(config)
+    summary = RunSummary("monitor")
+    with _Progress() as p:
+        st = stage_monitor(cfg, model or cfg.wobble.models[0], _date(as_of) if as_of else None, summary, p.say)
+    _finish(summary, cfg.outputs, as_json, _monitor_lines(st))
+    if st["flagged"]:
+        raise typer.Exit(1)
+
+
+def _monitor_lines(st: dict) -> list[str]:
+    head = {"act": "[bold red]needs a human look[/]", "watch": "[yellow]items to watch[/]",
+            "ok": "[green]nothing crossed a threshold[/]"}[st["level"]]
+    lines = [f"monitoring {st['model_name']} v{st['model_version']} at {st['as_of']}: {head}"]
+    lines += [f"  {f['level']}: {f['what']}" for f in st["findings"]]
+    lines.append(f"report: {st['report_html']}")
+    return lines
+
+
+@app.command()
+@friendly
+def schedule(config: ConfigOpt = Path("wobble.toml")) -> None:
+    """Serve the scheduled flows (weekly lists Mondays 06:00, retrain each quarter) on a Prefect server."""
+    import importlib.util
+    import os
+
+    from wobble.config import load_config, project_dir
+
+    load_config(config)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise WobbleError("no Prefect server: start one with `prefect server start`, then set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api and run `wobble schedule` again")
+    import httpx
+
+    try:
+        httpx.get(f"{api.rstrip('/')}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError:
+        raise WobbleError(f"cannot reach the Prefect server at {api}: is `prefect server start` running?") from None
+    path = project_dir() / "flows" / "deploy.py"
+    spec = importlib.util.spec_from_file_location("wobble_deploy", path)
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    err.print(f"serving wobble's schedules on {api} for {config.resolve()}; Ctrl-C stops serving and "
+              "pauses the schedules until the next `wobble schedule`", highlight=False, soft_wrap=True)
+    deploy.serve_all(str(config.resolve()))
 
 
 @app.command()

@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wobble.errors import ConfigError
 
@@ -111,6 +111,26 @@ class Settings(_Strict):
         return v
 
 
+class Monitor(_Strict):
+    """When `wobble monitor` asks for a human look: 'watch' is reported, 'act' also fails the run."""
+
+    psi_watch: float = Field(default=0.1, gt=0)    # population stability index: a shift to watch
+    psi_act: float = Field(default=0.25, gt=0)     # ... a shift to act on
+    auroc_drop: float = Field(default=0.05, gt=0, lt=0.5)  # matured AUROC this far below the card's
+    calibration_slope: tuple[float, float] = (0.8, 1.25)   # matured slope outside this range
+    min_crises: int = Field(default=20, ge=1)      # fewer matured crises: reported, not judged
+    fail_on: Literal["act", "watch"] = "act"       # the level that makes `wobble monitor` exit 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Monitor:
+        if self.psi_watch >= self.psi_act:
+            raise ValueError(f"psi_watch ({self.psi_watch}) must be below psi_act ({self.psi_act})")
+        lo, hi = self.calibration_slope
+        if not 0 < lo < 1 < hi:
+            raise ValueError("calibration_slope must be [low, high] with 0 < low < 1 < high")
+        return self
+
+
 class Config(_Strict):
     """The parsed `wobble.toml`, with paths made absolute against `root`."""
 
@@ -120,6 +140,7 @@ class Config(_Strict):
     sources: dict[str, Source] = Field(default_factory=dict)
     lookups: Lookups = Lookups()
     teams: Teams = Teams()
+    monitor: Monitor = Monitor()
 
     def path(self, p: Path | str) -> Path:
         p = Path(p)

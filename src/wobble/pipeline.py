@@ -95,6 +95,19 @@ def stage_publish(cfg: Config, model: str, version: str | None, as_of: date, sum
     return summary.data["stages"]["publish"]
 
 
+def stage_monitor(cfg: Config, model: str, as_of: date | None, summary: RunSummary, say: Say) -> dict:
+    """Drift, matured performance and outcomes; the run summary says whether it is flagged."""
+    from wobble.monitor import monitor
+
+    with summary.stage("monitor") as s:
+        say(f"monitoring {model}")
+        s.update(monitor(cfg, model=model, as_of=as_of).summary())
+    st = summary.data["stages"]["monitor"]
+    summary.set("flagged", st["flagged"])
+    summary.output("monitor_report", st["report_html"])
+    return st
+
+
 def as_of_for(cfg: Config, given: date | None) -> date:
     """The as-of date: given, else the config's, else the Monday after the last record."""
     if given:
@@ -110,12 +123,17 @@ def as_of_for(cfg: Config, given: date | None) -> date:
 
 def run_weekly(cfg: Config, key: bytes, summary: RunSummary, say: Say, *, as_of: date | None = None,
                model: str | None = None) -> None:
-    """ingest → features → score and publish from the champion."""
+    """ingest → features → score and publish from the champion → monitor."""
     model = model or cfg.wobble.models[0]
     stage_ingest(cfg, key, summary, say)
     d = as_of_for(cfg, as_of)
     stage_features(cfg, [d], summary, say)
     stage_publish(cfg, model, None, d, summary, say)
+    try:
+        stage_monitor(cfg, model, d, summary, say)
+    except WobbleError as exc:  # the lists are out; a monitor that cannot run needs a human look
+        summary.set("flagged", True)
+        summary.set("monitor_error", str(exc))
     summary.output("warehouse", cfg.warehouse)
     summary.output("mlflow", cfg.mlflow_dir)
 

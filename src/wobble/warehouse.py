@@ -195,3 +195,20 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
     """The single value a query returns (None when it returns no row)."""
     row = con.execute(sql, params or []).fetchone()
     return None if row is None else row[0]
+
+
+def data_version(path: Path) -> str:
+    """A digest of what the warehouse holds: every loaded batch and each contract table's row count.
+
+    The same digest means the same inputs for every stage after ingest; flows cache on it.
+    """
+    with connect(path, read_only=True) as con:
+        batches = con.execute(
+            "SELECT string_agg(batch_id || ':' || content_hash, ',' ORDER BY batch_id, file) FROM load_ledger"
+        ).fetchall()[0][0]
+        counts = con.execute(
+            "SELECT (SELECT count(*) FROM persons), (SELECT count(*) FROM contacts), (SELECT count(*) FROM tags)"
+        ).fetchall()[0]
+    import hashlib
+
+    return hashlib.sha256(f"{batches or ''}|{counts}".encode()).hexdigest()

@@ -1,0 +1,52 @@
+"""Scheduled deployments: weekly lists every Monday 06:00 and a retrain each quarter, London time.
+
+    prefect server start                      # in one terminal (or a service)
+    wobble schedule --config wobble.toml      # in another: registers these and runs them when due
+
+`wobble schedule` calls `serve_all`; `deployments` alone builds them (the schedule test registers
+them with `.apply()`). Runs execute one at a time (`limit=1`), so the quarterly retrain (02:00) and
+a Monday's weekly lists (06:00) never write to the warehouse together.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from prefect import serve  # noqa: E402
+from prefect.schedules import Cron  # noqa: E402
+from retrain import retrain  # noqa: E402
+from weekly import weekly  # noqa: E402
+
+TIMEZONE = "Europe/London"
+WEEKLY_CRON = "0 6 * * 1"  # Mondays 06:00
+RETRAIN_CRON = "0 2 1 1,4,7,10 *"  # 1 January, April, July, October, 02:00
+
+
+def deployments(config: str) -> list:
+    """The weekly-lists and retrain deployments for one wobble.toml (an absolute path)."""
+    return [
+        weekly.to_deployment(
+            name="weekly", schedule=Cron(WEEKLY_CRON, timezone=TIMEZONE), parameters={"config": config},
+            description="Team lists every Monday at 06:00 (London): ingest, features, publish, monitor.",
+            tags=["wobble"]),
+        retrain.to_deployment(
+            name="quarterly", schedule=Cron(RETRAIN_CRON, timezone=TIMEZONE), parameters={"config": config},
+            description="A new model version each quarter; it waits for governance approval.",
+            tags=["wobble"]),
+    ]
+
+
+def serve_all(config: str) -> None:
+    """Register the deployments and run them when due, one at a time, until interrupted."""
+    serve(*deployments(config), limit=1)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="wobble.toml")
+    serve_all(str(Path(parser.parse_args().config).resolve()))

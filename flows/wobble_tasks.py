@@ -1,0 +1,275 @@
+"""Prefect tasks for every wobble stage, and the artifacts each flow leaves behind.
+
+Each task takes the config path and plain values (dates, strings), calls one `wobble` function and
+returns its summary, a dict. No connection, data frame or model ever passes between tasks, so task
+inputs hash cleanly (a DuckDB connection is never part of a cache key) and any task could run in
+another process. Tasks that touch files or services retry on transient trouble only; building
+feature snapshots, the expensive pure step, is cached on its inputs: the config, the as-of date and
+a digest of the warehouse's loads, the config file and the feature catalogue.
+
+The task runner every flow uses is chosen here, in `task_runner()`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import suppress
+from datetime import date, timedelta
+from pathlib import Path
+
+for _var, _val in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
+                   ("DO_NOT_TRACK", "true")):
+    os.environ.setdefault(_var, _val)
+
+from prefect import task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
+from prefect.states import Completed  # noqa: E402
+
+
+def task_runner():
+    """The task runner for every wobble flow: Prefect's thread pool, on this machine."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=2)
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry I/O trouble, never a data or configuration problem a retry cannot fix."""
+    from wobble.errors import WarehouseBusy, WobbleError
+
+    try:
+        state.result()
+    except WarehouseBusy:
+        return True
+    except WobbleError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be passing (disk, network share, MLflow store)
+        return True
+    return False
+
+
+RETRY = {"retries": 2, "retry_delay_seconds": [30, 120], "retry_condition_fn": transient}
+
+
+def _cfg(config: str):
+    from wobble.config import load_config
+
+    return load_config(config)
+
+
+def _model(config: str, model: str | None) -> str:
+    return model or _cfg(config).wobble.models[0]
+
+
+def run_name(prefix: str):
+    """A flow-run namer: '<prefix>[-<model>]-<as-of>', resolving 'latest' from the warehouse as it stands."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        from wobble.errors import WobbleError
+        from wobble.pipeline import as_of_for
+
+        params = flow_run.parameters
+        as_of = str(params.get("as_of", "latest"))
+        if as_of == "latest":
+            with suppress(WobbleError):  # no warehouse yet: the flow renames itself once it knows
+                as_of = as_of_for(_cfg(params["config"]), None).isoformat()
+        return "-".join(p for p in (prefix, params.get("model"), as_of) if p)
+
+    return name
+
+
+def name_run(prefix: str, day: date) -> None:
+    """Rename the running flow run '<prefix>-<as-of>' once the as-of date is known."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, name=f"{prefix}-{day.isoformat()}")
+
+
+def flagged(result: dict, what: str) -> dict | Completed:
+    """The flow's result, or a Completed state named 'Flagged' when monitoring asks for a human look."""
+    monitor = result.get("monitor", result)
+    if monitor.get("flagged"):
+        return Completed(name="Flagged", message=f"{what}; monitoring asks for a human look: "
+                         f"{monitor['report_html']}", data=result)
+    return result
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+@task(**RETRY)
+def ingest_sources(config: str) -> dict:
+    """Load new source files into the warehouse; bad rows go to quarantine."""
+    from wobble.config import pseudonym_key
+    from wobble.ingest import ingest
+
+    cfg = _cfg(config)
+    return ingest(cfg, key=pseudonym_key(cfg), wait_seconds=60).summary()
+
+
+@task(**RETRY)
+def resolve_as_of(config: str, as_of: str) -> date:
+    """The as-of date: given, else ('latest') the latest the data supports."""
+    from wobble.pipeline import as_of_for
+
+    return as_of_for(_cfg(config), None if as_of == "latest" else date.fromisoformat(as_of))
+
+
+@task(**RETRY)
+def data_version(config: str) -> str:
+    """A digest of everything feature snapshots depend on: warehouse loads, config, catalogue."""
+    from wobble.warehouse import data_version as warehouse_version
+
+    cfg = _cfg(config)
+    digest = hashlib.sha256(warehouse_version(cfg.warehouse).encode())
+    for path in [Path(config), *sorted(cfg.features_dir.glob("*.yml"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@task(cache_policy=INPUTS + TASK_SOURCE, cache_expiration=timedelta(days=30), persist_result=True,
+      **RETRY)
+def build_snapshots(config: str, as_of: date, version: str) -> dict:
+    """Point-in-time features for everyone in the cohort at the as-of date (cached on `version`)."""
+    from wobble.features import build_features
+
+    return build_features(_cfg(config), [as_of], wait_seconds=60).summary()
+
+
+@task(**RETRY)
+def train_model(config: str, model: str | None) -> dict:
+    """Train, evaluate and register a new model version with its card; never approve it."""
+    from wobble.config import pseudonym_key
+    from wobble.train import train
+
+    cfg = _cfg(config)
+    return train(cfg, _model(config, model), key=pseudonym_key(cfg)).summary()
+
+
+@task(**RETRY)
+def publish_lists(config: str, as_of: date, model: str | None) -> dict:
+    """Score with the champion, explain the listed people, write each team's list."""
+    from wobble.approve import champion
+    from wobble.publish import publish
+
+    cfg, name = _cfg(config), _model(config, model)
+    return publish(cfg, model=name, version=champion(cfg, name), as_of=as_of).summary()
+
+
+@task(**RETRY)
+def monitor_model(config: str, as_of: date, model: str | None) -> dict:
+    """Drift, matured performance and huddle outcomes for the champion; never retrains or republishes."""
+    from wobble.monitor import monitor
+
+    return monitor(_cfg(config), model=_model(config, model), as_of=as_of).summary()
+
+
+@task(**RETRY)
+def write_summary(config: str, command: str, stages: dict) -> str:
+    """The run summary JSON, as the CLI writes it."""
+    from wobble.runs import RunSummary
+
+    cfg = _cfg(config)
+    summary = RunSummary(command)
+    summary.data["stages"] = {k: v for k, v in stages.items() if isinstance(v, dict)}
+    if "publish" in stages:
+        summary.set("lists", stages["publish"]["lists"])
+    if "monitor" in stages:
+        summary.set("flagged", stages["monitor"]["flagged"])
+        summary.output("monitor_report", stages["monitor"]["report_html"])
+    summary.output("warehouse", cfg.warehouse)
+    return str(summary.write(cfg.outputs))
+
+
+# --- artifacts --------------------------------------------------------------------------------
+
+
+def _richer(summary: dict, *keys: str) -> str | None:
+    """The Markdown of a fuller report a stage wrote, if its summary names one that exists."""
+    for key in keys:
+        value = summary.get(key)
+        if isinstance(value, str) and value.endswith(".md") and Path(value).is_file():
+            return Path(value).read_text(encoding="utf-8")
+    return None
+
+
+def _key(*parts: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return "-".join("".join(c if c.isalnum() else "-" for c in p.lower()) for p in parts)
+
+
+def quality_markdown(s: dict) -> str:
+    lines = ["# Data quality: this ingest", "",
+             f"Rows in {s['rows_in']:,} = loaded {s['rows_loaded']:,} + quarantined {s['rows_quarantined']:,} "
+             f"+ duplicate {s['rows_duplicate']:,}.",
+             f"Files loaded {s['files_loaded']}, already loaded (skipped) {s['files_skipped']}, "
+             f"failed {s['files_failed']}. People with a national data opt-out, excluded: "
+             f"{s['opted_out_persons']:,}.", ""]
+    if s["quarantine_reasons"]:
+        lines += ["| quarantine reason | rows |", "|---|---|"]
+        lines += [f"| {k.replace('_', ' ')} | {v:,} |" for k, v in s["quarantine_reasons"].items()]
+    if s["errors"]:
+        lines += ["", "**Files that could not be loaded:**", *[f"- {e}" for e in s["errors"]]]
+    richer = _richer(s, "quality_report_md", "quality_report", "report_md")
+    return "\n".join(lines) + ("\n\n---\n\n" + richer if richer else "")
+
+
+def model_markdown(s: dict) -> str:
+    m = s["metrics"]
+    rows = [(k, m[k]) for k in ("auroc", "baseline_auroc", "auprc", "brier", "calibration_slope",
+                                "precision_at_capacity", "oracle_auroc", "skill_ratio") if k in m]
+    lines = [f"# Model {s['model_name']} version {s['model_version']}: awaiting governance approval", "",
+             f"Trained on {len(s['train_as_ofs'])} as-of dates ({s['train_as_ofs'][0]} to {s['train_as_ofs'][-1]}), "
+             f"tested on {len(s['test_as_ofs'])} later dates for different people ({s['rows_test']:,} person-dates).",
+             "", "| metric | value |", "|---|---|", *[f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in rows], "",
+             "No list uses this version until a governance board approves it, after reading its card: "
+             f"`wobble approve --model {s['model_name']} --version {s['model_version']} --by \"NAME\" --note \"...\"`",
+             f"Model card: {s['model_card']}"]
+    richer = _richer(s, "model_card")
+    return "\n".join(lines) + ("\n\n---\n\n" + richer if richer else "")
+
+
+def lists_table(s: dict) -> list[dict]:
+    return [{"team": t["team"], "people listed": t["rows"], "page": t["html"], "csv": t["csv"]} for t in s["lists"]]
+
+
+@task(**RETRY)
+def report_data_quality(summary: dict) -> None:
+    """Artifact: what the ingest loaded, quarantined (and why) and could not read."""
+    create_markdown_artifact(markdown=quality_markdown(summary), key="data-quality",
+                             description="Rows loaded and quarantined, by reason")
+
+
+@task(**RETRY)
+def report_model(summary: dict) -> None:
+    """Artifact: the new model version's figures and card, for the governance board."""
+    create_markdown_artifact(markdown=model_markdown(summary), key=_key("model-summary", summary["model_name"]),
+                             description=f"{summary['model_name']} v{summary['model_version']}: awaiting approval")
+
+
+@task(**RETRY)
+def report_lists(summary: dict) -> None:
+    """Artifact: one row per team list, with where its page is."""
+    create_table_artifact(table=lists_table(summary), key="team-lists",
+                          description=f"Team lists at {summary['as_of']} from {summary['model_name']} "
+                                      f"v{summary['model_version']}" + (" (DEMO)" if summary.get("demo") else ""))
+    richer = _richer(summary, "summary_md", "report_md")
+    if richer:
+        create_markdown_artifact(markdown=richer, key="team-lists-summary",
+                                 description=f"Team lists at {summary['as_of']}")
+
+
+@task(**RETRY)
+def report_monitoring(summary: dict) -> None:
+    """Artifact: the monitoring report, saying what needs a human look and why."""
+    create_markdown_artifact(
+        markdown=Path(summary["report_md"]).read_text(encoding="utf-8"),
+        key=_key("monitoring-report", summary["model_name"]),
+        description=f"{summary['model_name']} v{summary['model_version']} at {summary['as_of']}: "
+                    + ("FLAGGED, needs a human look" if summary["flagged"] else summary["level"]))

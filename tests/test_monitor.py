@@ -1,0 +1,141 @@
+"""Monitoring: drift is caught, a world without drift is left alone, outcomes are counted right,
+and the monitor changes nothing it should not."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from conftest import TEST_KEY, run_wobble
+
+from wobble.monitor import _psi
+
+
+def _slow_psi(expected, actual, floor=1e-4):
+    total_e, total_a = sum(expected), sum(actual)
+    out = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        pe, pa = max(e / total_e, floor), max(a / total_a, floor)
+        out += (pa - pe) * math.log(pa / pe)
+    return out
+
+
+def test_psi_matches_hand_computed_and_slow_reference():
+    # 50/50 then, 25/75 now: (0.25 - 0.5) ln(0.5) + (0.75 - 0.5) ln(1.5) = 0.2747
+    assert _psi(np.array([50.0, 50.0]), np.array([25.0, 75.0])) == pytest.approx(0.27465, abs=1e-5)
+    assert _psi(np.array([10.0, 20.0, 30.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(0.0, abs=1e-12)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        e, a = rng.integers(0, 50, 8).astype(float), rng.integers(0, 50, 8).astype(float)
+        e[0] = 0.0  # an empty bin counts as 1 in 10,000, never infinity
+        assert _psi(e, a) == pytest.approx(_slow_psi(e, a), rel=1e-12)
+
+
+def _fingerprint(config):
+    """What the monitor must never change: lists, scores, approvals and the model registry."""
+    from wobble.config import load_config
+    from wobble.tracking import client
+
+    cfg = load_config(config)
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        tables = {t: con.sql(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                  for t in ("huddle_lists", "scores", "approvals", "huddle_outcomes")}
+    versions = sorted((v.name, v.version, tuple(sorted(v.aliases or [])))
+                      for v in client(cfg).search_model_versions())
+    return tables, versions
+
+
+def test_a_world_without_drift_is_not_flagged(monitor_world):
+    from wobble.config import load_config
+    from wobble.monitor import monitor
+
+    config, matured = monitor_world
+    before = _fingerprint(config)
+    result = monitor(load_config(config))
+    assert _fingerprint(config) == before, "the monitor must not retrain, approve, score or publish"
+    assert not result.flagged and result.level != "act", [f.what for f in result.findings]
+    assert result.drift["score"]["psi"] < 0.1
+    assert all(f["psi"] < 0.1 for f in result.drift["features"])
+    assert result.report_md.exists() and result.report_html.exists()
+
+    # the matured list is judged against the card, and holds up
+    (v,) = result.matured["versions"]
+    assert v["as_ofs"] == [matured.isoformat()]
+    assert v["overall"]["crises"] >= 20
+    assert abs(v["overall"]["auroc"] - v["card"]["auroc"]) < 0.05
+    assert 0.8 <= v["overall"]["calibration_slope"] <= 1.25
+    text = result.report_md.read_text()
+    assert "Matured performance" in text and "not flagged" in text
+
+
+def test_outcomes_and_impact_are_counted_as_recorded(monitor_world):
+    """Every figure in the outcome and impact sections, recomputed the slow, obvious way."""
+    from wobble.config import load_config
+    from wobble.monitor import monitor
+
+    config, matured = monitor_world
+    cfg = load_config(config)
+    result = monitor(cfg)
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        listed = con.sql("SELECT DISTINCT team_id, person_id FROM huddle_lists WHERE as_of = ?",
+                         params=[matured]).fetchall()
+        outcomes = {(t, p): o for t, p, o in con.sql(
+            "SELECT team_id, person_id, outcome FROM huddle_outcomes WHERE as_of = ?", params=[matured]).fetchall()}
+        crisis_people = {p for (p,) in con.sql(
+            "SELECT DISTINCT person_id FROM contacts WHERE service IN ('ae_attendance', 'emergency_admission', "
+            "'ambulance_callout', 'mental_health_crisis') AND occurred_at >= ? AND occurred_at < ? + INTERVAL 90 DAY "
+            "AND recorded_at < ?", params=[matured, matured, result.as_of]).fetchall()}
+    discussed = {k for k, o in outcomes.items() if o != "deferred"}
+    nac = [p for (t, p), o in outcomes.items() if o == "not_a_concern"]
+    o = result.outcomes
+    assert o["recorded"] == len(outcomes) > 0
+    assert o["discussed_past"] == len(discussed) and o["listed_past"] == len(listed)
+    assert {k["kind"]: k["n"] for k in o["kinds"]} == {
+        kind: sum(v == kind for v in outcomes.values()) for kind in set(outcomes.values())}
+    assert o["not_a_concern"] == len(nac) > 0
+    assert o["not_a_concern_with_crisis"] == sum(p in crisis_people for p in nac)
+
+    groups = result.impact["groups"]
+    assert groups["discussed"]["people"] == len({p for _t, p in discussed})
+    assert groups["not yet discussed"]["people"] == len({p for _t, p in listed} - {p for _t, p in discussed})
+    after = groups["discussed"]["after"]
+    assert after["with_crisis"] == pytest.approx(
+        sum(p in crisis_people for _t, p in discussed) / len(discussed))
+    assert "observational" in result.report_md.read_text()
+
+
+def test_injected_drift_is_flagged_with_a_non_zero_exit(drifted_world):
+    proc = run_wobble("monitor", "--config", str(drifted_world), "--json", env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    st = summary["stages"]["monitor"]
+    assert summary["flagged"] is True and st["flagged"] is True and st["level"] == "act"
+    acts = [f["what"] for f in st["findings"] if f["level"] == "act"]
+    assert any("team T01" in w and "GP appointments" in w for w in acts), acts
+    assert st["features_act"] > 0
+    html = Path(st["report_html"]).read_text(encoding="utf-8")
+    assert "Needs a human look" in html and "<table>" in html
+    assert "needs a human look" in proc.stderr
+
+
+def test_a_world_without_drift_exits_zero(monitor_world):
+    proc = run_wobble("monitor", "--config", str(monitor_world[0]), "--json",
+                      env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["flagged"] is False
+
+
+def test_monitor_thresholds_are_validated(tmp_path):
+    from wobble.config import parse_config
+    from wobble.errors import ConfigError
+
+    cfg = parse_config({"monitor": {"psi_watch": 0.2, "psi_act": 0.3}}, root=tmp_path)
+    assert cfg.monitor.psi_act == 0.3 and cfg.monitor.fail_on == "act"
+    with pytest.raises(ConfigError, match="psi_watch"):
+        parse_config({"monitor": {"psi_watch": 0.3, "psi_act": 0.2}}, root=tmp_path)
+    with pytest.raises(ConfigError, match="monitor.psi_wach: unknown key"):
+        parse_config({"monitor": {"psi_wach": 0.3}}, root=tmp_path)
