@@ -193,8 +193,9 @@ def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
     """The single value a query returns (None when it returns no row)."""
-    row = con.execute(sql, params or []).fetchone()
-    return None if row is None else row[0]
+    # fetchall, not fetchone: DuckDB 2.0 leaves a partly fetched result holding the connection
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0][0] if rows else None
 
 
 def data_version(path: Path) -> str:
