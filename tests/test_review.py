@@ -165,11 +165,13 @@ def test_every_view_and_decision_is_audited(review):
 
 def test_revoked_tokens_stop_working(review):
     cfg, *_ = review
-    _, token = create_token(cfg, "T02", created_by="test")
-    client = TestClient(create_app(cfg, wait_seconds=0), headers={"Authorization": f"Bearer {token}"})
-    assert client.get("/teams/T02").status_code == 200
-    assert revoke_tokens(cfg, "T02", revoked_by="test") == 2
-    assert client.get("/teams/T02").status_code == 401
+    made = [create_token(cfg, "T02", created_by="test") for _ in range(2)]
+    clients = [TestClient(create_app(cfg, wait_seconds=0), headers={"Authorization": f"Bearer {t}"}) for _, t in made]
+    assert [c.get("/teams/T02").status_code for c in clients] == [200, 200]
+    assert revoke_tokens(cfg, "T02", revoked_by="test", token_id=made[0][0]) == 1
+    assert [c.get("/teams/T02").status_code for c in clients] == [401, 200]
+    assert revoke_tokens(cfg, "T02", revoked_by="test") == 2  # the fixture's token and the second one
+    assert clients[1].get("/teams/T02").status_code == 401
 
 
 def test_pages_forbid_scripts_and_outside_requests(review):

@@ -6,7 +6,7 @@ import json
 from datetime import date, datetime
 
 import pytest
-from conftest import run_wobble
+from conftest import ROOT, run_wobble
 
 from wobble.outcomes import (
     OutcomeRefused,
@@ -18,6 +18,7 @@ from wobble.outcomes import (
     summarise,
     summary_sentence,
 )
+from wobble.vocab import OUTCOMES
 from wobble.warehouse import connect
 
 D1, D2 = date(2026, 11, 16), date(2026, 11, 23)
@@ -141,3 +142,10 @@ def test_cli_records_refuses_and_summarises(small_warehouse):
             ("<b>call</b> this week", "Dr C (GP)")]
         assert con.execute("SELECT actor FROM audit_log WHERE action = 'record_outcome'").fetchall() == [
             ("Dr C (GP) (command line)",)]
+
+
+def test_readme_lists_the_outcomes_and_shows_the_pages():
+    readme = (ROOT / "README.md").read_text()
+    assert all(o in readme for o in OUTCOMES)
+    for img in ("docs/img/list.png", "docs/img/person.png"):
+        assert f"]({img})" in readme and (ROOT / img).stat().st_size > 10_000

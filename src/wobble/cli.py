@@ -379,14 +379,15 @@ def review_token(
 @friendly
 def review_revoke(
     team: Annotated[str, typer.Option(help="The team whose tokens to revoke.")],
+    token_id: Annotated[str | None, typer.Option(help="Only this token (its id, as printed when made).")] = None,
     by: ByOpt = "data team",
     config: ConfigOpt = Path("wobble.toml"),
 ) -> None:
-    """Revoke every access token of a team."""
+    """Revoke a team's access tokens (all of them, or one)."""
     from wobble.config import load_config
     from wobble.review import revoke_tokens
 
-    n = revoke_tokens(load_config(config), team, revoked_by=by)
+    n = revoke_tokens(load_config(config), team, revoked_by=by, token_id=token_id)
     err.print(f"revoked {n} token(s) for team {team}", highlight=False)
 
 
@@ -415,7 +416,8 @@ def outcome_record(
                                 as_of=_date(as_of) if as_of else None)
     if as_json:
         sys.stdout.write(json.dumps(result.summary(), indent=2) + "\n")
-    err.print(f"recorded: {outcome} for {person} on team {team}'s list of {result.as_of}", highlight=False)
+    err.print(f"recorded: {outcome} for {person} on team {team}'s list of {result.as_of}", highlight=False,
+              soft_wrap=True)
 
 
 @outcome_app.command("summary")

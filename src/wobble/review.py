@@ -93,15 +93,16 @@ def create_token(cfg: Config, team_id: str, *, created_by: str) -> tuple[str, st
     return token_id, token
 
 
-def revoke_tokens(cfg: Config, team_id: str, *, revoked_by: str) -> int:
-    """Revoke every live token of a team; returns how many."""
+def revoke_tokens(cfg: Config, team_id: str, *, revoked_by: str, token_id: str | None = None) -> int:
+    """Revoke a team's live tokens (only `token_id`, if given); returns how many."""
+    only, params = ("AND token_id = ?", [team_id, token_id]) if token_id else ("", [team_id])
     with connect(cfg.warehouse, wait_seconds=10) as con:
-        (n,), = con.execute("SELECT count(*) FROM review_tokens WHERE team_id = ? AND revoked_at IS NULL",
-                            [team_id]).fetchall()
-        con.execute("UPDATE review_tokens SET revoked_at = ? WHERE team_id = ? AND revoked_at IS NULL",
-                    [datetime.now(), team_id])
+        (n,), = con.execute(f"SELECT count(*) FROM review_tokens WHERE team_id = ? {only} AND revoked_at IS NULL",
+                            params).fetchall()
+        con.execute(f"UPDATE review_tokens SET revoked_at = ? WHERE team_id = ? {only} AND revoked_at IS NULL",
+                    [datetime.now(), *params])
         audit(con, actor=revoked_by.strip() or "unknown", action="revoke_tokens", team_id=team_id,
-              detail=f"{n} token(s)")
+              detail=f"{n} token(s)" + (f": {token_id}" if token_id else ""))
     return int(n)
 
 
