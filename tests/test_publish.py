@@ -77,7 +77,7 @@ def test_sparkline_is_an_svg_with_words():
     values = [0, 1, 2, 3, 0, 0, 5, 1, 0, 0, 2, 4, 1]
     svg = sparkline_svg(values, date(2026, 11, 23))
     assert svg.startswith("<svg") and 'role="img"' in svg and "<title>" in svg and "<script" not in svg
-    assert "Contacts per month: Nov 2025 0, Dec 2025 1," in svg and "Nov 2026 1" in svg
+    assert "Attended contacts per month: Nov 2025 0, Dec 2025 1," in svg and "Nov 2026 1" in svg
     assert spark_caption(values, date(2026, 11, 23)) == "19 in all; most in May 2026 (5); 1 so far in Nov 2026."
     assert spark_caption([0] * 12, date(2026, 11, 2)) == "No contacts in the last 12 months."
 
@@ -99,7 +99,7 @@ def test_the_page_says_what_it_is_and_where_it_came_from(published_copy):
                   "What do we know that the data doesn't?", "Demonstration only",
                   "Crisis in the next 90 days (crisis_90d, version 1)", "Approved by", "wobble demo on",
                   "Data last updated", "GP 22 Nov 2026", "social care 22 Nov 2026", "List of", "23 November 2026",
-                  "no earlier list for this team", "Last huddle outcome", "Contacts per month"):
+                  "no earlier list for this team", "Last huddle outcome", "Attended contacts per month"):
         assert words in html, words
     assert "<script" not in raw and "http://" not in raw and "https://" not in raw and "src=" not in raw
     assert "Content-Security-Policy" in raw and "@media print" in raw and "size: A4" in raw

@@ -129,8 +129,8 @@ def publish(cfg: Config, *, model: str, version: str, as_of: date) -> PublishRes
     contexts = {c["team_id"]: c for c in context.to_dicts()}
     for team in sorted(rows["team_id"].unique().to_list()):  # one page per team
         team_rows = rows.filter(pl.col("team_id") == team).sort("rank").to_dicts()
-        people = [person_view(r, spec.target.horizon_days, outcomes.get((team, r["person_id"])))
-                  for r in team_rows]
+        people = [person_view(r, spec.target.horizon_days, outcomes.get((team, r["person_id"])),
+                              team_caveats.get(team, [])) for r in team_rows]
         header = list_header(cfg, contexts[team], spec, approval, len(people))
         csv_path, html_path = out / f"{team}.csv", out / f"{team}.html"
         _write_csv(csv_path, people, approval.demo)
@@ -303,7 +303,7 @@ def _sparklines(con, as_of: date) -> dict[str, list[int]]:
     df = con.sql("""
         SELECT person_id, date_diff('month', ?::DATE, date_trunc('month', occurred_at)::DATE) AS m,
                count(*) AS n
-        FROM contacts WHERE recorded_at < ? AND occurred_at >= ? AND occurred_at < ?
+        FROM contacts WHERE recorded_at < ? AND occurred_at >= ? AND occurred_at < ? AND status = 'attended'
           AND person_id IN (SELECT person_id FROM _listed_ids)
         GROUP BY ALL
     """, params=[start, as_of, start, as_of]).pl()
@@ -486,8 +486,8 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
-def person_view(row: dict, horizon_days: int, last_outcome: dict | None) -> dict:
-    """One huddle_lists row as a page and the CSV show it."""
+def person_view(row: dict, horizon_days: int, last_outcome: dict | None, team_caveats: list[str]) -> dict:
+    """One huddle_lists row as a page and the CSV show it; the team's caveats are shown once, above."""
     spark = _json(row["sparkline"])
     as_of = row["as_of"]
     prev = row["previous_risk"]
@@ -503,8 +503,8 @@ def person_view(row: dict, horizon_days: int, last_outcome: dict | None) -> dict
         "change_detail": detail,
         "reasons": [{**r, "raises": r["direction"] == "raises concern"} for r in reasons],
         "tags": [{**t, "date_text": day_text(t["date"], short=True)} for t in _json(row["recent_tags"])],
-        "caveats": [c for c in caveats if "for this team in" not in c],
-        "team_gaps": any("for this team in" in c for c in caveats),
+        "caveats": [c for c in caveats if c not in team_caveats],
+        "team_gaps": bool(team_caveats),
         "all_caveats": caveats,
         "contacts_per_month": spark,
         "spark_svg": sparkline_svg(spark, as_of), "spark_caption": spark_caption(spark, as_of),
@@ -541,7 +541,7 @@ def sparkline_svg(values: list[int], as_of: date, *, width: int = 160, height: i
     step = width / max(1, n - 1)
     pts = " ".join(f"{i * step:.1f},{height - 3 - (v / top) * (height - 6):.1f}" for i, v in enumerate(values))
     labels = _month_labels(n, as_of)
-    label = "Contacts per month: " + ", ".join(f"{m} {v}" for m, v in zip(labels, values, strict=True))
+    label = "Attended contacts per month: " + ", ".join(f"{m} {v}" for m, v in zip(labels, values, strict=True))
     return (
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{label}"><title>{label}</title>'

@@ -260,7 +260,7 @@ def create_app(cfg: Config, *, wait_seconds: float = 2.0) -> FastAPI:
     def spec_of(model: str):
         return load_spec(cfg.models_dir, model)
 
-    def list_page_facts(con, ref: ListRef, people: int) -> dict:
+    def list_page_facts(con, ref: ListRef) -> dict:
         cur = con.cursor()
         try:
             approval = require_approval(cur, ref.model_name, ref.model_version)
@@ -272,7 +272,7 @@ def create_app(cfg: Config, *, wait_seconds: float = 2.0) -> FastAPI:
         context = rows[0] if rows else {"team_id": ref.team_id, "as_of": ref.as_of, "data_updated": None,
                                         "team_caveats": None, "last_huddle": None,
                                         "published_at": ref.published_at}
-        return list_header(cfg, context, spec_of(ref.model_name), approval, people)
+        return list_header(cfg, context, spec_of(ref.model_name), approval, people=0)
 
     def the_list(con, session: Session, team_id: str) -> ListRef:
         require_team(con, session, team_id)
@@ -281,10 +281,10 @@ def create_app(cfg: Config, *, wait_seconds: float = 2.0) -> FastAPI:
             raise _Refusal(404, "No list yet", f"Team {team_id} has no published list yet.")
         return ref
 
-    def people_of(con, ref: ListRef, person_id: str | None = None) -> list[dict]:
+    def people_of(con, ref: ListRef, header: dict, person_id: str | None = None) -> list[dict]:
         earlier = last_outcomes(con, ref.as_of)
         horizon = spec_of(ref.model_name).target.horizon_days
-        return [person_view(r, horizon, earlier.get((ref.team_id, r["person_id"])))
+        return [person_view(r, horizon, earlier.get((ref.team_id, r["person_id"])), header["team_caveats"])
                 for r in list_rows(con, ref, person_id).iter_rows(named=True)]  # at most one list's rows
 
     @app.get("/teams/{team_id}")
@@ -292,10 +292,11 @@ def create_app(cfg: Config, *, wait_seconds: float = 2.0) -> FastAPI:
         with warehouse() as con:
             session = authenticate(request, con)
             ref = the_list(con, session, team_id)
-            people = people_of(con, ref)
+            header = list_page_facts(con, ref)
+            people = people_of(con, ref, header)
+            header["people"] = len(people)
             decided = list_decisions(con, ref)
             progress = (summarise(con, team_id=team_id, as_of=ref.as_of) or [None])[0]
-            header = list_page_facts(con, ref, len(people))
             audit(con, actor=session.actor, action="view_list", team_id=team_id,
                   detail=f"list of {ref.as_of}")
         return page("review_team.html.j2", h=header, people=people, decided=decided,
@@ -306,13 +307,13 @@ def create_app(cfg: Config, *, wait_seconds: float = 2.0) -> FastAPI:
                         status: int = 200, error: str | None = None, form: dict | None = None,
                         saved: bool = False) -> Response:
         ref = the_list(con, session, team_id)
-        people = people_of(con, ref, person_id)
+        header = list_page_facts(con, ref)
+        people = people_of(con, ref, header, person_id)
         if not people:
             audit(con, actor=session.actor, action="refused_not_listed", team_id=team_id,
                   detail=f"asked for person {person_id[:40]}")
             raise _Refusal(404, "Not on this list",
                            f"There is nobody with that pseudonym on team {team_id}'s current list.")
-        header = list_page_facts(con, ref, 0)
         now = list_decisions(con, ref).get(person_id)
         history = outcome_history(con, team_id, person_id)
         audit(con, actor=session.actor, action="view_person", team_id=team_id, person_id=person_id,
