@@ -9,12 +9,18 @@ from html import unescape
 from types import SimpleNamespace
 
 import duckdb
+import numpy as np
+import polars as pl
 import pytest
 
 from wobble.outcomes import record_outcome
 from wobble.publish import (
+    MAX_REASONS,
+    MIN_REASONS,
+    STRENGTH_WORTH_SHOWING,
+    STRONG_REASON,
     change_label,
-    pick_reasons,
+    choose_reasons,
     publish,
     reason_sentence,
     risk_phrase,
@@ -62,15 +68,49 @@ def test_reason_sentences(feature, value, typical, text):
     assert reason_sentence(feature, value, typical) == text
 
 
+def pick_reasons(contributions: list[float], readable: list[bool]) -> list[int]:
+    """The obvious, slow reference for choose_reasons: one person, plain Python."""
+    order = sorted((i for i in range(len(contributions)) if readable[i]), key=lambda i: (-abs(contributions[i]), i))
+    chosen = [i for k, i in enumerate(order)
+              if k < MIN_REASONS or (k < MAX_REASONS and abs(contributions[i]) >= STRONG_REASON)]
+    strengths = [i for i in order if contributions[i] <= -STRENGTH_WORTH_SHOWING]
+    if strengths and not any(contributions[i] < 0 for i in chosen):
+        chosen = chosen[: MAX_REASONS - 1] + [strengths[0]]
+    return chosen
+
+
+def _choose(people: list[tuple[list[float], list[bool]]]) -> list[list[int]]:
+    """choose_reasons on several people; the features are named f00, f01, … so ties break by index."""
+    rows = [{"person_id": f"p{p:03d}", "feature": f"f{i:02d}", "contribution": c, "readable": r}
+            for p, (cs, rs) in enumerate(people) for i, (c, r) in enumerate(zip(cs, rs, strict=True))]
+    out = choose_reasons(pl.DataFrame(rows))
+    return [[int(f[1:]) for f in out.filter(pl.col("person_id") == f"p{p:03d}")["feature"]]
+            for p in range(len(people))]
+
+
 def test_reasons_are_three_to_five_and_show_a_strength():
-    readable = [True] * 8
-    assert pick_reasons([0.9, 0.5, 0.02, 0.01, -0.01, 0.0, 0.0, 0.0], readable) == [0, 1, 2]
-    assert pick_reasons([0.9, 0.5, 0.4, 0.3, 0.2, 0.15, 0.0, 0.0], readable) == [0, 1, 2, 3, 4]
-    # no strength among the strongest five: the strongest one replaces the fifth
-    assert pick_reasons([0.9, 0.5, 0.4, 0.3, 0.2, 0.15, -0.06, -0.08], readable) == [0, 1, 2, 3, 7]
-    # a strength already shown: nothing added; an unreadable one is never shown
-    assert pick_reasons([0.9, -0.5, 0.4, 0.01, 0.0], [True] * 5) == [0, 1, 2]
-    assert pick_reasons([0.9, -0.5, 0.4, 0.01, 0.0], [True, False, True, True, True]) == [0, 2, 3]
+    people = [
+        ([0.9, 0.5, 0.02, 0.01, -0.01, 0.0, 0.0, 0.0], [True] * 8),
+        ([0.9, 0.5, 0.4, 0.3, 0.2, 0.15, 0.0, 0.0], [True] * 8),
+        # no strength among the strongest five: the strongest one replaces the fifth
+        ([0.9, 0.5, 0.4, 0.3, 0.2, 0.15, -0.06, -0.08], [True] * 8),
+        # a strength already shown: nothing added; an unreadable one is never shown
+        ([0.9, -0.5, 0.4, 0.01, 0.0], [True] * 5),
+        ([0.9, -0.5, 0.4, 0.01, 0.0], [True, False, True, True, True]),
+    ]
+    expected = [[0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 7], [0, 1, 2], [0, 2, 3]]
+    assert [pick_reasons(*p) for p in people] == expected
+    assert _choose(people) == expected
+
+
+def test_choosing_reasons_for_everyone_at_once_matches_the_reference():
+    rng = np.random.default_rng(5)
+    people = []
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        cs = np.round(rng.normal(0, 0.15, n), 2)  # rounding makes ties
+        people.append((cs.tolist(), (rng.random(n) > 0.2).tolist()))
+    assert _choose(people) == [pick_reasons(*p) for p in people]
 
 
 def test_sparkline_is_an_svg_with_words():

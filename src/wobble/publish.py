@@ -212,63 +212,70 @@ def reason_sentence(feature, value: float | None, team_typical: float | None) ->
     return text
 
 
-def pick_reasons(contributions: list[float], readable: list[bool]) -> list[int]:
-    """Which of a person's explanations to show, strongest first (indexes into `contributions`).
+def choose_reasons(expl: pl.DataFrame) -> pl.DataFrame:
+    """Which explanations to show, for every listed person at once, in the order to show them.
 
-    Only readable ones (see `_readable`); at least MIN_REASONS; a fourth and fifth while they still
-    matter (|SHAP| ≥ STRONG_REASON); and the strongest strength (a negative contribution of at least
-    STRENGTH_WORTH_SHOWING), so what lowers concern is shown beside what raises it.
+    `expl` has person_id, feature, contribution and readable (see `_reasons`). Per person, among the
+    readable ones by |contribution| (ties by feature name): at least MIN_REASONS; a fourth and fifth
+    while they still matter (|SHAP| ≥ STRONG_REASON); and, when none of those lowers concern, the
+    strongest strength (a contribution ≤ −STRENGTH_WORTH_SHOWING) in place of the fifth, so what
+    lowers concern is shown beside what raises it.
     """
-    order = sorted((i for i in range(len(contributions)) if readable[i]),
-                   key=lambda i: (-abs(contributions[i]), i))
-    chosen = [i for k, i in enumerate(order)
-              if k < MIN_REASONS or (k < MAX_REASONS and abs(contributions[i]) >= STRONG_REASON)]
-    strengths = [i for i in order if contributions[i] <= -STRENGTH_WORTH_SHOWING]
-    if strengths and not any(contributions[i] < 0 for i in chosen):
-        chosen = chosen[: MAX_REASONS - 1] + [strengths[0]]
-    return chosen
-
-
-def _readable(feature, value: float | None, typical: float | None, contribution: float) -> bool:
-    """Whether a reason reads true on its own.
-
-    "5 concerns noted in the last year — most people in this team have none (lowers concern)" is
-    what TreeSHAP says when a count overlaps another the model also uses (90-day and 1-year counts):
-    the two share the credit and one of them goes negative. Alone, it reads as nonsense, so a count
-    above the team's typical value that lowers concern is left out, unless it counts strengths.
-    """
-    if contribution >= 0 or value is None or typical is None or "strength" in feature.unit:
-        return True
-    return not (value > typical)
+    k, c = pl.col("_k"), pl.col("contribution")
+    ranked = (
+        expl.filter(pl.col("readable"))
+        .with_columns(c.abs().alias("_abs"))
+        .sort(["person_id", "_abs", "feature"], descending=[False, True, False])
+        .with_columns(pl.int_range(pl.len()).over("person_id").alias("_k"))
+        # the chosen ones are a prefix in that order, since |contribution| only falls along it
+        .with_columns(((k < MIN_REASONS) | ((k < MAX_REASONS) & (pl.col("_abs") >= STRONG_REASON))).alias("_chosen"),
+                      (c <= -STRENGTH_WORTH_SHOWING).alias("_strength"))
+        .with_columns(
+            ((pl.col("_chosen") & (c < 0)).any().over("person_id").not_()
+             & pl.col("_strength").any().over("person_id")).alias("_swap"),
+            pl.when(pl.col("_strength")).then(k).otherwise(None).min().over("person_id").alias("_first_strength"),
+        )
+    )
+    keep = (pl.col("_chosen") & (pl.col("_swap").not_() | (k < MAX_REASONS - 1))) | (
+        pl.col("_swap") & (k == pl.col("_first_strength")))
+    return ranked.filter(keep).sort(["person_id", "_k"]).drop("_abs", "_chosen", "_strength", "_swap",
+                                                             "_first_strength")
 
 
 def _reasons(con, cat: Catalogue, model: str, version: str, as_of: date) -> dict[str, list[dict]]:
+    """Each listed person's reasons as sentences, with what is typical in their team.
+
+    A reason is left out when it does not read true on its own: "5 concerns noted in the last year —
+    most people in this team have none (lowers concern)" is what TreeSHAP says when a count overlaps
+    another the model also uses (90-day and 1-year counts share the credit and one goes negative).
+    So a value above the team's typical value that lowers concern is dropped, unless it counts strengths.
+    """
     expl = con.sql("""
         SELECT e.person_id, s.team_id, e.feature, e.value, e.contribution
         FROM explanations e JOIN scores s USING (model_name, model_version, as_of, person_id)
         WHERE e.model_name = ? AND e.model_version = ? AND e.as_of = ?
-        ORDER BY e.person_id, e.feature
     """, params=[model, str(version), as_of]).pl()
     feats = sorted(expl["feature"].unique().to_list())
     if not feats:
         return {}
-    medians = con.sql(
-        f"SELECT team_id, {', '.join(f'median({f}) AS {f}' for f in feats)} FROM feature_snapshots "
+    by_name = {f.column: f for f in cat.features}
+    typical = con.sql(
+        f"SELECT team_id, {', '.join(f'median({f})::DOUBLE AS {f}' for f in feats)} FROM feature_snapshots "
         "WHERE as_of = ? GROUP BY team_id", params=[as_of]
-    ).pl()
-    med = {row["team_id"]: row for row in medians.to_dicts()}
+    ).pl().unpivot(index="team_id", variable_name="feature", value_name="typical")
+    strengths = pl.DataFrame({"feature": feats, "_counts_strengths": ["strength" in by_name[f].unit for f in feats]})
+    v, t = pl.col("value"), pl.col("typical")
+    expl = expl.join(typical, on=["team_id", "feature"], how="left").join(strengths, on="feature").with_columns(
+        ((pl.col("contribution") >= 0) | v.is_null() | t.is_null() | pl.col("_counts_strengths") | (v <= t))
+        .alias("readable"))
     out: dict[str, list[dict]] = {}
-    for (pid,), part in expl.group_by(["person_id"], maintain_order=True):  # one group per listed person
-        rows = part.to_dicts()
-        typical = med.get(rows[0]["team_id"], {})
-        readable = [_readable(cat.get(r["feature"]), r["value"], typical.get(r["feature"]), r["contribution"])
-                    for r in rows]
-        out[pid] = [{
+    for r in choose_reasons(expl).iter_rows(named=True):  # at most MAX_REASONS per listed person
+        out.setdefault(r["person_id"], []).append({
             "feature": r["feature"],
-            "text": reason_sentence(cat.get(r["feature"]), r["value"], typical.get(r["feature"])),
+            "text": reason_sentence(by_name[r["feature"]], r["value"], r["typical"]),
             "direction": "raises concern" if r["contribution"] > 0 else "lowers concern",
             "contribution": round(r["contribution"], 4),
-        } for r in (rows[i] for i in pick_reasons([r["contribution"] for r in rows], readable))]
+        })
     return out
 
 
