@@ -106,8 +106,10 @@ def main() -> None:
         record("approve", s, m)
     if "publish" in stages:
         s, m, d = run(py + ["publish", "--config", str(cfg), "--as-of", end.isoformat(), "--json"], env)
-        lists = d.get("stages", {}).get("publish", {}).get("lists", [])
-        record("publish", s, m, None, f"{len(lists)} team lists")
+        pub = d.get("stages", {}).get("publish", {})
+        lists = pub.get("lists", [])
+        record("publish", s, m, pub.get("scored"),
+               f"{len(lists)} team lists; scoring and explaining {pub.get('score_seconds')} s of it")
     if "monitor" in stages:
         s, m, d = run(py + ["monitor", "--config", str(cfg), "--as-of", end.isoformat(), "--json"], env,
                       ok=(0, 1))  # 1: it flagged something, which is a result, not a failure

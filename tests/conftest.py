@@ -124,3 +124,30 @@ def drifted_world(monitor_world, tmp_path_factory) -> Path:
     cfg = load_config(config)
     load_script(ROOT / "scripts" / "drift_scenario.py").inject_drift(cfg, as_of_for(cfg, None))
     return config
+
+HOSTILE = "<script>alert('xss')</script>"
+
+
+@pytest.fixture(scope="module")
+def published_copy(demo_run, tmp_path_factory):
+    """A private copy of the demo (its own warehouse) whose top T01 person carries a tag written by a
+    hostile `<script>` author role, re-published: (config, as_of, that person's pseudonym)."""
+    from datetime import date
+
+    import duckdb
+
+    from wobble.config import load_config
+    from wobble.publish import publish
+
+    work, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    copy = copy_tree(work, tmp_path_factory.mktemp("published") / "demo")
+    cfg = load_config(copy / "wobble.toml")
+    with duckdb.connect(str(cfg.warehouse)) as con:
+        as_of, pid = con.execute("SELECT as_of, person_id FROM huddle_lists WHERE team_id = 'T01' AND rank = 1"
+                                 ).fetchall()[0]
+        con.execute("INSERT INTO tags VALUES ('hostile-1', ?, ?::DATE - INTERVAL 3 DAY, 'low_mood', 'concern', ?, "
+                    "'gp', 'test')", [pid, as_of, HOSTILE])
+    assert isinstance(as_of, date)
+    publish(cfg, model="crisis_90d", version="1", as_of=as_of)
+    return cfg, as_of, pid

@@ -74,9 +74,9 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
     if frame.height == 0:
         raise WobbleError(f"nobody in the cohort at {as_of}")
     X = frame.select(features).to_numpy().astype(np.float64)
-    risk = calibrator.predict(booster.predict(X))
+    raw = booster.predict(X)
     scores = frame.select("person_id", "team_id").with_columns(
-        pl.Series("risk", risk), pl.Series("_raw", booster.predict(X))
+        pl.Series("risk", calibrator.predict(raw)), pl.Series("_raw", raw)
     ).with_columns(
         # share of the team with a lower risk: "higher than 98 in 100 people in this team"
         ((pl.col("risk").rank("min").over("team_id") - 1) / pl.len().over("team_id")).alias("team_percentile"),

@@ -87,6 +87,26 @@ AUTHOR_ROLES: tuple[str, ...] = (
     "link_worker",
 )
 
+# What a huddle decided about a listed person (`huddle_outcomes.outcome`).
+OUTCOMES: tuple[str, ...] = (
+    "discussed_no_action",
+    "already_supported",
+    "outreach_agreed",
+    "referred_on",
+    "not_a_concern",
+    "data_problem",
+    "deferred",
+)
+OUTCOME_LABELS: dict[str, str] = {
+    "discussed_no_action": "discussed – no action",
+    "already_supported": "already supported",
+    "outreach_agreed": "outreach agreed",
+    "referred_on": "referred on",
+    "not_a_concern": "not a concern",
+    "data_problem": "data problem",
+    "deferred": "deferred",
+}
+
 SEXES: tuple[str, ...] = ("female", "male")
 ETHNICITY_GROUPS: tuple[str, ...] = ("White", "Mixed", "Asian", "Black", "Other", "Not stated")
 

@@ -110,6 +110,16 @@ CREATE TABLE IF NOT EXISTS huddle_lists (
     demo             BOOLEAN NOT NULL DEFAULT false,
     published_at     TIMESTAMP NOT NULL
 );
+CREATE TABLE IF NOT EXISTS huddle_list_context (
+    team_id          VARCHAR NOT NULL,
+    as_of            DATE NOT NULL,
+    model_name       VARCHAR NOT NULL,
+    model_version    VARCHAR NOT NULL,
+    data_updated     JSON,
+    team_caveats     JSON,
+    last_huddle      JSON,
+    published_at     TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS huddle_outcomes (
     outcome_id       VARCHAR NOT NULL,
     team_id          VARCHAR NOT NULL,
@@ -119,6 +129,14 @@ CREATE TABLE IF NOT EXISTS huddle_outcomes (
     note             VARCHAR,
     recorded_by      VARCHAR NOT NULL,
     recorded_at      TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS review_tokens (
+    token_id         VARCHAR NOT NULL,
+    team_id          VARCHAR NOT NULL,
+    token_hash       VARCHAR NOT NULL,
+    created_at       TIMESTAMP NOT NULL,
+    created_by       VARCHAR NOT NULL,
+    revoked_at       TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS audit_log (
     logged_at        TIMESTAMP NOT NULL,

@@ -1,0 +1,71 @@
+"""Screenshots of a team's published list and of one person's review page, for the README.
+
+    python scripts/screenshots.py --config data/demo/wobble.toml --out docs/img [--team T01]
+
+Uses Debian's chromium (/usr/bin/chromium). Creates a short-lived review token for the team (revoked
+at the end), serves the review page on a free local port, and writes list.png and person.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+import time
+from pathlib import Path
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="data/demo/wobble.toml")
+    ap.add_argument("--out", default="docs/img")
+    ap.add_argument("--team", default="T01")
+    args = ap.parse_args()
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from wobble.config import load_config
+    from wobble.outcomes import current_list, list_rows
+    from wobble.review import create_app, create_token, revoke_tokens
+    from wobble.warehouse import connect
+
+    cfg = load_config(args.config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with connect(cfg.warehouse) as con:
+        ref = current_list(con, args.team)
+        person = list_rows(con, ref)["person_id"][0]
+    token_id, token = create_token(cfg, args.team, created_by="scripts/screenshots.py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.1)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 1400})
+            page.goto((cfg.outputs / "lists" / ref.as_of.isoformat() / f"{args.team}.html").as_uri())
+            page.screenshot(path=str(out / "list.png"))
+            page.goto(f"http://127.0.0.1:{port}/login")
+            page.fill("#token", token)
+            page.click("button:has-text('Sign in')")
+            page.goto(f"http://127.0.0.1:{port}/teams/{args.team}/people/{person}")
+            page.screenshot(path=str(out / "person.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        revoke_tokens(cfg, args.team, revoked_by="scripts/screenshots.py", token_id=token_id)
+    print(f"written: {out / 'list.png'}, {out / 'person.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Publish: what each row says, how the page is framed, outcomes on the next list, Prefect artifacts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import date, timedelta
+from html import unescape
+from types import SimpleNamespace
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from wobble.outcomes import record_outcome
+from wobble.publish import (
+    MAX_REASONS,
+    MIN_REASONS,
+    STRENGTH_WORTH_SHOWING,
+    STRONG_REASON,
+    change_label,
+    choose_reasons,
+    publish,
+    reason_sentence,
+    risk_phrase,
+    spark_caption,
+    sparkline_svg,
+)
+from wobble.warehouse import connect
+
+
+def _feature(description, unit):
+    return SimpleNamespace(description=description, unit=unit)
+
+
+@pytest.mark.parametrize("p, pct, text", [
+    (0.26, 0.985, "about 3 in 10 chance of a crisis in the next 90 days; higher than 98 in 100 people in this team"),
+    (0.25, None, "about 2 in 10 chance of a crisis in the next 90 days"),   # round-half-even: 2.5 → 2
+    (0.08, 0.5, "about 1 in 12 chance of a crisis in the next 90 days; higher than 50 in 100 people in this team"),
+    (0.95, 0.9999,
+     "more than 9 in 10 chance of a crisis in the next 90 days; higher than 99 in 100 people in this team"),
+    (0.0001, 0.0, "about 1 in 1000 chance of a crisis in the next 90 days; higher than 0 in 100 people in this team"),
+])
+def test_risk_phrase(p, pct, text):
+    assert risk_phrase(p, pct, 90) == text
+
+
+def test_change_labels():
+    assert [change_label(0.3, None), change_label(0.3, 0.2), change_label(0.3, 0.27), change_label(0.2, 0.3)] == [
+        "new", "rising", "steady", "falling"]
+
+
+@pytest.mark.parametrize("feature, value, typical, text", [
+    (_feature("A&E attendances in the last 90 days", "contacts"), 4, 0,
+     "4 A&E attendances in the last 90 days — most people in this team have none"),
+    (_feature("A&E attendances in the last 90 days", "contacts"), 1, 0,
+     "1 A&E attendance in the last 90 days — most people in this team have none"),
+    (_feature("GP appointments in the last year", "contacts"), 12, 7,
+     "12 GP appointments in the last year — typical in this team: 7"),
+    (_feature("share of booked appointments missed in the last year", "share"), 0.4, 0.05,
+     "Share of booked appointments missed in the last year: 40% — typical in this team: 5%"),
+    (_feature("recorded as female", ""), 1, 1, "Recorded as female"),
+    (_feature("days since the last crisis contact", "days"), None, 200,
+     "Days since the last crisis contact: none on record"),
+])
+def test_reason_sentences(feature, value, typical, text):
+    assert reason_sentence(feature, value, typical) == text
+
+
+def pick_reasons(contributions: list[float], readable: list[bool]) -> list[int]:
+    """The obvious, slow reference for choose_reasons: one person, plain Python."""
+    order = sorted((i for i in range(len(contributions)) if readable[i]), key=lambda i: (-abs(contributions[i]), i))
+    chosen = [i for k, i in enumerate(order)
+              if k < MIN_REASONS or (k < MAX_REASONS and abs(contributions[i]) >= STRONG_REASON)]
+    strengths = [i for i in order if contributions[i] <= -STRENGTH_WORTH_SHOWING]
+    if strengths and not any(contributions[i] < 0 for i in chosen):
+        chosen = chosen[: MAX_REASONS - 1] + [strengths[0]]
+    return chosen
+
+
+def _choose(people: list[tuple[list[float], list[bool]]]) -> list[list[int]]:
+    """choose_reasons on several people; the features are named f00, f01, … so ties break by index."""
+    rows = [{"person_id": f"p{p:03d}", "feature": f"f{i:02d}", "contribution": c, "readable": r}
+            for p, (cs, rs) in enumerate(people) for i, (c, r) in enumerate(zip(cs, rs, strict=True))]
+    out = choose_reasons(pl.DataFrame(rows))
+    return [[int(f[1:]) for f in out.filter(pl.col("person_id") == f"p{p:03d}")["feature"]]
+            for p in range(len(people))]
+
+
+def test_reasons_are_three_to_five_and_show_a_strength():
+    people = [
+        ([0.9, 0.5, 0.02, 0.01, -0.01, 0.0, 0.0, 0.0], [True] * 8),
+        ([0.9, 0.5, 0.4, 0.3, 0.2, 0.15, 0.0, 0.0], [True] * 8),
+        # no strength among the strongest five: the strongest one replaces the fifth
+        ([0.9, 0.5, 0.4, 0.3, 0.2, 0.15, -0.06, -0.08], [True] * 8),
+        # a strength already shown: nothing added; an unreadable one is never shown
+        ([0.9, -0.5, 0.4, 0.01, 0.0], [True] * 5),
+        ([0.9, -0.5, 0.4, 0.01, 0.0], [True, False, True, True, True]),
+    ]
+    expected = [[0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 7], [0, 1, 2], [0, 2, 3]]
+    assert [pick_reasons(*p) for p in people] == expected
+    assert _choose(people) == expected
+
+
+def test_choosing_reasons_for_everyone_at_once_matches_the_reference():
+    rng = np.random.default_rng(5)
+    people = []
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        cs = np.round(rng.normal(0, 0.15, n), 2)  # rounding makes ties
+        people.append((cs.tolist(), (rng.random(n) > 0.2).tolist()))
+    assert _choose(people) == [pick_reasons(*p) for p in people]
+
+
+def test_sparkline_is_an_svg_with_words():
+    values = [0, 1, 2, 3, 0, 0, 5, 1, 0, 0, 2, 4, 1]
+    svg = sparkline_svg(values, date(2026, 11, 23))
+    assert svg.startswith("<svg") and 'role="img"' in svg and "<title>" in svg and "<script" not in svg
+    assert "Attended contacts per month: Nov 2025 0, Dec 2025 1," in svg and "Nov 2026 1" in svg
+    assert spark_caption(values, date(2026, 11, 23)) == "19 in all; most in May 2026 (5); 1 so far in Nov 2026."
+    assert spark_caption([0] * 12, date(2026, 11, 2)) == "No contacts in the last 12 months."
+
+
+def _page(cfg, as_of, team):
+    return (cfg.outputs / "lists" / as_of.isoformat() / f"{team}.html").read_text()
+
+
+def _text(raw: str) -> str:
+    """The page's text as a reader meets it: entities decoded, white space collapsed."""
+    return " ".join(unescape(raw).split())
+
+
+def test_the_page_says_what_it_is_and_where_it_came_from(published_copy):
+    cfg, as_of, _ = published_copy
+    raw = _page(cfg, as_of, "T01")
+    html = _text(raw)
+    for words in ("For discussion, not a decision", "not a ranking of anyone's worth",
+                  "What do we know that the data doesn't?", "Demonstration only",
+                  "Crisis in the next 90 days (crisis_90d, version 1)", "Approved by", "wobble demo on",
+                  "Data last updated", "GP 22 Nov 2026", "social care 22 Nov 2026", "List of", "23 November 2026",
+                  "no earlier list for this team", "Last huddle outcome", "Attended contacts per month"):
+        assert words in html, words
+    assert "<script" not in raw and "http://" not in raw and "https://" not in raw and "src=" not in raw
+    assert "Content-Security-Policy" in raw and "@media print" in raw and "size: A4" in raw
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        rows = con.execute("SELECT reasons, caveats FROM huddle_lists WHERE as_of = ?", [as_of]).fetchall()
+        explained = con.execute("SELECT count(DISTINCT person_id) FROM explanations WHERE as_of = ?",
+                                [as_of]).fetchall()[0][0]
+        context = con.execute("SELECT team_id, data_updated FROM huddle_list_context WHERE as_of = ? "
+                              "ORDER BY team_id", [as_of]).fetchall()
+    assert explained == len(rows) == 40  # only the listed people are explained
+    assert all(3 <= len(json.loads(r[0])) <= 5 for r in rows)
+    assert [c[0] for c in context] == ["T01", "T02"]
+    assert {d["system"] for d in json.loads(context[0][1])} == {"GP", "hospital", "community health",
+                                                               "social care", "housing"}
+
+
+def test_outcomes_show_on_the_next_list(published_copy, tmp_path):
+    cfg, as_of, _ = published_copy
+    with connect(cfg.warehouse) as con:
+        top = [r[0] for r in con.execute("SELECT person_id FROM huddle_lists WHERE team_id = 'T01' AND as_of = ? "
+                                         "ORDER BY rank LIMIT 3", [as_of]).fetchall()]
+        for pid, outcome, note in zip(top, ["referred_on", "outreach_agreed", "deferred"],
+                                      ["to the falls clinic", None, None], strict=True):
+            record_outcome(con, team_id="T01", person_id=pid, outcome=outcome, note=note, recorded_by="Nurse B",
+                           actor="test")
+    nxt = as_of + timedelta(weeks=1)
+    result = publish(cfg, model="crisis_90d", version="1", as_of=nxt)
+    assert [t.team for t in result.lists] == ["T01", "T02"]
+    html = _text(_page(cfg, nxt, "T01"))
+    assert "list of 23 November 2026: 2 of 20 people discussed; outreach agreed 1, referred on 1, deferred 1" in html
+    assert "referred on (list of 23 Nov 2026, recorded by Nurse B): “to the falls clinic”" in html
+    assert "no earlier list for this team" not in html
+    with open(cfg.outputs / "lists" / nxt.isoformat() / "T01.csv") as f:
+        rows = {r["person_id"]: r for r in csv.DictReader(f)}
+    assert rows[top[0]]["last_outcome"] == "referred on (list of 2026-11-23)"
+    assert rows[top[0]]["change"] in ("rising", "steady", "falling")  # listed last week: not "new"
+    assert "list of 23 November 2026: 0 of 20 people discussed" in _text(_page(cfg, nxt, "T02"))
+
+
+@pytest.fixture(scope="module")
+def prefect_runs():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_a_flow_run_leaves_table_and_markdown_artifacts(published_copy, prefect_runs):
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    cfg, as_of, _ = published_copy
+
+    @flow(name="publish-in-a-flow")
+    def run():
+        return publish(cfg, model="crisis_90d", version="1", as_of=as_of).summary()
+
+    assert Artifact.get("huddle-lists") is None
+    run()
+    table = Artifact.get("huddle-lists")
+    md = Artifact.get("huddle-lists-summary")
+    assert table is not None and md is not None
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["team"] for r in rows] == ["T01", "T02"] and rows[0]["listed"] == 20
+    assert "# Huddle lists for 2026-11-23 (demonstration" in md.data and "for discussion" in md.data
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        pids = [r[0] for r in con.execute("SELECT person_id FROM huddle_lists").fetchall()]
+    assert not any(p in str(table.data) + md.data for p in pids)  # nobody is named in Prefect
