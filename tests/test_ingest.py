@@ -126,7 +126,8 @@ def test_opted_out_people_keep_only_their_flag(ingested):
         leaked += con.sql("""SELECT count(*) FROM tags t JOIN persons p USING (person_id)
                              WHERE p.opted_out""").fetchall()[0][0]
         attrs = con.sql("SELECT count(*) FROM persons WHERE opted_out AND birth_year IS NOT NULL").fetchall()[0][0]
-        kept = con.sql("SELECT count(*) FROM quarantine WHERE reason = 'opted_out' AND raw IS NOT NULL").fetchall()[0][0]
+        kept = con.sql("SELECT count(*) FROM quarantine WHERE reason = 'opted_out' "
+                       "AND raw IS NOT NULL").fetchall()[0][0]
     assert leaked == 0 and attrs == 0 and kept == 0
 
 

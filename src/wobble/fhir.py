@@ -287,33 +287,37 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         raise WobbleError(f"cannot read as NDJSON ({msg[:200]})") from None
     con.execute("""
         CREATE OR REPLACE TEMP TABLE fhir_lines AS
-        SELECT _ord, CASE WHEN ok THEN j::JSON END AS j, ok, CASE WHEN ok THEN j->>'resourceType' END AS kind,
-               CASE WHEN NOT ok AND j IS NOT NULL THEN j END AS text
-        FROM (SELECT _ord, j, coalesce(json_valid(j) AND json_type(j) = 'OBJECT', false) AS ok FROM fhir_lines)""")
-    first_ok = con.execute("SELECT min(_ord) FILTER (WHERE ok), count(*) FILTER (WHERE j IS NULL AND text IS NULL), "
-                           "count(*) FROM fhir_lines").fetchone()
-    if first_ok[0] is None or first_ok[0] > first_ok[1] + 1:
+        SELECT _ord, j, CASE WHEN json_valid(j) THEN json_type(j) = 'OBJECT' ELSE false END AS ok
+        FROM fhir_lines""")
+    first_ok, blank = con.execute("SELECT min(_ord) FILTER (WHERE ok), count(*) FILTER (WHERE j IS NULL) "
+                                  "FROM fhir_lines").fetchone()
+    if first_ok is None or first_ok > blank + 1:
         raise WobbleError("not NDJSON: the first line is not a JSON resource (a pretty-printed JSON file, "
                           "or a Bundle? Bulk Data files hold one resource per line)")
-    if not fp.ends_with_newline and not path.name.endswith(".gz"):
-        last_ok = con.execute("SELECT ok FROM fhir_lines ORDER BY _ord DESC LIMIT 1").fetchone()[0]
-        if not last_ok:
-            raise WobbleError("the file ends part-way through a resource: it looks truncated; copy it again")
+    last_ok = con.execute("SELECT ok FROM fhir_lines ORDER BY _ord DESC LIMIT 1").fetchone()[0]
+    if not fp.ends_with_newline and not path.name.endswith(".gz") and not last_ok:
+        raise WobbleError("the file ends part-way through a resource: it looks truncated; copy it again")
+    # Parse only the lines that are JSON objects (filtered before the cast); the others are
+    # malformed lines.
+    con.execute("CREATE OR REPLACE TEMP TABLE fhir_json AS SELECT _ord, j FROM fhir_lines WHERE ok")
+    con.execute("""CREATE OR REPLACE TEMP TABLE fhir_json AS
+                   SELECT _ord, j::JSON AS j, j::JSON->>'resourceType' AS kind FROM fhir_json""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rejects AS
         SELECT _ord AS line,
-               regexp_replace(left(text, 500), '[0-9](?:[ -]?[0-9]){{9}}', '[number removed]', 'g') AS csv_line,
+               regexp_replace(left(j, 500), '[0-9](?:[ -]?[0-9]){{9}}', '[number removed]', 'g') AS csv_line,
                'not a JSON object' AS error
-        FROM fhir_lines WHERE text IS NOT NULL
+        FROM fhir_lines WHERE NOT ok AND j IS NOT NULL
         UNION ALL
         SELECT _ord, NULL, 'a ' || coalesce(kind, 'resource without resourceType') || ' in a file of {kind} resources'
-        FROM fhir_lines WHERE ok AND kind IS DISTINCT FROM {_lit(kind)}""")
+        FROM fhir_json WHERE kind IS DISTINCT FROM {_lit(kind)}""")
+    con.execute("DROP TABLE fhir_lines")
     fields = _fields(kind, maps)
     cols = ", ".join(f"({sql}) AS {name}" for name, sql in fields.items())
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE fhir_rows AS
         SELECT _ord, {cols}, {_in_scope(kind, maps)} AS in_scope
-        FROM fhir_lines WHERE ok AND kind = {_lit(kind)}""")
+        FROM fhir_json WHERE kind = {_lit(kind)}""")
     out_of_scope = int(con.execute("SELECT count(*) FROM fhir_rows WHERE NOT in_scope").fetchone()[0])
     unmapped_tags = {}
     if kind in ("Flag", "Condition", "Observation") and out_of_scope:
@@ -322,7 +326,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
             "ORDER BY 2 DESC LIMIT 200").fetchall())
     con.execute("DELETE FROM fhir_rows WHERE NOT in_scope")
     con.execute("ALTER TABLE fhir_rows DROP COLUMN in_scope")
-    con.execute("DROP TABLE fhir_lines")
+    con.execute("DROP TABLE fhir_json")
     names = [n for n in fields if n != "retracted"]
     types = {n: ("BOOLEAN" if n == "retracted" else "VARCHAR") for n in fields}
     labels = {n: _LABELS.get(n, n) for n in names}

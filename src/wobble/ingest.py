@@ -33,6 +33,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -182,9 +183,10 @@ def ingest(
             fr = run.load_file(name, source, path, prints[path])
             result.files.append(fr)
             if fr.table == "persons" and fr.status == "loaded" and run.opt_outs:
-                listed = run.apply_opt_out_list()
+                listed = run.apply_opt_out_list()  # newly registered people may be on the list
                 for k in ("persons_flagged", "rows_withdrawn"):
-                    result.opt_out_list[k] = result.opt_out_list.get(k, 0) + listed.get(k, 0)
+                    listed[k] += result.opt_out_list[k]
+                result.opt_out_list = listed
         result.opted_out_persons = int(scalar(con, "SELECT count(*) FROM persons WHERE opted_out"))
         result.seconds = time.perf_counter() - t0
         if report:
@@ -430,7 +432,7 @@ class _Batch:
 
 
 _TEMP_TABLES = ("ids", "ids0", "cand", "staff", "codes", "staged", "dups", "existing", "incoming", "bad",
-                "newly_out", "rej_errors", "rej_scans", "rejects", "fhir_rows")
+                "newly_out", "rej_errors", "rej_scans", "rejects", "fhir_rows", "fhir_lines", "fhir_json")
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
@@ -767,11 +769,13 @@ def _first_pass(run: _Run, inp: _Input, coded: list[str], staff_system: str | No
     return unmapped
 
 
-def _safe_code(code: str) -> str:
-    """A code as reported: at most 60 characters, long digit runs removed."""
-    import re
+_NHS_LIKE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){9}(?![0-9])")
 
-    return re.sub(r"[0-9][0-9 -]{5,}[0-9]", "[digits removed]", str(code))[:60]
+
+def _safe_code(code: str) -> str:
+    """A code as reported: at most 60 characters; anything shaped like an NHS number (ten
+    digits, maybe spaced) removed, since a code column can hold the wrong thing."""
+    return _NHS_LIKE.sub("[number removed]", str(code))[:60]
 
 
 def _build_ids(run: _Run, inp: _Input, keys: list[str], distinct_sql: str) -> None:

@@ -39,6 +39,7 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_ENV.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # a Markdown table cell
 
 
 @dataclass

@@ -64,11 +64,13 @@ def _opt(key: str, value: pl.Expr) -> pl.Expr:
 
 
 def _iso(col: str) -> pl.Expr:
-    """A naive London wall-clock datetime as ISO 8601 with its UTC offset."""
-    return _str(
-        pl.col(col).dt.replace_time_zone("Europe/London", ambiguous="earliest", non_existent="null")
-        .dt.to_string("%Y-%m-%dT%H:%M:%S%:z")
-    )
+    """A naive London wall-clock datetime as ISO 8601 with its UTC offset. (A time in the hour
+    the clocks skip in spring is read as the hour after, as a clock that was not changed would.)"""
+    def aware(e: pl.Expr) -> pl.Expr:
+        return e.dt.replace_time_zone("Europe/London", ambiguous="earliest", non_existent="null")
+
+    t = pl.coalesce(aware(pl.col(col)), aware(pl.col(col) + pl.duration(hours=1)))
+    return _str(t.dt.to_string("%Y-%m-%dT%H:%M:%S%:z"))
 
 
 def _coding(system: str, code: pl.Expr) -> pl.Expr:
@@ -178,7 +180,9 @@ def _encounter_lines(c: pl.DataFrame) -> pl.Series:
              .when(pl.col("service") == "emergency_admission").then(pl.lit("IMP"))
              .when(pl.col("service") == "ambulance_callout").then(pl.lit("FLD"))
              .otherwise(pl.lit("AMB")))
-    status = pl.col("status").replace_strict({"attended": "finished", "cancelled": "cancelled"}, default=None)
+    # A contact with no outcome recorded happened (as ingest assumes); a missed one is not exported.
+    status = pl.col("status").fill_null("attended").replace_strict(
+        {"attended": "finished", "cancelled": "cancelled"}, default=None)
     phone = pl.lit(f',"type":[{{"coding":[{{"system":"{SNOMED}","code":"185317003",'
                    '"display":"Telephone encounter"}]}]')
     return c.filter(status.is_not_null()).select(
