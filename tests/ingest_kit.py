@@ -133,3 +133,77 @@ def visit(rid: str, nhs: str, when: str = "2025-03-01 10:00", entered: str = "20
 
 def csv_text(header: str, rows: list[str]) -> str:
     return "\n".join([header, *rows]) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Privacy scan: find raw identifiers in every file a run wrote
+# ---------------------------------------------------------------------------------------------
+
+# A ten-digit number, maybe written 3-3-4 with spaces or hyphens, not inside a longer number.
+_NUMBER = r"(?:^|[^0-9.])([0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4})(?:[^0-9]|$)"
+
+
+def source_nhs_numbers(world: Path) -> set[str]:
+    """Every NHS number (valid or not) written in a synthetic world's extracts, as ten digits."""
+    import polars as pl
+
+    from wobble.synth import _SOURCES
+
+    found: set[str] = set()
+    for _, _, _, kind, pattern, formats, columns in _SOURCES:
+        for path in sorted((world / "raw").glob(pattern)):
+            if kind == "csv":
+                df = pl.read_csv(path, separator=formats.get("delimiter", ","), infer_schema=False,
+                                 columns=[columns["nhs_number"]], truncate_ragged_lines=True, ignore_errors=True)
+            else:
+                df = pl.read_parquet(path, columns=[columns["nhs_number"]])
+            col = df.to_series().cast(pl.String).str.replace_all(r"[^0-9]", "").drop_nulls()
+            found |= {v for v in col.to_list() if len(v) == 10}
+    return found
+
+
+def scan_for(paths: list[Path], needles: set[str], also: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Which of `needles` (ten-digit numbers) or `also` (plain strings) each file holds.
+
+    DuckDB warehouses and SQLite stores are read through SQL, value by value (their pages may be
+    compressed); Parquet through polars; zip archives member by member; everything else as bytes.
+    """
+    import re
+    import sqlite3
+    import zipfile
+
+    rx = re.compile(_NUMBER)
+    hits: dict[str, list[str]] = {}
+
+    def check(name: str, text: str) -> None:
+        got = {m.replace(" ", "").replace("-", "") for m in rx.findall(text)} & needles
+        got |= {s for s in also if s in text}
+        if got:
+            hits.setdefault(name, []).extend(sorted(got)[:5])
+
+    for path in paths:
+        data = path.read_bytes()
+        name = str(path)
+        if data[:16].startswith(b"SQLite format 3"):
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                    for row in db.execute(f'SELECT * FROM "{table}"'):
+                        check(f"{name}:{table}", " | ".join(map(str, row)))
+        elif path.suffix == ".duckdb":
+            import duckdb
+
+            with duckdb.connect(str(path), read_only=True) as con:
+                for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
+                    for (text,) in con.execute(f'SELECT CAST(t AS VARCHAR) FROM "{table}" t').fetchall():
+                        check(f"{name}:{table}", text)
+        elif path.suffix == ".parquet":
+            import polars as pl
+
+            for row in pl.read_parquet(path).cast(pl.String).iter_rows():
+                check(name, " | ".join(map(str, row)))
+        elif data[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as z:
+                for member in z.namelist():
+                    check(f"{name}:{member}", z.read(member).decode("latin-1"))
+        check(name, data.decode("latin-1"))  # the raw bytes too, whatever the format
+    return hits
