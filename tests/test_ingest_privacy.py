@@ -45,7 +45,7 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
     import duckdb
 
     number = "9434765919"
-    (tmp_path / "a.txt").write_text(f"note: 943 476 5919 seen")
+    (tmp_path / "a.txt").write_text("note: 943 476 5919 seen")
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
         con.execute("CREATE TABLE t AS SELECT 'x' AS a, ? AS b", [number])
     with sqlite3.connect(tmp_path / "m.db") as db:
