@@ -1137,7 +1137,7 @@ def _load_activity(run: _Run, batch: _Batch, inp: _Input) -> FileResult:
                    {'st.pseudonym' if staff else 'NULL::VARCHAR'} AS professional_id,
                    {system} AS source_system, {_lit(batch.batch_id)} AS batch_id, s._ord
             FROM staged s JOIN ids i USING (idx) {'LEFT JOIN staff st ON st.idx = s.staff' if staff else ''}
-            WHERE s.reason IS NULL AND s._ord NOT IN (SELECT _ord FROM dups)"""
+            WHERE s.reason IS NULL"""
         same_cols = ("person_id", "occurred_at", "recorded_at", "service", "status", "mode", "professional_id")
     else:
         tag = _vocab_value("tag", "s.tag")
@@ -1147,7 +1147,7 @@ def _load_activity(run: _Run, batch: _Batch, inp: _Input) -> FileResult:
                    {_vocab_value('author_role', 's.author_role')} AS author_role,
                    {system} AS source_system, {_lit(batch.batch_id)} AS batch_id, s._ord
             FROM staged s JOIN ids i USING (idx)
-            WHERE s.reason IS NULL AND s._ord NOT IN (SELECT _ord FROM dups)"""
+            WHERE s.reason IS NULL"""
         same_cols = ("person_id", "recorded_at", "tag", "author_role")
     # Records this system sent before: identical ones are duplicates, older versions too, and
     # corrections replace what is held. (Skipped when the system has sent nothing yet.)
@@ -1162,7 +1162,8 @@ def _load_activity(run: _Run, batch: _Batch, inp: _Input) -> FileResult:
             SELECT i._ord, i.{id_col},
                    CASE WHEN {match} THEN 'same' WHEN i.recorded_at < t.recorded_at THEN 'older'
                         ELSE 'newer' END, t.batch_id
-            FROM ({incoming}) i JOIN {target} t ON t.source_system = {system} AND t.{id_col} = i.{id_col}""")
+            FROM ({incoming}) i JOIN {target} t ON t.source_system = {system} AND t.{id_col} = i.{id_col}
+            WHERE i._ord NOT IN (SELECT _ord FROM dups)""")
         if "retracted" in inp.fields:
             retracted = int(scalar(con, f"SELECT count(*) FROM {target} WHERE source_system = {system} "
                                         f"AND {id_col} IN {retract}"))
@@ -1181,9 +1182,9 @@ def _load_activity(run: _Run, batch: _Batch, inp: _Input) -> FileResult:
                             AND {id_col} IN (SELECT {id_col} FROM existing WHERE verdict = 'newer')""")
         if retracted:
             con.execute(f"DELETE FROM {target} WHERE source_system = {system} AND {id_col} IN {retract}")
-        loaded = int(con.execute(f"""
-            INSERT INTO {target} SELECT * EXCLUDE (_ord) FROM ({incoming})
-            WHERE _ord NOT IN (SELECT _ord FROM dups)""").fetchone()[0])
+        keep = "WHERE _ord NOT IN (SELECT _ord FROM dups)" if duplicate else ""
+        loaded = int(con.execute(f"INSERT INTO {target} SELECT * EXCLUDE (_ord) FROM ({incoming}) {keep}")
+                     .fetchone()[0])
         _pause_point("inserted", Path(batch.rel).name)
         reasons = _finish(run, batch, inp, rows_in, loaded, duplicate, unmapped)
     return FileResult(
