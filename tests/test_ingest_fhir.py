@@ -173,6 +173,7 @@ def test_fhir_edge_cases(tmp_path):
     a, b = numbers(2, seed=9)
     first = _mini_export(tmp_path / "exp1", {
         "Patient.ndjson": [_patient("p1", a), _patient("p2", None), _patient("p3", b, gender="unknown")],
+        "Practitioner.ndjson": [{"resourceType": "Practitioner", "id": "dr1"}],
         "Encounter.000.ndjson.gz": [
             _encounter("e1", "p1"), _encounter("e2", "p2"), _encounter("e3", "p3"),
             '{"resourceType": "Encounter", "id": "e4", ',  # a line cut short
@@ -185,6 +186,9 @@ def test_fhir_edge_cases(tmp_path):
     cfg = cfg.model_copy(update={"root": tmp_path})
     r1 = ingest(cfg, key=KEY, only=[name], report=False)
     files = {Path(f.file).name: f for f in r1.files}
+    assert not r1.failed
+    assert (files["Practitioner.ndjson"].status, files["Practitioner.ndjson"].error) == (
+        "not_read", "resource type Practitioner is not read")
     assert files["Patient.ndjson"].rows_loaded == 3 and files["Patient.ndjson"].other_identifier == 1
     enc = files["Encounter.000.ndjson.gz"]
     assert enc.status == "loaded", enc.error

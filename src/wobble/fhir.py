@@ -63,7 +63,8 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
 
     The type comes from the export's manifest when there is one, else from the file name
     (`Patient.ndjson`, `Patient.000.ndjson`, `1.Patient.ndjson`), else from the first line.
-    Types wobble does not read are listed as type '' so they can be reported.
+    Files of types wobble does not read are listed too (with their type, or ''), so a run can
+    say it left them alone.
     """
     folder = Path(folder)
     if folder.is_file():
@@ -80,20 +81,15 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
                 manifest[Path(str(item.get("url", ""))).name] = str(item.get("type", ""))
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
             pass
-    out = []
-    for p in paths:
-        kind = manifest.get(p.name) or _type_from_name(p.name) or _type_from_first_line(p)
-        out.append((kind if kind in TABLE_OF else "", p))
-    order = {"Patient": 0, "Encounter": 1, "Flag": 2, "Condition": 3, "Observation": 4, "": 5}
-    return sorted(out, key=lambda t: (order[t[0]], t[1].name))
+    out = [(manifest.get(p.name) or _type_from_name(p.name) or _type_from_first_line(p), p) for p in paths]
+    order = {"Patient": 0, "Encounter": 1, "Flag": 2, "Condition": 3, "Observation": 4}
+    return sorted(out, key=lambda t: (order.get(t[0], 5), t[1].name))
 
 
 def _type_from_name(name: str) -> str:
     stem = name.split(".ndjson")[0].split(".jsonl")[0]
-    for part in stem.replace("_", ".").replace("-", ".").split("."):
-        if part in TABLE_OF:
-            return part
-    return ""
+    parts = [p for p in stem.replace("_", ".").replace("-", ".").split(".") if p]
+    return next((p for p in parts if p in TABLE_OF), next((p for p in parts if p[:1].isupper()), ""))
 
 
 def _type_from_first_line(path: Path) -> str:
@@ -260,14 +256,13 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     from wobble.ingest import _Input
 
     kind = next((k for k, p in fhir_files(path) if p == path), "")
+    if kind not in TABLE_OF:
+        raise WobbleError(f"not a FHIR resource type wobble reads ({kind or 'unknown type'})")
     if fp.size == 0:
         raise WobbleError("the file is empty")
     head = _head(path)
     if b"\x00" in head:
         raise WobbleError("the file is binary, not NDJSON text")
-    if not kind:
-        raise WobbleError("not a FHIR resource type wobble reads (Patient, Encounter, Flag, Condition, "
-                          "Observation)")
     maps = code_maps(source)
     try:
         con.execute(

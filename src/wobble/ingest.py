@@ -73,7 +73,7 @@ class FileResult:
 
     source: str
     file: str
-    status: str  # loaded | skipped (already loaded) | failed
+    status: str  # loaded | skipped (already loaded) | failed | not_read (a FHIR type wobble ignores)
     table: str | None = None
     rows_in: int = 0
     rows_loaded: int = 0
@@ -131,6 +131,7 @@ class IngestResult:
             "files_loaded": sum(f.status == "loaded" for f in self.files),
             "files_skipped": sum(f.status == "skipped" for f in self.files),
             "files_failed": len(self.failed),
+            "files_not_read": sum(f.status == "not_read" for f in self.files),
             "quarantine_reasons": self.reasons(),
             "opted_out_persons": self.opted_out_persons,
             "opt_out_list": self.opt_out_list,
@@ -171,16 +172,20 @@ def ingest(
     with connect(cfg.warehouse, wait_seconds=wait) as con, ThreadPoolExecutor(1) as hasher:
         run = _Run(con, cfg, key)
         # Fingerprint files in the background, in load order, while earlier files load.
-        prints = {path: hasher.submit(_fingerprint, path) for _, _, path in plan if path}
+        prints = {f.path: hasher.submit(_fingerprint, f.path) for f in plan if f.path and not f.not_read}
         result.opt_out_list = run.apply_opt_out_list()
-        for name, source, path in plan:
-            if path is None:
-                result.files.append(FileResult(name, source.path, "failed",
-                                               error=f"no file matches {source.path}"))
+        for f in plan:
+            if f.path is None:
+                result.files.append(FileResult(f.name, f.source.path, "failed",
+                                               error=f"no file matches {f.source.path}"))
+                continue
+            if f.not_read:
+                result.files.append(FileResult(f.name, _display_path(cfg, f.path), "not_read",
+                                               error=f"resource type {f.fhir_type or 'unknown'} is not read"))
                 continue
             if progress:
-                progress(f"{name}: {path.name}")
-            fr = run.load_file(name, source, path, prints[path])
+                progress(f"{f.name}: {f.path.name}")
+            fr = run.load_file(f.name, f.source, f.path, prints[f.path])
             result.files.append(fr)
             if fr.table == "persons" and fr.status == "loaded" and run.opt_outs:
                 listed = run.apply_opt_out_list()  # newly registered people may be on the list
@@ -204,24 +209,41 @@ def ingest(
 # ---------------------------------------------------------------------------------------------
 
 
-def _plan(cfg: Config, names: list[str]) -> list[tuple[str, Source, Path | None]]:
-    """(source name, source, file) in load order: persons before contacts before tags."""
+@dataclass
+class _Planned:
+    """One file to load (or a source with no file: `path` None)."""
+
+    name: str
+    source: Source
+    path: Path | None
+    fhir_type: str = ""  # the FHIR resource type of an export file
+
+    @property
+    def not_read(self) -> bool:
+        from wobble.fhir import TABLE_OF
+
+        return self.source.kind == "fhir" and self.path is not None and self.fhir_type not in TABLE_OF
+
+
+def _plan(cfg: Config, names: list[str]) -> list[_Planned]:
+    """The files in load order: persons before contacts before tags, and last the FHIR files
+    of resource types wobble does not read (reported, left alone)."""
     from wobble.fhir import fhir_files
 
-    plan: list[tuple[int, str, Source, Path | None]] = []
+    plan: list[tuple[int, _Planned]] = []
     for name in names:
         source = cfg.sources[name]
         if source.kind == "fhir":
-            files = fhir_files(cfg.path(source.path))
-            if not files:
-                plan.append((0, name, source, None))
-            plan += [(0 if kind == "Patient" else 1, name, source, p) for kind, p in files]
-            continue
-        paths = sorted(glob.glob(str(cfg.path(source.path))))
-        order = TABLE_ORDER[source.table or "contacts"]
-        plan += [(order, name, source, Path(p)) for p in paths] or [(order, name, source, None)]
+            files = [_Planned(name, source, p, kind) for kind, p in fhir_files(cfg.path(source.path))]
+            plan += [(3 if f.not_read else 0 if f.fhir_type == "Patient" else 1, f) for f in files]
+        else:
+            order = TABLE_ORDER[source.table]
+            files = [_Planned(name, source, Path(p)) for p in sorted(glob.glob(str(cfg.path(source.path))))]
+            plan += [(order, f) for f in files]
+        if not files:
+            plan.append((0, _Planned(name, source, None)))
     plan.sort(key=lambda t: t[0])  # stable: config order within a table
-    return [(n, s, p) for _, n, s, p in plan]
+    return [f for _, f in plan]
 
 
 @dataclass

@@ -132,6 +132,8 @@ def _persons(con) -> dict:
 def _warnings(files) -> list[str]:
     out = []
     for f in files:
+        if f.status == "not_read":
+            out.append(f"{f.file}: not read ({f.error})")
         if f.line_breaks_in_fields:
             out.append(f"{f.file}: {f.line_breaks_in_fields:,} line breaks sit inside quoted fields (or are blank "
                        "lines); check that no quote is out of place, since rows can hide inside a field")
