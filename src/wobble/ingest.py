@@ -453,7 +453,7 @@ class _Batch:
     table: str | None = None
 
 
-_TEMP_TABLES = ("ids", "ids0", "cand", "staff", "codes", "staged", "dups", "existing", "incoming", "bad",
+_TEMP_TABLES = ("ids", "ids0", "cand", "seen", "staff", "codes", "staged", "dups", "existing", "incoming", "bad",
                 "newly_out", "rej_errors", "rej_scans", "rejects", "fhir_rows", "fhir_lines", "fhir_json")
 
 
@@ -810,13 +810,15 @@ def _build_ids(run: _Run, inp: _Input, keys: list[str], distinct_sql: str) -> No
     """
     con = run.con
     nhs = "nhs_number" if "nhs_number" in keys else "NULL::VARCHAR"
+    alt = "wobble_pseudonym('id:' || alt_id)" if "alt_id" in keys else "NULL::VARCHAR"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE ids0 AS
-        SELECT row_number() OVER ()::INTEGER AS idx, {', '.join(keys)}, {nhs_normalised_sql(nhs)} AS nhs
+        SELECT row_number() OVER ()::INTEGER AS idx, {', '.join(keys)}, {nhs_normalised_sql(nhs)} AS nhs,
+               {alt} AS alt_pid
         FROM {distinct_sql}""")
     run._pseudonymise_into_cache("ids0", "nhs")
     valid = nhs_valid_sql("i.nhs")
-    alt = "wobble_pseudonym('id:' || i.alt_id)" if "alt_id" in keys else "NULL::VARCHAR"
+    alt = "i.alt_pid"
     if inp.table == "persons":
         status = f"CASE WHEN i.nhs IS NOT NULL THEN (CASE WHEN {valid} THEN 0 ELSE 1 END) " \
                  f"WHEN {alt} IS NOT NULL THEN 0 ELSE 4 END"
@@ -1178,14 +1180,19 @@ def _load_activity(run: _Run, batch: _Batch, inp: _Input) -> FileResult:
     retract = f"(SELECT record_id FROM staged WHERE reason = {_REASON_INDEX['entered_in_error']})"
     retracted = 0
     if scalar(con, f"SELECT EXISTS (SELECT 1 FROM {target} WHERE source_system = {system})"):
+        # First the ids alone (a narrow semi-join), then the full comparison for those only.
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE seen AS
+            SELECT _ord FROM staged WHERE reason IS NULL AND _ord NOT IN (SELECT _ord FROM dups)
+              AND record_id IN (SELECT {id_col} FROM {target} WHERE source_system = {system})""")
         match = " AND ".join(f"t.{k} IS NOT DISTINCT FROM i.{k}" for k in same_cols)
         con.execute(f"""
             INSERT INTO existing
             SELECT i._ord, i.{id_col},
                    CASE WHEN {match} THEN 'same' WHEN i.recorded_at < t.recorded_at THEN 'older'
                         ELSE 'newer' END, t.batch_id
-            FROM ({incoming}) i JOIN {target} t ON t.source_system = {system} AND t.{id_col} = i.{id_col}
-            WHERE i._ord NOT IN (SELECT _ord FROM dups)""")
+            FROM ({incoming} AND s._ord IN (SELECT _ord FROM seen)) i
+            JOIN {target} t ON t.source_system = {system} AND t.{id_col} = i.{id_col}""")
         if "retracted" in inp.fields:
             retracted = int(scalar(con, f"SELECT count(*) FROM {target} WHERE source_system = {system} "
                                         f"AND {id_col} IN {retract}"))

@@ -165,7 +165,7 @@ def _date_ranges(con) -> list[dict]:
     rows = con.execute("""
         SELECT 'contacts' AS tbl, source_system, count(*), min(occurred_at), max(occurred_at),
                min(recorded_at), max(recorded_at),
-               median(epoch(recorded_at) - epoch(occurred_at)) / 3600.0 AS lag_hours
+               approx_quantile(epoch(recorded_at) - epoch(occurred_at), 0.5) / 3600.0 AS lag_hours
         FROM contacts GROUP BY ALL
         UNION ALL
         SELECT 'tags', source_system, count(*), NULL, NULL, min(recorded_at), max(recorded_at), NULL
