@@ -350,6 +350,7 @@ def demo(
         f"model {tr['model_name']} v{tr['model_version']}: AUROC {m['auroc']} (baseline {m['baseline_auroc']}"
         + (f", oracle {m['oracle_auroc']}" if "oracle_auroc" in m else "") + ")",
         f"model card: {summary.data['outputs']['model_card']}",
+        f"data-quality report: {summary.data['outputs'].get('quality_report')}",
         *_list_lines(summary.data["stages"]["publish"]),
     ]
     _finish(summary, cfg.outputs, as_json, lines)
