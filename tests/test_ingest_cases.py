@@ -90,6 +90,26 @@ def test_each_reason_is_given_to_the_row_that_earns_it(tmp_path):
     assert "missing columns" in malformed[0] and malformed[1] == "V14,only,three"
 
 
+def test_blanks_and_padding(tmp_path):
+    """Values padded with spaces are read as their trimmed selves; blank ones are missing."""
+    a = PEOPLE[0]
+    visits = [
+        visit("P1", f" {a} ", when=" 2025-03-01 10:00", entered="2025-03-01 11:00 ", service=" DN ",
+              outcome="DNA ", how="\tHome"),                    # line 2: loaded, as if unpadded
+        visit("P2", a, service="   "),                          # 3: missing_field (blank service)
+        visit("P3", "   "),                                     # 4: missing_field (blank NHS number)
+        visit("P4", a, when="  "),                              # 5: missing_field (blank date)
+        '"P5","","2025-03-01 10:00","","DN","Seen","Home","S1"',  # 6: missing_field (quoted empty NHS)
+    ]
+    cfg = project(tmp_path, files={"register.csv": register([a]), "visits.csv": csv_text(VISITS_HEADER, visits)})
+    f = by_file(run(cfg))["visits.csv"]
+    assert f.unmapped == {}
+    assert rows(cfg, "SELECT line, reason FROM quarantine ORDER BY line") == [
+        (3, "missing_field"), (4, "missing_field"), (5, "missing_field"), (6, "missing_field")]
+    assert rows(cfg, "SELECT service, status, mode, occurred_at::VARCHAR FROM contacts") == [
+        ("community_nursing", "did_not_attend", "home_visit", "2025-03-01 10:00:00")]
+
+
 def test_tags_get_their_reasons_and_polarity(tmp_path):
     a = PEOPLE[0]
     notes = ["N1,{a},2025-03-01 10:00,LM", "N2,{a},2025-03-01 10:00,ZZ", "N3,{a},,SN", "N4,{a},2025-03-01 10:00,SN"]

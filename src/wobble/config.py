@@ -125,7 +125,7 @@ class Lookups(_Strict):
 class Ingest(_Strict):
     """How hard ingest may work: DuckDB's memory limit and threads (default: all cores)."""
 
-    memory_limit: str = "3GB"
+    memory_limit: str = "4GB"
     threads: int | None = Field(default=None, ge=1)
     wait_seconds: float = Field(default=0.0, ge=0)
 
