@@ -20,12 +20,11 @@ Reasons, first match wins: malformed_line, missing_field, entered_in_error (FHIR
 impossible_date, unknown_code, person_not_found, opted_out (activity of people with a national
 data opt-out is not kept: only the line and reason), then duplicate.
 
-How it scales: each file is read twice by DuckDB. The first pass reads only the identifier and
-code columns and collects their distinct values, so each NHS number (and staff code) is
-pseudonymised once, in SQL, and unmapped codes are counted. The second pass parses and validates
-every row into one compact staging table keyed by the row's position in the file. Raw NHS
-numbers exist only in that first pass and in an in-memory table for this run, never on disk in
-the warehouse.
+How it scales (docs/ingest.md): each file is read twice by DuckDB, in parallel. The first pass
+collects the distinct identifiers and codes, so each NHS number (and staff code) is pseudonymised
+once, in SQL, and unmapped codes are counted. The second pass parses and validates every row into
+one compact staging table whose rowids follow the file's lines. Raw NHS numbers live only in this
+run's temporary tables (in memory, or DuckDB's spill folder), never in the warehouse.
 """
 
 from __future__ import annotations
