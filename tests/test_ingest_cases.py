@@ -86,6 +86,9 @@ def test_each_reason_is_given_to_the_row_that_earns_it(tmp_path):
     raw = rows(cfg, "SELECT raw FROM quarantine WHERE line = 11")[0][0]
     assert "Service=XRAY" in raw and "NHS=**********" in raw and "Staff=(masked)" in raw and a not in raw
     assert rows(cfg, "SELECT raw FROM quarantine WHERE reason = 'opted_out'") == [(None,)]
+    # every other quarantined row keeps its masked copy, those found out by who they are about too
+    kept = rows(cfg, "SELECT reason, raw FROM quarantine WHERE reason NOT IN ('opted_out', 'malformed_line')")
+    assert len(kept) == 11 and all(raw and raw.startswith("NHS=") for _, raw in kept)
     malformed = rows(cfg, "SELECT detail, raw FROM quarantine WHERE reason = 'malformed_line'")[0]
     assert "missing columns" in malformed[0] and malformed[1] == "V14,only,three"
 
