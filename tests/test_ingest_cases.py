@@ -88,7 +88,8 @@ def test_each_reason_is_given_to_the_row_that_earns_it(tmp_path):
     assert rows(cfg, "SELECT raw FROM quarantine WHERE reason = 'opted_out'") == [(None,)]
     # every other quarantined row keeps its masked copy, those found out by who they are about too
     kept = rows(cfg, "SELECT reason, raw FROM quarantine WHERE reason NOT IN ('opted_out', 'malformed_line')")
-    assert len(kept) == 11 and all(raw and raw.startswith("NHS=") for _, raw in kept)
+    assert len(kept) == 11 and all(raw and "NHS=" in raw for _, raw in kept)
+    assert "When=2025-02-30 10:00" in rows(cfg, "SELECT raw FROM quarantine WHERE line = 7")[0][0]
     malformed = rows(cfg, "SELECT detail, raw FROM quarantine WHERE reason = 'malformed_line'")[0]
     assert "missing columns" in malformed[0] and malformed[1] == "V14,only,three"
 

@@ -32,6 +32,7 @@ import duckdb
 
 from wobble.config import Config, Source
 from wobble.errors import WobbleError
+from wobble.identifiers import without_numbers_sql
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -300,7 +301,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rejects AS
         SELECT _ord AS line,
-               regexp_replace(left(j, 500), '[0-9](?:[ -]?[0-9]){{9}}', '[number removed]', 'g') AS csv_line,
+               {without_numbers_sql("left(j, 500)")} AS csv_line,
                'not a JSON object' AS error
         FROM fhir_lines WHERE NOT ok AND j IS NOT NULL
         UNION ALL

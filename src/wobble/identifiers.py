@@ -70,6 +70,18 @@ def pseudonymise(key: bytes, identifier: str) -> str:
     return hmac.new(key, identifier.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
+# Anything written like an NHS number (ten digits, or 3-3-4 with a space or hyphen) standing on
+# its own: removed from any text kept about a quarantined row, in SQL and in Python alike.
+NHS_LIKE = re.compile(r"\b[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}\b", re.ASCII)
+_NHS_LIKE_SQL = r"\b[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}\b"
+NUMBER_REMOVED = "[number removed]"
+
+
+def without_numbers_sql(text: str) -> str:
+    """SQL: the text with anything written like an NHS number replaced."""
+    return f"regexp_replace({text}, '{_NHS_LIKE_SQL}', '{NUMBER_REMOVED}', 'g')"
+
+
 def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     """HMAC-SHA256's inner and outer padded keys (RFC 2104), for computing HMACs in SQL."""
     k = hashlib.sha256(key).digest() if len(key) > 64 else key

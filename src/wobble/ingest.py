@@ -32,7 +32,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +43,14 @@ import duckdb
 
 from wobble.config import Config, Source
 from wobble.errors import WobbleError
-from wobble.identifiers import install_sql_pseudonym, nhs_normalised_sql, nhs_valid_sql
+from wobble.identifiers import (
+    NHS_LIKE,
+    NUMBER_REMOVED,
+    install_sql_pseudonym,
+    nhs_normalised_sql,
+    nhs_valid_sql,
+    without_numbers_sql,
+)
 from wobble.vocab import AUTHOR_ROLES, CONCERN_TAGS, ETHNICITY_GROUPS, MODES, SERVICES, SEXES, STATUSES, TAGS
 from wobble.warehouse import connect, scalar, transaction
 
@@ -775,8 +781,7 @@ def _masked_raw(inp: _Input) -> str:
         if f in _MASKED:
             val = f"CASE WHEN {_text(f, inp)} IS NULL THEN '' ELSE {_lit(_MASKED[f])} END"
         else:
-            val = (f"regexp_replace(left(coalesce(r.{f}::VARCHAR, ''), 200), "
-                   "'[0-9](?:[ -]?[0-9]){9}', '[number removed]', 'g')")
+            val = without_numbers_sql(f"left(coalesce(r.{f}::VARCHAR, ''), 200)")
         parts.append(f"{_lit(label + '=')} || {val}")
     return " || '; ' || ".join(parts) if parts else "''"
 
@@ -828,13 +833,10 @@ def _first_pass(run: _Run, inp: _Input, coded: list[str], staff_system: str | No
     return unmapped
 
 
-_NHS_LIKE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){9}(?![0-9])")
-
-
 def _safe_code(code: str) -> str:
     """A code as reported: at most 60 characters; anything shaped like an NHS number (ten
     digits, maybe spaced) removed, since a code column can hold the wrong thing."""
-    return _NHS_LIKE.sub("[number removed]", str(code))[:60]
+    return NHS_LIKE.sub(NUMBER_REMOVED, str(code))[:60]
 
 
 def _build_ids(run: _Run, inp: _Input, keys: list[str], distinct_sql: str) -> None:
@@ -1001,7 +1003,7 @@ def _bad_rows(con, inp: _Input) -> None:
     if inp.rejects:
         rejects = f"""UNION ALL
             SELECT line, 'malformed_line', lower(error),
-                   regexp_replace(left(csv_line, 500), '[0-9](?:[ -]?[0-9]){{9}}', '[number removed]', 'g')
+                   {without_numbers_sql("left(csv_line, 500)")}
             FROM {inp.rejects}"""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE bad AS
