@@ -127,6 +127,8 @@ def test_fhir_reasons_out_of_scope_and_other_identifiers(adhoc, export):
         assert ledger[f"{kind}.ndjson"] == counts[kind] - 80 - unknown
     unmapped = dict(_q(wh, "SELECT source || field || code, rows FROM ingest_unmapped"))
     assert unmapped.get("fhirtaghttp://snomed.info/sct|1000002", 0) > 0
+    assert "fhirtaghttp://snomed.info/sct|75367002" not in unmapped  # a blood pressure is not a tag
+    assert unmapped.get("fhirtaghttp://snomed.info/sct|44054006") == 80  # a diagnosis on the problem list
     reasons = dict(_q(wh, "SELECT reason, count(*) FROM quarantine GROUP BY ALL"))
     expected = {"invalid_nhs_number", "impossible_date", "unknown_code", "missing_field", "person_not_found"}
     assert expected <= set(reasons)
@@ -215,13 +217,14 @@ def test_fhir_edge_cases(tmp_path):
 
 @pytest.mark.parametrize("content, phrase", [
     ('{\n  "resourceType": "Patient",\n  "id": "x"\n}\n', "not NDJSON"),
+    ('{"resourceType": "Patient", "id": "Zoë"}\n'.encode("latin-1"), "not UTF-8"),
     ("", "the file is empty"),
     ('{"resourceType": "Patient", "id": "x"}\n{"resourceType": "Patient", "id": "y", "gen', "looks truncated"),
 ])
 def test_bad_fhir_files_fail_in_one_line(tmp_path, content, phrase):
     folder = tmp_path / "exp"
     folder.mkdir()
-    (folder / "Patient.ndjson").write_text(content)
+    (folder / "Patient.ndjson").write_bytes(content if isinstance(content, bytes) else content.encode())
     cfg, name = with_fhir_folder(folder, load_config(_config(tmp_path)))
     result = ingest(cfg, key=KEY, only=[name], report=False)
     assert result.files[0].status == "failed" and phrase in result.files[0].error

@@ -232,19 +232,19 @@ def _fields(kind: str, maps: dict[str, dict[str, str]]) -> dict[str, str]:
     }
 
 
-def _in_scope(kind: str, maps: dict[str, dict[str, str]]) -> str:
-    """SQL: is this resource one wobble reads? Tags need a category (Condition, Observation)
-    and a code in the tag map; other resources of a read type always are."""
+def _in_scope(kind: str, maps: dict[str, dict[str, str]]) -> tuple[str, str]:
+    """SQL: (is this resource of a kind wobble reads, does its code map). Tags need a category
+    (Condition, Observation) and a code in the tag map; other read types always qualify."""
     if kind not in ("Flag", "Condition", "Observation"):
-        return "true"
+        return "true", "true"
     keys = ", ".join(_lit(k) for k in maps.get("tag", {})) or "NULL"
     mapped = f"len(list_filter({_concept_codes('$.code')}, lambda v: v IN ({keys}))) > 0"
     if kind == "Flag":
-        return mapped
+        return "true", mapped
     cats = ", ".join(_lit(c) for c in TAG_CATEGORIES[kind])
     category = (f"len(list_filter({_concepts_codes('$.category')}, "
                 f"lambda v: regexp_extract(v, '[^|]+$') IN ({cats}))) > 0")
-    return f"({category} AND {mapped})"
+    return category, mapped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         )
     except duckdb.Error as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "unicode" in msg.lower():
+        if "invalid unicode" in str(exc).lower():
             raise WobbleError("the file is not UTF-8 text (FHIR NDJSON must be)") from None
         if "maximum line size" in msg.lower():
             raise WobbleError(f"a line is longer than the {source.max_line_bytes:,}-byte limit "
@@ -310,18 +310,22 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     con.execute("DROP TABLE fhir_lines")
     fields = _fields(kind, maps)
     cols = ", ".join(f"({sql}) AS {name}" for name, sql in fields.items())
+    category, mapped = _in_scope(kind, maps)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE fhir_rows AS
-        SELECT _ord, {cols}, {_in_scope(kind, maps)} AS in_scope
+        SELECT _ord, {cols}, {category} AS in_category, {mapped} AS mapped
         FROM fhir_json WHERE kind = {_lit(kind)}""")
-    out_of_scope = int(con.execute("SELECT count(*) FROM fhir_rows WHERE NOT in_scope").fetchone()[0])
+    out_of_scope = int(con.execute("SELECT count(*) FROM fhir_rows WHERE NOT (in_category AND mapped)")
+                       .fetchone()[0])
+    # Codes of resources that are tags but whose code the map does not know: report them.
     unmapped_tags = {}
-    if kind in ("Flag", "Condition", "Observation") and out_of_scope:
+    if kind in ("Flag", "Condition", "Observation"):
         unmapped_tags = dict(con.execute(
-            "SELECT tag, count(*) FROM fhir_rows WHERE NOT in_scope AND tag IS NOT NULL GROUP BY tag "
-            "ORDER BY 2 DESC LIMIT 200").fetchall())
-    con.execute("DELETE FROM fhir_rows WHERE NOT in_scope")
-    con.execute("ALTER TABLE fhir_rows DROP COLUMN in_scope")
+            "SELECT tag, count(*) FROM fhir_rows WHERE in_category AND NOT mapped AND tag IS NOT NULL "
+            "GROUP BY tag ORDER BY 2 DESC LIMIT 200").fetchall())
+    con.execute("DELETE FROM fhir_rows WHERE NOT (in_category AND mapped)")
+    con.execute("ALTER TABLE fhir_rows DROP COLUMN in_category")
+    con.execute("ALTER TABLE fhir_rows DROP COLUMN mapped")
     con.execute("DROP TABLE fhir_json")
     names = [n for n in fields if n != "retracted"]
     types = {n: ("BOOLEAN" if n == "retracted" else "VARCHAR") for n in fields}
