@@ -1,6 +1,7 @@
 """The README documents the vocabularies; keep it in step with vocab.py."""
 
 from conftest import ROOT
+
 from wobble import vocab
 
 
