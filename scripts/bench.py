@@ -46,10 +46,21 @@ def main() -> None:
     ap.add_argument("--persons", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--stages", default="synth,ingest,features1,features13,train,approve,publish,monitor")
+    ap.add_argument("--world", type=Path, default=None,
+                    help="an existing world (read-only) to use instead of synthesising one; it is "
+                         "symlinked as <work>/world and the synth stage is skipped")
     args = ap.parse_args()
     stages = args.stages.split(",")
     work = ROOT / "data" / "bench" / str(args.persons)
     work.mkdir(parents=True, exist_ok=True)
+    if args.world:
+        link = work / "world"
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.exists():
+            raise SystemExit(f"bench: {link} is a folder; remove it to use --world")
+        link.symlink_to(args.world.resolve())
+        stages = [s for s in stages if s != "synth"]
     py = [sys.executable, "-m", "wobble"]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     key_file = work / ".wobble_key"

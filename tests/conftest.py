@@ -34,6 +34,16 @@ def world20k(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def world2k(tmp_path_factory) -> Path:
+    """A 2,000-person world (one team): quick to make, for tests that need a whole world."""
+    from wobble.synth import synth
+
+    out = tmp_path_factory.mktemp("world2k")
+    synth(persons=2000, seed=3, out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def ingested(tmp_path_factory, world20k):
     """The 20k world with its demo config, ingested once: (config, ingest result)."""
     from wobble.config import load_config

@@ -128,23 +128,45 @@ def synth(
 
 @app.command()
 @friendly
-def ingest(config: ConfigOpt = Path("wobble.toml"), as_json: JsonOpt = False,
-           wait: Annotated[float, typer.Option(help="Seconds to wait for a busy warehouse.")] = 0.0) -> None:
+def ingest(
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+    wait: Annotated[float | None, typer.Option(
+        help="Seconds to wait for a busy warehouse (default: the config's, else 0).")] = None,
+    fhir: Annotated[Path | None, typer.Option(
+        "--fhir", help="Load this FHIR Bulk Data export folder only (works without a wobble.toml: "
+        "warehouse and outputs then go under ./data/).")] = None,
+) -> None:
     """Load the sources named in wobble.toml into the warehouse (quarantining bad rows)."""
+    from wobble.config import load_config, pseudonym_key, with_fhir_folder
     from wobble.ingest import ingest as run_ingest
     from wobble.runs import RunSummary
 
-    cfg, key_of = _load(config)
-    key = key_of(cfg)
+    only = None
+    if fhir is not None:
+        base = load_config(config) if config.exists() or config != Path("wobble.toml") else None
+        cfg, name = with_fhir_folder(fhir, base)
+        only = [name]
+    else:
+        cfg = load_config(config)
+    key = pseudonym_key(cfg)
     summary = RunSummary("ingest")
     with _Progress() as p, summary.stage("ingest") as s:
-        result = run_ingest(cfg, key=key, progress=p.say, wait_seconds=wait)
+        result = run_ingest(cfg, key=key, progress=p.say, wait_seconds=wait, only=only)
         s.update(result.summary())
     summary.output("warehouse", cfg.warehouse)
+    if result.report_md:
+        summary.output("quality_report", result.report_md)
+        summary.output("quality_report_html", result.report_html)
     st = summary.data["stages"]["ingest"]
     lines = [f"rows in {st['rows_in']:,} = loaded {st['rows_loaded']:,} + quarantined "
              f"{st['rows_quarantined']:,} + duplicate {st['rows_duplicate']:,}",
+             "quarantined by reason: " + (", ".join(f"{k} {v:,}" for k, v in st["quarantine_reasons"].items()
+                                                      if k != "duplicate") or "none"),
+             f"people with a national data opt-out (excluded): {st['opted_out_persons']:,}",
              f"warehouse: {cfg.warehouse}"]
+    if result.report_md:
+        lines.append(f"data-quality report: {result.report_md} (and .html)")
     lines += [f"[red]failed:[/] {e}" for e in st["errors"]]
     _finish(summary, cfg.outputs, as_json, lines)
     if result.failed:
@@ -396,6 +418,7 @@ def demo(
         f"model {tr['model_name']} v{tr['model_version']}: AUROC {m['auroc']} (baseline {m['baseline_auroc']}"
         + (f", oracle {m['oracle_auroc']}" if "oracle_auroc" in m else "") + ")",
         f"model card: {summary.data['outputs']['model_card']}",
+        f"data-quality report: {summary.data['outputs'].get('quality_report')}",
         *_list_lines(summary.data["stages"]["publish"]),
     ]
     _finish(summary, cfg.outputs, as_json, lines)

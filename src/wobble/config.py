@@ -11,6 +11,7 @@ import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,7 +24,7 @@ SOURCE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "persons": (
         (
             "nhs_number", "birth_year", "birth_date", "sex", "ethnicity_group", "imd_decile",
-            "lsoa", "practice_id", "team_id", "opted_out", "died_on", "registered_on",
+            "lsoa", "postcode", "practice_id", "team_id", "opted_out", "died_on", "registered_on",
         ),
         ("nhs_number", "sex"),
     ),
@@ -52,23 +53,47 @@ class Paths(_Strict):
     truth: Path | None = None
 
 
-class Source(_Strict):
-    """One extract: a file (or glob of files) from one system, mapped to one contract table."""
+# Fields a FHIR source may give value mappings for (FHIR code → contract value). Keys are a
+# code, or "system|code" to tell apart the same code in two code systems.
+FHIR_VALUE_FIELDS = ("service", "status", "mode", "tag", "sex", "ethnicity_group", "author_role")
 
-    kind: Literal["csv", "parquet"]
-    table: Literal["persons", "contacts", "tags"]
+
+class Source(_Strict):
+    """One extract: a file (or glob of files) from one system, mapped to the contract.
+
+    Tabular sources (csv, parquet) feed one contract table through a column mapping. A FHIR
+    source is a Bulk Data `$export` folder of NDJSON files and feeds persons, contacts and tags
+    at once; its `values` extend the built-in FHIR code maps (see `wobble/fhir_maps.toml`).
+    """
+
+    kind: Literal["csv", "parquet", "fhir"]
+    table: Literal["persons", "contacts", "tags"] | None = None
     system: str
     path: str
-    delimiter: str = ","
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: Literal["utf-8", "latin-1"] = "utf-8"
     timestamp_format: str | None = None
     date_format: str | None = None
     timezone: str = "Europe/London"
-    columns: dict[str, str]
+    columns: dict[str, str] = Field(default_factory=dict)
     values: dict[str, dict[str, str]] = Field(default_factory=dict)
     defaults: dict[str, str] = Field(default_factory=dict)
+    max_line_bytes: int = Field(default=1 << 20, ge=1024)
 
     def check(self, name: str) -> None:
+        if self.kind == "fhir":
+            for key in ("table", "columns", "defaults"):
+                if getattr(self, key):
+                    raise ConfigError(f"sources.{name}.{key}: not used by a FHIR source; remove it")
+            for field in self.values:
+                if field not in FHIR_VALUE_FIELDS:
+                    raise ConfigError(
+                        f"sources.{name}.values: '{field}' cannot be mapped for FHIR "
+                        f"(expected one of: {', '.join(FHIR_VALUE_FIELDS)})"
+                    )
+            return
+        if self.table is None:
+            raise ConfigError(f"sources.{name}.table: missing (persons, contacts or tags)")
         allowed, required = SOURCE_FIELDS[self.table]
         for field in list(self.columns) + list(self.values) + list(self.defaults):
             if field not in allowed:
@@ -79,11 +104,30 @@ class Source(_Strict):
         for field in required:
             if field not in self.columns and field not in self.defaults:
                 raise ConfigError(f"sources.{name}.columns: missing required field '{field}'")
+        if "nhs_number" not in self.columns:
+            raise ConfigError(f"sources.{name}.columns: nhs_number must name a column (it has no default)")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"sources.{name}.timezone: unknown time zone {self.timezone!r}") from None
 
 
 class Lookups(_Strict):
+    """Optional CSV lookups. The opt-out list holds NHS numbers (a column named nhs_number, else
+    the first column) of people with a national data opt-out; it is read on every run."""
+
     lsoa_imd: str | None = None
     practice_team: str | None = None
+    postcode_lsoa: str | None = None
+    opt_outs: str | None = None
+
+
+class Ingest(_Strict):
+    """How hard ingest may work: DuckDB's memory limit and threads (default: all cores)."""
+
+    memory_limit: str = "4GB"
+    threads: int | None = Field(default=None, ge=1)
+    wait_seconds: float = Field(default=0.0, ge=0)
 
 
 class Teams(_Strict):
@@ -139,6 +183,7 @@ class Config(_Strict):
     paths: Paths = Paths()
     sources: dict[str, Source] = Field(default_factory=dict)
     lookups: Lookups = Lookups()
+    ingest: Ingest = Ingest()
     teams: Teams = Teams()
     monitor: Monitor = Monitor()
 
@@ -213,6 +258,23 @@ def parse_config(raw: dict[str, Any], *, root: Path) -> Config:
     for name, source in cfg.sources.items():
         source.check(name)
     return cfg
+
+
+def with_fhir_folder(folder: Path | str, base: Config | None = None) -> tuple[Config, str]:
+    """The config for `wobble ingest --fhir DIR`, and the name of its one FHIR source.
+
+    With a config, the folder becomes (or replaces) its FHIR source and keeps that source's
+    system and code maps; without one, everything is a default and the warehouse and outputs
+    go under ./data/ (relative to the working folder).
+    """
+    folder = Path(folder).resolve()
+    if not folder.exists():
+        raise ConfigError(f"--fhir: no folder or file at {folder}")
+    cfg = base or Config(root=Path.cwd().resolve())
+    name, template = next(((n, s) for n, s in cfg.sources.items() if s.kind == "fhir"), ("fhir", None))
+    source = Source(kind="fhir", system=template.system if template else "fhir", path=str(folder),
+                    values=template.values if template else {})
+    return cfg.model_copy(update={"sources": {**cfg.sources, name: source}}), name
 
 
 def pseudonym_key(cfg: Config) -> bytes:

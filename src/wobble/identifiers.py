@@ -1,8 +1,10 @@
-"""NHS numbers and pseudonyms.
+"""NHS numbers and pseudonyms, in Python and as the DuckDB SQL that ingest runs.
 
 An NHS number is ten digits whose last is a modulus-11 check digit over the first nine
-(weights 10 down to 2). A pseudonym is the first 16 hex characters of
-HMAC-SHA256(key, identifier); the key comes from the environment, never from the repo.
+(weights 10 down to 2); spaces, tabs, no-break spaces and hyphens between digits are allowed
+and removed. A pseudonym is the first 16 hex characters of HMAC-SHA256(key, identifier); the key
+comes from the environment, never from the repo. The SQL versions below must agree with the
+Python ones exactly: property tests drive both with arbitrary text.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ _WEIGHTS = np.arange(10, 1, -1, dtype=np.int64)
 # Synthetic people draw prefixes below this; the block above it is kept for numbers that
 # must belong to nobody on the register (records for unknown people).
 STRANGER_PREFIX_FROM = 999_999_000
-_NON_DIGIT = re.compile(r"[\s-]")
+# Separators people and systems put inside NHS numbers ("943 476 5919", "943-476-5919"). The
+# SQL pattern below is the same class in RE2's spelling.
+_NON_DIGIT = re.compile("[\t\n\f\r \u00a0-]")
+_NON_DIGIT_SQL = "[\\t\\n\\f\\r \\x{00A0}-]"
 
 
 def check_digit(first_nine: np.ndarray) -> np.ndarray:
@@ -63,6 +68,53 @@ def synthetic_nhs_numbers(rng: np.random.Generator, n: int) -> np.ndarray:
 def pseudonymise(key: bytes, identifier: str) -> str:
     """HMAC-SHA256 pseudonym, first 16 hex characters."""
     return hmac.new(key, identifier.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+# Anything written like an NHS number (ten digits, or 3-3-4 with a space or hyphen) standing on
+# its own: removed from any text kept about a quarantined row, in SQL and in Python alike.
+NHS_LIKE = re.compile(r"\b[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}\b", re.ASCII)
+_NHS_LIKE_SQL = r"\b[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}\b"
+NUMBER_REMOVED = "[number removed]"
+
+
+def without_numbers_sql(text: str) -> str:
+    """SQL: the text with anything written like an NHS number replaced."""
+    return f"regexp_replace({text}, '{_NHS_LIKE_SQL}', '{NUMBER_REMOVED}', 'g')"
+
+
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer padded keys (RFC 2104), for computing HMACs in SQL."""
+    k = hashlib.sha256(key).digest() if len(key) > 64 else key
+    k = k.ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
+
+
+def install_sql_pseudonym(con, key: bytes) -> None:
+    """Define `wobble_pseudonym(text)` on a DuckDB connection: the same value as `pseudonymise`.
+
+    The padded keys live in session variables, in memory only; the macro is temporary.
+    """
+    ipad, opad = hmac_pads(key)
+    con.execute("SET VARIABLE wobble_ipad = ?::BLOB", [ipad])
+    con.execute("SET VARIABLE wobble_opad = ?::BLOB", [opad])
+    con.execute(
+        "CREATE OR REPLACE TEMP MACRO wobble_pseudonym(v) AS left(sha256(getvariable('wobble_opad') "
+        "|| unhex(sha256(getvariable('wobble_ipad') || encode(v)))), 16)"
+    )
+
+
+def nhs_normalised_sql(text: str) -> str:
+    """SQL: the text with separators removed (still text; valid only if `nhs_valid_sql` says so)."""
+    return f"regexp_replace({text}, '{_NON_DIGIT_SQL}', '', 'g')"
+
+
+def nhs_valid_sql(n: str) -> str:
+    """SQL: is the normalised text `n` ten ASCII digits with a valid check digit?"""
+    total = " + ".join(f"{10 - i} * (ascii(substr({n}, {i + 1}, 1)) - 48)" for i in range(9))
+    return (
+        f"coalesce(regexp_full_match({n}, '[0-9]{{10}}') AND "
+        f"(11 - ({total}) % 11) % 11 = ascii(substr({n}, 10, 1)) - 48, false)"
+    )
 
 
 def pseudonymise_many(key: bytes, identifiers: Iterable[str]) -> list[str]:

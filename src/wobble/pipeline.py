@@ -46,6 +46,9 @@ def stage_ingest(cfg: Config, key: bytes, summary: RunSummary, say: Say) -> dict
     with summary.stage("ingest") as s:
         result = ingest(cfg, key=key, progress=say)
         s.update(result.summary())
+    if result.report_md:
+        summary.output("quality_report", result.report_md)
+        summary.output("quality_report_html", result.report_html)
     if result.failed:
         for f in result.failed:
             say(f"could not load {f.file}: {f.error}")

@@ -73,6 +73,19 @@ CREATE TABLE IF NOT EXISTS load_ledger (
     rows_quarantined BIGINT NOT NULL,
     rows_duplicate   BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ingest_unmapped (
+    batch_id         VARCHAR NOT NULL,
+    source           VARCHAR NOT NULL,
+    field            VARCHAR NOT NULL,
+    code             VARCHAR NOT NULL,
+    rows             BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS person_links (
+    link_id          VARCHAR NOT NULL,
+    person_id        VARCHAR NOT NULL,
+    source_system    VARCHAR NOT NULL,
+    batch_id         VARCHAR NOT NULL
+);
 CREATE TABLE IF NOT EXISTS scores (
     model_name       VARCHAR NOT NULL,
     model_version    VARCHAR NOT NULL,

@@ -1,0 +1,69 @@
+"""wobble.toml: mistakes are named by block and key, in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TEST_KEY, run_wobble
+
+from wobble.config import load_config, parse_config, with_fhir_folder
+from wobble.errors import ConfigError
+
+CSV = {"kind": "csv", "table": "contacts", "system": "gp", "path": "a.csv",
+       "columns": {"nhs_number": "N", "record_id": "I", "occurred_at": "W", "service": "S"}}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"paths": {"warehose": "x"}}, "config paths.warehose: unknown key"),
+    ({"sources": {"gp": {**CSV, "colums": {}}}}, "config sources.gp.colums: unknown key"),
+    ({"sources": {"gp": {**CSV, "kind": "xlsx"}}},
+     "config sources.gp.kind: Input should be 'csv', 'parquet' or 'fhir'"),
+    ({"sources": {"gp": {**CSV, "delimiter": ";;"}}}, "config sources.gp.delimiter"),
+    ({"sources": {"gp": {**CSV, "timezone": "Europe/Londn"}}}, "sources.gp.timezone: unknown time zone"),
+    ({"sources": {"gp": {k: v for k, v in CSV.items() if k != "table"}}}, "sources.gp.table: missing"),
+    ({"sources": {"gp": {**CSV, "columns": {"record_id": "I", "occurred_at": "W", "service": "S"}}}},
+     "sources.gp.columns: missing required field 'nhs_number'"),
+    ({"sources": {"gp": {**CSV, "columns": {**CSV["columns"], "colour": "C"}}}},
+     "sources.gp: 'colour' is not a field of the contacts contract"),
+    ({"sources": {"ehr": {"kind": "fhir", "system": "ehr", "path": "x", "table": "persons"}}},
+     "sources.ehr.table: not used by a FHIR source"),
+    ({"sources": {"ehr": {"kind": "fhir", "system": "ehr", "path": "x", "values": {"colour": {}}}}},
+     "sources.ehr.values: 'colour' cannot be mapped for FHIR"),
+    ({"lookups": {"opt_out": "x.csv"}}, "config lookups.opt_out: unknown key"),
+    ({"ingest": {"threads": 0}}, "config ingest.threads"),
+])
+def test_config_errors_name_the_block_and_key(raw, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, root=tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_fhir_folder_without_a_config_gets_defaults_under_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "export").mkdir()
+    cfg, name = with_fhir_folder(Path("export"))
+    assert cfg.warehouse == tmp_path / "data/warehouse.duckdb"
+    assert cfg.outputs == tmp_path / "data/outputs"
+    assert list(cfg.sources) == [name] and cfg.sources[name].kind == "fhir"
+    with pytest.raises(ConfigError, match="--fhir: no folder or file"):
+        with_fhir_folder(tmp_path / "nowhere")
+
+
+def test_a_fhir_folder_with_a_config_keeps_its_paths_and_code_maps(tmp_path):
+    path = tmp_path / "wobble.toml"
+    path.write_text('[paths]\nwarehouse = "w/wh.duckdb"\n[sources.ehr]\nkind = "fhir"\nsystem = "trust"\n'
+                    'path = "old"\n[sources.ehr.values.tag]\n"X1" = "low_mood"\n')
+    (tmp_path / "new").mkdir()
+    cfg, name = with_fhir_folder(tmp_path / "new", load_config(path))
+    assert name == "ehr" and cfg.sources["ehr"].path == str(tmp_path / "new")
+    assert cfg.sources["ehr"].values == {"tag": {"X1": "low_mood"}} and cfg.sources["ehr"].system == "trust"
+    assert cfg.warehouse == tmp_path / "w/wh.duckdb"
+
+
+def test_the_command_line_says_what_is_missing(tmp_path):
+    env = {"WOBBLE_PSEUDONYM_KEY": TEST_KEY}
+    proc = run_wobble("ingest", cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "no config file at wobble.toml" in proc.stderr
+    proc = run_wobble("ingest", "--fhir", "nowhere", cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "--fhir: no folder or file" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,59 @@
+"""Privacy by construction: a full demo writes no raw NHS number, postcode, name or free text
+anywhere (warehouse, MLflow store, outputs, run summaries, the console), and an ad hoc FHIR load
+writes no NHS number, name or postcode either."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from ingest_kit import scan_for, source_nhs_numbers
+
+
+def _written(work: Path) -> list[Path]:
+    """Every file the run wrote, except the synthetic world itself (the sources and the
+    simulator's hidden truth are inputs, not outputs)."""
+    return [p for p in work.rglob("*") if p.is_file() and "world" not in p.relative_to(work).parts]
+
+
+def test_a_full_demo_writes_no_raw_identifier_anywhere(demo_run):
+    work, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    numbers = source_nhs_numbers(work / "world")
+    assert len(numbers) > 10_000  # every registered person, plus invalid and unknown numbers
+    reg = pl.read_csv(work / "world/raw/gp/registrations.csv", infer_schema=False)
+    postcodes = tuple(sorted(set(reg["Postcode"].to_list())))
+    files = _written(work)
+    kinds = {p.suffix for p in files}
+    assert {".duckdb", ".db", ".json", ".html", ".csv", ".md"} <= kinds, kinds  # a real demo's outputs
+    hits = scan_for(files, numbers, also=(*postcodes, "Visited; noted"))
+    assert hits == {}
+    console = {"stdout": proc.stdout, "stderr": proc.stderr}
+    for name, text in console.items():
+        tmp = work / f".console-{name}.txt"
+        tmp.write_text(text)
+        try:
+            assert scan_for([tmp], numbers) == {}, name
+        finally:
+            tmp.unlink()
+
+
+def test_the_scan_finds_what_it_looks_for(tmp_path):
+    """The scan must be able to fail: plant numbers in each kind of file it reads."""
+    import sqlite3
+
+    import duckdb
+
+    number = "9434765919"
+    (tmp_path / "a.txt").write_text("note: 943 476 5919 seen")
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute("CREATE TABLE t AS SELECT 'x' AS a, ? AS b", [number])
+    with sqlite3.connect(tmp_path / "m.db") as db:
+        db.execute("CREATE TABLE t (v TEXT)")
+        db.execute("INSERT INTO t VALUES ('943-476-5919')")
+    pl.DataFrame({"v": [int(number)]}).write_parquet(tmp_path / "p.parquet", compression="zstd")
+    (tmp_path / "ok.txt").write_text("19434765919 and 0.9434765919 are other numbers")
+    hits = scan_for(sorted(tmp_path.iterdir()), {number}, also=("ZZ90 1AB",))
+    assert set(hits) >= {str(tmp_path / "a.txt"), f"{tmp_path / 'w.duckdb'}:t", f"{tmp_path / 'm.db'}:t",
+                         str(tmp_path / "p.parquet")}
+    assert str(tmp_path / "ok.txt") not in hits
