@@ -213,6 +213,24 @@ def test_top_k_matches_a_slow_sort_per_group(seed):
     assert (fast == slow_top_k(scores, groups, 10, cohort)).all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_measures_give_the_same_numbers_as_the_functions(seed):
+    rng = np.random.default_rng(seed)
+    y, p, w = random_case(rng, n=500, ties=seed == 0)
+    rank = p + rng.normal(0, 0.05, p.size)
+    flagged = M.Capacity(rank, np.arange(p.size) % 4, 5).flagged(w)
+    got = M.Measures(y, rank, p, bins=5)(w, flagged)
+    slope, intercept = M.calibration_slope_intercept(y, p, w)
+    want = {"auroc": M.auroc_score(y, rank, w), "auprc": M.auprc_score(y, rank, w), "brier": M.brier_loss(y, p, w),
+            "calibration_slope": slope, "calibration_intercept": intercept,
+            "ece": M.expected_calibration_error(y, p, bins=5, w=w),
+            "observed_to_expected": M.observed_to_expected(y, p, w),
+            **M.capacity_metrics(y, flagged, w)}
+    assert got.keys() == want.keys()
+    for k in want:  # the recalibration fits group logit(p) on a grid of 0.01: nearly exact
+        assert got[k] == pytest.approx(want[k], abs=1e-3 if k.startswith("calibration") else 1e-12), k
+
+
 def test_weighted_quantiles_match_numpy_on_the_expanded_data():
     rng = np.random.default_rng(3)
     v = np.sort(rng.integers(0, 90, 50).astype(float))

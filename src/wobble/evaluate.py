@@ -69,26 +69,31 @@ def evaluate(
     for s in scorers:
         ok = np.isfinite(s.prob) & np.isfinite(s.rank)
         cap = Capacity(np.where(ok, s.rank, -np.inf), rows.team_week, capacity, rows.cohort)
-        prepared[s.name] = (ok, Measures(rows.y[ok], s.rank[ok], s.prob[ok], bins=bins), cap)
+        prepared[s.name] = (None if ok.all() else np.flatnonzero(ok),
+                            Measures(rows.y[ok], s.rank[ok], s.prob[ok], bins=bins), cap)
     model = scorers[0]
-    groups = {(attr, str(g)): labels == g for attr, labels in rows.attributes.items()
+    groups = {(attr, str(g)): np.flatnonzero(labels == g) for attr, labels in rows.attributes.items()
               for g in sorted(set(labels.tolist()), key=str)}
-    group_measures = {k: Measures(rows.y[m], model.rank[m], model.prob[m], bins=bins)
-                      for k, m in groups.items() if m.any()}
+    group_measures = {k: Measures(rows.y[i], model.rank[i], model.prob[i], bins=bins)
+                      for k, i in groups.items() if i.size}
     lead_prep = _prepare_lead(lead) if lead is not None else {}
 
-    def measure(counts: np.ndarray) -> dict:
-        w = counts[rows.person]
+    def measure(counts: np.ndarray | None) -> dict:
+        """Every figure with each person counted `counts` times (None: the sample itself)."""
+        w = None if counts is None else counts[rows.person]
         out: dict = {}
         flags = {}
         for name, (ok, meas, cap) in prepared.items():
             flags[name] = cap.flagged(w)
-            out[name] = meas(w[ok], flags[name][ok])
-        out["groups"] = {k: gm(w[groups[k]], flags["model"][groups[k]]) for k, gm in group_measures.items()}
-        out["lead"] = {name: _lead_stats(p, counts) for name, p in lead_prep.items()}
+            out[name] = meas(w, flags[name]) if ok is None else meas(
+                None if w is None else w[ok], flags[name][ok])
+        out["groups"] = {k: gm(None if w is None else w[groups[k]], flags["model"][groups[k]])
+                         for k, gm in group_measures.items()}
+        out["lead"] = {name: _lead_stats(p, np.ones(rows.people) if counts is None else counts)
+                       for name, p in lead_prep.items()}
         return out
 
-    point = measure(np.ones(rows.people))
+    point = measure(None)
     reps = [measure(c) for c in person_counts(rows.people, replicates, seed)]
     flagged = prepared["model"][2].flagged() > 0
 
@@ -134,21 +139,22 @@ def _subgroups(rows: EvaluationRows, groups: dict, point: dict, est, flagged: np
     overall = point["model"]
     total_rows, total_out, total_listed = rows.y.size, rows.y.sum(), flagged.sum()
     out = []
-    for (attr, g), m in groups.items():
-        people = np.unique(rows.person[m]).size
-        cases = np.unique(rows.person[m & (rows.y == 1)]).size
-        non_cases = np.unique(rows.person[m & (rows.y == 0)]).size
-        listed = np.unique(rows.person[m & flagged]).size
-        listed_cases = np.unique(rows.person[m & flagged & (rows.y == 1)]).size
+    for (attr, g), i in groups.items():
+        person, y, listed_rows = rows.person[i], rows.y[i], flagged[i]
+        people = np.unique(person).size
+        cases = np.unique(person[y == 1]).size
+        non_cases = np.unique(person[y == 0]).size
+        listed = np.unique(person[listed_rows]).size
+        listed_cases = np.unique(person[listed_rows & (y == 1)]).size
         shown = min(people, cases, non_cases) >= threshold
         capacity_shown = shown and min(listed, listed_cases) >= threshold
         entry = {
             "attribute": attr, "group": g,
             "people": _count(people, threshold), "people_with_outcome": _count(cases, threshold),
             "people_listed": _count(listed, threshold),
-            "share_of_rows": float(m.sum() / total_rows) if shown else None,
-            "share_of_outcomes": float(rows.y[m].sum() / total_out) if shown and total_out else None,
-            "share_of_listed": float(flagged[m].sum() / total_listed) if capacity_shown and total_listed else None,
+            "share_of_rows": float(i.size / total_rows) if shown else None,
+            "share_of_outcomes": float(y.sum() / total_out) if shown and total_out else None,
+            "share_of_listed": float(listed_rows.sum() / total_listed) if capacity_shown and total_listed else None,
             "suppressed": not shown, "capacity_suppressed": not capacity_shown, "metrics": {}, "flags": [],
         }
         if shown and (attr, g) in point["groups"]:
