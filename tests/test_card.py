@@ -97,6 +97,16 @@ def test_wobble_card_rerenders_a_version_with_its_approval(tiny_trained):
     assert missing.returncode == 2 and "has no version 99" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_differences_are_judged_by_their_interval():
+    from wobble.card import _verdict
+
+    assert _verdict({"value": 0.01, "low": 0.003, "high": 0.02}).startswith("better (the interval is above zero")
+    assert _verdict({"value": -0.01, "low": -0.02, "high": -0.001}, higher_is_better=False).startswith(
+        "better (the interval is below zero")
+    assert _verdict({"value": 0.1, "low": -0.02, "high": 0.2}).startswith("no clear difference")
+    assert _verdict({"value": -0.05, "low": -0.09, "high": -0.01}).startswith("worse")
+
+
 def test_estimates_print_with_their_interval():
     assert fmt_est({"value": 0.8031, "low": 0.79, "high": 0.812}) == "0.803 (0.790 to 0.812)"
     assert fmt_est({"value": 0.5, "low": 0.25, "high": 0.75}, "pct") == "50.0% (25.0 to 75.0%)"

@@ -172,7 +172,8 @@ def test_people_are_never_in_both_training_and_test(twice):
     assert train_people and test_people and not train_people & test_people
     assert set(rows.filter(rows["part"] == "test")["as_of"]) == set(a.split.test)
     share = len(test_people) / (len(test_people) + len(train_people))
-    assert share == pytest.approx(spec.schedule.test_share_of_people, abs=0.05)
+    assert share == pytest.approx(a.evaluation["test_share"], abs=0.05)
+    assert a.evaluation["test_share"] == spec.schedule.test_share_of_people  # 3,000 people: under the cap
 
 
 def test_escalation_trains_evaluates_and_gets_a_card_through_the_same_code(tmp_path, tiny_world):

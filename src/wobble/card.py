@@ -45,7 +45,8 @@ METRIC_ROWS = (  # key, label, how to read it, format
     ("brier", "Brier score", "mean squared error of the probabilities (lower is better)", "num"),
     ("calibration_slope", "Calibration slope", "1 is ideal; below 1, risks are too extreme", "num"),
     ("calibration_intercept", "Calibration intercept", "0 is ideal; below 0, risk is over-estimated overall", "num"),
-    ("ece", "Expected calibration error", "average gap between predicted and observed risk, in tenths of people", "pp"),
+    ("ece", "Expected calibration error",
+     "average gap between predicted and observed risk over tenths of people, in percentage points", "pp"),
     ("observed_to_expected", "Observed / expected", "outcomes seen per outcome predicted (1 is ideal)", "num"),
 )
 CAPACITY_ROWS = (
@@ -130,12 +131,10 @@ def _verdict(diff: dict | None, higher_is_better: bool = True) -> str:
     if not diff or not _ok(diff.get("low")):
         return "not estimated"
     lo, hi = diff["low"], diff["high"]
-    if not higher_is_better:
-        lo, hi = -hi, -lo
-    if lo > 0:
-        return "better (the interval is above zero)"
-    if hi < 0:
-        return "worse (the interval is below zero)"
+    if lo > 0 or hi < 0:
+        side = "above" if lo > 0 else "below"
+        better = (lo > 0) == higher_is_better
+        return f"{'better' if better else 'worse'} (the interval is {side} zero)"
     return "no clear difference (the interval includes zero)"
 
 

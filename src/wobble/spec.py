@@ -65,6 +65,8 @@ class Schedule(_Strict):
     test_weeks: int = Field(default=12, ge=1)
     test_every_weeks: int = Field(default=2, ge=1)
     test_share_of_people: float = Field(default=0.3, gt=0, lt=1)
+    # More test people than this add little precision and cost minutes of bootstrap: the rest train.
+    max_test_people: int = Field(default=50_000, ge=100)
     max_train_dates: int | None = Field(default=None, ge=1)  # keep only the latest N training dates
 
     @field_validator("train_start")

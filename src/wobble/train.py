@@ -119,6 +119,22 @@ def _bucket(offset: int) -> str:
     return f"('0x' || substr(person_id, {offset + 1}, 8))::UBIGINT / 4294967296.0"
 
 
+def _in_cohort(spec: ModelSpec) -> str:
+    return f"age BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}"
+
+
+def held_out_share(con, spec: ModelSpec, split: TimeSplit) -> float:
+    """The share of people held out for testing: the spec's, unless that is more than max_test_people.
+
+    e.g. 1,000,000 people, share 0.3, max 50,000: 0.05, and the other 95% are training people.
+    """
+    people = con.sql(f"""SELECT count(DISTINCT person_id) FROM feature_snapshots
+                         WHERE as_of IN (SELECT unnest({_dates_sql(split.test)}))
+                           AND {_in_cohort(spec)}""").fetchall()[0][0]
+    s = spec.schedule
+    return min(s.test_share_of_people, s.max_test_people / people) if people else s.test_share_of_people
+
+
 def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str]) -> pl.DataFrame:
     """Training rows (training dates, training people) and test rows (test dates, test people).
 
@@ -127,7 +143,7 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str]) -> pl.
     slice), team_cohort (the team's whole cohort that week), the feature columns,
     label, and the fairness attributes.
     """
-    share = spec.schedule.test_share_of_people
+    share = held_out_share(con, spec, split)
     cols = ", ".join(f"s.{c}" for c in columns)
     q = f"""
         CREATE OR REPLACE TEMP TABLE _rows AS
@@ -136,7 +152,7 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str]) -> pl.
                    {_bucket(0)} AS b_test, {_bucket(8)} AS b_val
             FROM feature_snapshots
             WHERE as_of IN (SELECT unnest({_dates_sql(split.train + split.test)}))
-              AND age BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}
+              AND {_in_cohort(spec)}
         )
         SELECT s.person_id, s.as_of, s.team_id,
                CASE WHEN s.as_of IN (SELECT unnest({_dates_sql(split.test)})) THEN 'test' ELSE 'train' END AS part,
@@ -176,7 +192,7 @@ def train(
     build_features(cfg, split.train + split.test)
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
-    train_df, test_df = _examples(cfg, spec, split, features + (champ.features if champ else []))
+    train_df, test_df, share = _examples(cfg, spec, split, features + (champ.features if champ else []))
     X = train_df.select(features).to_numpy().astype(np.float64)
     y = train_df["label"].to_numpy().astype(int)
     draw = train_df["person_draw"].to_numpy()
@@ -191,7 +207,8 @@ def train(
     say(f"evaluation ({spec.evaluation.bootstrap_replicates} bootstrap replicates)")
     evaluation = _evaluate(cfg, spec, split, test_df, scorers)
     evaluation.update(
-        oracle_note=oracle_note, trained_at=datetime.now().strftime("%Y-%m-%d %H:%M"), demo=cfg.wobble.demo,
+        oracle_note=oracle_note, test_share=share, demo=cfg.wobble.demo,
+        trained_at=datetime.now().strftime("%Y-%m-%d %H:%M"),
         split={"train": split.train, "test": split.test, "last_label_date": split.last_label_date,
                "data_end": split.data_end, "gap_days": split.gap_days},
         champion={"version": champ.version, "note": champ.note} if champ else None,
@@ -241,10 +258,12 @@ def _spec(cfg: Config, model_name: str, max_train_dates: int | None):
 
 
 def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str]):
-    """(training rows, test rows), or an error saying there are too few to learn from."""
+    """(training rows, test rows, share of people held out for test), or an error saying there are
+    too few rows to learn from."""
     columns = list(dict.fromkeys(features + spec.baseline.features))
     with connect(cfg.warehouse, read_only=True) as con:
         frame = load_rows(con, spec, split, columns)
+        share = held_out_share(con, spec, split)
     train_df = frame.filter(pl.col("part") == "train")
     test_df = frame.filter(pl.col("part") == "test")
     if train_df.height < 200 or test_df["label"].sum() < 5 or train_df["label"].sum() < 5:
@@ -252,7 +271,7 @@ def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str
             f"too little data to train {spec.name}: {train_df.height} training rows with "
             f"{int(train_df['label'].sum())} outcomes, {int(test_df['label'].sum())} test outcomes"
         )
-    return train_df, test_df
+    return train_df, test_df, share
 
 
 def _scorers(cfg, key, spec, fit, calibrator, train_df, test_df, features, champ):
