@@ -133,8 +133,9 @@ def _subgroups(rows: EvaluationRows, groups: dict, point: dict, est, flagged: np
     """One row per (attribute, group): counts, shares, metrics with intervals, suppression, flags.
 
     Counts below `threshold` show as None. A group's metrics are shown only with at least
-    `threshold` people, people with the outcome and people without it; its at-capacity metrics
-    only with at least `threshold` people listed and `threshold` listed people with the outcome.
+    `threshold` people, people with the outcome and people without it; its share of the listed
+    rows only with at least `threshold` people listed; its at-capacity metrics only with at least
+    `threshold` people listed and `threshold` listed people with the outcome.
     """
     overall = point["model"]
     total_rows, total_out, total_listed = rows.y.size, rows.y.sum(), flagged.sum()
@@ -154,7 +155,8 @@ def _subgroups(rows: EvaluationRows, groups: dict, point: dict, est, flagged: np
             "people_listed": _count(listed, threshold),
             "share_of_rows": float(i.size / total_rows) if shown else None,
             "share_of_outcomes": float(y.sum() / total_out) if shown and total_out else None,
-            "share_of_listed": float(listed_rows.sum() / total_listed) if capacity_shown and total_listed else None,
+            "share_of_listed": float(listed_rows.sum() / total_listed)
+            if shown and listed >= threshold and total_listed else None,
             "suppressed": not shown, "capacity_suppressed": not capacity_shown, "metrics": {}, "flags": [],
         }
         if shown and (attr, g) in point["groups"]:

@@ -88,7 +88,8 @@ def shap_figure(contrib: np.ndarray, X: np.ndarray, features: list[str], path: P
 
 
 def deprivation_figure(rows: list[dict], path: Path) -> Path:
-    """Per IMD quintile: share of the cohort, of outcomes and of people listed, side by side."""
+    """Per IMD quintile: share of the cohort, of outcomes and of people listed, side by side
+    (a share suppressed for small numbers is marked, not drawn as zero)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
     rows = [r for r in rows if r["group"] != "unknown"]
@@ -98,6 +99,10 @@ def deprivation_figure(rows: list[dict], path: Path) -> Path:
     for i, (key, label, colour) in enumerate(series):
         vals = [100 * r[key] if r.get(key) is not None else 0 for r in rows]
         ax.bar(x + (i - 1) * 0.27, vals, width=0.27, label=label, color=colour)
+        for j, r in enumerate(rows):  # a suppressed share is not a zero: say so where its bar would be
+            if r.get(key) is None:
+                ax.text(x[j] + (i - 1) * 0.27, 0.5, "suppressed", rotation=90, ha="center", va="bottom",
+                        fontsize=7, color="#333333")
     ax.set_xticks(x, [f"{r['group']}" + (" (most deprived)" if r["group"] == "1" else "")
                       + (" (least)" if r["group"] == "5" else "") for r in rows])
     ax.set(ylabel="per cent", xlabel="IMD quintile of the home area",
