@@ -37,6 +37,9 @@ def test_html_card_is_self_contained(tiny_trained):
     assert "<script" not in raw and "http://" not in raw and "https://" not in raw
     images = re.findall(r'<img alt="([^"]+)" src="([^"]+)"', raw)
     assert len(images) >= 3 and all(src.startswith("data:image/png;base64,") and alt for alt, src in images)
+    ids = set(re.findall(r'id="([^"]+)"', raw))
+    links = set(re.findall(r'href="#([^"]+)"', raw))
+    assert links and links <= ids, links - ids  # every "where is it answered" link lands on a heading
     md = result.card_md.read_text()
     for name in re.findall(r"\]\(([^)#]+\.png)\)", md):
         assert (result.card_md.parent / name).stat().st_size > 1000, name

@@ -59,14 +59,16 @@ def slow_recalibration(y, p, w, fit_slope):
 
 
 def slow_top_k(scores, groups, k, cohort=None):
-    """Per group, sort rows by score (ties: earlier row first) and take the first k (or k scaled)."""
-    flagged = np.zeros(len(scores), dtype=bool)
+    """Per group, sort rows by score (ties: earlier row first) and take the first k (or k scaled,
+    the last place shared in part)."""
+    flagged = np.zeros(len(scores))
     for g in set(groups):
         rows = [i for i in range(len(scores)) if groups[i] == g]
         rows.sort(key=lambda i: (-scores[i], i))
-        kk = k if cohort is None else math.floor(k * len(rows) / cohort[rows[0]] + 0.5)
-        for i in rows[:kk]:
-            flagged[i] = True
+        places = k if cohort is None else k * len(rows) / cohort[rows[0]]
+        for i in rows:
+            flagged[i] = min(1.0, max(0.0, places))
+            places -= 1
     return flagged
 
 
@@ -121,6 +123,9 @@ def test_capacity_scales_to_the_sample_share_of_the_team():
     # a team of 40 lists 20 (half); a sample holding 6 of its people lists 3 of them
     flagged = M.Capacity(np.arange(6.0), np.zeros(6), 20, cohort_size=np.full(6, 40)).flagged()
     assert flagged.tolist() == [0, 0, 0, 1, 1, 1]
+    # a team of 60 lists a third: 2⅓ of a sample of 7, so the third-highest counts a third
+    flagged = M.Capacity(np.arange(7.0), np.zeros(7), 20, cohort_size=np.full(7, 60)).flagged()
+    assert flagged.tolist() == pytest.approx([0, 0, 0, 0, 1 / 3, 1, 1])
 
 
 def test_ece_by_hand():
@@ -207,10 +212,10 @@ def test_top_k_matches_a_slow_sort_per_group(seed):
     n = 80
     scores = np.round(rng.random(n), 1)  # ties, broken by position
     groups = rng.integers(0, 4, n)
-    assert (M.top_k_mask(scores, groups, 5) == slow_top_k(scores, groups, 5)).all()
+    assert (M.top_k_mask(scores, groups, 5) == (slow_top_k(scores, groups, 5) > 0)).all()
     cohort = np.array([60, 90, 45, 100])[groups]
-    fast = M.Capacity(scores, groups, 10, cohort_size=cohort).flagged() > 0
-    assert (fast == slow_top_k(scores, groups, 10, cohort)).all()
+    fast = M.Capacity(scores, groups, 10, cohort_size=cohort).flagged()
+    assert fast == pytest.approx(slow_top_k(scores, groups, 10, cohort))
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -95,7 +95,7 @@ def evaluate(
 
     point = measure(None)
     reps = [measure(c) for c in person_counts(rows.people, replicates, seed)]
-    flagged = prepared["model"][2].flagged() > 0
+    flagged = prepared["model"][2].listed()
 
     def est(path: tuple, fn=None) -> Estimate:
         get = fn or (lambda d: _dig(d, path))

@@ -244,8 +244,11 @@ class Capacity:
     """Each group's (team × as-of) top k by score, under any row weights.
 
     `cohort_size` (per group) scales k to a sample: a team of 4,000 that lists 20 people lists
-    0.5% of its cohort, so a test sample holding 1,200 of those people lists round(20 × 1,200 /
-    4,000) = 6. Without `cohort_size`, every group lists k. Ties are broken by row position.
+    0.5% of its cohort, so a test sample holding 1,300 of those people lists 20 × 1,300 / 4,000
+    = 6.5 of them: the top 6, and half of the 7th (its row counts half in every metric). Not
+    rounding keeps the metrics smooth: rounding 1.4 listed people down to 1, while bootstrap
+    samples round to 1 or 2, put estimates outside their own intervals. Without `cohort_size`,
+    every group lists k. Ties are broken by row position.
     """
 
     def __init__(self, score, groups, k: int, cohort_size: np.ndarray | None = None):
@@ -273,14 +276,15 @@ class Capacity:
         group_total = np.add.reduceat(ws, self.starts)
         offset = np.repeat(cum[self.starts] - ws[self.starts], self.sizes)
         before = cum - ws - offset
-        if self.cohort is None:
-            k = np.full(group_total.size, float(self.k))
-        else:
-            k = np.floor(self.k * group_total / self.cohort + 0.5)
-        f = np.clip(np.repeat(k, self.sizes) - before, 0, ws)
+        places = self.k if self.cohort is None else self.k * group_total / self.cohort  # per group
+        f = np.clip(np.repeat(np.broadcast_to(places, group_total.shape), self.sizes) - before, 0, ws)
         out = np.empty(n)
         out[self.order] = f
         return out
+
+    def listed(self) -> np.ndarray:
+        """Who is on the list, as yes or no: a shared last place counts when at least half is taken."""
+        return self.flagged() >= 0.5
 
 
 def capacity_metrics(y, flagged, w=None) -> dict[str, float]:
@@ -309,7 +313,7 @@ def _capacity_metrics(y: np.ndarray, f: np.ndarray, w: np.ndarray) -> dict[str, 
 
 def top_k_mask(scores: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
     """True for the k highest scores within each group (ties broken by position)."""
-    return Capacity(scores, groups, k).flagged() > 0
+    return Capacity(scores, groups, k).listed()
 
 
 def precision_recall_at_capacity(y: np.ndarray, p: np.ndarray, groups: np.ndarray, k: int) -> tuple[float, float]:

@@ -196,10 +196,11 @@ def train(
     X = train_df.select(features).to_numpy().astype(np.float64)
     y = train_df["label"].to_numpy().astype(int)
     draw = train_df["person_draw"].to_numpy()
-    val = draw < spec.estimator.validation_share
 
-    say(f"LightGBM on {int((~val).sum()):,} rows, {len(spec.estimator.search) + 1} candidate(s)")
+    say(f"LightGBM on up to {min(train_df.height, spec.estimator.max_rows):,} rows, "
+        f"{len(spec.estimator.search) + 1} candidate(s)")
     fit = fit_lightgbm(spec, X, y, draw, features, cfg.wobble.seed)
+    val = fit.validation
     calibrator = fit_calibrator(spec.calibration, fit.predict(X[val]), y[val])
     say("baseline, oracle and champion")
     scorers, oracle_note = _scorers(cfg, key, spec, fit, calibrator, train_df, test_df, features, champ)
@@ -215,6 +216,7 @@ def train(
         training={"rows": train_df.height, "people": train_df["person_id"].n_unique(), "outcomes": int(y.sum()),
                   "validation_rows": int(val.sum()), "features": features, "candidates": fit.candidates,
                   "chosen": fit.chosen, "best_iteration": fit.best_iteration, "search_share": fit.search_share,
+                  "fit_share": fit.fit_share,
                   "params": fit.params, "baseline_features": spec.baseline.features,
                   "monotone": dict(spec.estimator.monotone)},
     )
@@ -301,7 +303,9 @@ class Fit:
     params: dict
     chosen: int  # index into candidates
     candidates: list[dict]  # each: params, validation log loss, best iteration, seconds, rows
-    search_share: float  # share of people the candidates were compared on
+    search_share: float  # share of training people the candidates were compared on
+    fit_share: float  # share of training people the kept model was fitted on
+    validation: np.ndarray  # the rows that stopped boosting (and fit the calibrator)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.booster.predict(X, num_iteration=self.best_iteration)
@@ -311,37 +315,41 @@ def fit_lightgbm(spec: ModelSpec, X: np.ndarray, y: np.ndarray, draw: np.ndarray
                  seed: int) -> Fit:
     """Fit each candidate setting with early stopping on the validation slice; keep the best.
 
-    `draw` is each row's person draw in [0, 1): below validation_share is the validation slice.
-    With more than `search_rows` training rows, candidates are compared on a random share of
-    people (both slices), and the winner is then refitted on every training row.
+    `draw` is each row's person draw in [0, 1): people below validation_share (vs) validate,
+    the rest fit. A share s of people means draws in [0, vs·s) validate and [vs, vs + (1 − vs)·s)
+    fit, so both slices shrink together. The kept model fits at most `max_rows` rows; candidates
+    are compared on at most `search_rows`, and the winner is refitted if they used fewer.
     """
     est = spec.estimator
     vs = est.validation_share
-    val = draw < vs
-    candidates_params = [{**est.params, **overrides} for overrides in [{}] + list(est.search)]
-    share = min(1.0, est.search_rows / max(1, int((~val).sum())))
-    candidates = []
-    if len(candidates_params) > 1:
-        in_search = draw < vs + (1 - vs) * share
-        search_val = draw < vs * share
-        for params in candidates_params:
-            model, seconds = _fit_one(est, params, X, y, in_search & ~val, search_val, features, seed)
+    n_fit = max(1, int((draw >= vs).sum()))
+
+    def people(share: float) -> tuple[np.ndarray, np.ndarray]:
+        return (draw >= vs) & (draw < vs + (1 - vs) * share), draw < vs * share
+
+    fit_share = min(1.0, est.max_rows / n_fit)
+    search_share = min(fit_share, est.search_rows / n_fit)
+    options = [{**est.params, **overrides} for overrides in [{}] + list(est.search)]
+    candidates, models = [], []
+    if len(options) > 1:
+        fit_rows, val_rows = people(search_share)
+        for params in options:
+            model, seconds = _fit_one(est, params, X, y, fit_rows, val_rows, features, seed)
+            models.append(model)
             candidates.append({"params": params, "validation_log_loss": round(model.best_loss, 6),
                                "best_iteration": model.best_iteration, "seconds": seconds,
-                               "rows": int((in_search & ~val).sum())})
-            if share == 1.0:
-                candidates[-1]["model"] = model
+                               "rows": int(fit_rows.sum())})
     chosen = min(range(len(candidates)), key=lambda i: candidates[i]["validation_log_loss"]) if candidates else 0
-    final = candidates[chosen].pop("model", None) if candidates else None
-    for c in candidates:
-        c.pop("model", None)
-    if final is None:
-        final, seconds = _fit_one(est, candidates_params[chosen], X, y, ~val, val, features, seed)
+    fit_rows, val_rows = people(fit_share)
+    if candidates and search_share == fit_share:
+        final = models[chosen]
+    else:
+        final, seconds = _fit_one(est, options[chosen], X, y, fit_rows, val_rows, features, seed)
         if not candidates:
-            candidates = [{"params": candidates_params[0], "validation_log_loss": round(final.best_loss, 6),
-                           "best_iteration": final.best_iteration, "seconds": seconds, "rows": int((~val).sum())}]
-    return Fit(final.booster, final.best_iteration, candidates_params[chosen], chosen, candidates,
-               share if len(candidates_params) > 1 else 1.0)
+            candidates = [{"params": options[0], "validation_log_loss": round(final.best_loss, 6),
+                           "best_iteration": final.best_iteration, "seconds": seconds, "rows": int(fit_rows.sum())}]
+    return Fit(final.booster, final.best_iteration, options[chosen], chosen, candidates,
+               search_share if len(options) > 1 else fit_share, fit_share, val_rows)
 
 
 @dataclass
@@ -493,7 +501,7 @@ def _evaluate(cfg: Config, spec: ModelSpec, split: TimeSplit, test_df: pl.DataFr
     lead = None
     if spec.target.kind == "crisis":
         listed = {s.name: Capacity(np.where(np.isfinite(s.rank), s.rank, -np.inf), rows.team_week,
-                                   spec.capacity_per_team, rows.cohort).flagged() > 0
+                                   spec.capacity_per_team, rows.cohort).listed()
                   for s in scorers if s.name in ("model", "baseline")}
         lead = _lead_events(cfg, spec, split, test_df, listed, codes[:, 0])
     tol = spec.fairness_tolerance
@@ -637,7 +645,7 @@ def _log_to_mlflow(cfg, spec, fit, calibrator, features, metrics, evaluation, sp
         })
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_metrics(_subgroup_metrics(evaluation))
-        example = test_df.select(features).head(5).to_pandas()
+        example = test_df.select(features).head(5).cast(pl.Float64).to_pandas()  # scoring passes doubles
         signature = infer_signature(example, fit.predict(example.to_numpy(dtype=np.float64)))
         info = mlflow.lightgbm.log_model(
             fit.booster, name="model", signature=signature, input_example=example,
