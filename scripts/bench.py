@@ -107,7 +107,7 @@ def main() -> None:
         record("features x13", s, m, d.get("stages", {}).get("features", {}).get("rows"))
     version = None
     if "train" in stages:
-        s, m, d = run(py + ["train", "--config", str(cfg), "--json"], env)
+        s, m, d = run(py + ["train", "--config", str(cfg), "--max-train-dates", "4", "--json"], env)
         tr = d.get("stages", {}).get("train", {})
         version = tr.get("model_version")
         record("train", s, m, tr.get("rows_train"), f"AUROC {tr.get('metrics', {}).get('auroc')}")

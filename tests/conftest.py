@@ -161,3 +161,31 @@ def published_copy(demo_run, tmp_path_factory):
     assert isinstance(as_of, date)
     publish(cfg, model="crisis_90d", version="1", as_of=as_of)
     return cfg, as_of, pid
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A 3,000-person world (one team), ingested: a folder with world/, wobble.toml and the warehouse.
+
+    Small enough to train a model in seconds; copy it (`copy_tree`) before writing to it.
+    """
+    from wobble.config import load_config
+    from wobble.ingest import ingest
+    from wobble.synth import demo_config, synth
+
+    work = tmp_path_factory.mktemp("tiny")
+    synth(persons=3000, seed=3, out=work / "world")
+    (work / "wobble.toml").write_text(demo_config("world", seed=3))
+    ingest(load_config(work / "wobble.toml"), key=TEST_KEY.encode())
+    return work
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory, tiny_world):
+    """crisis_90d trained and registered (version 1) on a copy of the tiny world: (config, TrainResult)."""
+    from wobble.config import load_config
+    from wobble.train import train
+
+    work = copy_tree(tiny_world, tmp_path_factory.mktemp("tiny_trained") / "w")
+    cfg = load_config(work / "wobble.toml")
+    return cfg, train(cfg, "crisis_90d", key=TEST_KEY.encode())

@@ -232,6 +232,8 @@ def features_list(as_json: JsonOpt = False) -> None:
 @friendly
 def train(
     model: Annotated[str, typer.Option(help="Model spec name under models/.")] = "crisis_90d",
+    max_train_dates: Annotated[int | None, typer.Option(
+        help="Use only the latest N training as-of dates (quicker runs, benchmarks).", min=1)] = None,
     config: ConfigOpt = Path("wobble.toml"),
     as_json: JsonOpt = False,
 ) -> None:
@@ -243,7 +245,7 @@ def train(
     key = key_of(cfg)
     summary = RunSummary("train")
     with _Progress() as p:
-        result = stage_train(cfg, model, key, summary, p.say)
+        result = stage_train(cfg, model, key, summary, p.say, max_train_dates=max_train_dates)
     m = result.metrics
     _finish(summary, cfg.outputs, as_json, [
         f"{model} version {result.model_version}: AUROC {m['auroc']:.3f} "
@@ -276,6 +278,28 @@ def approve(
     _finish(summary, cfg.outputs, as_json,
             [f"{model} version {version} approved by {st['approved_by']} at {st['approved_at']}; "
              "it is now the champion"])
+
+
+@app.command()
+@friendly
+def card(
+    model: Annotated[str, typer.Option(help="Model name.")] = "crisis_90d",
+    version: Annotated[str | None, typer.Option(help="Version (default: the latest).")] = None,
+    config: ConfigOpt = Path("wobble.toml"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-render a model version's card (Markdown and HTML) from its MLflow run."""
+    from wobble.card import rerender
+    from wobble.runs import RunSummary
+
+    cfg, _ = _load(config)
+    summary = RunSummary("card")
+    with summary.stage("card") as s:
+        v, md, html = rerender(cfg, model, version)
+        s.update({"model_name": model, "model_version": v, "model_card": str(md), "model_card_html": str(html)})
+    summary.output("model_card", md)
+    summary.output("model_card_html", html)
+    _finish(summary, cfg.outputs, as_json, [f"model card for {model} version {v}: {md}", f"HTML: {html}"])
 
 
 @app.command()

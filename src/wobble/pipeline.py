@@ -64,11 +64,12 @@ def stage_features(cfg: Config, as_ofs: list[date], summary: RunSummary, say: Sa
     return summary.data["stages"]["features"]
 
 
-def stage_train(cfg: Config, model: str, key: bytes | None, summary: RunSummary, say: Say):
+def stage_train(cfg: Config, model: str, key: bytes | None, summary: RunSummary, say: Say,
+                max_train_dates: int | None = None):
     from wobble.train import train
 
     with summary.stage("train") as s:
-        result = train(cfg, model, key=key, progress=say)
+        result = train(cfg, model, key=key, progress=say, max_train_dates=max_train_dates)
         s.update(result.summary())
     summary.output("model_card", result.card_md)
     if result.card_html:

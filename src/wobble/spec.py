@@ -1,8 +1,10 @@
 """Model specs: one YAML per model under `models/`, validated strictly.
 
 A spec names the target (which services count, over what horizon), the cohort, the as-of
-schedule for training and testing, the estimator, calibration, the baseline's features, team
-capacity and fairness groups. `timesplit` turns the schedule into plain lists of dates.
+schedule for training and testing, the estimator (parameters, the candidates tried on the
+validation slice, monotone constraints), calibration, the baseline's features, team capacity,
+the evaluation (bootstrap replicates, calibration bins), fairness groups with the gaps that get
+flagged, and the small-number threshold. `timesplit` turns the schedule into plain lists of dates.
 """
 
 from __future__ import annotations
@@ -24,10 +26,22 @@ class _Strict(BaseModel):
 
 
 class Target(_Strict):
+    """What the model predicts.
+
+    crisis: at least one contact with `services` in [as_of, as_of + horizon).
+    escalation: contacts with `services` in [as_of, as_of + horizon) reach `ratio` times the
+    person's own rate over [as_of − prior_days, as_of), and at least `min_contacts` of them;
+    e.g. horizon 90, prior 180, ratio 2: 3 contacts in the prior 180 days (1.5 per 90 days)
+    need at least 3 × 2 × 90 / 180 = 3, and at least min_contacts = 4, in the next 90 days.
+    """
+
     kind: Literal["crisis", "escalation"] = "crisis"
     services: list[str]
+    statuses: list[Literal["attended", "did_not_attend", "cancelled"]] | None = None  # None: any
     horizon_days: int = Field(ge=7, le=730)
-    min_contacts: int = 4  # escalation only: at least this many contacts in the horizon
+    min_contacts: int = Field(default=4, ge=1)  # escalation only
+    prior_days: int = Field(default=180, ge=7, le=1095)  # escalation only
+    ratio: float = Field(default=2.0, gt=1.0)  # escalation only
 
     @field_validator("services")
     @classmethod
@@ -35,6 +49,8 @@ class Target(_Strict):
         unknown = [s for s in v if s not in SERVICES]
         if unknown:
             raise ValueError(f"unknown service(s): {', '.join(unknown)}")
+        if not v:
+            raise ValueError("name at least one service")
         return v
 
 
@@ -49,7 +65,9 @@ class Schedule(_Strict):
     test_weeks: int = Field(default=12, ge=1)
     test_every_weeks: int = Field(default=2, ge=1)
     test_share_of_people: float = Field(default=0.3, gt=0, lt=1)
-    max_train_dates: int | None = None
+    # More test people than this add little precision and cost minutes of bootstrap: the rest train.
+    max_test_people: int = Field(default=50_000, ge=100)
+    max_train_dates: int | None = Field(default=None, ge=1)  # keep only the latest N training dates
 
     @field_validator("train_start")
     @classmethod
@@ -62,8 +80,43 @@ class Schedule(_Strict):
 class Estimator(_Strict):
     kind: Literal["lightgbm"] = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
-    early_stopping_rounds: int = 30
+    # Alternatives to `params`, each a few overrides; every candidate is fitted with early
+    # stopping and the one with the lowest log loss on the validation slice is kept.
+    search: list[dict[str, Any]] = Field(default_factory=list)
+    # The kept model fits at most max_rows rows, and candidates are compared on at most
+    # search_rows, each a random share of training people: beyond that, more rows add little
+    # (measured at 1M people) and cost minutes.
+    max_rows: int = Field(default=1_000_000, ge=1000)
+    search_rows: int = Field(default=300_000, ge=1000)
+    # feature: +1 (risk never falls as it rises) or -1 (never rises); features not named are free
+    monotone: dict[str, Literal[-1, 1]] = Field(default_factory=dict)
+    early_stopping_rounds: int = Field(default=30, ge=1)
     validation_share: float = Field(default=0.2, gt=0, lt=0.5)
+
+    @field_validator("params", "search")
+    @classmethod
+    def _reserved(cls, v):
+        reserved = {"random_state", "seed", "deterministic", "force_row_wise", "n_jobs", "num_threads",
+                    "monotone_constraints", "objective", "verbose"}
+        for params in v if isinstance(v, list) else [v]:
+            bad = sorted(reserved & set(params))
+            if bad:
+                raise ValueError(f"{', '.join(bad)} are set by wobble, not the spec")
+        return v
+
+
+class Evaluation(_Strict):
+    bootstrap_replicates: int = Field(default=200, ge=20, le=5000)
+    calibration_bins: int = Field(default=10, ge=3, le=50)
+
+
+class FairnessTolerance(_Strict):
+    """A subgroup is flagged when it differs from everyone by more than these."""
+
+    auroc: float = Field(default=0.05, gt=0)  # absolute AUROC difference
+    observed_to_expected: float = Field(default=0.2, gt=0)  # |O/E − 1|
+    fnr_at_capacity: float = Field(default=0.1, gt=0)  # absolute difference
+    fpr_at_capacity: float = Field(default=0.005, gt=0)  # absolute difference
 
 
 class Baseline(_Strict):
@@ -83,10 +136,13 @@ class ModelSpec(_Strict):
     baseline: Baseline
     features: list[str] | None = None  # default: every predictor in the catalogue
     capacity_per_team: int = Field(default=20, ge=1)
+    evaluation: Evaluation = Evaluation()
     fairness_groups: list[Literal["age_band", "sex", "ethnicity_group", "imd_quintile"]] = Field(
         default_factory=lambda: ["age_band", "sex", "ethnicity_group", "imd_quintile"]
     )
-    small_number_threshold: int = 7
+    fairness_tolerance: FairnessTolerance = FairnessTolerance()
+    small_number_threshold: int = Field(default=7, ge=1)
+    intended_users: str = "multidisciplinary teams (MDTs) in neighbourhood health and care"
 
 
 def load_spec(models_dir: Path, name: str) -> ModelSpec:

@@ -1,0 +1,64 @@
+"""Approval: who approved what and when; the champion alias; publish refuses unapproved versions."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TEST_KEY, run_wobble
+
+from wobble.approve import approve, champion, require_approval
+from wobble.errors import NotApproved, WobbleError
+from wobble.tracking import client
+from wobble.warehouse import connect
+
+
+def fresh_version(cfg) -> str:
+    """A new, unapproved registry version of the tiny world's model (same run, no retraining)."""
+    c = client(cfg)
+    mv = c.get_model_version("crisis_90d", "1")
+    return str(c.create_model_version("crisis_90d", mv.source, run_id=mv.run_id).version)
+
+
+def test_publish_refuses_an_unapproved_model(tiny_trained):
+    from wobble.publish import publish
+
+    cfg, result = tiny_trained
+    version = fresh_version(cfg)
+    with pytest.raises(NotApproved) as err:
+        publish(cfg, model="crisis_90d", version=version, as_of=result.split.data_end)
+    msg = str(err.value)
+    assert f"version {version} has not been approved" in msg
+    assert f"wobble approve --model crisis_90d --version {version} --by" in msg
+
+
+def test_publish_from_the_cli_refuses_in_one_line(tiny_trained):
+    cfg, _ = tiny_trained
+    version = fresh_version(cfg)
+    proc = run_wobble("publish", "--config", str(cfg.root / "wobble.toml"), "--version", version,
+                      env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
+    assert proc.returncode == 2
+    assert "not been approved" in proc.stderr and "wobble approve" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_approval_is_recorded_in_the_warehouse_and_mlflow_and_sets_the_champion(tiny_trained):
+    cfg, result = tiny_trained
+    proc = run_wobble("approve", "--config", str(cfg.root / "wobble.toml"), "--model", "crisis_90d",
+                      "--version", result.model_version, "--by", "Dr A Example, Clinical Safety Officer",
+                      "--note", "read the card; subgroup flags accepted for the pilot", "--json",
+                      env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
+    assert proc.returncode == 0, proc.stderr
+    with connect(cfg.warehouse, read_only=True) as con:
+        a = require_approval(con, "crisis_90d", result.model_version)
+    assert a.approved_by == "Dr A Example, Clinical Safety Officer" and not a.demo
+    assert "subgroup flags accepted" in a.note
+    tags = client(cfg).get_model_version("crisis_90d", result.model_version).tags
+    assert tags["approved_by"] == a.approved_by and tags["approval_demo"] == "false"
+    assert champion(cfg, "crisis_90d") == result.model_version
+
+
+def test_approving_needs_a_name_and_a_real_version(tiny_trained):
+    cfg, result = tiny_trained
+    with pytest.raises(WobbleError, match="approver's name"):
+        approve(cfg, model="crisis_90d", version=result.model_version, by="  ", note="")
+    with pytest.raises(WobbleError, match="no model 'crisis_90d' version 99"):
+        approve(cfg, model="crisis_90d", version="99", by="Someone", note="")

@@ -1,0 +1,116 @@
+"""The model card: every section, for a tiny world; self-contained HTML; small numbers suppressed;
+`wobble card` re-renders a version from its MLflow run alone."""
+
+from __future__ import annotations
+
+import json
+import re
+from html import unescape
+from pathlib import Path
+
+import pytest
+from conftest import TEST_KEY, run_wobble
+
+from wobble.card import SECTIONS, fmt_est
+from wobble.spec import load_spec
+
+
+def test_card_renders_for_a_tiny_world_with_every_section(tiny_trained):
+    _, result = tiny_trained
+    md = result.card_md.read_text()
+    for section in SECTIONS:
+        assert re.search(rf"^##+ {re.escape(section)}$", md, re.M), section
+    html = unescape(result.card_html.read_text())
+    for section in SECTIONS:
+        assert f">{section}</h" in html, section
+    for phrase in ("Status: not approved", "wobble approve --model crisis_90d --version 1",
+                   "skill ratio", "Precision", "Number needed to evaluate", "Alerts per 1,000 people per week",
+                   "false negative rate", "observed / expected", "Expected calibration error",
+                   "share of crisis days preceded by a listing", "✎ to complete", "H1", "27c"):
+        assert phrase in md, phrase
+
+
+def test_html_card_is_self_contained(tiny_trained):
+    _, result = tiny_trained
+    raw = result.card_html.read_text()
+    assert raw.startswith("<!doctype html>") and '<html lang="en">' in raw
+    assert "<script" not in raw and "http://" not in raw and "https://" not in raw
+    images = re.findall(r'<img alt="([^"]+)" src="([^"]+)"', raw)
+    assert len(images) >= 3 and all(src.startswith("data:image/png;base64,") and alt for alt, src in images)
+    ids = set(re.findall(r'id="([^"]+)"', raw))
+    links = set(re.findall(r'href="#([^"]+)"', raw))
+    assert links and links <= ids, links - ids  # every "where is it answered" link lands on a heading
+    md = result.card_md.read_text()
+    for name in re.findall(r"\]\(([^)#]+\.png)\)", md):
+        assert (result.card_md.parent / name).stat().st_size > 1000, name
+
+
+def test_small_numbers_are_suppressed(tiny_trained):
+    cfg, result = tiny_trained
+    md = result.card_md.read_text()
+    thr = load_spec(cfg.models_dir, "crisis_90d").small_number_threshold
+    rows = [g for g in result.evaluation["subgroups"] if g["people_listed"] is None]
+    assert rows, "the tiny world should have groups with fewer than 7 people listed"
+    assert f"<{thr}" in md and "suppressed" in md
+    for g in result.evaluation["subgroups"]:
+        for key in ("people", "people_with_outcome", "people_listed"):
+            assert g[key] is None or g[key] >= thr
+        if g["capacity_suppressed"]:
+            assert "precision_at_capacity" not in g["metrics"]
+
+
+def test_the_card_and_evaluation_are_in_the_mlflow_run(tiny_trained):
+    from wobble.tracking import client
+
+    cfg, result = tiny_trained
+    c = client(cfg)
+    names = {a.path for a in c.list_artifacts(result.run_id, "card")}
+    for suffix in (".md", ".html", "-calibration.png", "-roc.png", "-shap.png"):
+        assert f"card/crisis_90d-v1{suffix}" in names, suffix
+    wobble = {a.path for a in c.list_artifacts(result.run_id, "wobble")}
+    assert {"wobble/evaluation.json", "wobble/calibrator.pkl", "wobble/features.json",
+            "wobble/crisis_90d.yml"} <= wobble
+    run = c.get_run(result.run_id)
+    assert run.data.metrics["auroc"] == pytest.approx(result.metrics["auroc"])
+    assert "auroc_low" in run.data.metrics and "baseline_precision_at_capacity" in run.data.metrics
+    mv = c.get_model_version("crisis_90d", "1")
+    from mlflow.models import get_model_info
+
+    info = get_model_info(f"models:/crisis_90d/{mv.version}")
+    assert info.signature.inputs.input_names() == result.evaluation["training"]["features"]
+    assert info.saved_input_example_info is not None
+
+
+def test_wobble_card_rerenders_a_version_with_its_approval(tiny_trained):
+    from wobble.approve import approve
+
+    cfg, result = tiny_trained
+    approve(cfg, model="crisis_90d", version="1", by="Ms B Card-Reader, Caldicott Guardian", note="card re-read")
+    env = {"WOBBLE_PSEUDONYM_KEY": TEST_KEY}
+    proc = run_wobble("card", "--config", str(cfg.root / "wobble.toml"), "--model", "crisis_90d", "--version", "1",
+                      "--json", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    st = json.loads(proc.stdout)["stages"]["card"]
+    md = Path(st["model_card"]).read_text()
+    assert "Status: approved" in md and "Ms B Card-Reader, Caldicott Guardian" in md
+    for section in ("Fairness in the most deprived areas", "Hazard log (DCB0129)", "TRIPOD+AI checklist"):
+        assert f"## {section}" in md
+    missing = run_wobble("card", "--config", str(cfg.root / "wobble.toml"), "--model", "crisis_90d",
+                         "--version", "99", env=env)
+    assert missing.returncode == 2 and "has no version 99" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_differences_are_judged_by_their_interval():
+    from wobble.card import _verdict
+
+    assert _verdict({"value": 0.01, "low": 0.003, "high": 0.02}).startswith("better (the interval is above zero")
+    assert _verdict({"value": -0.01, "low": -0.02, "high": -0.001}, higher_is_better=False).startswith(
+        "better (the interval is below zero")
+    assert _verdict({"value": 0.1, "low": -0.02, "high": 0.2}).startswith("no clear difference")
+    assert _verdict({"value": -0.05, "low": -0.09, "high": -0.01}).startswith("worse")
+
+
+def test_estimates_print_with_their_interval():
+    assert fmt_est({"value": 0.8031, "low": 0.79, "high": 0.812}) == "0.803 (0.790 to 0.812)"
+    assert fmt_est({"value": 0.5, "low": 0.25, "high": 0.75}, "pct") == "50.0% (25.0 to 75.0%)"
+    assert fmt_est({"value": None, "low": None, "high": None}) == "n/a"
