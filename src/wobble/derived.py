@@ -98,21 +98,21 @@ RISE_WEEKS = 26  # how far back a rise may have started; weeks 27-52 set the usu
 
 
 @derived(family="trajectory", unit="weeks")
-def weeks_since_first_rise(contacts_by_week: str, usual_weekly_contacts: str) -> str:
-    """weeks since the person's contacts began running above their own usual rate (blank if
-    the last 4 weeks are not at least double the usual rate of weeks 27–52 before)"""
-    # A CUSUM change point, in whole numbers so that ties are exact. With R contacts in the
-    # 26 usual weeks (rate R/26 a week) and n(w) contacts in the last w weeks, the excess over
-    # a reference rate of max(1.5 × R/26, 1/8) a week, times 104, is
+def weeks_since_first_rise(contacts_by_week_182d: str, usual_weekly_contacts: str) -> str:
+    """weeks since the person's contacts began running above their own usual rate (blank unless
+    the last 4 weeks ran at least double the usual rate of weeks 27–52 before, with 2 or more)"""
+    # `contacts_by_week_182d` exists only for people rising now (its only_if in
+    # features/trajectory.yml). A CUSUM change point, in whole numbers so that ties are exact:
+    # with R contacts in the 26 usual weeks (rate R/26 a week) and n(w) contacts in the last
+    # w weeks, the excess over a reference rate of max(1.5 × R/26, 1/8) a week, times 104, is
     #     E(w) = 104·n(w) − max(6R, 13)·w.
     # The rise began at the earliest w in 1..26 where E peaks: before it, contacts ran at or
     # below the reference; after it, above. Example: R = 13 (one every 2 weeks), 6 contacts in
     # the last 3 weeks and none in weeks 4–26: E(3) = 624 − 78·3 = 390 is the peak, so 3 weeks.
-    n, usual = contacts_by_week, usual_weekly_contacts
+    n, usual = contacts_by_week_182d, usual_weekly_contacts
     excess = (f"list_transform(range(1, {RISE_WEEKS + 1}), "
               f"lambda w: 104 * {n}[w] - greatest(6 * {usual}, 13) * w)")
-    rising = f"{n}[4] >= 2 AND 13 * {n}[4] >= 4 * {usual}"
-    return f"CASE WHEN {rising} THEN list_position({excess}, list_max({excess})) END"
+    return f"CASE WHEN {n} IS NOT NULL THEN list_position({excess}, list_max({excess})) END"
 
 
 # --- data completeness -------------------------------------------------------------------------

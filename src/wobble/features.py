@@ -133,6 +133,9 @@ class FeatureDecl(_Strict):
     each: Literal["service", "tag", "system"] | None = None
     predictor: bool = True  # false: kept for fairness reporting or caveats, never a model input
     internal: bool = False  # an input to derived features only, never written out
+    # internal inputs only: compute it just for the (person, as-of) pairs where this condition
+    # on other counts holds (blank elsewhere), when it is costly and matters for few people
+    only_if: str | None = None
 
     @field_validator("windows")
     @classmethod
@@ -160,14 +163,14 @@ class Feature:
     unit: str
     missing: str
     predictor: bool
-    sql: str | PerValue  # the aggregate with its filter (or a PerValue), the persons expression,
-    # or the derived expression
+    sql: str | Aggregate | PerValue  # the aggregate (parts and final expression; or a PerValue),
+    # the persons expression, or the derived expression
     window_days: int | None
     reach_days: int = 0  # how many days before the as-of date it reads
     internal: bool = False
     inputs: tuple[str, ...] = ()  # derived only: the columns it is computed from
     predicates: tuple[tuple[str, str], ...] = ()  # {where}/{cond} in `sql` → their SQL
-    empty: str = "0"  # missing "zero": the value for someone with no records (1 for a ratio)
+    only_if: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,13 @@ def load_catalogue(features_dir: Path) -> Catalogue:
                 add(feat, path.name)
     for feat in _derived(dict(families), seen):
         add(feat, "derived.py")
+    for feat in inputs:
+        if feat.only_if:
+            names = set(re.findall(r"\b([a-z_][a-z0-9_]*)\b", feat.only_if)) - _KEYWORDS
+            unknown = sorted(n for n in names if n not in seen)
+            if unknown:
+                raise ConfigError(f"{seen[feat.column]}: feature {feat.column!r}: only_if names "
+                                  f"{', '.join(unknown)}, which are not declared features")
     order = {name: k for k, (name, _) in enumerate(families)}
     public.sort(key=lambda f: order[f.family])  # stable: derived features follow their family's YAML
     return Catalogue(tuple(public), tuple(inputs), tuple(families))
@@ -252,6 +262,8 @@ def _expand(family: str, decl: FeatureDecl, fname: str) -> list[Feature]:
             f"{fname}: feature {decl.name!r}: unknown source {decl.source!r} "
             f"(one of: {', '.join(SOURCES)})"
         )
+    if decl.only_if and not decl.internal:
+        raise ConfigError(f"{fname}: feature {decl.name!r}: only_if is for internal inputs only")
     if not decl.description and not decl.internal:
         raise ConfigError(f"{fname}: feature {decl.name!r}: needs a description (the sentence a huddle reads)")
     out = []
@@ -280,9 +292,9 @@ def _expand(family: str, decl: FeatureDecl, fname: str) -> list[Feature]:
             predicates = (("where", where),)
             if m := (_SHARE_CHANGE.match(aggregate) or _SHARE.match(aggregate)):
                 predicates += (("cond", _macros(m.group(1))),)
-            empty = "1" if aggregate.startswith("ratio(") else "0"
             out.append(Feature(column, family, decl.source, desc, decl.unit, decl.missing,
-                               decl.predictor, sql, days, reach, decl.internal, (), predicates, empty))
+                               decl.predictor, sql, days, reach, decl.internal, (), predicates,
+                               decl.only_if))
     return out
 
 
@@ -333,14 +345,48 @@ _COUNTS_PER = re.compile(r"^counts_per\((\w+)\)$")
 class PerValue:
     """An aggregate over each person's distinct values of `column`, compiled to a nested
     GROUP BY (person, as_of, value): `distinct` counts values, `new` counts values seen in the
-    window but not before it, `counts` lists the records per value, `cumulative` lists, for
-    k = 1 … n, the records with value <= k."""
+    window but not before it, `counts` lists the records per value."""
 
     column: str
-    kind: Literal["distinct", "new", "counts", "cumulative"]
+    kind: Literal["distinct", "new", "counts"]
     recent: str
     before: str = "false"
-    n: int = 0
+
+
+@dataclass(frozen=True)
+class Part:
+    """One aggregate a feature is computed from, over records `days_before` in (lo, hi].
+
+    `count`: the records meeting `pred`; `latest`: the fewest days before the as-of date of such
+    a record (blank if none); `sql`: any other aggregate, written out in `sql`. Counts and
+    latests need no knowledge of the as-of date beyond the window, so for weekly as-of dates the
+    compiler may slide them from one date to the next (see `_slide_sql`).
+    """
+
+    kind: Literal["count", "latest", "sql"]
+    pred: str  # with {where} / {cond} for the feature's filter and a share's condition
+    lo: int
+    hi: int
+    sql: str = ""
+
+    def direct(self) -> str:
+        """The aggregate over records joined to each as-of date."""
+        if self.kind == "sql":
+            return self.sql
+        cond = f"{self.pred} AND {_window(self.lo, self.hi)}"
+        return _when("count", "1", cond) if self.kind == "count" else _when("min", "days_before", cond)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A feature as parts and the SQL that combines them, naming part k `{k}`."""
+
+    parts: tuple[Part, ...]
+    final: str = "{0}"
+
+
+def _window(lo: int, hi: int) -> str:
+    return f"days_before <= {hi}" if lo == 0 else f"days_before > {lo} AND days_before <= {hi}"
 
 
 def _when(fn: str, arg: str, cond: str) -> str:
@@ -355,20 +401,21 @@ def _coded(col: str) -> bool:
 
 
 def _aggregate(fname: str, column: str, source: str, aggregate: str, days: int,
-               internal: bool) -> tuple[str | PerValue, int]:
-    """(SQL of the aggregate with its filter and window, or a PerValue; days it reaches back).
+               internal: bool) -> tuple[Aggregate | PerValue, int]:
+    """(The aggregate as parts and a final expression, or a PerValue; days it reaches back).
 
-    The SQL names the filter `{where}` and a share's condition `{cond}`: the compiler computes
-    each distinct predicate once per record (see `Feature.predicates`).
+    Parts name the filter `{where}` and a share's condition `{cond}`: the compiler computes each
+    distinct predicate once per record (see `Feature.predicates`).
     """
     agg = aggregate.strip()
-    recent = f"{{where}} AND days_before <= {days}"
+    where, both = "{where}", "{where} AND {cond}"
+    recent = f"{where} AND days_before <= {days}"
 
-    def before(base: int) -> str:
-        return f"{{where}} AND days_before > {days} AND days_before <= {days + base}"
+    def count(pred: str, lo: int = 0, hi: int = days) -> Part:
+        return Part("count", pred, lo, hi)
 
-    def count(cond: str) -> str:
-        return _when("count", "1", cond)
+    def sql(text: str, hi: int = days) -> Part:
+        return Part("sql", "", 0, hi, text)
 
     def fail(why: str) -> ConfigError:
         return ConfigError(f"{fname}: feature {column!r}: {why}")
@@ -377,38 +424,40 @@ def _aggregate(fname: str, column: str, source: str, aggregate: str, days: int,
         _check_columns(fname, column, source, a.replace("*", ""), "aggregate")
     if m := _DAYS_SINCE.match(agg):
         if m.group(2) == TIME_COLUMN[source] and m.group(1) == "max":
-            return _when("min", "days_before", recent), days
-        return f"date_diff('day', {_when(m.group(1), m.group(2), recent)}, as_of)", days
+            return Aggregate((Part("latest", where, 0, days),)), days
+        return Aggregate((sql(f"date_diff('day', {_when(m.group(1), m.group(2), recent)}, as_of)"),)), days
     if (m := _SHARE.match(agg)) and not _SHARE_CHANGE.match(agg):
-        return f"{count(recent + ' AND {cond}')}::DOUBLE / nullif({count(recent)}, 0)", days
+        return Aggregate((count(both), count(where)), "{0}::DOUBLE / nullif({1}, 0)"), days
     if agg == "any()":
-        return f"({count(recent)} > 0)::INTEGER", days
+        return Aggregate((count(where),), "({0} > 0)::INTEGER"), days
     if m := _NEW.match(agg):
         col, base = m.group(1), int(m.group(2))
         if not _coded(col):
-            return PerValue(col, "new", recent, before(base)), days + base
-        masks = [_when("bit_or", f"{col}_bit", c) for c in (recent, before(base))]
-        return f"bit_count({masks[0]} & ~coalesce({masks[1]}, 0))", days + base
+            return PerValue(col, "new", recent, f"{where} AND {_window(days, days + base)}"), days + base
+        masks = [sql(_when("bit_or", f"{col}_bit", f"{where} AND {_window(lo, hi)}"), hi)
+                 for lo, hi in ((0, days), (days, days + base))]
+        return Aggregate(tuple(masks), "bit_count({0} & ~coalesce({1}, 0))"), days + base
     if m := _BASELINED.match(agg):
         kind, base = m.group(1), int(m.group(2))
-        usual = f"{count(before(base))} * {days}::DOUBLE / {base}"
-        if kind == "excess":
-            return f"{count(recent)} - {usual}", days + base
-        return f"({count(recent)} + 1) / ({usual} + 1)", days + base
+        parts = (count(where), count(where, days, days + base))
+        usual = f"{{1}} * {days}::DOUBLE / {base}"
+        final = f"{{0}} - {usual}" if kind == "excess" else f"({{0}} + 1) / ({usual} + 1)"
+        return Aggregate(parts, final), days + base
     if m := _SHARE_CHANGE.match(agg):
         base = int(m.group(2))
-        shares = [f"{count(c + ' AND {cond}')}::DOUBLE / nullif({count(c)}, 0)"
-                  for c in (recent, before(base))]
-        return f"{shares[0]} - {shares[1]}", days + base
+        parts = (count(both), count(where), count(both, days, days + base), count(where, days, days + base))
+        return Aggregate(parts, "{0}::DOUBLE / nullif({1}, 0) - {2}::DOUBLE / nullif({3}, 0)"), days + base
     if m := _TREND.match(agg):
         if days % PERIOD_DAYS:
             raise fail(f"{m.group(1)}() needs a window in whole {PERIOD_DAYS}-day periods, e.g. 360d")
-        return _trend(m.group(1), days // PERIOD_DAYS, recent), days
+        return Aggregate((sql(_trend(m.group(1), days // PERIOD_DAYS, recent)),)), days
     if m := _CUMULATIVE.match(agg):
         if not internal:
             raise fail("cumulative_counts() makes a list, not a number: only `internal: true` inputs may use it")
         col, n = m.group(1), int(m.group(2))
-        return PerValue(col, "cumulative", f"{recent} AND {col} <= {n}", n=n), days
+        unit = {"days_before": 1, "weeks_before": 7, "months_before": PERIOD_DAYS}[col]
+        parts = tuple(count(where, 0, unit * k) for k in range(1, n + 1))
+        return Aggregate(parts, "[" + ", ".join(f"{{{k}}}" for k in range(n)) + "]"), days
     if m := _COUNTS_PER.match(agg):
         if not internal:
             raise fail("counts_per() makes a list, not a number: only `internal: true` inputs may use it")
@@ -416,12 +465,14 @@ def _aggregate(fname: str, column: str, source: str, aggregate: str, days: int,
     if m := _PLAIN.match(agg):
         fn, distinct, arg = m.group(1).lower(), m.group(2), m.group(3).strip()
         if distinct and _coded(arg):
-            return f"bit_count({_when('bit_or', f'{arg}_bit', recent)})", days
+            return Aggregate((sql(_when("bit_or", f"{arg}_bit", recent)),), "bit_count({0})"), days
         if distinct and fn == "count" and re.fullmatch(r"\w+", arg):
             return PerValue(arg, "distinct", recent), days
         if distinct:
             raise fail("DISTINCT works in count(DISTINCT column) only")
-        return _when(fn, "1" if arg == "*" else arg, recent), days
+        if fn == "count" and arg == "*":
+            return Aggregate((count(where),)), days
+        return Aggregate((sql(_when(fn, arg, recent)),)), days
     raise fail(
         f"cannot compile aggregate {aggregate!r}; use count(*), count(DISTINCT col), "
         "sum/max/min/avg(expr), days_since(max(col)), share(cond), any(), new(col, Nd), "
@@ -496,45 +547,112 @@ def _array(values) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
+EPOCH = "DATE '2000-01-01'"  # dates become whole day numbers counted from here
+# a part's column in the query: `_c3`, `_t0`, or `_c3_first` (its value at the first as-of date)
+_PART_REF = re.compile(r"\b_[ct]\d+(?:_first)?\b")
+_PSEUDO = re.compile(r"\b(" + "|".join(PSEUDO_COLUMNS) + r")\b")
+
+
+def records_sql(source: str, as_of_list: str, lookback: int, systems: tuple[str, ...],
+                predicates: dict[str, str]) -> str:
+    """The records of `source` that may count at some as-of date in the list, each with what
+    does not depend on the as-of date: `_day` (the record's day), `_known_day` (the day it was
+    recorded), `<column>_bit` for columns with a fixed set of values, and the `predicates`
+    (name → SQL) that do not read a pseudo-column. Computed once per record, before any join
+    multiplies records by as-of dates."""
+    t = TIME_COLUMN[source]
+    vocab = {**{c: v for c, v in CODED.items() if c in SOURCES[source]}, "source_system": systems}
+    cols = [f"(1::UBIGINT << (list_position({_array(v)}, {c}) - 1)) AS {c}_bit" for c, v in vocab.items()]
+    cols += [f"({sql}) AS {name}" for name, sql in predicates.items() if not _PSEUDO.search(sql)]
+    return f"""
+        SELECT *, {t}::DATE - {EPOCH} AS _day, recorded_at::DATE - {EPOCH} AS _known_day,
+               {', '.join(cols)}
+        FROM {source}
+        WHERE {t} >= list_min({as_of_list}) - INTERVAL {lookback} DAY
+          AND {t} < list_max({as_of_list}) AND recorded_at < list_max({as_of_list})"""
+
+
+def _as_of_days(as_of_list: str) -> str:
+    return f"(SELECT as_of, as_of - {EPOCH} AS _as_of_day FROM (SELECT unnest({as_of_list}) AS as_of))"
+
+
 def guarded_sql(source: str, as_of_list: str, lookback: int, systems: tuple[str, ...],
                 predicates: dict[str, str] | None = None) -> str:
     """Records of `source` joined to each as-of date they may count for: the time guard.
 
-    Adds the pseudo-columns (`days_before`, `weeks_before`, `months_before`), for columns with a
-    fixed set of values `<column>_bit` (the value as one bit, for distinct counts), and each of
-    `predicates` (name → SQL) computed once per record.
+    A record counts at as-of date T if it was recorded before T (`recorded_at < T`), happened
+    before T, and happened within `lookback` days of it. Adds the pseudo-columns `days_before`,
+    `weeks_before` and `months_before`, their bits, and the predicates that read them.
     """
-    t = TIME_COLUMN[source]
-    extra = " AND s.occurred_at < a.as_of" if source == "contacts" else ""
-    vocab = {**{c: v for c, v in CODED.items() if c in SOURCES[source]}, "source_system": systems}
-    bits = [f"(1::UBIGINT << (list_position({_array(v)}, {c}) - 1)) AS {c}_bit" for c, v in vocab.items()]
-    bits += [f"(1::UBIGINT << {c}) AS {c}_bit" for c in SMALL_INTS]
-    bits += [f"({sql}) AS {name}" for name, sql in (predicates or {}).items()]
+    predicates = predicates or {}
+    per_pair = [f"(1::UBIGINT << {c}) AS {c}_bit" for c in SMALL_INTS]
+    per_pair += [f"({sql}) AS {name}" for name, sql in predicates.items() if _PSEUDO.search(sql)]
     return f"""
-        SELECT *, {', '.join(bits)}
+        SELECT *, {', '.join(per_pair)}
         FROM (
             SELECT *, (days_before - 1) // 7 + 1 AS weeks_before,
                    (days_before - 1) // {PERIOD_DAYS} + 1 AS months_before
             FROM (
-                SELECT s.*, a.as_of, date_diff('day', s.{t}::DATE, a.as_of) AS days_before
-                FROM {source} s JOIN (SELECT unnest({as_of_list}) AS as_of) a
-                  ON s.recorded_at < a.as_of{extra}
-                 AND s.{t} >= a.as_of - INTERVAL {lookback} DAY
+                SELECT r.*, a.as_of, a._as_of_day - r._day AS days_before
+                FROM ({records_sql(source, as_of_list, lookback, systems, predicates)}) r
+                JOIN {_as_of_days(as_of_list)} a
+                  ON r._known_day < a._as_of_day AND r._day < a._as_of_day
+                 AND r._day >= a._as_of_day - {lookback}
             )
         )"""
+
+
+def _slide_sql(source: str, as_ofs: list[date], lo: int, hi: int, parts: list[tuple[str, Part]],
+               systems: tuple[str, ...], predicates: dict[str, str]) -> str:
+    """How counts and latests over the window (lo, hi] change from the first as-of date T₁ to
+    each later one: (person_id, as_of, change per part).
+
+    A record is in the window at T when E < T <= day + hi, with E = max(recorded day,
+    day + lo). Its membership can differ between T₁ and a later T only if E or day + hi falls
+    in [T₁, Tₙ): for weekly dates and a year's window, a few weeks of records instead of a
+    year's. A count at T is its count at T₁ plus, over those records, (in at T) − (in at T₁).
+    A latest at T is the latest at T₁ or of the records that arrived since, if still in the
+    window (when the latest record has left the window, so has every earlier one).
+    """
+    t1 = f"{as_ofs[0].isoformat()}"
+    first, last = f"(DATE '{t1}' - {EPOCH})", f"(DATE '{as_ofs[-1].isoformat()}' - {EPOCH})"
+    later = _dates(as_ofs[1:])
+    enter = f"greatest(r._known_day, r._day + {lo})"
+    aggs = []
+    for name, part in parts:
+        if part.kind == "count":
+            aggs.append(f"sum(CASE WHEN {part.pred} THEN _in - _in_first END) AS {name}")
+        else:
+            aggs.append(f"max(CASE WHEN {part.pred} AND _arrived THEN _day END) AS {name}")
+    return f"""
+        SELECT person_id, as_of, {', '.join(aggs)}
+        FROM (
+            SELECT r.*, a.as_of,
+                   ({enter} < a._as_of_day AND a._as_of_day <= r._day + {hi})::INTEGER AS _in,
+                   ({enter} < {first} AND {first} <= r._day + {hi})::INTEGER AS _in_first,
+                   {enter} >= {first} AND {enter} < a._as_of_day AS _arrived
+            FROM ({records_sql(source, _dates(as_ofs), hi, systems, predicates)}) r
+            CROSS JOIN {_as_of_days(later)} a
+            WHERE ({enter} >= {first} AND {enter} < {last})
+               OR (r._day + {hi} >= {first} AND r._day + {hi} < {last})
+        )
+        WHERE _in <> _in_first OR _arrived
+        GROUP BY person_id, as_of"""
+
+
+FIRST_ANY_SQL = """
+    SELECT person_id, min(occurred_at) AS first_at, arg_min(recorded_at, occurred_at) AS first_known_at
+    FROM contacts GROUP BY person_id"""
 
 
 def _first_record_sql() -> str:
     """(person_id, as_of, first_record_at): the earliest contact known before each as-of date.
 
-    Over all history, but cheaply: a person's earliest contact is the answer at every as-of date
-    after it became known; only as-of dates before that need the person's records joined.
+    Over all history, but cheaply: a person's earliest contact (`first_any`, one row per person)
+    is the answer at every as-of date after it became known; only as-of dates before that need
+    the person's records joined.
     """
     return """
-        first_any AS (
-            SELECT person_id, min(occurred_at) AS first_at,
-                   arg_min(recorded_at, occurred_at) AS first_known_at
-            FROM contacts GROUP BY person_id),
         first_record AS (
             SELECT k.person_id, k.as_of,
                    CASE WHEN f.first_at < k.as_of THEN f.first_at END AS first_record_at
@@ -553,8 +671,8 @@ QUIET_SHARE = 0.1  # a period is quiet when a usual source sends under 10% of it
 QUIET_MIN_TYPICAL = 10  # … and a source is usual for a team when its median period has 10+ records
 
 
-def _team_feed_sql(as_of_list: str) -> str:
-    """(team_id, as_of, team_quiet_periods): 30-day periods with a near-silent usual source.
+def team_feed_sql(as_of_list: str) -> str:
+    """Query: (team_id, as_of, team_quiet_periods), 30-day periods with a near-silent usual source.
 
     For each team, source system and as-of date, count the contacts known before the as-of date
     in each of the 12 periods of 30 days before it (0 = the last 30 days). A system is usual for
@@ -564,7 +682,7 @@ def _team_feed_sql(as_of_list: str) -> str:
     """
     periods = 12
     return f"""
-        team_days AS (
+        WITH team_days AS (
             SELECT p.team_id, s.source_system, s.occurred_at::DATE AS day,
                    s.recorded_at::DATE AS known_day, count(*) AS n
             FROM contacts s JOIN persons p USING (person_id)
@@ -586,14 +704,13 @@ def _team_feed_sql(as_of_list: str) -> str:
             LEFT JOIN team_periods t USING (team_id, source_system, as_of, period)),
         team_usual AS (
             SELECT team_id, source_system, as_of, median(n) AS typical
-            FROM team_grid GROUP BY ALL),
-        team_feed AS (
-            SELECT team_id, as_of,
-                   list_sort(list_distinct(list(g.period) FILTER (
-                       WHERE u.typical >= {QUIET_MIN_TYPICAL} AND g.n < {QUIET_SHARE} * u.typical
-                   ))) AS team_quiet_periods
-            FROM team_grid g JOIN team_usual u USING (team_id, source_system, as_of)
-            GROUP BY ALL)"""
+            FROM team_grid GROUP BY ALL)
+        SELECT team_id, as_of,
+               list_sort(list_distinct(list(g.period) FILTER (
+                   WHERE u.typical >= {QUIET_MIN_TYPICAL} AND g.n < {QUIET_SHARE} * u.typical
+               ))) AS team_quiet_periods
+        FROM team_grid g JOIN team_usual u USING (team_id, source_system, as_of)
+        GROUP BY ALL"""
 
 
 def _plain_block(feats: list[tuple[str, str]], guarded: str) -> str:
@@ -619,9 +736,6 @@ def _per_value_block(col: str, feats: list[tuple[str, PerValue]], guarded: str) 
             outer.append(f"count(*) FILTER (WHERE r{k} > 0 AND b{k} = 0) AS {column}")
         elif pv.kind == "distinct":
             outer.append(f"count(*) FILTER (WHERE r{k} > 0) AS {column}")
-        elif pv.kind == "cumulative":
-            items = [f"coalesce(sum(CASE WHEN {col} <= {j} THEN r{k} END), 0)" for j in range(1, pv.n + 1)]
-            outer.append(f"[{', '.join(items)}] AS {column}")
         else:
             outer.append(f"list(r{k} ORDER BY r{k} DESC) FILTER (WHERE r{k} > 0) AS {column}")
     return f"""
@@ -635,64 +749,138 @@ def _per_value_block(col: str, feats: list[tuple[str, PerValue]], guarded: str) 
         GROUP BY person_id, as_of"""
 
 
-def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = SOURCE_SYSTEMS) -> str:
+def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = SOURCE_SYSTEMS,
+                *, shared: bool = False) -> str:
     """One query returning (person_id, as_of, team_id, every feature) for all as-of dates.
 
     `systems` lists every `source_system` value in the data (for distinct counts by bit mask).
+    With `shared`, the helper tables `first_any` and `team_feed` (see `shared_tables`) already
+    exist, for every as-of date of a run, and are read rather than computed.
+
+    The query has three layers: blocks of parts joined to the cohort (parts: `_c0`, `_c1`, …
+    for contacts, `_t0`, … for tags), the declared features computed from their parts, then
+    the derived features computed from declared ones.
     """
     if len(systems) > 63:
         raise WobbleError(f"{len(systems)} source systems: distinct counts support at most 63")
+    as_ofs = sorted(as_ofs)
     as_of_list = _dates(as_ofs)
     look = cat.lookback_days
+    span = (as_ofs[-1] - as_ofs[0]).days
     by_source: dict[str, list[Feature]] = {"contacts": [], "tags": [], "persons": [], "derived": []}
     for f in cat.features + cat.inputs:
         by_source[f.source].append(f)
     helpers = {p for f in by_source["derived"] for p in f.inputs if p in derived_module.HELPER_COLUMNS}
     ctes = [f"cohort AS ({cohort_sql(as_of_list)})"]
-    joins: list[str] = []
-    selects: list[str] = []
+    joins: list[str] = []  # block joins onto the cohort
+    parts_sql: dict[str, str] = {}  # part column → its value in the joined row
+    part_block: dict[str, str] = {}  # part column → the block it comes from
+    block_on: dict[str, str] = {}  # block → the columns it joins on
+    features_sql: dict[str, str] = {}  # declared feature → its SQL over parts
 
-    def final(f: Feature, alias: str) -> str:
-        ref = f"{alias}.{f.column}"
-        return f"coalesce({ref}, {f.empty}) AS {f.column}" if f.missing == "zero" and not f.internal else ref
+    def add_block(alias: str, sql: str, names: list[str], on: str = "(person_id, as_of)") -> None:
+        ctes.append(f"{alias} AS ({sql})")
+        joins.append(f"LEFT JOIN {alias} USING {on}")
+        part_block.update({n: alias for n in names})
+        block_on[alias] = on
 
     for source in ("contacts", "tags"):
+        prefix = f"_{source[0]}"
         names: dict[str, str] = {}  # each distinct predicate, computed once per record
-        tiers: dict[int, list[tuple[str, str]]] = {}
-        per_value: dict[str, list[tuple[str, PerValue]]] = {}
-        reach: dict[str, int] = {}
+        parts: dict[Part, str] = {}  # each distinct part, computed once per (person, as_of)
+        per_value: dict[str, list[tuple[str, PerValue, int]]] = {}
+        conditional: list[tuple[Feature, list[tuple[str, Part]]]] = []
         for f in by_source[source]:
             fill = {key: names.setdefault(sql, f"_p{len(names)}") for key, sql in f.predicates}
             if isinstance(f.sql, PerValue):
-                pv = PerValue(f.sql.column, f.sql.kind, _fill(f.sql.recent, fill),
-                              _fill(f.sql.before, fill), f.sql.n)
-                per_value.setdefault(pv.column, []).append((f.column, pv))
-                reach[pv.column] = max(reach.get(pv.column, 0), f.reach_days)
+                pv = PerValue(f.sql.column, f.sql.kind, _fill(f.sql.recent, fill), _fill(f.sql.before, fill))
+                per_value.setdefault(pv.column, []).append((f.column, pv, f.reach_days))
+                features_sql[f.column] = f.column
+                continue
+            resolved = [Part(p.kind, _fill(p.pred, fill), p.lo, p.hi, _fill(p.sql, fill)) for p in f.sql.parts]
+            if f.only_if:
+                refs = [f"{f.column}__{k}" for k in range(len(resolved))]
+                conditional.append((f, list(zip(refs, resolved, strict=True))))
             else:
-                tier = min(t for t in TIERS + (look,) if t >= f.reach_days)
-                tiers.setdefault(tier, []).append((f.column, _fill(f.sql, fill)))
+                refs = [parts.setdefault(p, f"{prefix}{len(parts)}") for p in resolved]
+            features_sql[f.column] = _fill(f.sql.final, {str(k): r for k, r in enumerate(refs)})
+            if f.only_if:  # blank for everyone else
+                features_sql[f.column] = f"CASE WHEN {refs[0]} IS NOT NULL THEN {features_sql[f.column]} END"
         predicates = {n: s for s, n in names.items()}
-        blocks = [(f"{source}_{tier}d", feats,
-                   _plain_block(feats, guarded_sql(source, as_of_list, tier, systems, predicates)))
-                  for tier, feats in sorted(tiers.items())]
-        blocks += [(f"{source}_by_{col}", feats,
-                    _per_value_block(col, feats, guarded_sql(source, as_of_list, reach[col], systems,
-                                                             predicates)))
-                   for col, feats in per_value.items()]
-        kinds = {f.column: f for f in by_source[source]}
-        for alias, feats, sql in blocks:
-            ctes.append(f"{alias} AS ({sql})")
-            joins.append(f"LEFT JOIN {alias} USING (person_id, as_of)")
-            selects += [final(kinds[column], alias) for column, _ in feats]
-    selects += [f"({f.sql}) AS {f.column}" for f in by_source["persons"]]
+
+        def slides(part: Part) -> bool:
+            """Slide it from date to date when the window is long against the dates' span."""
+            return (len(as_ofs) > 1 and part.kind != "sql" and part.hi >= 2 * span  # noqa: B023
+                    and not any(_PSEUDO.search(sql) for n, sql in predicates.items()  # noqa: B023
+                                if re.search(rf"\b{n}\b", part.pred)))
+
+        tiers: dict[int, list[tuple[str, Part]]] = {}
+        sliding: dict[tuple[int, int], list[tuple[str, Part]]] = {}
+        for part, name in parts.items():
+            if slides(part):
+                sliding.setdefault((part.lo, part.hi), []).append((name, part))
+            else:
+                tiers.setdefault(min(t for t in TIERS + (look,) if t >= part.hi), []).append((name, part))
+        for tier, group in sorted(tiers.items()):
+            add_block(f"{source}_{tier}d", _plain_block([(n, p.direct()) for n, p in group],
+                      guarded_sql(source, as_of_list, tier, systems, predicates)), [n for n, _ in group])
+            for n, p in group:
+                parts_sql[n] = f"coalesce({n}, 0)" if p.kind == "count" else n
+        if sliding:
+            slid = [x for group in sliding.values() for x in group]
+            first = guarded_sql(source, _dates(as_ofs[:1]), max(p.hi for _, p in slid), systems, predicates)
+            block = _plain_block([(f"{n}_first", p.direct()) for n, p in slid], first)
+            add_block(f"{source}_first", f"SELECT * EXCLUDE (as_of) FROM ({block})",
+                      [f"{n}_first" for n, _ in slid], on="(person_id)")
+            first_day = f"(DATE '{as_ofs[0].isoformat()}' - {EPOCH})"
+            for k, ((lo, hi), group) in enumerate(sorted(sliding.items())):
+                add_block(f"{source}_slide{k}", _slide_sql(source, as_ofs, lo, hi, group, systems, predicates),
+                          [n for n, _ in group])
+                for n, p in group:
+                    if p.kind == "count":
+                        parts_sql[n] = f"coalesce({n}_first, 0) + coalesce({n}, 0)"
+                    else:  # the latest day, then days before this as-of date if still in the window
+                        latest = f"greatest({first_day} - {n}_first, {n})"
+                        parts_sql[n] = (f"CASE WHEN (as_of - {EPOCH}) - {latest} <= {hi} "
+                                        f"THEN (as_of - {EPOCH}) - {latest} END")
+        for col, feats in per_value.items():
+            guarded = guarded_sql(source, as_of_list, max(r for _, _, r in feats), systems, predicates)
+            add_block(f"{source}_by_{col}", _per_value_block(col, [(c, pv) for c, pv, _ in feats], guarded),
+                      [c for c, _, _ in feats])
+            parts_sql.update({c: c for c, _, _ in feats})
+        for k, (f, group) in enumerate(conditional):
+            # only the (person, as_of) pairs meeting the condition, from the parts above
+            cond = _substitute(f.only_if, {c: _substitute(features_sql[c], parts_sql)
+                                           for c in features_sql if c in f.only_if})
+            needed = sorted({part_block[n] for n in _PART_REF.findall(cond)})
+            ctes.append(f"only_{source}_{k} AS MATERIALIZED (SELECT k.person_id, k.as_of FROM cohort k "
+                        + " ".join(f"LEFT JOIN {a} USING {block_on[a]}" for a in needed) + f" WHERE {cond})")
+            guarded = guarded_sql(source, as_of_list, f.reach_days, systems, predicates)
+            add_block(f"{source}_{f.column}", _plain_block(
+                [(n, p.direct()) for n, p in group],
+                f"SELECT g.* FROM ({guarded}) g SEMI JOIN only_{source}_{k} USING (person_id, as_of)"),
+                [n for n, _ in group])
+            parts_sql.update({n: n for n, _ in group})
+    for alias in {part_block[n] for c in ctes if c.startswith("only_") for n in _PART_REF.findall(c)}:
+        ctes[:] = [c.replace(f"{alias} AS (", f"{alias} AS MATERIALIZED (", 1) if c.startswith(f"{alias} AS (")
+                   else c for c in ctes]
+    layer1 = [f"{sql} AS {n}" for n, sql in parts_sql.items()]
+    layer1 += [f"({f.sql}) AS {f.column}" for f in by_source["persons"]]
     if "first_record_at" in helpers:
+        if not shared:
+            ctes.append(f"first_any AS ({FIRST_ANY_SQL})")
         ctes.append(_first_record_sql())
         joins.append("LEFT JOIN first_record USING (person_id, as_of)")
-        selects.append("first_record.first_record_at")
+        layer1.append("first_record.first_record_at")
     if "team_quiet_periods" in helpers:
-        ctes.append(_team_feed_sql(as_of_list))
+        if not shared:
+            ctes.append(f"team_feed AS ({team_feed_sql(as_of_list)})")
         joins.append("LEFT JOIN team_feed ON team_feed.team_id = k.team_id AND team_feed.as_of = k.as_of")
-        selects.append("team_feed.team_quiet_periods")
+        layer1.append("team_feed.team_quiet_periods")
+    declared = [f for f in cat.features + cat.inputs if f.source in ("contacts", "tags")]
+    layer2 = [(f"coalesce({features_sql[f.column]}, 0)" if f.missing == "zero" and not f.internal
+               else features_sql[f.column]) + f" AS {f.column}" for f in declared]
+    layer2 += [f.column for f in by_source["persons"]] + [h for h in sorted(helpers)]
     derived = {f.column: (f"coalesce({f.sql}, 0)" if f.missing == "zero" else f.sql)
                for f in by_source["derived"]}
     outputs = [f"{derived[f.column]} AS {f.column}" if f.column in derived else f.column
@@ -702,11 +890,21 @@ def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = S
     SELECT person_id, as_of, team_id,
            {', '.join(outputs)}
     FROM (
-        SELECT k.person_id, k.as_of, k.team_id,
-               {', '.join(selects)}
-        FROM cohort k JOIN persons p USING (person_id)
-        {' '.join(joins)}
+        SELECT person_id, as_of, team_id,
+               {', '.join(layer2)}
+        FROM (
+            SELECT k.person_id, k.as_of, k.team_id,
+                   {', '.join(layer1)}
+            FROM cohort k JOIN persons p USING (person_id)
+            {' '.join(joins)}
+        )
     )"""
+
+
+def _substitute(text: str, values: dict[str, str]) -> str:
+    """Replace each whole word of `text` that is a key of `values` by its value, in brackets."""
+    return re.sub(r"\b([a-z_][a-z0-9_]*)\b", lambda m: f"({values[m.group(1)]})" if m.group(1) in values
+                  else m.group(1), text)
 
 
 @dataclass
@@ -724,11 +922,31 @@ class FeaturesResult:
 
 def compute_snapshots(con, cat: Catalogue, as_ofs: list[date]) -> pl.DataFrame:
     """The snapshot rows for `as_ofs` as a DataFrame, without writing anything."""
-    return con.sql(compile_sql(cat, sorted(set(as_ofs))) + " ORDER BY as_of, person_id").pl()
+    sql = compile_sql(cat, sorted(set(as_ofs)), source_systems(con))
+    return con.sql(sql + " ORDER BY as_of, person_id").pl()
+
+
+def source_systems(con) -> tuple[str, ...]:
+    """Every `source_system` in the warehouse, sorted: the vocabulary of its bit masks."""
+    rows = con.execute("SELECT DISTINCT source_system FROM contacts UNION "
+                       "SELECT DISTINCT source_system FROM tags ORDER BY 1").fetchall()
+    return tuple(r[0] for r in rows)
+
+
+def shared_tables(con, as_ofs: list[date]) -> None:
+    """Temp tables every batch of as-of dates reads: `first_any` (one row per person) and
+    `team_feed` (one row per team and as-of date), computed once per run."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE first_any AS {FIRST_ANY_SQL}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE team_feed AS {team_feed_sql(_dates(as_ofs))}")
 
 
 def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0) -> FeaturesResult:
-    """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates."""
+    """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates.
+
+    As-of dates are taken in batches of about BATCH_ROWS snapshot rows (one pass over the
+    records per batch), so that memory stays bounded at any population size; DuckDB may use
+    up to MEMORY_LIMIT and spills to disk beyond it.
+    """
     if not as_ofs:
         raise WobbleError("give at least one as-of date")
     t0 = time.perf_counter()
@@ -737,18 +955,22 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
     with connect(cfg.warehouse, wait_seconds=wait_seconds) as con:
         if not scalar(con, "SELECT count(*) FROM persons"):
             raise WobbleError("the warehouse has no persons: run `wobble ingest` first")
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         batches = _batches(con, as_ofs)
+        systems = source_systems(con)
         with transaction(con):
-            _prepare_table(con, compile_sql(cat, batches[0]))
+            shared_tables(con, as_ofs)
+            _prepare_table(con, compile_sql(cat, batches[0], systems, shared=True))
             con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
             for batch in batches:
-                con.execute(f"INSERT INTO feature_snapshots {compile_sql(cat, batch)}")
+                con.execute(f"INSERT INTO feature_snapshots {compile_sql(cat, batch, systems, shared=True)}")
             rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
                                f"WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
     return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, len(batches))
 
 
-BATCH_ROWS = 3_000_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
+BATCH_ROWS = 2_000_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
+MEMORY_LIMIT = "4GB"
 
 
 def _batches(con, as_ofs: list[date]) -> list[list[date]]:
