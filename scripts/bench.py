@@ -2,6 +2,13 @@
 
 Each stage runs as its own `wobble` process, so its peak resident memory is its own
 (os.wait4's rusage). Results print as a table and are kept in data/bench/<persons>/bench.json.
+
+To time some stages against data made earlier, point `--workdir` at a folder holding a
+warehouse (and `--world` at an existing synthetic world, linked in as `world`), and leave
+synth and ingest out of `--stages`, e.g.
+
+    python scripts/bench.py --persons 1000000 --workdir /work/scratch/issue4/bench1m \
+        --world /work/bench/1000000/world --stages features1,features13
 """
 
 from __future__ import annotations
@@ -46,10 +53,21 @@ def main() -> None:
     ap.add_argument("--persons", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--stages", default="synth,ingest,features1,features13,train,approve,publish")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="Folder for the config, warehouse and results (default data/bench/<persons>); "
+                         "an existing warehouse there is reused by stages after ingest")
+    ap.add_argument("--world", type=Path, default=None,
+                    help="Reuse this synthetic world (linked in as <workdir>/world) instead of synth")
     args = ap.parse_args()
     stages = args.stages.split(",")
-    work = ROOT / "data" / "bench" / str(args.persons)
+    work = args.workdir or ROOT / "data" / "bench" / str(args.persons)
     work.mkdir(parents=True, exist_ok=True)
+    if args.world:
+        if "synth" in stages:
+            raise SystemExit("bench: --world reuses a world; leave synth out of --stages")
+        link = work / "world"
+        if not link.exists():
+            link.symlink_to(args.world.resolve())
     py = [sys.executable, "-m", "wobble"]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     key_file = work / ".wobble_key"
