@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from wobble.config import project_dir
 from wobble.errors import ConfigError
-from wobble.features import compute_snapshots, load_catalogue
+from wobble.features import catalogue_markdown, compute_snapshots, load_catalogue
 from wobble.vocab import AGE_BANDS, CRISIS_SERVICES, SERVICES, SOURCE_SYSTEMS, STRENGTH_TAGS, TAGS
 from wobble.warehouse import SCHEMA
 
@@ -422,6 +422,12 @@ def test_catalogue_loads_and_describes_every_column():
     assert not CAT.get("ethnicity_group").predictor
     assert not CAT.get("age_band").predictor
     assert CAT.get("gp_coc_365d").source == "derived"
+
+
+def test_generated_catalogue_file_is_current():
+    path = project_dir() / "docs" / "features.md"
+    assert path.read_text(encoding="utf-8") == catalogue_markdown(CAT) + "\n", (
+        "docs/features.md is stale: run `wobble features list --markdown > docs/features.md`")
 
 
 HEAD = "family: x\ndescription: d\nfeatures:\n  - "
