@@ -410,6 +410,31 @@ def test_snapshots_for_many_dates_equal_snapshots_one_date_at_a_time(contacts_in
                 assert _same(row[col], many[(pid, d)][col]), (pid, d, col, row[col], many[(pid, d)][col])
 
 
+
+def test_building_in_groups_of_people_equals_one_query(ingested, tmp_path, monkeypatch):
+    """`build_features` splits people into groups when people × dates is large; the snapshots
+    it writes must equal one query over everyone."""
+    from polars.testing import assert_frame_equal
+
+    from wobble import features
+    from wobble.config import load_config
+    from wobble.warehouse import connect
+
+    cfg0, _ = ingested
+    (tmp_path / "world").symlink_to((cfg0.root / "world").resolve())
+    shutil.copy(cfg0.root / "wobble.toml", tmp_path / "wobble.toml")
+    shutil.copy(cfg0.warehouse, tmp_path / cfg0.warehouse.name)
+    cfg = load_config(tmp_path / "wobble.toml")
+    dates = features.weekly_as_ofs(cfg.wobble.as_of, 3)
+    monkeypatch.setattr(features, "BATCH_ROWS", 25_000)  # about 20,000 people × 3 dates: 3 groups
+    result = features.build_features(cfg, dates)
+    assert result.batches == 3
+    with connect(cfg.warehouse) as con:
+        built = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
+        whole = features.compute_snapshots(con, CAT, dates)
+    assert built.height == whole.height == result.rows > 0
+    assert_frame_equal(built, whole.select(built.columns), rel_tol=0, abs_tol=1e-9)
+
 # --- the catalogue -------------------------------------------------------------------------------
 
 def test_catalogue_loads_and_describes_every_column():

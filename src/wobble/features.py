@@ -18,8 +18,9 @@ becomes the column `ae_attendance_30d`:
 over the contacts joined to each as-of date on `recorded_at < as_of AND occurred_at < as_of`
 and `occurred_at >= as_of - lookback`, where `days_before` is whole days from the record's day to
 the as-of date (1 = the day before). Tags are timed by `recorded_at` alone. Many as-of dates come
-from one pass: records are joined to every as-of date they count for, and the passes are batched
-only to keep memory bounded (`build_features`).
+from one pass: records are joined to every as-of date they count for (for weekly dates, long
+windows are slid from one date to the next), and people are taken in groups only to keep memory
+bounded (`build_features`).
 
 Aggregates an author may write (each over the records the filter and window let through):
 
@@ -750,12 +751,14 @@ def _per_value_block(col: str, feats: list[tuple[str, PerValue]], guarded: str) 
 
 
 def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = SOURCE_SYSTEMS,
-                *, shared: bool = False) -> str:
+                *, shared: bool = False, group: tuple[int, int] | None = None) -> str:
     """One query returning (person_id, as_of, team_id, every feature) for all as-of dates.
 
     `systems` lists every `source_system` value in the data (for distinct counts by bit mask).
     With `shared`, the helper tables `first_any` and `team_feed` (see `shared_tables`) already
-    exist, for every as-of date of a run, and are read rather than computed.
+    exist, for every as-of date of a run, and are read rather than computed. With `group`
+    (k, n), only group k of n groups of people, split by a hash of `person_id` (`shared` only:
+    the team feed is over everyone).
 
     The query has three layers: blocks of parts joined to the cohort (parts: `_c0`, `_c1`, …
     for contacts, `_t0`, … for tags), the declared features computed from their parts, then
@@ -772,6 +775,12 @@ def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = S
         by_source[f.source].append(f)
     helpers = {p for f in by_source["derived"] for p in f.inputs if p in derived_module.HELPER_COLUMNS}
     ctes = [f"cohort AS ({cohort_sql(as_of_list)})"]
+    if group:
+        if not shared:
+            raise WobbleError("a group of people needs the shared tables (team_feed is over everyone)")
+        k, n = group  # the tables, seen through CTEs of the same names holding group k only
+        ctes[:0] = [f"{t} AS NOT MATERIALIZED (SELECT * FROM main.{t} WHERE hash(person_id) % {n} = {k})"
+                    for t in ("persons", "contacts", "tags")]
     joins: list[str] = []  # block joins onto the cohort
     parts_sql: dict[str, str] = {}  # part column → its value in the joined row
     part_block: dict[str, str] = {}  # part column → the block it comes from
@@ -934,7 +943,7 @@ def source_systems(con) -> tuple[str, ...]:
 
 
 def shared_tables(con, as_ofs: list[date]) -> None:
-    """Temp tables every batch of as-of dates reads: `first_any` (one row per person) and
+    """Temp tables every group of people reads: `first_any` (one row per person) and
     `team_feed` (one row per team and as-of date), computed once per run."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE first_any AS {FIRST_ANY_SQL}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE team_feed AS {team_feed_sql(_dates(as_ofs))}")
@@ -943,9 +952,10 @@ def shared_tables(con, as_ofs: list[date]) -> None:
 def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0) -> FeaturesResult:
     """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates.
 
-    As-of dates are taken in batches of about BATCH_ROWS snapshot rows (one pass over the
-    records per batch), so that memory stays bounded at any population size; DuckDB may use
-    up to MEMORY_LIMIT and spills to disk beyond it.
+    People are taken in groups (by a hash of `person_id`) of about BATCH_ROWS snapshot rows,
+    every as-of date at once for each group: one pass over the group's records, so that
+    weekly dates slide (see `_slide_sql`) and memory stays bounded at any population size.
+    DuckDB may use up to MEMORY_LIMIT and spills to disk beyond it.
     """
     if not as_ofs:
         raise WobbleError("give at least one as-of date")
@@ -956,28 +966,26 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
         if not scalar(con, "SELECT count(*) FROM persons"):
             raise WobbleError("the warehouse has no persons: run `wobble ingest` first")
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-        batches = _batches(con, as_ofs)
+        con.execute("SET preserve_insertion_order = false")  # rows are keyed; order is not needed
+        people = scalar(con, "SELECT count(*) FROM persons WHERE NOT opted_out") or 1
+        groups = -(-people * len(as_ofs) // BATCH_ROWS)  # ceiling
         systems = source_systems(con)
         with transaction(con):
             shared_tables(con, as_ofs)
-            _prepare_table(con, compile_sql(cat, batches[0], systems, shared=True))
+            _prepare_table(con, compile_sql(cat, as_ofs, systems, shared=True))
             con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
-            for batch in batches:
-                con.execute(f"INSERT INTO feature_snapshots {compile_sql(cat, batch, systems, shared=True)}")
+            for k in range(groups):
+                group = (k, groups) if groups > 1 else None
+                con.execute(f"INSERT INTO feature_snapshots "
+                            f"{compile_sql(cat, as_ofs, systems, shared=True, group=group)}")
             rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
                                f"WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
-    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, len(batches))
+    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, groups)
 
 
-BATCH_ROWS = 2_000_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
+BATCH_ROWS = 1_000_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
+# (100,000 people × 13 weekly dates, 1.3 million rows, reach the 4 GB limit)
 MEMORY_LIMIT = "4GB"
-
-
-def _batches(con, as_ofs: list[date]) -> list[list[date]]:
-    """As-of dates in groups of about BATCH_ROWS snapshot rows, so memory stays bounded."""
-    people = scalar(con, "SELECT count(*) FROM persons WHERE NOT opted_out") or 1
-    size = max(1, BATCH_ROWS // people)
-    return [as_ofs[k:k + size] for k in range(0, len(as_ofs), size)]
 
 
 def _prepare_table(con, sql: str) -> None:
