@@ -983,8 +983,8 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
     return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, groups)
 
 
-BATCH_ROWS = 1_000_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
-# (100,000 people × 13 weekly dates, 1.3 million rows, reach the 4 GB limit)
+BATCH_ROWS = 2_000_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
+# (100,000 people × 13 weekly dates, 1.2 million rows in one group, peak at the 4 GB limit)
 MEMORY_LIMIT = "4GB"
 
 
