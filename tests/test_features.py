@@ -359,8 +359,9 @@ def test_records_known_only_after_the_as_of_date_change_nothing(contacts_in, tag
 
 
 def test_a_rise_is_dated_from_its_start():
-    """A person with a GP appointment every fortnight who then comes weekly for 5 weeks."""
-    persons = _persons()[:1]
+    """A person with a GP appointment every fortnight who then comes weekly for 5 weeks; people
+    with no contacts have no rise (blank, not week 1: the rise detector's input is blank for them)."""
+    persons = _persons()
     t = datetime(AS_OF.year, AS_OF.month, AS_OF.day)
     days = list(range(45, 365, 14)) + [2, 9, 16, 23, 30]
     contacts = [{"contact_id": f"c{k}", "person_id": "p0", "team_id": "T01",
@@ -369,6 +370,7 @@ def test_a_rise_is_dated_from_its_start():
                  "professional_id": "g1" if k % 4 else "g2"} for k, d in enumerate(days)]
     got = _assert_matches_reference(persons, contacts, [])
     assert got["p0"]["weeks_since_first_rise"] == 5
+    assert [got[p]["weeks_since_first_rise"] for p in ("p1", "p2", "p3")] == [None, None, None]
     assert got["p0"]["contacts_excess_30d"] > 0
     assert 0.7 < got["p0"]["gp_upc_365d"] < 0.8
 
