@@ -109,7 +109,9 @@ _row = st.lists(_field, min_size=6, max_size=10)
 def _write_csv(rows: list[list[str]], quoted: bool) -> str:
     if quoted:
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        # every field quoted: Python's writer leaves a lone "\r" bare when rows end in "\n", and a
+        # bare "\r" is a line break to every CSV reader, so that file would not be well formed
+        w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
         w.writerow(VISITS_HEADER.split(","))
         w.writerows(rows)
         return buf.getvalue()
