@@ -11,6 +11,7 @@ from datetime import date
 from prefect import flow
 from wobble_tasks import (
     build_snapshots,
+    dask_address,
     data_version,
     flagged,
     ingest_sources,
@@ -22,6 +23,8 @@ from wobble_tasks import (
     report_monitoring,
     resolve_as_of,
     run_name,
+    scores_on_dask,
+    snapshots_on_dask,
     task_runner,
     train_model,
 )
@@ -40,9 +43,14 @@ def ingest_flow(config: str = "wobble.toml") -> dict:
 
 
 @flow(name="features", flow_run_name=run_name("features"), task_runner=task_runner())
-def features_flow(config: str = "wobble.toml", as_of: str = "latest") -> dict:
-    """Feature snapshots at the as-of date; a second run on unchanged data is served from cache."""
+def features_flow(config: str = "wobble.toml", as_of: str = "latest", dask: str | None = None) -> dict:
+    """Feature snapshots at the as-of date; a second run on unchanged data is served from cache.
+
+    With a Dask scheduler (`dask`, or the config's; run the flow `on` it), one task per person bucket.
+    """
     day = resolve_as_of(config, str(as_of))
+    if dask_address(config, dask):
+        return snapshots_on_dask(config, day)
     return build_snapshots(config, day, data_version(config))
 
 
@@ -55,10 +63,16 @@ def train_flow(config: str = "wobble.toml", model: str | None = None) -> dict:
 
 
 @flow(name="publish", flow_run_name=run_name("publish"), task_runner=task_runner())
-def publish_flow(config: str = "wobble.toml", as_of: str = "latest", model: str | None = None) -> dict:
-    """Each team's list from the approved champion; leave a per-team list summary."""
+def publish_flow(config: str = "wobble.toml", as_of: str = "latest", model: str | None = None,
+                 dask: str | None = None) -> dict:
+    """Each team's list from the approved champion; leave a per-team list summary.
+
+    With a Dask scheduler (`dask`, or the config's; run the flow `on` it), scoring and explaining
+    are one task per team.
+    """
     day = resolve_as_of(config, str(as_of))
-    summary = publish_lists(config, day, model)
+    scored = scores_on_dask(config, day, model) if dask_address(config, dask) else None
+    summary = publish_lists(config, day, model, scored)
     report_lists(summary)
     return summary
 

@@ -22,17 +22,41 @@ for _var, _val in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISAB
                    ("DO_NOT_TRACK", "true")):
     os.environ.setdefault(_var, _val)
 
-from prefect import task  # noqa: E402
+from prefect import task, unmapped  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 
-def task_runner():
-    """The task runner for every wobble flow: Prefect's thread pool, on this machine."""
-    from prefect.task_runners import ThreadPoolTaskRunner
+def task_runner(address: str | None = None):
+    """The task runner for every wobble flow: Prefect's thread pool on this machine or, given a Dask
+    scheduler's address, prefect-dask's DaskTaskRunner on that cluster (only then is Dask imported)."""
+    if not address:
+        from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=2)
+        return ThreadPoolTaskRunner(max_workers=2)
+    import sys
+
+    import cloudpickle
+    from prefect_dask import DaskTaskRunner
+
+    # Workers have wobble installed but not this folder: send its modules' code with each task.
+    here = Path(__file__).resolve().parent
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().parent == here and module.__name__ != "__main__":
+            cloudpickle.register_pickle_by_value(module)
+    return DaskTaskRunner(address=address)
+
+
+def dask_address(config: str, given: str | None = None) -> str | None:
+    """The Dask scheduler to use: the one given (`--dask`), else the config's `[dask] address`, else none."""
+    return given or _cfg(config).dask.address
+
+
+def on(flow, address: str | None):
+    """The flow as it runs with `address`'s task runner: unchanged without one."""
+    return flow.with_options(task_runner=task_runner(address)) if address else flow
 
 
 def transient(task, task_run, state) -> bool:
@@ -142,6 +166,85 @@ def build_snapshots(config: str, as_of: date, version: str) -> dict:
     return build_features(_cfg(config), [as_of], wait_seconds=60).summary()
 
 
+# --- the same stages, partitioned for a Dask cluster (wobble.scale) -------------------------------
+# Export and load steps run in the flow's own process (the warehouse has one writer); the steps
+# between are mapped over buckets or teams and run on the Dask workers. No caching: inputs are
+# Parquet folders and models, not worth hashing.
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def export_person_buckets(config: str, as_of: date):
+    """Persons, contacts and tags as Parquet, bucketed by person (and the cross-person tables)."""
+    from wobble.scale import export_persons
+
+    return export_persons(_cfg(config), [as_of])
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def bucket_snapshots(config: str, parts, bucket: int) -> Path:
+    """One bucket's feature snapshots, on a Dask worker."""
+    from wobble.scale import bucket_snapshots as compute
+
+    return compute(_cfg(config), parts, bucket)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def load_bucket_snapshots(config: str, parts, files: list[Path]) -> dict:
+    """Every bucket's snapshots into the warehouse, in one transaction."""
+    from wobble.scale import load_snapshots
+
+    return load_snapshots(_cfg(config), parts, files).summary()
+
+
+def snapshots_on_dask(config: str, as_of: date) -> dict:
+    """Feature snapshots at `as_of`, one task per person bucket; called inside a flow run on Dask."""
+    parts = export_person_buckets(config, as_of)
+    files = bucket_snapshots.map(config, unmapped(parts), list(parts.buckets))
+    return load_bucket_snapshots(config, parts, files)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def champion_model(config: str, model: str | None):
+    """The approved champion of the model, loaded once for every team's task."""
+    from wobble.approve import champion
+    from wobble.scale import load_model
+
+    cfg, name = _cfg(config), _model(config, model)
+    return load_model(cfg, name, champion(cfg, name))
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def export_team_rows(config: str, scoring, as_of: date):
+    """Each team's scoring rows at the as-of date, as Parquet."""
+    from wobble.scale import export_teams
+
+    return export_teams(_cfg(config), scoring, as_of)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def score_team(config: str, parts, team: str, scoring) -> Path:
+    """Score one team and explain its listed people, on a Dask worker."""
+    from wobble.scale import score_team as compute
+
+    return compute(_cfg(config), parts, team, scoring)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def load_team_scores(config: str, parts, scoring, folders: list[Path]):
+    """Every team's scores and explanations into the warehouse, in one transaction."""
+    from wobble.scale import load_scores
+
+    return load_scores(_cfg(config), parts, scoring, folders)
+
+
+def scores_on_dask(config: str, as_of: date, model: str | None):
+    """Scores and explanations at `as_of`, one task per team; called inside a flow run on Dask."""
+    scoring = champion_model(config, model)
+    parts = export_team_rows(config, scoring, as_of)
+    folders = score_team.map(config, unmapped(parts), list(parts.teams), unmapped(scoring))
+    return load_team_scores(config, parts, scoring, folders)
+
+
 @task(**RETRY)
 def train_model(config: str, model: str | None) -> dict:
     """Train, evaluate and register a new model version with its card; never approve it."""
@@ -153,13 +256,16 @@ def train_model(config: str, model: str | None) -> dict:
 
 
 @task(**RETRY)
-def publish_lists(config: str, as_of: date, model: str | None) -> dict:
-    """Score with the champion, explain the listed people, write each team's list."""
+def publish_lists(config: str, as_of: date, model: str | None, scored=None) -> dict:
+    """Score with the champion, explain the listed people, write each team's list.
+
+    `scored`: the champion's scores and explanations, already written (`scores_on_dask`)."""
     from wobble.approve import champion
     from wobble.publish import publish
 
     cfg, name = _cfg(config), _model(config, model)
-    return publish(cfg, model=name, version=champion(cfg, name), as_of=as_of).summary()
+    version = scored.model_version if scored else champion(cfg, name)
+    return publish(cfg, model=name, version=version, as_of=as_of, scored=scored).summary()
 
 
 @task(**RETRY)

@@ -85,15 +85,19 @@ class PublishResult:
         }
 
 
-def publish(cfg: Config, *, model: str, version: str, as_of: date) -> PublishResult:
-    """Build and write every team's list at `as_of` from an approved model version."""
+def publish(cfg: Config, *, model: str, version: str, as_of: date, scored=None) -> PublishResult:
+    """Build and write every team's list at `as_of` from an approved model version.
+
+    `scored`: the ScoreResult of scores and explanations already written for this version and date
+    (by team, on a Dask cluster: wobble.scale); without it, `score.score` writes them first.
+    """
     from wobble.score import score
 
     t0 = time.perf_counter()
     with connect(cfg.warehouse, read_only=True) as con:
         approval = require_approval(con, model, version)
     spec = load_spec(cfg.models_dir, model)
-    scored = score(cfg, model=model, version=version, as_of=as_of)
+    scored = scored or score(cfg, model=model, version=version, as_of=as_of)
     cat = load_catalogue(cfg.features_dir)
     with connect(cfg.warehouse) as con:
         listed = _listed(con, cfg, model, version, as_of)

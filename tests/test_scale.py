@@ -1,0 +1,140 @@
+"""Scale-out on Dask: the weekly flow on a local two-worker cluster gives the single-machine run's
+lists, scores, explanations and features exactly; without an address nothing of Dask is imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import duckdb
+import pytest
+from conftest import ROOT, TEST_KEY, copy_demo
+
+DASK_MODULES = ("dask", "distributed", "prefect_dask")
+
+# Runs flows/weekly.py's flow in a fresh process (ephemeral Prefect), on a local Dask cluster when
+# asked; prints the flow's result and which Dask modules the process imported, as JSON.
+RUN_WEEKLY = """
+import json, sys
+sys.path.insert(0, {flows!r})
+config, as_of, on_dask = sys.argv[1], sys.argv[2], sys.argv[3] == "dask"
+
+def run(address=None):
+    import weekly
+    state = weekly.weekly(config=config, as_of=as_of, dask=address, return_state=True)
+    return state.result()
+
+if __name__ == "__main__":
+    tasks = {{}}
+    if on_dask:
+        from distributed import Client, LocalCluster
+        with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            result = run(cluster.scheduler_address)
+            # what the cluster ran, by task name
+            done = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+            tasks = {{"workers": len(client.scheduler_info()["workers"]), "prefixes": done}}
+    else:
+        result = run()
+    imported = sorted(m for m in sys.modules if m.split(".")[0] in {modules!r})
+    print("RESULT " + json.dumps({{"result": result, "imported": imported, "tasks": tasks}}, default=str))
+"""
+
+TABLES = {
+    "feature_snapshots": "SELECT * FROM feature_snapshots WHERE as_of = ? ORDER BY person_id",
+    "scores": "SELECT * FROM scores WHERE as_of = ? ORDER BY ALL",
+    "explanations": "SELECT * FROM explanations WHERE as_of = ? ORDER BY ALL",
+    "huddle_lists": "SELECT * FROM huddle_lists WHERE as_of = ? ORDER BY ALL",
+    "huddle_list_context": "SELECT * FROM huddle_list_context WHERE as_of = ? ORDER BY ALL",
+}
+
+
+def _weekly(config, as_of: str, on: str) -> dict:
+    env = {**os.environ, "WOBBLE_PSEUDONYM_KEY": TEST_KEY,
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("PREFECT_API_URL", None)  # ephemeral mode, as `python flows/weekly.py` runs without a server
+    code = RUN_WEEKLY.format(flows=str(ROOT / "flows"), modules=DASK_MODULES)
+    proc = subprocess.run([sys.executable, "-c", code, str(config), as_of, on], capture_output=True, text=True,
+                          env=env, cwd=config.parent, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def _fresh(config, as_of: str, buckets: int | None = None) -> None:
+    """Drop the as-of date's snapshots, scores and explanations, so the flow must make them again."""
+    with duckdb.connect(str(config.parent / "warehouse.duckdb")) as con:
+        for table in ("feature_snapshots", "scores", "explanations"):
+            con.execute(f"DELETE FROM {table} WHERE as_of = ?", [as_of])
+    if buckets:
+        with open(config, "a", encoding="utf-8") as f:
+            f.write(f'\n[dask]\npartitions = "partitions"\nbuckets = {buckets}\n')
+
+
+def _tables(config, as_of: str) -> dict[str, list]:
+    with duckdb.connect(str(config.parent / "warehouse.duckdb"), read_only=True) as con:
+        return {t: con.execute(q, [as_of]).fetchall() for t, q in TABLES.items()}
+
+
+@pytest.mark.slow
+def test_weekly_flow_on_dask_matches_the_single_machine_run(demo_run, tmp_path):
+    work, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    as_of = json.loads(proc.stdout)["stages"]["publish"]["as_of"]
+    local, dask = copy_demo(work, tmp_path / "local"), copy_demo(work, tmp_path / "dask")
+    _fresh(local, as_of)
+    _fresh(dask, as_of, buckets=5)
+
+    on_one = _weekly(local, as_of, "local")
+    assert on_one["imported"] == [], f"a run without a Dask address imported {on_one['imported']}"
+    on_dask = _weekly(dask, as_of, "dask")
+    assert {"dask", "distributed", "prefect_dask"} <= {m.split(".")[0] for m in on_dask["imported"]}
+
+    # the work really went to the cluster: one task per bucket and per team, on two workers
+    assert on_dask["tasks"]["workers"] == 2
+    assert {"bucket_snapshots", "score_team"} <= set(on_dask["tasks"]["prefixes"]), on_dask["tasks"]
+    a, b = on_one["result"], on_dask["result"]
+    assert b["features"]["buckets"] == 5 and "buckets" not in a["features"]
+    assert not list((dask.parent / "partitions").iterdir()), "partition folders are removed after loading"
+
+    one, many = _tables(local, as_of), _tables(dask, as_of)
+    for table in TABLES:
+        assert one[table], f"{table}: no rows at {as_of}"
+        assert one[table] == many[table], f"{table} differs between the local and the Dask run"
+    assert len(one["huddle_lists"]) == sum(t["rows"] for t in b["publish"]["lists"])
+    for key in ("rows", "features"):
+        assert a["features"][key] == b["features"][key]
+    assert a["publish"]["scored"] == b["publish"]["scored"]
+    teams = [[(t["team"], t["rows"]) for t in r["publish"]["lists"]] for r in (a, b)]
+    assert teams[0] == teams[1]
+    drop = ("report_md", "report_html", "seconds")
+    assert {k: v for k, v in a["monitor"].items() if k not in drop} == \
+           {k: v for k, v in b["monitor"].items() if k not in drop}
+    for page in sorted((local.parent / "outputs" / "lists" / as_of).glob("*.csv")):
+        assert page.read_bytes() == (dask.parent / "outputs" / "lists" / as_of / page.name).read_bytes()
+
+
+def test_wobble_help_imports_no_dask():
+    code = ("import sys; from typer.testing import CliRunner; from wobble.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {DASK_MODULES!r}))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_dask_address_must_look_like_one(tmp_path):
+    from wobble.config import load_config
+    from wobble.errors import ConfigError
+
+    path = tmp_path / "wobble.toml"
+    path.write_text('[dask]\naddress = "127.0.0.1:8786"\n')
+    with pytest.raises(ConfigError, match=r"dask\.address.*tcp://"):
+        load_config(path)
+    path.write_text('[dask]\naddress = "tcp://10.0.0.5:8786"\nbuckets = 64\n')
+    cfg = load_config(path)
+    assert (cfg.dask.address, cfg.dask.buckets, cfg.partitions_dir) == (
+        "tcp://10.0.0.5:8786", 64, tmp_path / "data" / "partitions")
