@@ -55,9 +55,11 @@ def features_flow(config: str = "wobble.toml", as_of: str = "latest", dask: str 
 
 
 @flow(name="train", flow_run_name=run_name("train"), task_runner=task_runner())
-def train_flow(config: str = "wobble.toml", model: str | None = None) -> dict:
-    """Train a new model version and its card; leave a model summary for the governance board."""
-    summary = train_model(config, model)
+def train_flow(config: str = "wobble.toml", model: str | None = None, dask: str | None = None) -> dict:
+    """Train a new model version and its card; leave a model summary for the governance board.
+
+    With a Dask scheduler (`dask`, or the config's), LightGBM fits with its Dask estimator there."""
+    summary = train_model(config, model, dask_address(config, dask))
     report_model(summary)
     return summary
 

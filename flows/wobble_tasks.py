@@ -246,13 +246,15 @@ def scores_on_dask(config: str, as_of: date, model: str | None):
 
 
 @task(**RETRY)
-def train_model(config: str, model: str | None) -> dict:
-    """Train, evaluate and register a new model version with its card; never approve it."""
+def train_model(config: str, model: str | None, dask: str | None = None) -> dict:
+    """Train, evaluate and register a new model version with its card; never approve it.
+
+    `dask`: a scheduler's address, to fit with LightGBM's Dask estimator on that cluster."""
     from wobble.config import pseudonym_key
     from wobble.train import train
 
     cfg = _cfg(config)
-    return train(cfg, _model(config, model), key=pseudonym_key(cfg)).summary()
+    return train(cfg, _model(config, model), key=pseudonym_key(cfg), dask=dask).summary()
 
 
 @task(**RETRY)

@@ -10,7 +10,7 @@ import sys
 
 import duckdb
 import pytest
-from conftest import ROOT, TEST_KEY, copy_demo
+from conftest import ROOT, TEST_KEY, copy_demo, copy_tree
 
 DASK_MODULES = ("dask", "distributed", "prefect_dask")
 
@@ -138,3 +138,37 @@ def test_a_dask_address_must_look_like_one(tmp_path):
     cfg = load_config(path)
     assert (cfg.dask.address, cfg.dask.buckets, cfg.partitions_dir) == (
         "tcp://10.0.0.5:8786", 64, tmp_path / "data" / "partitions")
+
+
+def test_early_stop_follows_lightgbms_rule():
+    from wobble.train import early_stop
+
+    assert early_stop([0.5, 0.4, 0.3, 0.31, 0.32, 0.33, 0.2], rounds=3) == 2  # stopped before the late dip
+    assert early_stop([0.5, 0.4, 0.3, 0.31, 0.32, 0.2], rounds=3) == 5
+    assert early_stop([0.3, 0.3, 0.3], rounds=5) == 0  # a tie is no improvement
+
+
+@pytest.mark.slow
+def test_training_with_the_dask_estimator_is_sensible(tiny_world, tiny_trained, tmp_path):
+    """LightGBM's Dask estimator on two local workers: not byte-identical to one machine, but as good."""
+    from distributed import LocalCluster
+
+    from wobble.config import load_config
+    from wobble.train import train
+
+    _, local = tiny_trained
+    cfg = load_config(copy_tree(tiny_world, tmp_path / "w") / "wobble.toml")
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        on_dask = train(cfg, "crisis_90d", key=TEST_KEY.encode(), register=False, dask=cluster.scheduler_address)
+    assert on_dask.evaluation["training"]["estimator"] == "lightgbm.dask.DaskLGBMClassifier"
+    assert local.evaluation["training"]["estimator"] == "lightgbm.LGBMClassifier"
+    assert on_dask.rows_test == local.rows_test  # the same test rows, scored by both
+    n_estimators = on_dask.evaluation["training"]["params"]["n_estimators"]
+    assert 1 <= on_dask.evaluation["training"]["best_iteration"] < n_estimators  # cut where it would stop
+    m, base = on_dask.metrics, local.metrics
+    print(f"AUROC on Dask {m['auroc']:.4f}, on one machine {base['auroc']:.4f}; "
+          f"Brier {m['brier']:.4f} vs {base['brier']:.4f}")
+    assert abs(m["auroc"] - base["auroc"]) < 0.03
+    assert m["auroc"] > m["baseline_auroc"] - 0.02
+    assert abs(m["brier"] - base["brier"]) < 0.01
