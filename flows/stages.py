@@ -15,6 +15,7 @@ from wobble_tasks import (
     data_version,
     flagged,
     ingest_sources,
+    lists_on_dask,
     monitor_model,
     publish_lists,
     report_data_quality,
@@ -23,7 +24,6 @@ from wobble_tasks import (
     report_monitoring,
     resolve_as_of,
     run_name,
-    scores_on_dask,
     snapshots_on_dask,
     task_runner,
     train_model,
@@ -69,12 +69,11 @@ def publish_flow(config: str = "wobble.toml", as_of: str = "latest", model: str 
                  dask: str | None = None) -> dict:
     """Each team's list from the approved champion; leave a per-team list summary.
 
-    With a Dask scheduler (`dask`, or the config's; run the flow `on` it), scoring and explaining
-    are one task per team.
+    With a Dask scheduler (`dask`, or the config's; run the flow `on` it), scoring and explaining,
+    and writing the pages, are one task per team.
     """
     day = resolve_as_of(config, str(as_of))
-    scored = scores_on_dask(config, day, model) if dask_address(config, dask) else None
-    summary = publish_lists(config, day, model, scored)
+    summary = lists_on_dask(config, day, model) if dask_address(config, dask) else publish_lists(config, day, model)
     report_lists(summary)
     return summary
 

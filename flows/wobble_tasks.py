@@ -237,12 +237,40 @@ def load_team_scores(config: str, parts, scoring, folders: list[Path]):
     return load_scores(_cfg(config), parts, scoring, folders)
 
 
-def scores_on_dask(config: str, as_of: date, model: str | None):
-    """Scores and explanations at `as_of`, one task per team; called inside a flow run on Dask."""
+@task(cache_policy=NO_CACHE, **RETRY)
+def prepare_team_lists(config: str, as_of: date, scored):
+    """Reasons, caveats and each team's list rows from the scores, written to the warehouse."""
+    from wobble.publish import prepare_lists
+
+    return prepare_lists(_cfg(config), model=scored.model_name, version=scored.model_version, as_of=as_of,
+                         scored=scored)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def write_team_page(page):
+    """One team's list page and CSV, on a Dask worker."""
+    from wobble.publish import write_team_page as write
+
+    return write(page)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def finish_team_lists(lists, written) -> dict:
+    """The publish summary once every team's page is written (and its artifacts)."""
+    from wobble.publish import finish_lists
+
+    return finish_lists(lists, written).summary()
+
+
+def lists_on_dask(config: str, as_of: date, model: str | None) -> dict:
+    """Score, explain and publish at `as_of`, one task per team for scoring and for pages;
+    called inside a flow run on Dask."""
     scoring = champion_model(config, model)
     parts = export_team_rows(config, scoring, as_of)
     folders = score_team.map(config, unmapped(parts), list(parts.teams), unmapped(scoring))
-    return load_team_scores(config, parts, scoring, folders)
+    scored = load_team_scores(config, parts, scoring, folders)
+    lists = prepare_team_lists(config, as_of, scored)
+    return finish_team_lists(lists, write_team_page.map(lists.pages))
 
 
 @task(**RETRY)
@@ -258,16 +286,13 @@ def train_model(config: str, model: str | None, dask: str | None = None) -> dict
 
 
 @task(**RETRY)
-def publish_lists(config: str, as_of: date, model: str | None, scored=None) -> dict:
-    """Score with the champion, explain the listed people, write each team's list.
-
-    `scored`: the champion's scores and explanations, already written (`scores_on_dask`)."""
+def publish_lists(config: str, as_of: date, model: str | None) -> dict:
+    """Score with the champion, explain the listed people, write each team's list."""
     from wobble.approve import champion
     from wobble.publish import publish
 
     cfg, name = _cfg(config), _model(config, model)
-    version = scored.model_version if scored else champion(cfg, name)
-    return publish(cfg, model=name, version=version, as_of=as_of, scored=scored).summary()
+    return publish(cfg, model=name, version=champion(cfg, name), as_of=as_of).summary()
 
 
 @task(**RETRY)

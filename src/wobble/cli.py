@@ -411,8 +411,11 @@ def _run_weekly_flow(config: Path, as_of: str | None, address: str, as_json: boo
     spec = importlib.util.spec_from_file_location("weekly", path)
     weekly = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(weekly)
-    state = weekly.weekly(config=str(config.resolve()), as_of=as_of or "latest", dask=address, return_state=True)
-    result = state.result()
+    try:
+        result = weekly.weekly(config=str(config.resolve()), as_of=as_of or "latest", dask=address,
+                               return_state=True).result()
+    except OSError as exc:  # the scheduler is unreachable, or went away
+        raise WobbleError(f"Dask scheduler at {address}: {exc}; is `dask scheduler` running there?") from None
     summary = json.loads(Path(result["summary_path"]).read_text(encoding="utf-8"))
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")

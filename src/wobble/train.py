@@ -400,7 +400,11 @@ def _fit_one_dask(address: str, est, params: dict, X: np.ndarray, y: np.ndarray,
     t = time.perf_counter()
     monotone = [est.monotone.get(f, 0) for f in features]
     X_fit, y_fit = X[fit_rows], y[fit_rows]
-    with Client(address) as client:
+    try:
+        client = Client(address, timeout=60)
+    except OSError as exc:
+        raise WobbleError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    with client:
         chunk = -(-y_fit.size // max(1, len(client.scheduler_info()["workers"])))
         model = lgb.DaskLGBMClassifier(
             client=client, **params, objective="binary", random_state=seed, deterministic=True,
