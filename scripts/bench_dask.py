@@ -25,11 +25,8 @@ sys.path.insert(0, str(ROOT / "flows"))
 
 
 def copy(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for name in ("warehouse.duckdb", "wobble.toml"):
-        shutil.copy2(src / name, dst / name)
-    for name in ("mlflow", "outputs"):
-        shutil.copytree(src / name, dst / name)
+    """A writable copy of a demo workdir; its world (read only) is linked, not copied."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("world", "data"))
     (dst / "world").symlink_to((src / "world").resolve())
     return dst / "wobble.toml"
 
