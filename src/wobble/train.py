@@ -15,10 +15,13 @@ and fits the calibrator. Nothing is tuned on the test period.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -411,8 +414,11 @@ def _fit_one_dask(address: str, est, params: dict, X: np.ndarray, y: np.ndarray,
             force_row_wise=True, verbose=-1,  # each worker uses its own threads
             **({"monotone_constraints": monotone} if any(monotone) else {}),
         )
-        model.fit(da.from_array(X_fit, chunks=(chunk, X.shape[1])), da.from_array(y_fit, chunks=chunk),
-                  feature_name=features)
+        # LightGBM prints its port search on stdout (which carries --json); the rows travel in the graph
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            model.fit(da.from_array(X_fit, chunks=(chunk, X.shape[1])), da.from_array(y_fit, chunks=chunk),
+                      feature_name=features)
         booster = model.to_local().booster_
     X_val, y_val = X[val_rows], y[val_rows]
     raw, losses = np.zeros(y_val.size), []
