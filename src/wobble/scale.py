@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
@@ -34,6 +35,9 @@ import polars as pl
 from wobble.config import Config
 from wobble.errors import WobbleError
 from wobble.warehouse import connect, scalar, transaction
+
+if TYPE_CHECKING:
+    from wobble.score import ScoreResult
 
 SOURCE_TABLES = ("persons", "contacts", "tags")  # what compute_snapshots reads
 
@@ -270,7 +274,8 @@ def score_team(cfg: Config, parts: TeamRows, team: str, model: ScoringModel) -> 
     return out
 
 
-def load_scores(cfg: Config, parts: TeamRows, model: ScoringModel, folders: list[Path], *, keep: bool = False):
+def load_scores(cfg: Config, parts: TeamRows, model: ScoringModel, folders: list[Path], *,
+                keep: bool = False) -> ScoreResult:
     """Every team's scores and explanations into the warehouse in one transaction: a ScoreResult.
 
     Grain: `scores` one row per (model version, as_of, person); `explanations` one row per listed
