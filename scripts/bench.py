@@ -2,6 +2,13 @@
 
 Each stage runs as its own `wobble` process, so its peak resident memory is its own
 (os.wait4's rusage). Results print as a table and are kept in data/bench/<persons>/bench.json.
+
+To time some stages against data made earlier, point `--workdir` at a folder holding a
+warehouse (and `--world` at an existing synthetic world, linked in as `world`), and leave
+synth and ingest out of `--stages`, e.g.
+
+    python scripts/bench.py --persons 1000000 --workdir /work/scratch/issue4/bench1m \
+        --world /work/bench/1000000/world --stages features1,features13
 """
 
 from __future__ import annotations
@@ -46,12 +53,15 @@ def main() -> None:
     ap.add_argument("--persons", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--stages", default="synth,ingest,features1,features13,train,approve,publish,monitor")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="Folder for the config, warehouse and results (default data/bench/<persons>); "
+                         "an existing warehouse there is reused by stages after ingest")
     ap.add_argument("--world", type=Path, default=None,
                     help="an existing world (read-only) to use instead of synthesising one; it is "
-                         "symlinked as <work>/world and the synth stage is skipped")
+                         "symlinked as <workdir>/world and the synth stage is skipped")
     args = ap.parse_args()
     stages = args.stages.split(",")
-    work = ROOT / "data" / "bench" / str(args.persons)
+    work = args.workdir or ROOT / "data" / "bench" / str(args.persons)
     work.mkdir(parents=True, exist_ok=True)
     if args.world:
         link = work / "world"

@@ -114,3 +114,11 @@ def test_estimates_print_with_their_interval():
     assert fmt_est({"value": 0.8031, "low": 0.79, "high": 0.812}) == "0.803 (0.790 to 0.812)"
     assert fmt_est({"value": 0.5, "low": 0.25, "high": 0.75}, "pct") == "50.0% (25.0 to 75.0%)"
     assert fmt_est({"value": None, "low": None, "high": None}) == "n/a"
+
+
+def test_numbers_that_round_to_zero_carry_no_sign():
+    from wobble.card import fmt, fmt_est
+
+    assert fmt(-0.0001) == "0.000" and fmt(-0.002) == "-0.002" and fmt(-0.0004, "pp") == "0.0 points"
+    assert fmt_est({"value": -0.001, "low": -0.0021, "high": -0.0001}) == "-0.001 (-0.002 to 0.000)"
+    assert fmt(None) == "n/a"

@@ -99,8 +99,12 @@ FORMATS = {  # kind → how the card prints a number of that kind
 
 
 def fmt(v, kind: str = "num") -> str:
-    """One number as the card prints it; 'n/a' when missing."""
-    return FORMATS[kind](v) if _ok(v) else "n/a"
+    """One number as the card prints it; 'n/a' when missing. A value that rounds to zero has no
+    sign: '-0.000' reads as a tiny loss."""
+    if not _ok(v):
+        return "n/a"
+    text = FORMATS[kind](v)
+    return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
 
 
 def fmt_est(e: dict | None, kind: str = "num") -> str:

@@ -210,14 +210,21 @@ def features(
 
 @features_app.command("list")
 @friendly
-def features_list(as_json: JsonOpt = False) -> None:
+def features_list(
+    as_json: JsonOpt = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the catalogue as Markdown "
+                                           "(docs/features.md).")] = False,
+) -> None:
     """Print the feature catalogue: name, family and the sentence a huddle reads."""
     from rich.table import Table
 
     from wobble.config import project_dir
-    from wobble.features import load_catalogue
+    from wobble.features import catalogue_markdown, load_catalogue
 
     cat = load_catalogue(project_dir() / "features")
+    if markdown:
+        sys.stdout.write(catalogue_markdown(cat) + "\n")
+        return
     if as_json:
         sys.stdout.write(json.dumps([
             {"name": f.column, "family": f.family, "description": f.description, "unit": f.unit,

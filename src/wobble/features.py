@@ -1,29 +1,61 @@
-"""Features: declared once in YAML under `features/`, compiled to one DuckDB query.
+"""Features: declared once in YAML under `features/`, compiled to DuckDB SQL with the time guard.
 
 Reads `persons`, `contacts` and `tags`; writes `feature_snapshots`, one row per
 (person_id, as_of) for everyone in the cohort at that date (registered, alive, not opted out).
 
 A feature family is one YAML file: a list of features, each with a name, a source table, a filter
 (`where`), an aggregate, windows and the plain-language sentence a huddle reads. The compiler, not
-the author, adds the time guard: a record counts at as-of date T only if `recorded_at < T`
-(known before T) and, for a window of w days, it happened in [T − w, T). For example
+the author, adds the time guard: a record counts at as-of date T only if it was known before T
+(`recorded_at < T`), happened before T, and, for a window of w days, happened in [T − w, T). For
+example
 
     name: ae_attendance, where: service = 'ae_attendance', aggregate: count(*), windows: [30d]
 
 becomes the column `ae_attendance_30d`:
 
-    count(*) FILTER (WHERE service = 'ae_attendance' AND occurred_at >= as_of - INTERVAL 30 DAY)
+    count(CASE WHEN (service = 'ae_attendance') AND days_before <= 30 THEN 1 END)
 
-over the contacts joined to each as-of date on `recorded_at < as_of AND occurred_at < as_of`.
-Many as-of dates come from one pass: contacts are joined to every as-of date they can count for.
+over the contacts joined to each as-of date on `recorded_at < as_of AND occurred_at < as_of`
+and `occurred_at >= as_of - lookback`, where `days_before` is whole days from the record's day to
+the as-of date (1 = the day before). Tags are timed by `recorded_at` alone. Many as-of dates come
+from one pass: records are joined to every as-of date they count for (for weekly dates, long
+windows are slid from one date to the next), and people are taken in groups only to keep memory
+bounded (`build_features`).
+
+Aggregates an author may write (each over the records the filter and window let through):
+
+    count(*)                   records
+    count(DISTINCT col)        different values of col
+    sum|min|max|avg(expr)      the usual
+    days_since(max(col))       days since the latest record (blank if none)
+    share(cond)                share of records meeting cond (blank if none)
+    any()                      1 if there is any record, else 0
+    new(col, Bd)               values of col in the window not seen in the B days before it
+    excess(count(*), Bd)       records in the window minus the person's usual number, the usual
+                               being the rate over the B days before the window
+    ratio(count(*), Bd)        (records in the window + 1) / (usual number + 1), usual as above
+    share_change(cond, Bd)     share meeting cond in the window minus the share in the B days
+                               before it (blank if either has no records)
+    slope(count(*))            least-squares trend of the counts in consecutive 30-day periods
+                               across the window, per period (window a multiple of 30 days)
+    acceleration(count(*))     second derivative of a quadratic fitted to those counts
+    cumulative_counts(col, N)  a list: its k-th item counts records with col <= k (col one of
+                               days_before, weeks_before, months_before); internal inputs only
+    counts_per(col)            a list of the number of records for each value of col; internal
+                               inputs only
+
+Besides the table's columns, `where` and aggregates may use `days_before`, `weeks_before`
+(1 = the last 7 days) and `months_before` (1 = the last 30 days). Derived features that no single
+aggregate can express are plain functions in `wobble.derived`, compiled into the same query.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -31,23 +63,55 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from wobble import derived as derived_module
 from wobble.config import Config
 from wobble.errors import ConfigError, WobbleError
-from wobble.vocab import CRISIS_SERVICES, SERVICE_LABELS, SERVICES, age_band_sql, sql_list
+from wobble.vocab import (
+    CRISIS_SERVICES,
+    MODES,
+    POLARITIES,
+    SERVICE_LABELS,
+    SERVICES,
+    SOURCE_SYSTEMS,
+    STATUSES,
+    TAG_LABELS,
+    TAGS,
+    age_band_sql,
+    sql_list,
+)
 from wobble.warehouse import connect, scalar, transaction
 
 SOURCES = {
     "contacts": ("person_id", "occurred_at", "recorded_at", "service", "status", "mode",
                  "professional_id", "source_system"),
     "tags": ("person_id", "recorded_at", "tag", "polarity", "author_role", "source_system"),
-    "persons": ("birth_year", "sex", "imd_decile", "ethnicity_group", "registered_on", "team_id"),
+    "persons": ("birth_year", "sex", "imd_decile", "ethnicity_group", "registered_on", "team_id",
+                "practice_id", "as_of"),
 }
-# Placeholders a `where` may use; expanded by the compiler.
-MACROS = {"{crisis_services}": sql_list(CRISIS_SERVICES)}
+TIME_COLUMN = {"contacts": "occurred_at", "tags": "recorded_at"}
+PSEUDO_COLUMNS = ("days_before", "weeks_before", "months_before")
+# Columns whose values come from the contract's vocabularies (ingest enforces them), and
+# small whole numbers: `count(DISTINCT …)` and `new(…)` over them compile to bit masks.
+CODED = {"service": SERVICES, "status": STATUSES, "mode": MODES, "tag": TAGS, "polarity": POLARITIES}
+SMALL_INTS = ("weeks_before", "months_before")
+# Placeholders a `where` or expression may use; expanded by the compiler.
+MACROS = {"{crisis_services}": sql_list(CRISIS_SERVICES),
+          "{age_band}": age_band_sql("(year(as_of) - birth_year)")}
+SYSTEM_LABELS = {"gp": "GP", "acute": "the hospital (acute trust)", "community": "community services",
+                 "social_care": "social care", "housing": "housing"}
+# `each:` expansions: one feature per value, with these placeholders for name and description.
+EACH = {
+    "service": [{"service": s, "service_label": SERVICE_LABELS[s]} for s in SERVICES],
+    "tag": [{"tag": t, "tag_label": TAG_LABELS[t]} for t in TAGS],
+    "system": [{"system": s, "system_label": SYSTEM_LABELS.get(s, s.replace("_", " "))}
+               for s in SOURCE_SYSTEMS],
+}
+LOOKBACK_DAYS = 365  # the window `all` means: what the last year holds
+# Features are computed in passes by how far back they reach: a 30-day count reads a twelfth
+# of the records a one-year count does, at every as-of date.
+TIERS = (30, 90, 182)
+PERIOD_DAYS = 30  # the period slope() and acceleration() count in
 _WINDOW = re.compile(r"^(\d+)d$")
-_AGG = re.compile(r"^(count|sum|max|min|avg)\((DISTINCT\s+)?(.+)\)$", re.IGNORECASE | re.DOTALL)
-_DAYS_SINCE = re.compile(r"^days_since\((max|min)\((\w+)\)\)$")
-_SHARE = re.compile(r"^share\((.+)\)$", re.DOTALL)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -60,15 +124,19 @@ class FeatureDecl(_Strict):
 
     name: str
     source: str
-    description: str
-    aggregate: str | None = None  # contacts/tags: an aggregate; persons: an expression
+    description: str = ""
+    aggregate: str | None = None  # contacts/tags: an aggregate
+    expression: str | None = None  # persons: a scalar SQL expression of the person's row
     where: str = "true"
     windows: list[str] = Field(default_factory=lambda: ["all"])
     unit: str = ""
     missing: Literal["zero", "null"] = "zero"
-    each: Literal["service"] | None = None
+    each: Literal["service", "tag", "system"] | None = None
     predictor: bool = True  # false: kept for fairness reporting or caveats, never a model input
-    expression: str | None = None  # persons only: a scalar SQL expression of the person's row
+    internal: bool = False  # an input to derived features only, never written out
+    # internal inputs only: compute it just for the (person, as-of) pairs where this condition
+    # on other counts holds (blank elsewhere), when it is costly and matters for few people
+    only_if: str | None = None
 
     @field_validator("windows")
     @classmethod
@@ -91,19 +159,26 @@ class Feature:
 
     column: str
     family: str
-    source: str
+    source: str  # contacts | tags | persons | derived
     description: str  # with {window} filled in
     unit: str
     missing: str
     predictor: bool
-    sql: str  # the aggregate (or expression) with its filter
+    sql: str | Aggregate | PerValue  # the aggregate (parts and final expression; or a PerValue),
+    # the persons expression, or the derived expression
     window_days: int | None
+    reach_days: int = 0  # how many days before the as-of date it reads
+    internal: bool = False
+    inputs: tuple[str, ...] = ()  # derived only: the columns it is computed from
+    predicates: tuple[tuple[str, str], ...] = ()  # {where}/{cond} in `sql` → their SQL
+    only_if: str | None = None
 
 
 @dataclass(frozen=True)
 class Catalogue:
-    features: tuple[Feature, ...]
-    lookback_days: int
+    features: tuple[Feature, ...]  # the snapshot's columns, in order
+    inputs: tuple[Feature, ...] = ()  # internal aggregates read by derived features
+    families: tuple[tuple[str, str], ...] = ()  # (family, description), in file order
 
     @property
     def columns(self) -> list[str]:
@@ -113,6 +188,10 @@ class Catalogue:
     def predictors(self) -> list[str]:
         return [f.column for f in self.features if f.predictor]
 
+    @property
+    def lookback_days(self) -> int:
+        return max([LOOKBACK_DAYS] + [f.reach_days for f in self.features + self.inputs])
+
     def get(self, column: str) -> Feature:
         for f in self.features:
             if f.column == column:
@@ -121,22 +200,33 @@ class Catalogue:
 
 
 def window_phrase(days: int | None) -> str:
-    if days is None:
-        return "the last three years"
+    """'30 days', 'year', '12 months': how a description says a window."""
+    if days is None or days == LOOKBACK_DAYS:
+        return "year"
     if days % 365 == 0:
-        years = days // 365
-        return "year" if years == 1 else f"{years} years"
+        return f"{days // 365} years"
+    if days % PERIOD_DAYS == 0 and days // PERIOD_DAYS in (6, 12, 24):
+        return f"{days // PERIOD_DAYS} months"
     return f"{days} days"
 
 
 def load_catalogue(features_dir: Path) -> Catalogue:
-    """Read every `*.yml` under `features_dir`; fail loudly on anything ambiguous."""
+    """Read every `*.yml` under `features_dir`, then the derived features; fail loudly on anything
+    ambiguous."""
     files = sorted(Path(features_dir).glob("*.yml"))
     if not files:
         raise ConfigError(f"no feature files (*.yml) in {features_dir}")
-    out: list[Feature] = []
+    public: list[Feature] = []
+    inputs: list[Feature] = []
+    families: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
-    lookback = 365
+
+    def add(feat: Feature, where: str) -> None:
+        if feat.column in seen:
+            raise ConfigError(f"{where}: feature {feat.column!r} is already declared in {seen[feat.column]}")
+        seen[feat.column] = where
+        (inputs if feat.internal else public).append(feat)
+
     for path in files:
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -147,17 +237,24 @@ def load_catalogue(features_dir: Path) -> Catalogue:
             raise ConfigError(f"{path.name}: {where}: {err['msg']}") from None
         except (yaml.YAMLError, TypeError) as exc:
             raise ConfigError(f"{path.name}: not a feature family ({exc})") from None
+        if fam.family in dict(families):
+            raise ConfigError(f"{path.name}: family {fam.family!r} is declared twice")
+        families.append((fam.family, fam.description))
         for decl in fam.features:
             for feat in _expand(fam.family, decl, path.name):
-                if feat.column in seen:
-                    raise ConfigError(
-                        f"{path.name}: feature {feat.column!r} is already declared in {seen[feat.column]}"
-                    )
-                seen[feat.column] = path.name
-                out.append(feat)
-                if feat.window_days:
-                    lookback = max(lookback, feat.window_days)
-    return Catalogue(tuple(out), lookback)
+                add(feat, path.name)
+    for feat in _derived(dict(families), seen):
+        add(feat, "derived.py")
+    for feat in inputs:
+        if feat.only_if:
+            names = set(re.findall(r"\b([a-z_][a-z0-9_]*)\b", feat.only_if)) - _KEYWORDS
+            unknown = sorted(n for n in names if n not in seen)
+            if unknown:
+                raise ConfigError(f"{seen[feat.column]}: feature {feat.column!r}: only_if names "
+                                  f"{', '.join(unknown)}, which are not declared features")
+    order = {name: k for k, (name, _) in enumerate(families)}
+    public.sort(key=lambda f: order[f.family])  # stable: derived features follow their family's YAML
+    return Catalogue(tuple(public), tuple(inputs), tuple(families))
 
 
 def _expand(family: str, decl: FeatureDecl, fname: str) -> list[Feature]:
@@ -166,69 +263,274 @@ def _expand(family: str, decl: FeatureDecl, fname: str) -> list[Feature]:
             f"{fname}: feature {decl.name!r}: unknown source {decl.source!r} "
             f"(one of: {', '.join(SOURCES)})"
         )
-    items = [{}] if decl.each is None else [
-        {"service": s, "service_label": SERVICE_LABELS[s]} for s in SERVICES
-    ]
+    if decl.only_if and not decl.internal:
+        raise ConfigError(f"{fname}: feature {decl.name!r}: only_if is for internal inputs only")
+    if not decl.description and not decl.internal:
+        raise ConfigError(f"{fname}: feature {decl.name!r}: needs a description (the sentence a huddle reads)")
     out = []
-    for item in items:
-        name = decl.name.format(**item) if item else decl.name
+    for item in EACH[decl.each] if decl.each else [{}]:
+        name = _fill(decl.name, item)
         if not _NAME.match(name):
             raise ConfigError(f"{fname}: feature name {name!r} must be lower_snake_case")
-        where = decl.where.format(**item) if item else decl.where
-        for macro, value in MACROS.items():
-            where = where.replace(macro, value)
-        _check_columns(fname, name, decl.source, where)
+        where = _macros(_fill(decl.where, item))
+        _check_columns(fname, name, decl.source, where, "where")
         if decl.source == "persons":
             if not decl.expression:
                 raise ConfigError(f"{fname}: feature {name!r}: persons features need an expression")
-            out.append(Feature(name, family, "persons", decl.description, decl.unit, decl.missing,
-                               decl.predictor, decl.expression, None))
+            expr = _macros(decl.expression)
+            _check_columns(fname, name, "persons", expr, "expression")
+            out.append(Feature(name, family, "persons", _fill(decl.description, item), decl.unit,
+                               decl.missing, decl.predictor, expr, None, 0, decl.internal))
             continue
         if not decl.aggregate:
             raise ConfigError(f"{fname}: feature {name!r}: needs an aggregate")
         for w in decl.windows:
-            days = None if w == "all" else int(_WINDOW.match(w).group(1))
-            column = f"{name}_{w}" if w != "all" else name
-            time_col = "occurred_at" if decl.source == "contacts" else "recorded_at"
-            cond = where if days is None else f"({where}) AND {time_col} >= as_of - INTERVAL {days} DAY"
-            sql = _aggregate_sql(fname, name, decl.aggregate, cond, time_col)
-            desc = decl.description.format(window=window_phrase(days), **item)
+            days = LOOKBACK_DAYS if w == "all" else int(_WINDOW.match(w).group(1))
+            column = name if w == "all" else f"{name}_{w}"
+            aggregate = _fill(decl.aggregate, item)
+            sql, reach = _aggregate(fname, column, decl.source, aggregate, days, decl.internal)
+            desc = _fill(decl.description, {"window": window_phrase(days), **item})
+            predicates = (("where", where),)
+            if m := (_SHARE_CHANGE.match(aggregate) or _SHARE.match(aggregate)):
+                predicates += (("cond", _macros(m.group(1))),)
             out.append(Feature(column, family, decl.source, desc, decl.unit, decl.missing,
-                               decl.predictor, sql, days))
+                               decl.predictor, sql, days, reach, decl.internal, (), predicates,
+                               decl.only_if))
     return out
 
 
-def _check_columns(fname: str, name: str, source: str, where: str) -> None:
-    """Unknown columns in a filter are errors at load time, not at query time."""
-    stripped = re.sub(r"'[^']*'", "''", where)
+def _fill(text: str, values: dict[str, str]) -> str:
+    """Replace each {key} of `values` in `text`; other braces are left alone."""
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def _macros(text: str) -> str:
+    return _fill(text, {k.strip("{}"): v for k, v in MACROS.items()})
+
+
+_KEYWORDS = {"and", "or", "not", "in", "is", "null", "true", "false", "between", "like", "case",
+             "when", "then", "else", "end", "distinct", "lower", "upper", "coalesce", "interval",
+             "day", "days", "year", "date_diff", "least", "greatest", "abs", "cast", "integer",
+             "double"}
+
+
+def _check_columns(fname: str, name: str, source: str, text: str, what: str) -> None:
+    """Unknown columns are errors at load time, not at query time."""
+    stripped = re.sub(r"'[^']*'", "''", text)
     words = set(re.findall(r"\b([a-z_][a-z0-9_]*)\b", stripped))
-    keywords = {"and", "or", "not", "in", "is", "null", "true", "false", "between", "like",
-                "lower", "upper", "coalesce", "as_of", "interval", "day", "days"}
-    unknown = sorted(w for w in words - keywords if w not in SOURCES[source])
+    known = set(SOURCES[source]) | (set(PSEUDO_COLUMNS) if source != "persons" else set())
+    unknown = sorted(w for w in words - _KEYWORDS - known if not re.match(r"^\d", w))
     if unknown:
         raise ConfigError(
-            f"{fname}: feature {name!r}: unknown column(s) {', '.join(unknown)} in 'where' "
-            f"for source {source} (columns: {', '.join(SOURCES[source])})"
+            f"{fname}: feature {name!r}: unknown column(s) {', '.join(unknown)} in {what!r} "
+            f"for source {source} (columns: {', '.join(sorted(known))})"
         )
 
 
-def _aggregate_sql(fname: str, name: str, aggregate: str, cond: str, time_col: str) -> str:
+# --- aggregates --------------------------------------------------------------------------------
+
+_PLAIN = re.compile(r"^(count|sum|max|min|avg)\((DISTINCT\s+)?(.+)\)$", re.IGNORECASE | re.DOTALL)
+_DAYS_SINCE = re.compile(r"^days_since\((max|min)\((\w+)\)\)$")
+_SHARE = re.compile(r"^share\((.+)\)$", re.DOTALL)
+_BASELINED = re.compile(r"^(excess|ratio)\(count\(\*\),\s*(\d+)d\)$")
+_SHARE_CHANGE = re.compile(r"^share_change\((.+),\s*(\d+)d\)$", re.DOTALL)
+_NEW = re.compile(r"^new\((\w+),\s*(\d+)d\)$")
+_TREND = re.compile(r"^(slope|acceleration)\(count\(\*\)\)$")
+_CUMULATIVE = re.compile(r"^cumulative_counts\((weeks_before|months_before|days_before),\s*(\d+)\)$")
+_COUNTS_PER = re.compile(r"^counts_per\((\w+)\)$")
+
+
+@dataclass(frozen=True)
+class PerValue:
+    """An aggregate over each person's distinct values of `column`, compiled to a nested
+    GROUP BY (person, as_of, value): `distinct` counts values, `new` counts values seen in the
+    window but not before it, `counts` lists the records per value."""
+
+    column: str
+    kind: Literal["distinct", "new", "counts"]
+    recent: str
+    before: str = "false"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One aggregate a feature is computed from, over records `days_before` in (lo, hi].
+
+    `count`: the records meeting `pred`; `latest`: the fewest days before the as-of date of such
+    a record (blank if none); `sql`: any other aggregate, written out in `sql`. Counts and
+    latests need no knowledge of the as-of date beyond the window, so for weekly as-of dates the
+    compiler may slide them from one date to the next (see `_slide_sql`).
+    """
+
+    kind: Literal["count", "latest", "sql"]
+    pred: str  # with {where} / {cond} for the feature's filter and a share's condition
+    lo: int
+    hi: int
+    sql: str = ""
+
+    def direct(self) -> str:
+        """The aggregate over records joined to each as-of date."""
+        if self.kind == "sql":
+            return self.sql
+        cond = f"{self.pred} AND {_window(self.lo, self.hi)}"
+        return _when("count", "1", cond) if self.kind == "count" else _when("min", "days_before", cond)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A feature as parts and the SQL that combines them, naming part k `{k}`."""
+
+    parts: tuple[Part, ...]
+    final: str = "{0}"
+
+
+def _window(lo: int, hi: int) -> str:
+    return f"days_before <= {hi}" if lo == 0 else f"days_before > {lo} AND days_before <= {hi}"
+
+
+def _when(fn: str, arg: str, cond: str) -> str:
+    """`fn(arg)` over the records meeting `cond`. Written as fn(CASE WHEN …) rather than
+    FILTER (WHERE …): DuckDB evaluates the CASE in one vectorised projection, about three
+    times faster than a FILTER per aggregate when there are a hundred of them."""
+    return f"{fn}(CASE WHEN {cond} THEN {arg} END)"
+
+
+def _coded(col: str) -> bool:
+    return col in CODED or col in SMALL_INTS or col == "source_system"
+
+
+def _aggregate(fname: str, column: str, source: str, aggregate: str, days: int,
+               internal: bool) -> tuple[Aggregate | PerValue, int]:
+    """(The aggregate as parts and a final expression, or a PerValue; days it reaches back).
+
+    Parts name the filter `{where}` and a share's condition `{cond}`: the compiler computes each
+    distinct predicate once per record (see `Feature.predicates`).
+    """
     agg = aggregate.strip()
+    where, both = "{where}", "{where} AND {cond}"
+    recent = f"{where} AND days_before <= {days}"
+
+    def count(pred: str, lo: int = 0, hi: int = days) -> Part:
+        return Part("count", pred, lo, hi)
+
+    def sql(text: str, hi: int = days) -> Part:
+        return Part("sql", "", 0, hi, text)
+
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"{fname}: feature {column!r}: {why}")
+
+    for a in re.findall(r"\(([^()]*)\)", agg):
+        _check_columns(fname, column, source, a.replace("*", ""), "aggregate")
     if m := _DAYS_SINCE.match(agg):
-        return f"date_diff('day', {m.group(1)}({m.group(2)}) FILTER (WHERE {cond}), as_of)"
-    if m := _SHARE.match(agg):
-        return (f"count(*) FILTER (WHERE ({cond}) AND ({m.group(1)}))::DOUBLE "
-                f"/ nullif(count(*) FILTER (WHERE {cond}), 0)")
-    if m := _AGG.match(agg):
-        fn, distinct, arg = m.group(1), m.group(2) or "", m.group(3)
-        return f"{fn}({distinct}{arg}) FILTER (WHERE {cond})"
-    raise ConfigError(
-        f"{fname}: feature {name!r}: cannot compile aggregate {aggregate!r}; use count(*), "
-        "count(DISTINCT col), sum/max/min/avg(expr), days_since(max(col)) or share(condition)"
+        if m.group(2) == TIME_COLUMN[source] and m.group(1) == "max":
+            return Aggregate((Part("latest", where, 0, days),)), days
+        return Aggregate((sql(f"date_diff('day', {_when(m.group(1), m.group(2), recent)}, as_of)"),)), days
+    if (m := _SHARE.match(agg)) and not _SHARE_CHANGE.match(agg):
+        return Aggregate((count(both), count(where)), "{0}::DOUBLE / nullif({1}, 0)"), days
+    if agg == "any()":
+        return Aggregate((count(where),), "({0} > 0)::INTEGER"), days
+    if m := _NEW.match(agg):
+        col, base = m.group(1), int(m.group(2))
+        if not _coded(col):
+            return PerValue(col, "new", recent, f"{where} AND {_window(days, days + base)}"), days + base
+        masks = [sql(_when("bit_or", f"{col}_bit", f"{where} AND {_window(lo, hi)}"), hi)
+                 for lo, hi in ((0, days), (days, days + base))]
+        return Aggregate(tuple(masks), "bit_count({0} & ~coalesce({1}, 0))"), days + base
+    if m := _BASELINED.match(agg):
+        kind, base = m.group(1), int(m.group(2))
+        parts = (count(where), count(where, days, days + base))
+        usual = f"{{1}} * {days}::DOUBLE / {base}"
+        final = f"{{0}} - {usual}" if kind == "excess" else f"({{0}} + 1) / ({usual} + 1)"
+        return Aggregate(parts, final), days + base
+    if m := _SHARE_CHANGE.match(agg):
+        base = int(m.group(2))
+        parts = (count(both), count(where), count(both, days, days + base), count(where, days, days + base))
+        return Aggregate(parts, "{0}::DOUBLE / nullif({1}, 0) - {2}::DOUBLE / nullif({3}, 0)"), days + base
+    if m := _TREND.match(agg):
+        if days % PERIOD_DAYS:
+            raise fail(f"{m.group(1)}() needs a window in whole {PERIOD_DAYS}-day periods, e.g. 360d")
+        return Aggregate((sql(_trend(m.group(1), days // PERIOD_DAYS, recent)),)), days
+    if m := _CUMULATIVE.match(agg):
+        if not internal:
+            raise fail("cumulative_counts() makes a list, not a number: only `internal: true` inputs may use it")
+        col, n = m.group(1), int(m.group(2))
+        unit = {"days_before": 1, "weeks_before": 7, "months_before": PERIOD_DAYS}[col]
+        parts = tuple(count(where, 0, unit * k) for k in range(1, n + 1))
+        return Aggregate(parts, "[" + ", ".join(f"{{{k}}}" for k in range(n)) + "]"), days
+    if m := _COUNTS_PER.match(agg):
+        if not internal:
+            raise fail("counts_per() makes a list, not a number: only `internal: true` inputs may use it")
+        return PerValue(m.group(1), "counts", recent), days
+    if m := _PLAIN.match(agg):
+        fn, distinct, arg = m.group(1).lower(), m.group(2), m.group(3).strip()
+        if distinct and _coded(arg):
+            return Aggregate((sql(_when("bit_or", f"{arg}_bit", recent)),), "bit_count({0})"), days
+        if distinct and fn == "count" and re.fullmatch(r"\w+", arg):
+            return PerValue(arg, "distinct", recent), days
+        if distinct:
+            raise fail("DISTINCT works in count(DISTINCT column) only")
+        if fn == "count" and arg == "*":
+            return Aggregate((count(where),)), days
+        return Aggregate((sql(_when(fn, arg, recent)),)), days
+    raise fail(
+        f"cannot compile aggregate {aggregate!r}; use count(*), count(DISTINCT col), "
+        "sum/max/min/avg(expr), days_since(max(col)), share(cond), any(), new(col, Nd), "
+        "excess(count(*), Nd), ratio(count(*), Nd), share_change(cond, Nd), slope(count(*)), "
+        "acceleration(count(*)), cumulative_counts(weeks_before, N) or counts_per(col)"
     )
 
 
-# ---------------------------------------------------------------------------------------------
+def _trend(kind: str, periods: int, recent: str) -> str:
+    """Least-squares slope or curvature of per-period counts, as one sum over records.
+
+    With periods x = 0 … n−1 (oldest first) and counts y, the fitted slope is
+    Σ (x − x̄) y / Σ (x − x̄)², and Σ (x − x̄) y is Σ over records of their period's (x − x̄):
+    a sum, so it needs no per-period table. Likewise the quadratic term, with the orthogonal
+    polynomial p(x) = (x − x̄)² − mean((x − x̄)²): curvature c = Σ p y / Σ p², acceleration 2c.
+    A record `months_before` m (1 = the last 30 days) sits at x = n − m.
+    """
+    xs = range(periods)
+    mean = (periods - 1) / 2
+    d = f"({periods} - months_before - {mean!r})"
+    if kind == "slope":
+        return f"{_when('sum', d, recent)} / {sum((x - mean) ** 2 for x in xs)!r}"
+    m2 = sum((x - mean) ** 2 for x in xs) / periods
+    p_sq = sum(((x - mean) ** 2 - m2) ** 2 for x in xs)
+    return f"2 * {_when('sum', f'{d} * {d} - {m2!r}', recent)} / {p_sq!r}"
+
+
+# --- derived features --------------------------------------------------------------------------
+
+def _derived(families: dict[str, str], declared: dict[str, str]) -> list[Feature]:
+    """Every public function of `wobble.derived` marked with `@derived`, as a catalogue entry."""
+    out = []
+    for name, fn in inspect.getmembers(derived_module, inspect.isfunction):
+        spec = getattr(fn, "derived_spec", None)
+        if spec is None or name.startswith("_"):
+            continue
+        params = tuple(inspect.signature(fn).parameters)
+        unknown = [p for p in params if p not in declared and p not in derived_module.HELPER_COLUMNS]
+        if unknown:
+            raise ConfigError(f"derived.py: {name}() reads {', '.join(unknown)}, which is neither a "
+                              "declared feature nor a helper column")
+        if spec.family not in families:
+            raise ConfigError(f"derived.py: {name}(): unknown family {spec.family!r}")
+        doc = inspect.getdoc(fn) or ""
+        description = " ".join(doc.split("\n\n")[0].split())
+        if not description:
+            raise ConfigError(f"derived.py: {name}() needs a docstring: the sentence a huddle reads")
+        out.append(Feature(name, spec.family, "derived", description, spec.unit, spec.missing,
+                           spec.predictor, fn(*params), None, 0, False, params))
+    out.sort(key=lambda f: inspect.getsourcelines(getattr(derived_module, f.column))[1])
+    return out
+
+
+# --- the query ---------------------------------------------------------------------------------
+
+def _dates(as_ofs: list[date]) -> str:
+    return "[" + ", ".join(f"DATE '{d.isoformat()}'" for d in as_ofs) + "]"
 
 
 def cohort_sql(as_of_list: str) -> str:
@@ -242,51 +544,376 @@ def cohort_sql(as_of_list: str) -> str:
     """
 
 
-def compile_sql(cat: Catalogue, as_ofs: list[date]) -> str:
-    """One query returning (person_id, as_of, team_id, every feature) for all as-of dates."""
-    as_of_list = "[" + ", ".join(f"DATE '{d.isoformat()}'" for d in as_ofs) + "]"
-    look = cat.lookback_days
-    parts: dict[str, list[Feature]] = {"contacts": [], "tags": [], "persons": []}
-    for f in cat.features:
-        parts[f.source].append(f)
+def _array(values) -> str:
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
-    def agg_block(source: str, time_col: str) -> str:
-        cols = ",\n               ".join(f"{f.sql} AS {f.column}" for f in parts[source])
-        extra = " AND s.occurred_at < a.as_of" if source == "contacts" else ""
-        return f"""
-        SELECT s.person_id, a.as_of,
-               {cols}
-        FROM {source} s
-        JOIN (SELECT unnest({as_of_list}) AS as_of) a
-          ON s.recorded_at < a.as_of{extra}
-         AND s.{time_col} >= a.as_of - INTERVAL {look} DAY
-        GROUP BY s.person_id, a.as_of"""
 
-    def final(f: Feature, alias: str) -> str:
-        ref = f"{alias}.{f.column}"
-        return f"coalesce({ref}, 0) AS {f.column}" if f.missing == "zero" else f"{ref} AS {f.column}"
+EPOCH = "DATE '2000-01-01'"  # dates become whole day numbers counted from here
+# a part's column in the query: `_c3`, `_t0`, or `_c3_first` (its value at the first as-of date)
+_PART_REF = re.compile(r"\b_[ct]\d+(?:_first)?\b")
+_PSEUDO = re.compile(r"\b(" + "|".join(PSEUDO_COLUMNS) + r")\b")
 
-    person_cols = ",\n           ".join(
-        f"({f.sql}) AS {f.column}" for f in parts["persons"]
-    )
-    selects = [final(f, "c") for f in parts["contacts"]] + [final(f, "t") for f in parts["tags"]]
-    selects += [f.column for f in parts["persons"]]
+
+def records_sql(source: str, as_of_list: str, lookback: int, systems: tuple[str, ...],
+                predicates: dict[str, str]) -> str:
+    """The records of `source` that may count at some as-of date in the list, each with what
+    does not depend on the as-of date: `_day` (the record's day), `_known_day` (the day it was
+    recorded), `<column>_bit` for columns with a fixed set of values, and the `predicates`
+    (name → SQL) that do not read a pseudo-column. Computed once per record, before any join
+    multiplies records by as-of dates."""
+    t = TIME_COLUMN[source]
+    vocab = {**{c: v for c, v in CODED.items() if c in SOURCES[source]}, "source_system": systems}
+    cols = [f"(1::UBIGINT << (list_position({_array(v)}, {c}) - 1)) AS {c}_bit" for c, v in vocab.items()]
+    cols += [f"({sql}) AS {name}" for name, sql in predicates.items() if not _PSEUDO.search(sql)]
     return f"""
-    WITH cohort AS ({cohort_sql(as_of_list)}),
-    c AS ({agg_block('contacts', 'occurred_at')}),
-    t AS ({agg_block('tags', 'recorded_at')}),
-    p AS (
-        SELECT k.person_id, k.as_of,
-           {person_cols}
-        FROM cohort k JOIN persons USING (person_id)
-    )
-    SELECT k.person_id, k.as_of, k.team_id,
-           {', '.join(selects)}
-    FROM cohort k
-    LEFT JOIN c USING (person_id, as_of)
-    LEFT JOIN t USING (person_id, as_of)
-    LEFT JOIN p USING (person_id, as_of)
+        SELECT *, {t}::DATE - {EPOCH} AS _day, recorded_at::DATE - {EPOCH} AS _known_day,
+               {', '.join(cols)}
+        FROM {source}
+        WHERE {t} >= list_min({as_of_list}) - INTERVAL {lookback} DAY
+          AND {t} < list_max({as_of_list}) AND recorded_at < list_max({as_of_list})"""
+
+
+def _as_of_days(as_of_list: str) -> str:
+    return f"(SELECT as_of, as_of - {EPOCH} AS _as_of_day FROM (SELECT unnest({as_of_list}) AS as_of))"
+
+
+def guarded_sql(source: str, as_of_list: str, lookback: int, systems: tuple[str, ...],
+                predicates: dict[str, str] | None = None) -> str:
+    """Records of `source` joined to each as-of date they may count for: the time guard.
+
+    A record counts at as-of date T if it was recorded before T (`recorded_at < T`), happened
+    before T, and happened within `lookback` days of it. Adds the pseudo-columns `days_before`,
+    `weeks_before` and `months_before`, their bits, and the predicates that read them.
     """
+    predicates = predicates or {}
+    per_pair = [f"(1::UBIGINT << {c}) AS {c}_bit" for c in SMALL_INTS]
+    per_pair += [f"({sql}) AS {name}" for name, sql in predicates.items() if _PSEUDO.search(sql)]
+    return f"""
+        SELECT *, {', '.join(per_pair)}
+        FROM (
+            SELECT *, (days_before - 1) // 7 + 1 AS weeks_before,
+                   (days_before - 1) // {PERIOD_DAYS} + 1 AS months_before
+            FROM (
+                SELECT r.*, a.as_of, a._as_of_day - r._day AS days_before
+                FROM ({records_sql(source, as_of_list, lookback, systems, predicates)}) r
+                JOIN {_as_of_days(as_of_list)} a
+                  ON r._known_day < a._as_of_day AND r._day < a._as_of_day
+                 AND r._day >= a._as_of_day - {lookback}
+            )
+        )"""
+
+
+def _slide_sql(source: str, as_ofs: list[date], lo: int, hi: int, parts: list[tuple[str, Part]],
+               systems: tuple[str, ...], predicates: dict[str, str]) -> str:
+    """How counts and latests over the window (lo, hi] change from the first as-of date T₁ to
+    each later one: (person_id, as_of, change per part).
+
+    A record is in the window at T when E < T <= day + hi, with E = max(recorded day,
+    day + lo). Its membership can differ between T₁ and a later T only if E or day + hi falls
+    in [T₁, Tₙ): for weekly dates and a year's window, a few weeks of records instead of a
+    year's. A count at T is its count at T₁ plus, over those records, (in at T) − (in at T₁).
+    A latest at T is the latest at T₁ or of the records that arrived since, if still in the
+    window (when the latest record has left the window, so has every earlier one).
+    """
+    t1 = f"{as_ofs[0].isoformat()}"
+    first, last = f"(DATE '{t1}' - {EPOCH})", f"(DATE '{as_ofs[-1].isoformat()}' - {EPOCH})"
+    later = _dates(as_ofs[1:])
+    enter = f"greatest(r._known_day, r._day + {lo})"
+    aggs = []
+    for name, part in parts:
+        if part.kind == "count":
+            aggs.append(f"sum(CASE WHEN {part.pred} THEN _in - _in_first END) AS {name}")
+        else:
+            aggs.append(f"max(CASE WHEN {part.pred} AND _arrived THEN _day END) AS {name}")
+    return f"""
+        SELECT person_id, as_of, {', '.join(aggs)}
+        FROM (
+            SELECT r.*, a.as_of,
+                   ({enter} < a._as_of_day AND a._as_of_day <= r._day + {hi})::INTEGER AS _in,
+                   ({enter} < {first} AND {first} <= r._day + {hi})::INTEGER AS _in_first,
+                   {enter} >= {first} AND {enter} < a._as_of_day AS _arrived
+            FROM ({records_sql(source, _dates(as_ofs), hi, systems, predicates)}) r
+            CROSS JOIN {_as_of_days(later)} a
+            WHERE ({enter} >= {first} AND {enter} < {last})
+               OR (r._day + {hi} >= {first} AND r._day + {hi} < {last})
+        )
+        WHERE _in <> _in_first OR _arrived
+        GROUP BY person_id, as_of"""
+
+
+FIRST_ANY_SQL = """
+    SELECT person_id, min(occurred_at) AS first_at, arg_min(recorded_at, occurred_at) AS first_known_at
+    FROM contacts GROUP BY person_id"""
+
+
+def _first_record_sql() -> str:
+    """(person_id, as_of, first_record_at): the earliest contact known before each as-of date.
+
+    Over all history, but cheaply: a person's earliest contact (`first_any`, one row per person)
+    is the answer at every as-of date after it became known; only as-of dates before that need
+    the person's records joined.
+    """
+    return """
+        first_record AS (
+            SELECT k.person_id, k.as_of,
+                   CASE WHEN f.first_at < k.as_of THEN f.first_at END AS first_record_at
+            FROM cohort k JOIN first_any f USING (person_id)
+            WHERE f.first_known_at < k.as_of
+            UNION ALL
+            SELECT k.person_id, k.as_of, min(s.occurred_at) AS first_record_at
+            FROM cohort k JOIN first_any f USING (person_id)
+            LEFT JOIN contacts s ON s.person_id = k.person_id
+             AND s.recorded_at < k.as_of AND s.occurred_at < k.as_of
+            WHERE f.first_known_at >= k.as_of
+            GROUP BY k.person_id, k.as_of)"""
+
+
+QUIET_SHARE = 0.1  # a period is quiet when a usual source sends under 10% of its median
+QUIET_MIN_TYPICAL = 10  # … and a source is usual for a team when its median period has 10+ records
+
+
+def team_feed_sql(as_of_list: str) -> str:
+    """Query: (team_id, as_of, team_quiet_periods), 30-day periods with a near-silent usual source.
+
+    For each team, source system and as-of date, count the contacts known before the as-of date
+    in each of the 12 periods of 30 days before it (0 = the last 30 days). A system is usual for
+    the team when its median period holds at least 10 records; a period is quiet when such a
+    system sent fewer than 10% of that median. Counts are taken per day first, so the 12-period
+    table is built from a few rows per team and day, not from every contact.
+    """
+    periods = 12
+    return f"""
+        WITH team_days AS (
+            SELECT p.team_id, s.source_system, s.occurred_at::DATE AS day,
+                   s.recorded_at::DATE AS known_day, count(*) AS n
+            FROM contacts s JOIN persons p USING (person_id)
+            WHERE p.team_id IS NOT NULL
+              AND s.occurred_at >= list_min({as_of_list}) - INTERVAL {periods * PERIOD_DAYS} DAY
+              AND s.occurred_at < list_max({as_of_list})
+            GROUP BY ALL),
+        team_periods AS (
+            SELECT d.team_id, d.source_system, a.as_of,
+                   (date_diff('day', d.day, a.as_of) - 1) // {PERIOD_DAYS} AS period, sum(d.n) AS n
+            FROM team_days d JOIN (SELECT unnest({as_of_list}) AS as_of) a
+              ON d.known_day < a.as_of AND d.day < a.as_of
+             AND d.day >= a.as_of - INTERVAL {periods * PERIOD_DAYS} DAY
+            GROUP BY ALL),
+        team_grid AS (
+            SELECT g.team_id, g.source_system, g.as_of, r.period, coalesce(t.n, 0) AS n
+            FROM (SELECT DISTINCT team_id, source_system, as_of FROM team_periods) g
+            CROSS JOIN (SELECT unnest(range({periods})) AS period) r
+            LEFT JOIN team_periods t USING (team_id, source_system, as_of, period)),
+        team_usual AS (
+            SELECT team_id, source_system, as_of, median(n) AS typical
+            FROM team_grid GROUP BY ALL)
+        SELECT team_id, as_of,
+               list_sort(list_distinct(list(g.period) FILTER (
+                   WHERE u.typical >= {QUIET_MIN_TYPICAL} AND g.n < {QUIET_SHARE} * u.typical
+               ))) AS team_quiet_periods
+        FROM team_grid g JOIN team_usual u USING (team_id, source_system, as_of)
+        GROUP BY ALL"""
+
+
+def _plain_block(feats: list[tuple[str, str]], guarded: str) -> str:
+    cols = ",\n               ".join(f"{sql} AS {column}" for column, sql in feats)
+    return f"""
+        SELECT person_id, as_of,
+               {cols}
+        FROM ({guarded})
+        GROUP BY person_id, as_of"""
+
+
+def _per_value_block(col: str, feats: list[tuple[str, PerValue]], guarded: str) -> str:
+    """One nested GROUP BY for every PerValue feature over `col`: first per (person, as_of,
+    value), then per (person, as_of). Cheaper than DuckDB's DISTINCT aggregates, which build a
+    hash table per aggregate."""
+    inner, outer, conds = [], [], []
+    for k, (column, pv) in enumerate(feats):
+        inner.append(f"{_when('count', '1', pv.recent)} AS r{k}")
+        conds.append(f"({pv.recent})")
+        if pv.kind == "new":
+            inner.append(f"{_when('count', '1', pv.before)} AS b{k}")
+            conds.append(f"({pv.before})")
+            outer.append(f"count(*) FILTER (WHERE r{k} > 0 AND b{k} = 0) AS {column}")
+        elif pv.kind == "distinct":
+            outer.append(f"count(*) FILTER (WHERE r{k} > 0) AS {column}")
+        else:
+            outer.append(f"list(r{k} ORDER BY r{k} DESC) FILTER (WHERE r{k} > 0) AS {column}")
+    return f"""
+        SELECT person_id, as_of, {', '.join(outer)}
+        FROM (
+            SELECT person_id, as_of, {col}, {', '.join(inner)}
+            FROM ({guarded})
+            WHERE {col} IS NOT NULL AND ({' OR '.join(conds)})
+            GROUP BY person_id, as_of, {col}
+        )
+        GROUP BY person_id, as_of"""
+
+
+def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = SOURCE_SYSTEMS,
+                *, shared: bool = False, group: tuple[int, int] | None = None) -> str:
+    """One query returning (person_id, as_of, team_id, every feature) for all as-of dates.
+
+    `systems` lists every `source_system` value in the data (for distinct counts by bit mask).
+    With `shared`, the helper tables `first_any` and `team_feed` (see `shared_tables`) already
+    exist, for every as-of date of a run, and are read rather than computed. With `group`
+    (k, n), only group k of n groups of people, split by a hash of `person_id` (`shared` only:
+    the team feed is over everyone).
+
+    The query has three layers: blocks of parts joined to the cohort (parts: `_c0`, `_c1`, …
+    for contacts, `_t0`, … for tags), the declared features computed from their parts, then
+    the derived features computed from declared ones.
+    """
+    if len(systems) > 63:
+        raise WobbleError(f"{len(systems)} source systems: distinct counts support at most 63")
+    as_ofs = sorted(as_ofs)
+    as_of_list = _dates(as_ofs)
+    look = cat.lookback_days
+    span = (as_ofs[-1] - as_ofs[0]).days
+    by_source: dict[str, list[Feature]] = {"contacts": [], "tags": [], "persons": [], "derived": []}
+    for f in cat.features + cat.inputs:
+        by_source[f.source].append(f)
+    helpers = {p for f in by_source["derived"] for p in f.inputs if p in derived_module.HELPER_COLUMNS}
+    ctes = [f"cohort AS ({cohort_sql(as_of_list)})"]
+    if group:
+        if not shared:
+            raise WobbleError("a group of people needs the shared tables (team_feed is over everyone)")
+        k, n = group  # the tables, seen through CTEs of the same names holding group k only
+        ctes[:0] = [f"{t} AS NOT MATERIALIZED (SELECT * FROM main.{t} WHERE hash(person_id) % {n} = {k})"
+                    for t in ("persons", "contacts", "tags")]
+    joins: list[str] = []  # block joins onto the cohort
+    parts_sql: dict[str, str] = {}  # part column → its value in the joined row
+    part_block: dict[str, str] = {}  # part column → the block it comes from
+    block_on: dict[str, str] = {}  # block → the columns it joins on
+    features_sql: dict[str, str] = {}  # declared feature → its SQL over parts
+
+    def add_block(alias: str, sql: str, names: list[str], on: str = "(person_id, as_of)") -> None:
+        ctes.append(f"{alias} AS ({sql})")
+        joins.append(f"LEFT JOIN {alias} USING {on}")
+        part_block.update({n: alias for n in names})
+        block_on[alias] = on
+
+    for source in ("contacts", "tags"):
+        prefix = f"_{source[0]}"
+        names: dict[str, str] = {}  # each distinct predicate, computed once per record
+        parts: dict[Part, str] = {}  # each distinct part, computed once per (person, as_of)
+        per_value: dict[str, list[tuple[str, PerValue, int]]] = {}
+        conditional: list[tuple[Feature, list[tuple[str, Part]]]] = []
+        for f in by_source[source]:
+            fill = {key: names.setdefault(sql, f"_p{len(names)}") for key, sql in f.predicates}
+            if isinstance(f.sql, PerValue):
+                pv = PerValue(f.sql.column, f.sql.kind, _fill(f.sql.recent, fill), _fill(f.sql.before, fill))
+                per_value.setdefault(pv.column, []).append((f.column, pv, f.reach_days))
+                features_sql[f.column] = f.column
+                continue
+            resolved = [Part(p.kind, _fill(p.pred, fill), p.lo, p.hi, _fill(p.sql, fill)) for p in f.sql.parts]
+            if f.only_if:
+                refs = [f"{f.column}__{k}" for k in range(len(resolved))]
+                conditional.append((f, list(zip(refs, resolved, strict=True))))
+            else:
+                refs = [parts.setdefault(p, f"{prefix}{len(parts)}") for p in resolved]
+            features_sql[f.column] = _fill(f.sql.final, {str(k): r for k, r in enumerate(refs)})
+            if f.only_if:  # blank for everyone else
+                features_sql[f.column] = f"CASE WHEN {refs[0]} IS NOT NULL THEN {features_sql[f.column]} END"
+        predicates = {n: s for s, n in names.items()}
+
+        def slides(part: Part) -> bool:
+            """Slide it from date to date when the window is long against the dates' span."""
+            return (len(as_ofs) > 1 and part.kind != "sql" and part.hi >= 2 * span  # noqa: B023
+                    and not any(_PSEUDO.search(sql) for n, sql in predicates.items()  # noqa: B023
+                                if re.search(rf"\b{n}\b", part.pred)))
+
+        tiers: dict[int, list[tuple[str, Part]]] = {}
+        sliding: dict[tuple[int, int], list[tuple[str, Part]]] = {}
+        for part, name in parts.items():
+            if slides(part):
+                sliding.setdefault((part.lo, part.hi), []).append((name, part))
+            else:
+                tiers.setdefault(min(t for t in TIERS + (look,) if t >= part.hi), []).append((name, part))
+        for tier, group in sorted(tiers.items()):
+            add_block(f"{source}_{tier}d", _plain_block([(n, p.direct()) for n, p in group],
+                      guarded_sql(source, as_of_list, tier, systems, predicates)), [n for n, _ in group])
+            for n, p in group:
+                parts_sql[n] = f"coalesce({n}, 0)" if p.kind == "count" else n
+        if sliding:
+            slid = [x for group in sliding.values() for x in group]
+            first = guarded_sql(source, _dates(as_ofs[:1]), max(p.hi for _, p in slid), systems, predicates)
+            block = _plain_block([(f"{n}_first", p.direct()) for n, p in slid], first)
+            add_block(f"{source}_first", f"SELECT * EXCLUDE (as_of) FROM ({block})",
+                      [f"{n}_first" for n, _ in slid], on="(person_id)")
+            first_day = f"(DATE '{as_ofs[0].isoformat()}' - {EPOCH})"
+            for k, ((lo, hi), group) in enumerate(sorted(sliding.items())):
+                add_block(f"{source}_slide{k}", _slide_sql(source, as_ofs, lo, hi, group, systems, predicates),
+                          [n for n, _ in group])
+                for n, p in group:
+                    if p.kind == "count":
+                        parts_sql[n] = f"coalesce({n}_first, 0) + coalesce({n}, 0)"
+                    else:  # the latest day, then days before this as-of date if still in the window
+                        latest = f"greatest({first_day} - {n}_first, {n})"
+                        parts_sql[n] = (f"CASE WHEN (as_of - {EPOCH}) - {latest} <= {hi} "
+                                        f"THEN (as_of - {EPOCH}) - {latest} END")
+        for col, feats in per_value.items():
+            guarded = guarded_sql(source, as_of_list, max(r for _, _, r in feats), systems, predicates)
+            add_block(f"{source}_by_{col}", _per_value_block(col, [(c, pv) for c, pv, _ in feats], guarded),
+                      [c for c, _, _ in feats])
+            parts_sql.update({c: c for c, _, _ in feats})
+        for k, (f, group) in enumerate(conditional):
+            # only the (person, as_of) pairs meeting the condition, from the parts above
+            cond = _substitute(f.only_if, {c: _substitute(features_sql[c], parts_sql)
+                                           for c in features_sql if c in f.only_if})
+            needed = sorted({part_block[n] for n in _PART_REF.findall(cond)})
+            ctes.append(f"only_{source}_{k} AS MATERIALIZED (SELECT k.person_id, k.as_of FROM cohort k "
+                        + " ".join(f"LEFT JOIN {a} USING {block_on[a]}" for a in needed) + f" WHERE {cond})")
+            guarded = guarded_sql(source, as_of_list, f.reach_days, systems, predicates)
+            add_block(f"{source}_{f.column}", _plain_block(
+                [(n, p.direct()) for n, p in group],
+                f"SELECT g.* FROM ({guarded}) g SEMI JOIN only_{source}_{k} USING (person_id, as_of)"),
+                [n for n, _ in group])
+            parts_sql.update({n: n for n, _ in group})
+    for alias in {part_block[n] for c in ctes if c.startswith("only_") for n in _PART_REF.findall(c)}:
+        ctes[:] = [c.replace(f"{alias} AS (", f"{alias} AS MATERIALIZED (", 1) if c.startswith(f"{alias} AS (")
+                   else c for c in ctes]
+    layer1 = [f"{sql} AS {n}" for n, sql in parts_sql.items()]
+    layer1 += [f"({f.sql}) AS {f.column}" for f in by_source["persons"]]
+    if "first_record_at" in helpers:
+        if not shared:
+            ctes.append(f"first_any AS ({FIRST_ANY_SQL})")
+        ctes.append(_first_record_sql())
+        joins.append("LEFT JOIN first_record USING (person_id, as_of)")
+        layer1.append("first_record.first_record_at")
+    if "team_quiet_periods" in helpers:
+        if not shared:
+            ctes.append(f"team_feed AS ({team_feed_sql(as_of_list)})")
+        joins.append("LEFT JOIN team_feed ON team_feed.team_id = k.team_id AND team_feed.as_of = k.as_of")
+        layer1.append("team_feed.team_quiet_periods")
+    declared = [f for f in cat.features + cat.inputs if f.source in ("contacts", "tags")]
+    layer2 = [(f"coalesce({features_sql[f.column]}, 0)" if f.missing == "zero" and not f.internal
+               else features_sql[f.column]) + f" AS {f.column}" for f in declared]
+    layer2 += [f.column for f in by_source["persons"]] + [h for h in sorted(helpers)]
+    derived = {f.column: (f"coalesce({f.sql}, 0)" if f.missing == "zero" else f.sql)
+               for f in by_source["derived"]}
+    outputs = [f"{derived[f.column]} AS {f.column}" if f.column in derived else f.column
+               for f in cat.features]
+    return f"""
+    WITH {', '.join(ctes)}
+    SELECT person_id, as_of, team_id,
+           {', '.join(outputs)}
+    FROM (
+        SELECT person_id, as_of, team_id,
+               {', '.join(layer2)}
+        FROM (
+            SELECT k.person_id, k.as_of, k.team_id,
+                   {', '.join(layer1)}
+            FROM cohort k JOIN persons p USING (person_id)
+            {' '.join(joins)}
+        )
+    )"""
+
+
+def _substitute(text: str, values: dict[str, str]) -> str:
+    """Replace each whole word of `text` that is a key of `values` by its value, in brackets."""
+    return re.sub(r"\b([a-z_][a-z0-9_]*)\b", lambda m: f"({values[m.group(1)]})" if m.group(1) in values
+                  else m.group(1), text)
 
 
 @dataclass
@@ -295,57 +922,121 @@ class FeaturesResult:
     rows: int
     columns: int
     seconds: float
+    batches: int = 1
 
     def summary(self) -> dict:
         return {"as_ofs": [d.isoformat() for d in self.as_ofs], "rows": self.rows,
-                "features": self.columns, "seconds": round(self.seconds, 2)}
+                "features": self.columns, "batches": self.batches, "seconds": round(self.seconds, 2)}
 
 
-def compute_snapshots(con, cat: Catalogue, as_ofs: list[date]) -> pl.DataFrame:
-    """The snapshot rows for `as_ofs` as a DataFrame, without writing anything."""
-    return con.sql(compile_sql(cat, sorted(set(as_ofs))) + " ORDER BY as_of, person_id").pl()
+def compute_snapshots(con, cat: Catalogue, as_ofs: list[date], *, shared: bool = False) -> pl.DataFrame:
+    """The snapshot rows for `as_ofs` as a DataFrame, without writing anything.
+
+    `shared`: the tables of `shared_tables` are already on `con`, computed over everyone (as for
+    one bucket of people on a Dask worker: wobble.scale)."""
+    sql = compile_sql(cat, sorted(set(as_ofs)), source_systems(con), shared=shared)
+    return con.sql(sql + " ORDER BY as_of, person_id").pl()
+
+
+def source_systems(con) -> tuple[str, ...]:
+    """Every `source_system` in the warehouse, sorted: the vocabulary of its bit masks."""
+    rows = con.execute("SELECT DISTINCT source_system FROM contacts UNION "
+                       "SELECT DISTINCT source_system FROM tags ORDER BY 1").fetchall()
+    return tuple(r[0] for r in rows)
+
+
+def shared_tables(con, as_ofs: list[date]) -> None:
+    """Temp tables every group of people reads: `first_any` (one row per person) and
+    `team_feed` (one row per team and as-of date), computed once per run."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE first_any AS {FIRST_ANY_SQL}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE team_feed AS {team_feed_sql(_dates(as_ofs))}")
 
 
 def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0) -> FeaturesResult:
-    """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates."""
+    """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates.
+
+    People are taken in groups (by a hash of `person_id`) of about BATCH_ROWS snapshot rows,
+    every as-of date at once for each group: one pass over the group's records, so that
+    weekly dates slide (see `_slide_sql`) and memory stays bounded at any population size.
+    DuckDB may use up to MEMORY_LIMIT and spills to disk beyond it.
+    """
     if not as_ofs:
         raise WobbleError("give at least one as-of date")
     t0 = time.perf_counter()
     cat = load_catalogue(cfg.features_dir)
     as_ofs = sorted(set(as_ofs))
-    sql = compile_sql(cat, as_ofs)
     with connect(cfg.warehouse, wait_seconds=wait_seconds) as con:
         if not scalar(con, "SELECT count(*) FROM persons"):
             raise WobbleError("the warehouse has no persons: run `wobble ingest` first")
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute("SET preserve_insertion_order = false")  # rows are keyed; order is not needed
+        people = scalar(con, "SELECT count(*) FROM persons WHERE NOT opted_out") or 1
+        groups = -(-people * len(as_ofs) // BATCH_ROWS)  # ceiling
+        systems = source_systems(con)
         with transaction(con):
-            con.execute(f"CREATE OR REPLACE TEMP TABLE new_snap AS {sql}")
-            _replace_snapshots(con, as_ofs)
-            rows = scalar(con, "SELECT count(*) FROM new_snap")
-    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0)
+            shared_tables(con, as_ofs)
+            _prepare_table(con, compile_sql(cat, as_ofs, systems, shared=True))
+            con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
+            for k in range(groups):
+                group = (k, groups) if groups > 1 else None
+                con.execute(f"INSERT INTO feature_snapshots "
+                            f"{compile_sql(cat, as_ofs, systems, shared=True, group=group)}")
+            rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
+                               f"WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
+    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, groups)
 
 
-def _replace_snapshots(con, as_ofs: list[date]) -> None:
-    """Swap in the new rows; if the catalogue's columns changed, the table is rebuilt."""
-    new_cols = [r[0] for r in con.execute("DESCRIBE new_snap").fetchall()]
+BATCH_ROWS = 2_000_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
+# (100,000 people × 13 weekly dates, 1.2 million rows in one group, peak at the 4 GB limit)
+MEMORY_LIMIT = "4GB"
+
+
+def _prepare_table(con, sql: str) -> None:
+    """Create `feature_snapshots` with the query's columns; rebuild it if the catalogue changed."""
+    rel = con.sql(sql)
+    new = list(zip(rel.columns, [str(t) for t in rel.types], strict=True))
     exists = scalar(con, "SELECT count(*) FROM information_schema.tables "
                          "WHERE table_name = 'feature_snapshots' AND table_type = 'BASE TABLE'")
     if exists:
-        old_cols = [r[0] for r in con.execute("DESCRIBE feature_snapshots").fetchall()]
-        if old_cols != new_cols:
-            con.execute("DROP TABLE feature_snapshots")
-            exists = False
-    if not exists:
-        con.execute("CREATE TABLE feature_snapshots AS SELECT * FROM new_snap")
-        return
-    con.execute("DELETE FROM feature_snapshots WHERE as_of IN (SELECT DISTINCT as_of FROM new_snap)")
-    con.execute("INSERT INTO feature_snapshots SELECT * FROM new_snap")
+        old = [(r[0], r[1]) for r in con.execute("DESCRIBE feature_snapshots").fetchall()]
+        if old == new:
+            return
+        con.execute("DROP TABLE feature_snapshots")
+    cols = ", ".join(f"{name} {typ}" for name, typ in new)
+    con.execute(f"CREATE TABLE feature_snapshots ({cols})")
 
 
 def weekly_as_ofs(end: date, weeks: int, step: int = 1) -> list[date]:
     """`weeks` Mondays ending at `end` (a Monday), `step` weeks apart, oldest first."""
-    from datetime import timedelta
-
     return sorted(end - timedelta(weeks=k * step) for k in range(weeks))
 
 
-AGE_BAND_SQL = age_band_sql("age")
+def catalogue_markdown(cat: Catalogue) -> str:
+    """The catalogue as Markdown (docs/features.md): one table per family."""
+    n_derived = sum(f.source == "derived" for f in cat.features)
+    lines = [
+        "# Feature catalogue",
+        "",
+        "<!-- Generated by `wobble features list --markdown > docs/features.md`; do not edit. -->",
+        "",
+        f"{len(cat.features)} columns of `feature_snapshots` in {len(cat.families)} families "
+        f"({len(cat.predictors)} are model inputs; {n_derived} are derived features from "
+        "`src/wobble/derived.py`). Each row of `feature_snapshots` is one person at one as-of date; "
+        "a record counts only if it was known before that date (`recorded_at < as_of`) and, for a "
+        "window of N days, happened in the N days before it. Tags are timed by when they were "
+        "recorded. *Blank* means missing, never zero.",
+        "",
+    ]
+    for family, description in cat.families:
+        feats = [f for f in cat.features if f.family == family]
+        if not feats:
+            continue
+        lines += [f"## {family}", "", description, "",
+                  "| column | what it says | unit | model input |", "|---|---|---|---|"]
+        for f in feats:
+            source = " (derived)" if f.source == "derived" else ""
+            unit = f.unit or "yes/no"  # an empty unit marks a 1/0 flag
+            text = f.description.replace("|", "\\|")
+            lines.append(f"| `{f.column}`{source} | {text} | {unit} | {'yes' if f.predictor else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
