@@ -178,8 +178,9 @@ def test_training_with_the_dask_estimator_is_sensible(tiny_world, tiny_trained, 
 
 
 def test_buckets_rebuild_the_single_machine_snapshots_and_a_missing_bucket_is_an_error(tiny_world, tmp_path):
-    """The partitioned build, run in-process: the same rows and column types as `build_features`;
-    a bucket that never came back stops the load (nothing lost silently)."""
+    """The partitioned build, run in-process: the same rows and column types as `build_features`,
+    team-wide figures included (a feed gap that only shows over the whole team, not in a bucket of
+    100 people); a bucket that never came back stops the load (nothing lost silently)."""
     from wobble.config import Dask, load_config
     from wobble.errors import WobbleError
     from wobble.features import build_features
@@ -187,16 +188,22 @@ def test_buckets_rebuild_the_single_machine_snapshots_and_a_missing_bucket_is_an
     from wobble.scale import bucket_snapshots, export_persons, load_snapshots
 
     cfg = load_config(copy_tree(tiny_world, tmp_path / "w") / "wobble.toml")
-    cfg = cfg.model_copy(update={"dask": Dask(buckets=3, partitions=tmp_path / "parts")})
+    cfg = cfg.model_copy(update={"dask": Dask(buckets=30, partitions=tmp_path / "parts")})
     last = as_of_for(cfg, None)
     as_ofs = [last - timedelta(weeks=5), last]
+    with duckdb.connect(str(cfg.warehouse)) as con:  # the busiest system sends nothing for six weeks
+        con.execute("DELETE FROM contacts WHERE source_system = (SELECT mode(source_system) FROM contacts) "
+                    "AND occurred_at >= ?::DATE - INTERVAL 80 DAY AND occurred_at < ?::DATE - INTERVAL 35 DAY",
+                    [last, last])
     build_features(cfg, as_ofs)
     query = "SELECT * FROM feature_snapshots ORDER BY as_of, person_id"
     with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
         one, types = con.execute(query).fetchall(), con.execute("DESCRIBE feature_snapshots").fetchall()
+        gap = con.execute("SELECT sum(team_feed_gap_3m) FROM feature_snapshots WHERE as_of = ?", [last]).fetchall()
+    assert gap[0][0] > 0, "the injected gap should show in the team-wide feature"
 
     parts = export_persons(cfg, as_ofs)
-    assert parts.buckets == (0, 1, 2)
+    assert len(parts.buckets) == 30 and parts.shared
     files = [bucket_snapshots(cfg, parts, k) for k in parts.buckets]
     with pytest.raises(WobbleError, match="missing"):
         load_snapshots(cfg, parts, files[:-1])
