@@ -5,8 +5,8 @@ tags to Parquet, partitioned by a hash bucket of person_id; `bucket_snapshots` c
 bucket's snapshots with `features.compute_snapshots` on an in-memory DuckDB holding only that
 bucket; `load_snapshots` loads every bucket into `feature_snapshots` in one writer. Figures that need
 more than one person (a team's data feed, say) are computed once, centrally, by the feature
-library's `shared_tables` where it has one, and every bucket reads the same values, so the result is
-the single-machine build's, row for row.
+library's `shared_tables`, and every bucket reads the same values, so the result is the
+single-machine build's, row for row.
 
 Scoring and explaining are partitioned by team: `export_teams` writes each team's scoring rows,
 `score_team` scores and explains one team (every figure is within a team) and `load_scores` writes
@@ -75,7 +75,7 @@ def export_persons(cfg: Config, as_ofs: list[date]) -> PersonBuckets:
     Grain: one folder per table and bucket (`contacts/bucket=3/…`), each row exactly once; an
     empty file per table giving its column types; and the cross-person tables, whole.
     """
-    from wobble import features
+    from wobble.features import shared_tables
 
     if not as_ofs:
         raise WobbleError("give at least one as-of date")
@@ -91,12 +91,11 @@ def export_persons(cfg: Config, as_ofs: list[date]) -> PersonBuckets:
             con.execute(f"COPY (SELECT * FROM {table} LIMIT 0) TO '{folder / table}.schema.parquet' (FORMAT parquet)")
             con.execute(f"COPY (SELECT *, hash(person_id) % {n} AS bucket FROM {table}) "
                         f"TO '{folder / table}' (FORMAT parquet, PARTITION_BY (bucket))")
-        if hasattr(features, "shared_tables"):  # cross-person figures: computed once, here
-            before = _temp_tables(con)
-            features.shared_tables(con, as_ofs)
-            for name in sorted(_temp_tables(con) - before):
-                con.execute(f"COPY {name} TO '{folder / name}.shared.parquet' (FORMAT parquet)")
-                shared.append(name)
+        before = _temp_tables(con)
+        shared_tables(con, as_ofs)  # cross-person figures (a team's data feed): computed once, here
+        for name in sorted(_temp_tables(con) - before):
+            con.execute(f"COPY {name} TO '{folder / name}.shared.parquet' (FORMAT parquet)")
+            shared.append(name)
     buckets = sorted(int(p.name.split("=", 1)[1]) for p in (folder / "persons").glob("bucket=*"))
     return PersonBuckets(folder, tuple(as_ofs), tuple(buckets), tuple(shared), int(persons))
 
@@ -128,7 +127,7 @@ def bucket_snapshots(cfg: Config, parts: PersonBuckets, bucket: int) -> Path:
         for name in parts.shared:
             path = parts.folder / f"{name}.shared.parquet"
             con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM read_parquet('{path}')")
-        frame = compute_snapshots(con, cat, list(parts.as_ofs), **({"shared": True} if parts.shared else {}))
+        frame = compute_snapshots(con, cat, list(parts.as_ofs), shared=bool(parts.shared))
         con.register("_frame", frame)
         con.execute(f"COPY _frame TO '{out}' (FORMAT parquet)")
     finally:
