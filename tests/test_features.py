@@ -413,9 +413,14 @@ def test_snapshots_for_many_dates_equal_snapshots_one_date_at_a_time(contacts_in
 
 
 
-def test_building_in_groups_of_people_equals_one_query(ingested, tmp_path, monkeypatch):
-    """`build_features` splits people into groups when people × dates is large; the snapshots
-    it writes must equal one query over everyone."""
+@pytest.mark.parametrize("batch_rows, passes", [
+    (40_000, 2),   # about 19,000 people: two dates in one pass, then the third
+    (25_000, 3),   # one date per pass
+    (8_000, 9),    # one date per pass, people in three groups
+])
+def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, batch_rows, passes):
+    """`build_features` takes dates in batches and people in groups when people × dates is
+    large; the snapshots it writes must equal one query over everyone."""
     from polars.testing import assert_frame_equal
 
     from wobble import features
@@ -428,9 +433,9 @@ def test_building_in_groups_of_people_equals_one_query(ingested, tmp_path, monke
     shutil.copy(cfg0.warehouse, tmp_path / cfg0.warehouse.name)
     cfg = load_config(tmp_path / "wobble.toml")
     dates = features.weekly_as_ofs(cfg.wobble.as_of, 3)
-    monkeypatch.setattr(features, "BATCH_ROWS", 25_000)  # about 20,000 people × 3 dates: 3 groups
+    monkeypatch.setattr(features, "BATCH_ROWS", batch_rows)
     result = features.build_features(cfg, dates)
-    assert result.batches == 3
+    assert result.batches == passes
     with connect(cfg.warehouse) as con:
         built = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
         whole = features.compute_snapshots(con, CAT, dates)

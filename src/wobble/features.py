@@ -955,9 +955,9 @@ def shared_tables(con, as_ofs: list[date]) -> None:
 def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0) -> FeaturesResult:
     """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates.
 
-    People are taken in groups (by a hash of `person_id`) of about BATCH_ROWS snapshot rows,
-    every as-of date at once for each group: one pass over the group's records, so that
-    weekly dates slide (see `_slide_sql`) and memory stays bounded at any population size.
+    Passes of about BATCH_ROWS snapshot rows (see `_passes`): consecutive dates together, so
+    that weekly dates slide (see `_slide_sql`), and people in groups by a hash of `person_id`
+    only when one date alone is too many rows, so that memory stays bounded at any size.
     DuckDB may use up to MEMORY_LIMIT and spills to disk beyond it.
     """
     if not as_ofs:
@@ -971,24 +971,36 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET preserve_insertion_order = false")  # rows are keyed; order is not needed
         people = scalar(con, "SELECT count(*) FROM persons WHERE NOT opted_out") or 1
-        groups = -(-people * len(as_ofs) // BATCH_ROWS)  # ceiling
         systems = source_systems(con)
+        passes = 0
         with transaction(con):
             shared_tables(con, as_ofs)
             _prepare_table(con, compile_sql(cat, as_ofs, systems, shared=True))
             con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
-            for k in range(groups):
+            for dates, (k, groups) in _passes(people, as_ofs):
                 group = (k, groups) if groups > 1 else None
                 con.execute(f"INSERT INTO feature_snapshots "
-                            f"{compile_sql(cat, as_ofs, systems, shared=True, group=group)}")
+                            f"{compile_sql(cat, dates, systems, shared=True, group=group)}")
+                passes += 1
             rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
                                f"WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
-    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, groups)
+    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, passes)
 
 
-BATCH_ROWS = 2_000_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
-# (100,000 people × 13 weekly dates, 1.2 million rows in one group, peak at the 4 GB limit)
+BATCH_ROWS = 1_200_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
+# (100,000 people × 12 weekly dates, or 1,000,000 people at one date, peak near the 4 GB limit;
+# more rows in one pass ran out of memory at 1,000,000 people × 13 dates, even at 12 GB)
 MEMORY_LIMIT = "4GB"
+
+
+def _passes(people: int, as_ofs: list[date]) -> list[tuple[list[date], tuple[int, int]]]:
+    """The (as-of dates, (group k, of n groups of people)) of each pass, at most about BATCH_ROWS
+    rows each: consecutive dates together while they fit (weekly counts slide within a pass),
+    and people split by hash only when one date alone does not fit."""
+    per_pass = max(1, BATCH_ROWS // people)
+    groups = -(-people // BATCH_ROWS) if per_pass == 1 else 1  # ceiling
+    batches = [as_ofs[i:i + per_pass] for i in range(0, len(as_ofs), per_pass)]
+    return [(dates, (k, groups)) for dates in batches for k in range(groups)]
 
 
 def _prepare_table(con, sql: str) -> None:

@@ -231,18 +231,31 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
         return sorted(rows, key=lambda r: -r["psi"])
 
     score = _score_drift(con, features, ref, cur, n_ref, n_cur, booster, calibrator, m)
+    gaps = _feed_gaps(con, as_of)
     teams = []
     for t in score.pop("teams"):
         if t["team"] in sides["ref"] and t["team"] in sides["cur"]:
             judged = sizes[t["team"]] >= MIN_TEAM_PEOPLE
             t["features"] = [r for r in compare(t["team"]) if r["level"] != "ok"] if judged else []
             t["people"], t["judged"] = sizes[t["team"]], judged
+            t["feed_gap"] = gaps.get(t["team"], "none")
             if not judged:
                 t["level"] = "ok"
             teams.append(t)
     return {"ref_dates": [d.isoformat() for d in ref_dates], "as_of": as_of.isoformat(),
             "n_ref": int(n_ref), "n_cur": int(n_cur), "features": compare(None), "score": score,
             "teams": teams}
+
+
+def _feed_gaps(con, as_of: date) -> dict[str, str]:
+    """Per team at `as_of`: 'ongoing' when one of its usual feeds is quiet in the last 30 days,
+    'resumed' when one went quiet earlier in the last year and has since come back (yearly inputs
+    still show the hole), 'none' otherwise; by the same rule as the team_feed_gap features."""
+    from wobble.features import team_feed_sql
+
+    rows = con.execute(team_feed_sql(f"[DATE '{as_of.isoformat()}']")).fetchall()
+    return {team: "ongoing" if 0 in quiet else "resumed" if quiet else "none"
+            for team, _, quiet in rows if quiet is not None}
 
 
 def _description(cat, feature: str) -> str:
@@ -302,9 +315,18 @@ def _drift_findings(drift: dict, m) -> list[Finding]:
         head = (f"the risk scores shifted (PSI {t['psi']:.2f}, average risk {_pct(t['ref_mean'])} then, "
                 f"{_pct(t['cur_mean'])} now)" if t["level"] != "ok" else
                 f"{n} input{'s' if n > 1 else ''} shifted though the risk scores held (PSI {t['psi']:.2f})")
+        text = f"In team {t['team']}, {head}" + (f"; the inputs that moved most there: {moved}" if moved else "")
+        if t["level"] == "ok" and t.get("feed_gap") == "resumed":
+            # The scores held and the cause is known and over: its lists already carry the caveat.
+            out.append(Finding(
+                "watch", "drift",
+                text + ". One of the team's data feeds went quiet earlier in the year and has since resumed, "
+                "so inputs that look back a year still show the hole.",
+                "Its lists already say some contacts may be missing. Ask the source whether it can send the "
+                "missing months; the shift fades as the gap leaves the 12-month window."))
+            continue
         out.append(Finding(
-            "act" if "act" in levels else "watch", "drift",
-            f"In team {t['team']}, {head}" + (f"; the inputs that moved most there: {moved}" if moved else "") + ".",
+            "act" if "act" in levels else "watch", "drift", text + ".",
             "A change in one team usually means one of its data feeds changed or stopped, not its people; "
             "check the team's sources before trusting its list."))
     for level in ("act", "watch"):
