@@ -22,17 +22,41 @@ for _var, _val in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISAB
                    ("DO_NOT_TRACK", "true")):
     os.environ.setdefault(_var, _val)
 
-from prefect import task  # noqa: E402
+from prefect import task, unmapped  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 
-def task_runner():
-    """The task runner for every wobble flow: Prefect's thread pool, on this machine."""
-    from prefect.task_runners import ThreadPoolTaskRunner
+def task_runner(address: str | None = None):
+    """The task runner for every wobble flow: Prefect's thread pool on this machine or, given a Dask
+    scheduler's address, prefect-dask's DaskTaskRunner on that cluster (only then is Dask imported)."""
+    if not address:
+        from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=2)
+        return ThreadPoolTaskRunner(max_workers=2)
+    import sys
+
+    import cloudpickle
+    from prefect_dask import DaskTaskRunner
+
+    # Workers have wobble installed but not this folder: send its modules' code with each task.
+    here = Path(__file__).resolve().parent
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().parent == here and module.__name__ != "__main__":
+            cloudpickle.register_pickle_by_value(module)
+    return DaskTaskRunner(address=address)
+
+
+def dask_address(config: str, given: str | None = None) -> str | None:
+    """The Dask scheduler to use: the one given (`--dask`), else the config's `[dask] address`, else none."""
+    return given or _cfg(config).dask.address
+
+
+def on(flow, address: str | None):
+    """The flow as it runs with `address`'s task runner: unchanged without one."""
+    return flow.with_options(task_runner=task_runner(address)) if address else flow
 
 
 def transient(task, task_run, state) -> bool:
@@ -142,14 +166,123 @@ def build_snapshots(config: str, as_of: date, version: str) -> dict:
     return build_features(_cfg(config), [as_of], wait_seconds=60).summary()
 
 
+# --- the same stages, partitioned for a Dask cluster (wobble.scale) -------------------------------
+# Export and load steps run in the flow's own process (the warehouse has one writer); the steps
+# between are mapped over buckets or teams and run on the Dask workers. No caching: inputs are
+# Parquet folders and models, not worth hashing.
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def export_person_buckets(config: str, as_of: date):
+    """Persons, contacts and tags as Parquet, bucketed by person (and the cross-person tables)."""
+    from wobble.scale import export_persons
+
+    return export_persons(_cfg(config), [as_of])
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def bucket_snapshots(config: str, parts, bucket: int) -> Path:
+    """One bucket's feature snapshots, on a Dask worker."""
+    from wobble.scale import bucket_snapshots as compute
+
+    return compute(_cfg(config), parts, bucket)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def load_bucket_snapshots(config: str, parts, files: list[Path]) -> dict:
+    """Every bucket's snapshots into the warehouse, in one transaction."""
+    from wobble.scale import load_snapshots
+
+    return load_snapshots(_cfg(config), parts, files).summary()
+
+
+def snapshots_on_dask(config: str, as_of: date) -> dict:
+    """Feature snapshots at `as_of`, one task per person bucket; called inside a flow run on Dask."""
+    parts = export_person_buckets(config, as_of)
+    files = bucket_snapshots.map(config, unmapped(parts), list(parts.buckets))
+    return load_bucket_snapshots(config, parts, files)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def champion_model(config: str, model: str | None):
+    """The approved champion of the model, loaded once for every team's task."""
+    from wobble.approve import champion
+    from wobble.scale import load_model
+
+    cfg, name = _cfg(config), _model(config, model)
+    return load_model(cfg, name, champion(cfg, name))
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def export_team_rows(config: str, scoring, as_of: date):
+    """Each team's scoring rows at the as-of date, as Parquet."""
+    from wobble.scale import export_teams
+
+    return export_teams(_cfg(config), scoring, as_of)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def score_team(config: str, parts, team: str, scoring) -> Path:
+    """Score one team and explain its listed people, on a Dask worker."""
+    from wobble.scale import score_team as compute
+
+    return compute(_cfg(config), parts, team, scoring)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def load_team_scores(config: str, parts, scoring, folders: list[Path]):
+    """Every team's scores and explanations into the warehouse, in one transaction."""
+    from wobble.scale import load_scores
+
+    return load_scores(_cfg(config), parts, scoring, folders)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def prepare_team_lists(config: str, as_of: date, scored):
+    """Reasons, caveats and each team's list rows from the scores, written to the warehouse."""
+    from wobble.publish import prepare_lists
+
+    return prepare_lists(_cfg(config), model=scored.model_name, version=scored.model_version, as_of=as_of,
+                         scored=scored)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def write_team_page(page):
+    """One team's list page and CSV, on a Dask worker."""
+    from wobble.publish import write_team_page as write
+
+    return write(page)
+
+
+@task(cache_policy=NO_CACHE, **RETRY)
+def finish_team_lists(lists, written) -> dict:
+    """The publish summary once every team's page is written (and its artifacts)."""
+    from wobble.publish import finish_lists
+
+    return finish_lists(lists, written).summary()
+
+
+def lists_on_dask(config: str, as_of: date, model: str | None) -> dict:
+    """Score, explain and publish at `as_of`, one task per team for scoring and for pages;
+    called inside a flow run on Dask."""
+    scoring = champion_model(config, model)
+    parts = export_team_rows(config, scoring, as_of)
+    folders = score_team.map(config, unmapped(parts), list(parts.teams), unmapped(scoring))
+    scored = load_team_scores(config, parts, scoring, folders)
+    lists = prepare_team_lists(config, as_of, scored)
+    return finish_team_lists(lists, write_team_page.map(lists.pages))
+
+
 @task(**RETRY)
-def train_model(config: str, model: str | None) -> dict:
-    """Train, evaluate and register a new model version with its card; never approve it."""
+def train_model(config: str, model: str | None, dask: str | None = None) -> dict:
+    """Train, evaluate and register a new model version with its card; never approve it.
+
+    `dask`: a scheduler's address, to fit with LightGBM's Dask estimator on that cluster."""
     from wobble.config import pseudonym_key
     from wobble.train import train
 
     cfg = _cfg(config)
-    return train(cfg, _model(config, model), key=pseudonym_key(cfg)).summary()
+    return train(cfg, _model(config, model), key=pseudonym_key(cfg), dask=dask).summary()
 
 
 @task(**RETRY)

@@ -32,6 +32,9 @@ err = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to wobble.toml.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")]
+DaskOpt = Annotated[str | None, typer.Option(
+    "--dask", metavar="tcp://HOST:PORT",
+    help="A Dask scheduler to scale out on (default: dask.address in the config, if any).")]
 
 
 def _date(value: str) -> date:
@@ -243,8 +246,9 @@ def train(
         help="Use only the latest N training as-of dates (quicker runs, benchmarks).", min=1)] = None,
     config: ConfigOpt = Path("wobble.toml"),
     as_json: JsonOpt = False,
+    dask: DaskOpt = None,
 ) -> None:
-    """Train, evaluate and register a model; write its model card."""
+    """Train, evaluate and register a model; write its model card (on a Dask cluster with --dask)."""
     from wobble.pipeline import stage_train
     from wobble.runs import RunSummary
 
@@ -252,7 +256,8 @@ def train(
     key = key_of(cfg)
     summary = RunSummary("train")
     with _Progress() as p:
-        result = stage_train(cfg, model, key, summary, p.say, max_train_dates=max_train_dates)
+        result = stage_train(cfg, model, key, summary, p.say, max_train_dates=max_train_dates,
+                             dask=_dask_address(dask, cfg))
     m = result.metrics
     _finish(summary, cfg.outputs, as_json, [
         f"{model} version {result.model_version}: AUROC {m['auroc']:.3f} "
@@ -344,13 +349,20 @@ def run(
     as_of: Annotated[str | None, typer.Option("--as-of", help="As-of date (default: latest data).")] = None,
     config: ConfigOpt = Path("wobble.toml"),
     as_json: JsonOpt = False,
+    dask: DaskOpt = None,
 ) -> None:
-    """The weekly path: ingest → features → score → publish from the champion → monitor (exit 1 if flagged)."""
+    """The weekly path: ingest → features → score → publish from the champion → monitor (exit 1 if flagged).
+
+    With a Dask scheduler (--dask, or the config's) it runs as the weekly Prefect flow on that cluster."""
     from wobble.pipeline import run_weekly
     from wobble.runs import RunSummary
 
     cfg, key_of = _load(config)
     key = key_of(cfg)
+    address = _dask_address(dask, cfg)
+    if address:
+        _run_weekly_flow(config, as_of, address, as_json)
+        return
     summary = RunSummary("run")
     with _Progress() as p:
         run_weekly(cfg, key, summary, p.say, as_of=_date(as_of) if as_of else None)
@@ -381,6 +393,58 @@ def monitor(
         st = stage_monitor(cfg, model or cfg.wobble.models[0], _date(as_of) if as_of else None, summary, p.say)
     _finish(summary, cfg.outputs, as_json, _monitor_lines(st))
     if st["flagged"]:
+        raise typer.Exit(1)
+
+
+def _dask_address(given: str | None, cfg) -> str | None:
+    """--dask, checked as the config's address is, else the config's `[dask] address`."""
+    if given:
+        from wobble.config import Dask
+
+        try:
+            return Dask(address=given).address
+        except ValueError:
+            raise WobbleError(f"--dask {given}: not a Dask scheduler address (e.g. tcp://10.0.0.5:8786)") from None
+    return cfg.dask.address
+
+
+def _reachable(address: str) -> None:
+    """A one-line error, before any flow starts, when nothing listens at the scheduler's address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(address)
+    if where.scheme in ("tcp", "tls"):
+        try:
+            socket.create_connection((where.hostname, where.port or 8786), timeout=10).close()
+        except OSError as exc:
+            raise WobbleError(f"cannot reach the Dask scheduler at {address} ({exc.strerror or exc}); "
+                              "is `dask scheduler` running there?") from None
+
+
+def _run_weekly_flow(config: Path, as_of: str | None, address: str, as_json: bool) -> None:
+    """`wobble run` on a Dask cluster: flows/weekly.py's flow, whose summary it prints."""
+    import importlib.util
+
+    from wobble.config import project_dir
+
+    _reachable(address)
+    path = project_dir() / "flows" / "weekly.py"
+    spec = importlib.util.spec_from_file_location("weekly", path)
+    weekly = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weekly)
+    try:
+        result = weekly.weekly(config=str(config.resolve()), as_of=as_of or "latest", dask=address,
+                               return_state=True).result()
+    except OSError as exc:  # the scheduler is unreachable, or went away
+        raise WobbleError(f"Dask scheduler at {address}: {exc}; is `dask scheduler` running there?") from None
+    summary = json.loads(Path(result["summary_path"]).read_text(encoding="utf-8"))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    for line in [*_list_lines(result["publish"]), *_monitor_lines(result["monitor"]),
+                 f"run summary: {result['summary_path']}"]:
+        err.print(line, highlight=False, soft_wrap=True)
+    if result["monitor"]["flagged"]:
         raise typer.Exit(1)
 
 

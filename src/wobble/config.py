@@ -7,6 +7,7 @@ error names the block and key that is wrong, e.g. ``sources.gp_appointments.colu
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -175,6 +176,25 @@ class Monitor(_Strict):
         return self
 
 
+class Dask(_Strict):
+    """Scale-out (README, "Scaling out on Dask"): a Dask scheduler every flow may send work to.
+
+    Without an address everything runs on this machine and nothing of Dask is imported.
+    `partitions` must be a folder every worker can read and write (shared storage).
+    """
+
+    address: str | None = None  # e.g. "tcp://10.0.0.5:8786"
+    partitions: Path = Path("data/partitions")
+    buckets: int = Field(default=16, ge=1, le=4096)  # person buckets: one feature task each
+
+    @field_validator("address")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(tcp|tls|inproc|ucx)://\S+$", v):
+            raise ValueError(f"{v!r} is not a Dask scheduler address (e.g. tcp://10.0.0.5:8786)")
+        return v or None
+
+
 class Config(_Strict):
     """The parsed `wobble.toml`, with paths made absolute against `root`."""
 
@@ -186,6 +206,7 @@ class Config(_Strict):
     ingest: Ingest = Ingest()
     teams: Teams = Teams()
     monitor: Monitor = Monitor()
+    dask: Dask = Dask()
 
     def path(self, p: Path | str) -> Path:
         p = Path(p)
@@ -206,6 +227,10 @@ class Config(_Strict):
     @property
     def truth(self) -> Path | None:
         return self.path(self.paths.truth) if self.paths.truth else None
+
+    @property
+    def partitions_dir(self) -> Path:
+        return self.path(self.dask.partitions)
 
     @property
     def features_dir(self) -> Path:

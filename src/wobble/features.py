@@ -929,9 +929,12 @@ class FeaturesResult:
                 "features": self.columns, "batches": self.batches, "seconds": round(self.seconds, 2)}
 
 
-def compute_snapshots(con, cat: Catalogue, as_ofs: list[date]) -> pl.DataFrame:
-    """The snapshot rows for `as_ofs` as a DataFrame, without writing anything."""
-    sql = compile_sql(cat, sorted(set(as_ofs)), source_systems(con))
+def compute_snapshots(con, cat: Catalogue, as_ofs: list[date], *, shared: bool = False) -> pl.DataFrame:
+    """The snapshot rows for `as_ofs` as a DataFrame, without writing anything.
+
+    `shared`: the tables of `shared_tables` are already on `con`, computed over everyone (as for
+    one bucket of people on a Dask worker: wobble.scale)."""
+    sql = compile_sql(cat, sorted(set(as_ofs)), source_systems(con), shared=shared)
     return con.sql(sql + " ORDER BY as_of, person_id").pl()
 
 

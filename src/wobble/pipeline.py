@@ -65,11 +65,11 @@ def stage_features(cfg: Config, as_ofs: list[date], summary: RunSummary, say: Sa
 
 
 def stage_train(cfg: Config, model: str, key: bytes | None, summary: RunSummary, say: Say,
-                max_train_dates: int | None = None):
+                max_train_dates: int | None = None, dask: str | None = None):
     from wobble.train import train
 
     with summary.stage("train") as s:
-        result = train(cfg, model, key=key, progress=say, max_train_dates=max_train_dates)
+        result = train(cfg, model, key=key, progress=say, max_train_dates=max_train_dates, dask=dask)
         s.update(result.summary())
     summary.output("model_card", result.card_md)
     if result.card_html:

@@ -85,15 +85,52 @@ class PublishResult:
         }
 
 
-def publish(cfg: Config, *, model: str, version: str, as_of: date) -> PublishResult:
-    """Build and write every team's list at `as_of` from an approved model version."""
+def publish(cfg: Config, *, model: str, version: str, as_of: date, scored=None) -> PublishResult:
+    """Build and write every team's list at `as_of` from an approved model version.
+
+    `scored`: the ScoreResult of scores and explanations already written for this version and date
+    (by team, on a Dask cluster: wobble.scale); without it, `score.score` writes them first.
+    """
+    lists = prepare_lists(cfg, model=model, version=version, as_of=as_of, scored=scored)
+    return finish_lists(lists, [write_team_page(page) for page in lists.pages])
+
+
+@dataclass
+class TeamPage:
+    """What one team's page and CSV are made of: `write_team_page` writes them, in any process."""
+
+    cfg: Config
+    team: str
+    rows: list[dict]  # the team's huddle_lists rows, by rank
+    context: dict  # its huddle_list_context row
+    outcomes: dict  # person_id → the last huddle outcome for them
+    team_caveats: list[str]
+    spec: object
+    approval: Approval
+    csv: Path
+    html: Path
+
+
+@dataclass
+class PreparedLists:
+    """Every team's list, written to the warehouse; the pages are still to write."""
+
+    result: PublishResult
+    rows: pl.DataFrame
+    contexts: dict[str, dict]
+    pages: list[TeamPage]
+    started: float
+
+
+def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=None) -> PreparedLists:
+    """Score (unless `scored`), choose reasons and caveats, write `huddle_lists` and its context."""
     from wobble.score import score
 
     t0 = time.perf_counter()
     with connect(cfg.warehouse, read_only=True) as con:
         approval = require_approval(con, model, version)
     spec = load_spec(cfg.models_dir, model)
-    scored = score(cfg, model=model, version=version, as_of=as_of)
+    scored = scored or score(cfg, model=model, version=version, as_of=as_of)
     cat = load_catalogue(cfg.features_dir)
     with connect(cfg.warehouse) as con:
         listed = _listed(con, cfg, model, version, as_of)
@@ -127,18 +164,32 @@ def publish(cfg: Config, *, model: str, version: str, as_of: date) -> PublishRes
     out = cfg.outputs / "lists" / as_of.isoformat()
     out.mkdir(parents=True, exist_ok=True)
     contexts = {c["team_id"]: c for c in context.to_dicts()}
-    for team in sorted(rows["team_id"].unique().to_list()):  # one page per team
-        team_rows = rows.filter(pl.col("team_id") == team).sort("rank").to_dicts()
-        people = [person_view(r, spec.target.horizon_days, outcomes.get((team, r["person_id"])),
-                              team_caveats.get(team, [])) for r in team_rows]
-        header = list_header(cfg, contexts[team], spec, approval, len(people))
-        csv_path, html_path = out / f"{team}.csv", out / f"{team}.html"
-        _write_csv(csv_path, people, approval.demo)
-        html_path.write_text(ENV.get_template("list.html.j2").render(h=header, people=people), encoding="utf-8")
-        result.lists.append(TeamList(team, len(people), csv_path, html_path))
-    result.seconds = time.perf_counter() - t0
+    pages = [TeamPage(cfg, team, rows.filter(pl.col("team_id") == team).sort("rank").to_dicts(), contexts[team],
+                      {p: o for (t, p), o in outcomes.items() if t == team}, team_caveats.get(team, []), spec,
+                      approval, out / f"{team}.csv", out / f"{team}.html")
+             for team in sorted(rows["team_id"].unique().to_list())]  # one page per team
+    return PreparedLists(result, rows, contexts, pages, t0)
+
+
+def write_team_page(page: TeamPage) -> TeamList:
+    """One team's page (HTML) and CSV."""
+    people = [person_view(r, page.spec.target.horizon_days, page.outcomes.get(r["person_id"]), page.team_caveats)
+              for r in page.rows]
+    header = list_header(page.cfg, page.context, page.spec, page.approval, len(people))
+    _write_csv(page.csv, people, page.approval.demo)
+    page.html.write_text(ENV.get_template("list.html.j2").render(h=header, people=people), encoding="utf-8")
+    return TeamList(page.team, len(people), page.csv, page.html)
+
+
+def finish_lists(lists: PreparedLists, written: list[TeamList]) -> PublishResult:
+    """The publish result once every page is written; in a Prefect run, its artifacts too."""
+    if sorted(t.team for t in written) != [p.team for p in lists.pages]:
+        raise WobbleError("a team's list page was not written")
+    result = lists.result
+    result.lists = sorted(written, key=lambda t: t.team)
+    result.seconds = time.perf_counter() - lists.started
     if _in_prefect_run():
-        _prefect_artifacts(result, rows, contexts)
+        _prefect_artifacts(result, lists.rows, lists.contexts)
     return result
 
 

@@ -65,14 +65,33 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
             "retrain it"
         )
     with connect(cfg.warehouse, read_only=True) as con:
-        frame = con.sql(f"""
-            SELECT person_id, team_id, {', '.join(features)} FROM feature_snapshots
-            WHERE as_of = DATE '{as_of.isoformat()}'
-              AND age BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}
-            ORDER BY person_id
-        """).pl()
+        frame = con.sql(cohort_frame_sql(spec, features, as_of)).pl()
     if frame.height == 0:
         raise WobbleError(f"nobody in the cohort at {as_of}")
+    scores, expl = score_rows(cfg, frame, features, booster, calibrator)
+    with connect(cfg.warehouse) as con:
+        write_scores(con, model, str(version), as_of, scores, expl)
+    return ScoreResult(model, str(version), as_of, frame.height, expl.height // max(1, len(features)),
+                       time.perf_counter() - t0)
+
+
+def cohort_frame_sql(spec, features: list[str], as_of: date) -> str:
+    """The snapshot rows a model scores at `as_of`: its cohort's ages, ordered by person."""
+    return f"""
+        SELECT person_id, team_id, {', '.join(features)} FROM feature_snapshots
+        WHERE as_of = DATE '{as_of.isoformat()}'
+          AND age BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}
+        ORDER BY person_id"""
+
+
+def score_rows(cfg: Config, frame: pl.DataFrame, features: list[str], booster, calibrator
+               ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(scores, explanations) for whole teams' rows of `frame` (person_id, team_id, features, by person).
+
+    Scores: one row per person (risk, team_percentile, team_rank); explanations: one row per listed
+    person (team rank within the team's capacity) and feature. Every figure is within a team, so a
+    team scored alone gets exactly what it gets beside the others.
+    """
     X = frame.select(features).to_numpy().astype(np.float64)
     raw = booster.predict(X)
     scores = frame.select("person_id", "team_id").with_columns(
@@ -84,7 +103,8 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
         pl.col("_raw").rank("ordinal", descending=True).over("team_id").cast(pl.Int32).alias("team_rank"),
     )
     teams = scores["team_id"].unique().sort().to_list()
-    capacity = pl.DataFrame({"team_id": teams, "_cap": [cfg.teams.capacity_for(t) for t in teams]})
+    capacity = pl.DataFrame({"team_id": teams, "_cap": [cfg.teams.capacity_for(t) for t in teams]},
+                            schema={"team_id": pl.String, "_cap": pl.Int64})
     listed = scores.join(capacity, on="team_id").filter(pl.col("team_rank") <= pl.col("_cap"))
     idx = listed.join(frame.with_row_index("_i").select("person_id", "_i"), on="person_id")["_i"].to_numpy()
     contrib = booster.predict(X[idx], pred_contrib=True)[:, :-1]
@@ -93,13 +113,18 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
         "feature": np.tile(np.array(features), idx.size),
         "value": X[idx].ravel(),
         "contribution": contrib.ravel(),
-    })
-    with connect(cfg.warehouse) as con, transaction(con):
+    }, schema={"person_id": pl.String, "feature": pl.String, "value": pl.Float64, "contribution": pl.Float64})
+    return scores.select("person_id", "team_id", "risk", "team_percentile", "team_rank"), expl
+
+
+def write_scores(con, model: str, version: str, as_of: date, scores: pl.DataFrame, expl: pl.DataFrame) -> None:
+    """Replace the version's scores and explanations at `as_of`, in one transaction."""
+    with transaction(con):
         con.execute(EXPLANATIONS_DDL)
         params = [model, str(version), as_of]
         con.execute("DELETE FROM scores WHERE model_name = ? AND model_version = ? AND as_of = ?", params)
         con.execute("DELETE FROM explanations WHERE model_name = ? AND model_version = ? AND as_of = ?", params)
-        con.register("_scores", scores.select("person_id", "team_id", "risk", "team_percentile", "team_rank"))
+        con.register("_scores", scores)
         con.register("_expl", expl)
         con.execute(
             "INSERT INTO scores SELECT ?, ?, ?, person_id, team_id, risk, team_percentile, team_rank "
@@ -110,4 +135,5 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
             "INSERT INTO explanations SELECT ?, ?, ?, person_id, feature, "
             "CASE WHEN isnan(value) THEN NULL ELSE value END, contribution FROM _expl", params
         )
-    return ScoreResult(model, str(version), as_of, frame.height, int(idx.size), time.perf_counter() - t0)
+        con.unregister("_scores")
+        con.unregister("_expl")
