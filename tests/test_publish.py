@@ -63,6 +63,10 @@ def test_change_labels():
     (_feature("recorded as female", ""), 1, 1, "Recorded as female"),
     (_feature("days since the last crisis contact", "days"), None, 200,
      "Days since the last crisis contact: none on record"),
+    (_feature("days since the last missed appointment (blank: none in the last year)", "days"), 19, 167,
+     "19 days since the last missed appointment — typical in this team: 167"),
+    (_feature("contacts beyond the person's usual number (negative: fewer than usual)", "contacts"), -52, 0,
+     "-52 contacts beyond the person's usual number (negative: fewer than usual) — typical in this team: 0"),
 ])
 def test_reason_sentences(feature, value, typical, text):
     assert reason_sentence(feature, value, typical) == text

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -240,10 +241,14 @@ def _singular(desc: str) -> str:
     return desc
 
 
+_BLANK_NOTE = re.compile(r"\s*\(blank: [^)]*\)")
+
+
 def reason_sentence(feature, value: float | None, team_typical: float | None) -> str:
     """One plain sentence: the person's value, what it means, and what is typical in the team."""
     unit = feature.unit
-    desc = feature.description
+    # "(blank: none in the last year)" tells an analyst what an empty cell means; a reason has a value
+    desc = _BLANK_NOTE.sub("", feature.description)
     cap = desc[0].upper() + desc[1:]
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{cap}: none on record"
@@ -256,7 +261,7 @@ def reason_sentence(feature, value: float | None, team_typical: float | None) ->
         text = f"{_fmt_value(value, unit)} {_singular(desc) if value == 1 else desc}"
     known = team_typical is not None and not (isinstance(team_typical, float) and math.isnan(team_typical))
     if known and unit not in ("", "decile", "years"):
-        if team_typical == 0 and value != 0:
+        if team_typical == 0 and value > 0:
             text += " — most people in this team have none"
         else:
             text += f" — typical in this team: {_fmt_value(team_typical, unit)}"
