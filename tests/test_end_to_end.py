@@ -114,3 +114,20 @@ def test_help_does_not_import_heavy_libraries():
 def test_cli_basics(args):
     proc = run_wobble(*args)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_demo_key_follows_the_seed(tmp_path, monkeypatch):
+    """Without a key in the environment the demo derives one from its seed: same seed, same
+    pseudonyms and the same hash-chosen test people, run to run."""
+    from wobble.pipeline import demo_key
+
+    monkeypatch.delenv("WOBBLE_TEST_KEY_VAR", raising=False)
+    a, note = demo_key(tmp_path / "a", "WOBBLE_TEST_KEY_VAR", 7)
+    monkeypatch.delenv("WOBBLE_TEST_KEY_VAR")
+    b, _ = demo_key(tmp_path / "b", "WOBBLE_TEST_KEY_VAR", 7)
+    monkeypatch.delenv("WOBBLE_TEST_KEY_VAR")
+    c, _ = demo_key(tmp_path / "c", "WOBBLE_TEST_KEY_VAR", 8)
+    assert a == b != c and len(a) == 64 and "seed 7" in note
+    assert (tmp_path / "a" / ".wobble_key").read_bytes() == a
+    monkeypatch.setenv("WOBBLE_TEST_KEY_VAR", "from-the-environment-0123")
+    assert demo_key(tmp_path / "d", "WOBBLE_TEST_KEY_VAR", 7) == (b"from-the-environment-0123", None)

@@ -7,8 +7,8 @@ function calls one stage and records what it returned.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import secrets
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -20,23 +20,24 @@ from wobble.runs import RunSummary
 Say = Callable[[str], None]
 
 
-def demo_key(workdir: Path, env_var: str) -> tuple[bytes, str | None]:
-    """The key from the environment, else a random one kept in the demo's workdir.
+def demo_key(workdir: Path, env_var: str, seed: int) -> tuple[bytes, str | None]:
+    """The key from the environment, else the demo key for `seed`, kept in the demo's workdir.
 
-    Returns the key and, when it came from the workdir, a sentence saying so.
+    The demo key is derived from the seed so that a demo is the same run to run, pseudonyms and
+    the hash-chosen test people included (the data are synthetic; the key protects nothing real).
+    Returns the key and, when it is the demo key, a sentence saying so.
     """
     if os.environ.get(env_var):
         return os.environ[env_var].encode(), None
     path = workdir / ".wobble_key"
-    if not path.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(hashlib.sha256(f"wobble demo key, seed {seed}".encode()).hexdigest())
+    path.chmod(0o600)
     key = path.read_text().strip()
     os.environ[env_var] = key
     return key.encode(), (
-        f"{env_var} is not set: using a random demo key kept in {path} "
-        "(never use a demo key for real data)"
+        f"{env_var} is not set: using the demo key for seed {seed}, kept in {path} "
+        "(synthetic data only: never use a demo key for real data)"
     )
 
 
@@ -156,7 +157,7 @@ def run_demo(workdir: Path, persons: int, seed: int, summary: RunSummary, say: S
     config_path.write_text(demo_config("world", seed=seed), encoding="utf-8")
     summary.output("config", config_path)
     cfg = load_config(config_path)
-    key, note = demo_key(workdir, cfg.wobble.pseudonym_key_env)
+    key, note = demo_key(workdir, cfg.wobble.pseudonym_key_env, cfg.wobble.seed)
     if note:
         say(note)
         summary.set("key_note", note)
