@@ -31,9 +31,9 @@ def demo_key(workdir: Path, env_var: str, seed: int) -> tuple[bytes, str | None]
         return os.environ[env_var].encode(), None
     path = workdir / ".wobble_key"
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(hashlib.sha256(f"wobble demo key, seed {seed}".encode()).hexdigest())
+    key = hashlib.sha256(f"wobble demo key, seed {seed}".encode()).hexdigest()
+    path.write_text(key)
     path.chmod(0o600)
-    key = path.read_text().strip()
     os.environ[env_var] = key
     return key.encode(), (
         f"{env_var} is not set: using the demo key for seed {seed}, kept in {path} "
