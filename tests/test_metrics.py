@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
@@ -257,3 +259,17 @@ def test_estimate_is_a_percentile_interval():
     e = M.Estimate.of(0.5, np.linspace(0, 1, 1001))
     assert (e.value, e.low, e.high) == pytest.approx((0.5, 0.025, 0.975))
     assert math.isnan(M.Estimate.of(0.5, [0.1, 0.2]).low)  # too few replicates: no interval
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(10, 3000), positives=st.integers(0, 40), seed=st.integers(0, 2**16))
+def test_calibration_intervals_hold_their_observed_rate_inside_zero_and_one(n, positives, seed):
+    # A bin with no crises (or all crises) once gave a Wilson bound of -3e-18, which matplotlib
+    # refused to draw as an error bar: the card's calibration figure failed in CI.
+    rng = np.random.default_rng(seed)
+    y = np.zeros(n)
+    y[rng.choice(n, min(positives, n), replace=False)] = 1
+    curve = M.calibration_curve(y, rng.random(n))
+    low, obs, high = (np.array(curve[k]) for k in ("low", "observed", "high"))
+    assert (low >= 0).all() and (high <= 1).all()
+    assert (low <= obs).all() and (obs <= high).all()

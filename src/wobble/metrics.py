@@ -233,8 +233,11 @@ def calibration_curve(y, p, *, bins: int = 10) -> dict[str, list[float]]:
     rate, z = obs / n, 1.959964
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"predicted": (pred / n).tolist(), "observed": rate.tolist(), "low": (centre - half).tolist(),
-            "high": (centre + half).tolist(), "n": n.tolist()}
+    # Mathematically low <= rate <= high; at a rate of 0 or 1 rounding can cross by 1e-18, and a
+    # plotting library rightly refuses a negative error bar.
+    low, high = np.minimum(centre - half, rate).clip(0, 1), np.maximum(centre + half, rate).clip(0, 1)
+    return {"predicted": (pred / n).tolist(), "observed": rate.tolist(), "low": low.tolist(),
+            "high": high.tolist(), "n": n.tolist()}
 
 
 # --- the list: each team's top k --------------------------------------------------------------
