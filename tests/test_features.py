@@ -414,13 +414,13 @@ def test_snapshots_for_many_dates_equal_snapshots_one_date_at_a_time(contacts_in
 
 
 @pytest.mark.parametrize("batch_rows, passes", [
-    (40_000, 2),   # about 19,000 people: two dates in one pass, then the third
-    (25_000, 3),   # one date per pass
-    (8_000, 9),    # one date per pass, people in three groups
+    (100_000, 1),  # about 19,000 people × 3 dates: everyone in one pass
+    (40_000, 2),   # people in two groups, each with every date
+    (8_000, 8),    # … in eight
 ])
 def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, batch_rows, passes):
-    """`build_features` takes dates in batches and people in groups when people × dates is
-    large; the snapshots it writes must equal one query over everyone."""
+    """`build_features` takes people in groups when people × dates is large, and runs each
+    pass block by block; the snapshots it writes must equal one query over everyone."""
     from polars.testing import assert_frame_equal
 
     from wobble import features

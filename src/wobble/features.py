@@ -654,7 +654,6 @@ def _first_record_sql() -> str:
     the person's records joined.
     """
     return """
-        first_record AS (
             SELECT k.person_id, k.as_of,
                    CASE WHEN f.first_at < k.as_of THEN f.first_at END AS first_record_at
             FROM cohort k JOIN first_any f USING (person_id)
@@ -665,7 +664,7 @@ def _first_record_sql() -> str:
             LEFT JOIN contacts s ON s.person_id = k.person_id
              AND s.recorded_at < k.as_of AND s.occurred_at < k.as_of
             WHERE f.first_known_at >= k.as_of
-            GROUP BY k.person_id, k.as_of)"""
+            GROUP BY k.person_id, k.as_of"""
 
 
 QUIET_SHARE = 0.1  # a period is quiet when a usual source sends under 10% of its median
@@ -752,7 +751,18 @@ def _per_value_block(col: str, feats: list[tuple[str, PerValue]], guarded: str) 
 
 def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = SOURCE_SYSTEMS,
                 *, shared: bool = False, group: tuple[int, int] | None = None) -> str:
-    """One query returning (person_id, as_of, team_id, every feature) for all as-of dates.
+    """One query returning (person_id, as_of, team_id, every feature) for all as-of dates: the
+    blocks of `compile_steps` as CTEs before its final select."""
+    blocks, final = compile_steps(cat, as_ofs, systems, shared=shared, group=group)
+    return f"WITH {', '.join(f'{n} AS {m}({body})' for n, m, body in blocks)}\n{final}"
+
+
+def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = SOURCE_SYSTEMS, *,
+                  shared: bool = False, group: tuple[int, int] | None = None
+                  ) -> tuple[list[tuple[str, str, str]], str]:
+    """The feature query in steps: blocks (name, materialisation hint, SQL), each reading the
+    warehouse and earlier blocks by name, and a final select over them returning
+    (person_id, as_of, team_id, every feature) for all as-of dates.
 
     `systems` lists every `source_system` value in the data (for distinct counts by bit mask).
     With `shared`, the helper tables `first_any` and `team_feed` (see `shared_tables`) already
@@ -774,13 +784,13 @@ def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = S
     for f in cat.features + cat.inputs:
         by_source[f.source].append(f)
     helpers = {p for f in by_source["derived"] for p in f.inputs if p in derived_module.HELPER_COLUMNS}
-    ctes = [f"cohort AS ({cohort_sql(as_of_list)})"]
+    ctes: dict[str, tuple[str, str]] = {"cohort": ("", cohort_sql(as_of_list))}  # name → (hint, SQL)
     if group:
         if not shared:
             raise WobbleError("a group of people needs the shared tables (team_feed is over everyone)")
         k, n = group  # the tables, seen through CTEs of the same names holding group k only
-        ctes[:0] = [f"{t} AS NOT MATERIALIZED (SELECT * FROM main.{t} WHERE hash(person_id) % {n} = {k})"
-                    for t in ("persons", "contacts", "tags")]
+        ctes = {t: ("NOT MATERIALIZED ", f"SELECT * FROM main.{t} WHERE hash(person_id) % {n} = {k}")
+                for t in ("persons", "contacts", "tags")} | ctes
     joins: list[str] = []  # block joins onto the cohort
     parts_sql: dict[str, str] = {}  # part column → its value in the joined row
     part_block: dict[str, str] = {}  # part column → the block it comes from
@@ -788,7 +798,7 @@ def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = S
     features_sql: dict[str, str] = {}  # declared feature → its SQL over parts
 
     def add_block(alias: str, sql: str, names: list[str], on: str = "(person_id, as_of)") -> None:
-        ctes.append(f"{alias} AS ({sql})")
+        ctes[alias] = ("", sql)
         joins.append(f"LEFT JOIN {alias} USING {on}")
         part_block.update({n: alias for n in names})
         block_on[alias] = on
@@ -862,28 +872,29 @@ def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = S
             cond = _substitute(f.only_if, {c: _substitute(features_sql[c], parts_sql)
                                            for c in features_sql if c in f.only_if})
             needed = sorted({part_block[n] for n in _PART_REF.findall(cond)})
-            ctes.append(f"only_{source}_{k} AS MATERIALIZED (SELECT k.person_id, k.as_of FROM cohort k "
-                        + " ".join(f"LEFT JOIN {a} USING {block_on[a]}" for a in needed) + f" WHERE {cond})")
+            ctes[f"only_{source}_{k}"] = ("MATERIALIZED ", "SELECT k.person_id, k.as_of FROM cohort k "
+                                          + " ".join(f"LEFT JOIN {a} USING {block_on[a]}" for a in needed)
+                                          + f" WHERE {cond}")
             guarded = guarded_sql(source, as_of_list, f.reach_days, systems, predicates)
             add_block(f"{source}_{f.column}", _plain_block(
                 [(n, p.direct()) for n, p in group],
                 f"SELECT g.* FROM ({guarded}) g SEMI JOIN only_{source}_{k} USING (person_id, as_of)"),
                 [n for n, _ in group])
             parts_sql.update({n: n for n, _ in group})
-    for alias in {part_block[n] for c in ctes if c.startswith("only_") for n in _PART_REF.findall(c)}:
-        ctes[:] = [c.replace(f"{alias} AS (", f"{alias} AS MATERIALIZED (", 1) if c.startswith(f"{alias} AS (")
-                   else c for c in ctes]
+    for alias in {part_block[n] for c, (_, sql) in ctes.items() if c.startswith("only_")
+                  for n in _PART_REF.findall(sql)}:
+        ctes[alias] = ("MATERIALIZED ", ctes[alias][1])
     layer1 = [f"{sql} AS {n}" for n, sql in parts_sql.items()]
     layer1 += [f"({f.sql}) AS {f.column}" for f in by_source["persons"]]
     if "first_record_at" in helpers:
         if not shared:
-            ctes.append(f"first_any AS ({FIRST_ANY_SQL})")
-        ctes.append(_first_record_sql())
+            ctes["first_any"] = ("", FIRST_ANY_SQL)
+        ctes["first_record"] = ("", _first_record_sql())
         joins.append("LEFT JOIN first_record USING (person_id, as_of)")
         layer1.append("first_record.first_record_at")
     if "team_quiet_periods" in helpers:
         if not shared:
-            ctes.append(f"team_feed AS ({team_feed_sql(as_of_list)})")
+            ctes["team_feed"] = ("", team_feed_sql(as_of_list))
         joins.append("LEFT JOIN team_feed ON team_feed.team_id = k.team_id AND team_feed.as_of = k.as_of")
         layer1.append("team_feed.team_quiet_periods")
     declared = [f for f in cat.features + cat.inputs if f.source in ("contacts", "tags")]
@@ -894,8 +905,7 @@ def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = S
                for f in by_source["derived"]}
     outputs = [f"{derived[f.column]} AS {f.column}" if f.column in derived else f.column
                for f in cat.features]
-    return f"""
-    WITH {', '.join(ctes)}
+    return [(name, hint, sql) for name, (hint, sql) in ctes.items()], f"""
     SELECT person_id, as_of, team_id,
            {', '.join(outputs)}
     FROM (
@@ -955,9 +965,9 @@ def shared_tables(con, as_ofs: list[date]) -> None:
 def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0) -> FeaturesResult:
     """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates.
 
-    Passes of about BATCH_ROWS snapshot rows (see `_passes`): consecutive dates together, so
-    that weekly dates slide (see `_slide_sql`), and people in groups by a hash of `person_id`
-    only when one date alone is too many rows, so that memory stays bounded at any size.
+    In passes of about BATCH_ROWS snapshot rows (see `_passes`), each over every date for a group
+    of people chosen by a hash of `person_id`, so that weekly dates slide (see `_slide_sql`) and
+    memory stays bounded at any size. Each pass runs its blocks one at a time (`_run_pass`).
     DuckDB may use up to MEMORY_LIMIT and spills to disk beyond it.
     """
     if not as_ofs:
@@ -972,35 +982,49 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
         con.execute("SET preserve_insertion_order = false")  # rows are keyed; order is not needed
         people = scalar(con, "SELECT count(*) FROM persons WHERE NOT opted_out") or 1
         systems = source_systems(con)
-        passes = 0
+        passes = _passes(people, len(as_ofs))
         with transaction(con):
             shared_tables(con, as_ofs)
             _prepare_table(con, compile_sql(cat, as_ofs, systems, shared=True))
             con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
-            for dates, (k, groups) in _passes(people, as_ofs):
-                group = (k, groups) if groups > 1 else None
-                con.execute(f"INSERT INTO feature_snapshots "
-                            f"{compile_sql(cat, dates, systems, shared=True, group=group)}")
-                passes += 1
+            for group in passes:
+                _run_pass(con, compile_steps(cat, as_ofs, systems, shared=True, group=group))
             rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
                                f"WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
-    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, passes)
+    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, len(passes))
 
 
 BATCH_ROWS = 1_200_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
-# (100,000 people × 12 weekly dates, or 1,000,000 people at one date, peak near the 4 GB limit;
-# more rows in one pass ran out of memory at 1,000,000 people × 13 dates, even at 12 GB)
+# (1,000,000 people at one date, or 100,000 at 13 weekly dates, peak near the 4 GB limit)
 MEMORY_LIMIT = "4GB"
 
 
-def _passes(people: int, as_ofs: list[date]) -> list[tuple[list[date], tuple[int, int]]]:
-    """The (as-of dates, (group k, of n groups of people)) of each pass, at most about BATCH_ROWS
-    rows each: consecutive dates together while they fit (weekly counts slide within a pass),
-    and people split by hash only when one date alone does not fit."""
-    per_pass = max(1, BATCH_ROWS // people)
-    groups = -(-people // BATCH_ROWS) if per_pass == 1 else 1  # ceiling
-    batches = [as_ofs[i:i + per_pass] for i in range(0, len(as_ofs), per_pass)]
-    return [(dates, (k, groups)) for dates in batches for k in range(groups)]
+def _passes(people: int, dates: int) -> list[tuple[int, int] | None]:
+    """The group of people (k, of n groups by hash) of each pass, each pass taking every date:
+    as few groups as keep people × dates near BATCH_ROWS; None when one pass holds everyone.
+
+    Splitting people rather than dates keeps weekly dates together, where counts over long
+    windows slide from date to date instead of being counted again for each one."""
+    groups = -(-people * dates // BATCH_ROWS)  # ceiling
+    return [None] if groups <= 1 else [(k, groups) for k in range(groups)]
+
+
+def _run_pass(con, steps: tuple[list[tuple[str, str, str]], str]) -> None:
+    """Insert one pass's rows into `feature_snapshots`, each block of `compile_steps` first
+    made a temp table of its own (named as its CTE, so it shadows a table of the warehouse for
+    the queries after it, as the CTE did), then the final select over them.
+
+    One statement for the whole query plans its dozen joins on guessed sizes and, at 100,000
+    people × 13 dates, ran out of memory at 4 GB; block by block DuckDB knows each table's size,
+    and only one block's working memory is live at a time."""
+    blocks, final = steps
+    try:
+        for name, _, body in blocks:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {body}")
+        con.execute(f"INSERT INTO feature_snapshots {final}")
+    finally:
+        for name, _, _ in blocks:
+            con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
 def _prepare_table(con, sql: str) -> None:
