@@ -413,13 +413,12 @@ def test_snapshots_for_many_dates_equal_snapshots_one_date_at_a_time(contacts_in
 
 
 
-@pytest.mark.parametrize("batch_rows, weeks_back, passes", [
-    (100_000, (0, 1, 2), 1),  # about 19,000 people × 3 dates: everyone in one pass
-    (40_000, (0, 1, 2), 2),   # people in two groups, each with every date
-    (8_000, (0, 1, 2), 8),    # … in eight
-    (100_000, (0, 1, 2, 20, 24), 2),  # dates months apart: two runs of dates, one pass each
+@pytest.mark.parametrize("batch_rows, passes", [
+    (100_000, 1),  # about 19,000 people × 3 dates: everyone in one pass
+    (40_000, 2),   # people in two groups, each with every date
+    (8_000, 8),    # … in eight
 ])
-def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, batch_rows, weeks_back, passes):
+def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, batch_rows, passes):
     """`build_features` takes people in groups when people × dates is large, and runs each
     pass block by block; the snapshots it writes must equal one query over everyone."""
     from polars.testing import assert_frame_equal
@@ -433,7 +432,7 @@ def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, ba
     shutil.copy(cfg0.root / "wobble.toml", tmp_path / "wobble.toml")
     shutil.copy(cfg0.warehouse, tmp_path / cfg0.warehouse.name)
     cfg = load_config(tmp_path / "wobble.toml")
-    dates = [cfg.wobble.as_of - timedelta(weeks=w) for w in weeks_back]
+    dates = features.weekly_as_ofs(cfg.wobble.as_of, 3)
     monkeypatch.setattr(features, "BATCH_ROWS", batch_rows)
     result = features.build_features(cfg, dates)
     assert result.batches == passes
@@ -442,23 +441,6 @@ def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, ba
         whole = features.compute_snapshots(con, CAT, dates)
     assert built.height == whole.height == result.rows > 0
     assert_frame_equal(built, whole.select(built.columns), rel_tol=0, abs_tol=1e-9)
-
-
-def test_passes_keep_close_dates_together_and_split_people_to_fit():
-    from wobble.features import BATCH_ROWS, _passes
-
-    weekly = [date(2026, 11, 23) - timedelta(weeks=k) for k in range(13)]
-    passes = _passes(1_000_000, weekly)
-    assert {tuple(d) for d, _ in passes} == {tuple(sorted(weekly))}  # 13 weeks: one run
-    assert [g for _, g in passes] == [(k, 11) for k in range(11)]
-    assert all(1_000_000 * len(d) / g[1] <= BATCH_ROWS for d, g in passes)
-    # training's schedule: four dates 4 weeks apart, then test dates every 2 weeks months later
-    train = [date(2026, 1, 5) + timedelta(weeks=4 * k) for k in range(4)]
-    test = [date(2026, 6, 1) + timedelta(weeks=2 * k) for k in range(7)]
-    runs = [d for d, g in _passes(10_000, train + test)]
-    assert runs == [sorted(train), sorted(test)]
-    assert _passes(10, [date(2026, 1, 5)]) == [([date(2026, 1, 5)], None)]
-
 
 # --- the catalogue -------------------------------------------------------------------------------
 

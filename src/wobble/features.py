@@ -965,8 +965,8 @@ def shared_tables(con, as_ofs: list[date]) -> None:
 def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0) -> FeaturesResult:
     """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates.
 
-    In passes of about BATCH_ROWS snapshot rows (see `_passes`): dates close together in one pass
-    so that they slide (see `_slide_sql`), people in groups by a hash of `person_id` so that
+    In passes of about BATCH_ROWS snapshot rows (see `_passes`), each over every date for a group
+    of people chosen by a hash of `person_id`, so that weekly dates slide (see `_slide_sql`) and
     memory stays bounded at any size. Each pass runs its blocks one at a time (`_run_pass`).
     DuckDB may use up to MEMORY_LIMIT and spills to disk beyond it.
     """
@@ -982,13 +982,13 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
         con.execute("SET preserve_insertion_order = false")  # rows are keyed; order is not needed
         people = scalar(con, "SELECT count(*) FROM persons WHERE NOT opted_out") or 1
         systems = source_systems(con)
-        passes = _passes(people, as_ofs)
+        passes = _passes(people, len(as_ofs))
         with transaction(con):
             shared_tables(con, as_ofs)
             _prepare_table(con, compile_sql(cat, as_ofs, systems, shared=True))
             con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
-            for dates, group in passes:
-                _run_pass(con, compile_steps(cat, dates, systems, shared=True, group=group))
+            for group in passes:
+                _run_pass(con, compile_steps(cat, as_ofs, systems, shared=True, group=group))
             rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
                                f"WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
     return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, len(passes))
@@ -999,28 +999,14 @@ BATCH_ROWS = 1_200_000  # cohort rows (people × as-of dates) aggregated at once
 MEMORY_LIMIT = "4GB"
 
 
-SLIDE_SPAN_DAYS = 91  # the longest span of as-of dates in one pass: windows of 182+ days slide
+def _passes(people: int, dates: int) -> list[tuple[int, int] | None]:
+    """The group of people (k, of n groups by hash) of each pass, each pass taking every date:
+    as few groups as keep people × dates near BATCH_ROWS; None when one pass holds everyone.
 
-
-def _passes(people: int, as_ofs: list[date]) -> list[tuple[list[date], tuple[int, int] | None]]:
-    """The (as-of dates, group of people) of each pass.
-
-    Dates go together while they span at most SLIDE_SPAN_DAYS, so that counts over long windows
-    slide from date to date (`_slide_sql`) instead of every record being joined to every date;
-    training's dates a month apart and its test dates a fortnight apart make two such runs. Each
-    run of dates then takes people in as few groups (k, of n by hash; None for everyone) as keep
-    people × dates near BATCH_ROWS: splitting people, not dates, keeps the dates together."""
-    runs: list[list[date]] = []
-    for d in sorted(as_ofs):
-        if runs and (d - runs[-1][0]).days <= SLIDE_SPAN_DAYS:
-            runs[-1].append(d)
-        else:
-            runs.append([d])
-    out: list[tuple[list[date], tuple[int, int] | None]] = []
-    for dates in runs:
-        groups = -(-people * len(dates) // BATCH_ROWS)  # ceiling
-        out += [(dates, None)] if groups <= 1 else [(dates, (k, groups)) for k in range(groups)]
-    return out
+    Splitting people rather than dates keeps weekly dates together, where counts over long
+    windows slide from date to date instead of being counted again for each one."""
+    groups = -(-people * dates // BATCH_ROWS)  # ceiling
+    return [None] if groups <= 1 else [(k, groups) for k in range(groups)]
 
 
 def _run_pass(con, steps: tuple[list[tuple[str, str, str]], str]) -> None:
