@@ -67,3 +67,31 @@ def test_the_command_line_says_what_is_missing(tmp_path):
     assert proc.returncode == 2 and "no config file at wobble.toml" in proc.stderr
     proc = run_wobble("ingest", "--fhir", "nowhere", cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "--fhir: no folder or file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_out_of_memory_is_one_line_and_its_own_exit_code(capsys):
+    """DuckDB running out of memory is the machine, not a bug: one line, no traceback. Any
+    other unexpected error keeps its traceback."""
+    import duckdb
+    import typer
+
+    from wobble.cli import OUT_OF_MEMORY, friendly
+
+    @friendly
+    def oom():
+        raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block of size 256.0 KiB\n"
+                                          "Possible solutions: …")
+
+    with pytest.raises(typer.Exit) as exit_:
+        oom()
+    assert exit_.value.exit_code == OUT_OF_MEMORY
+    said = capsys.readouterr().err.strip()
+    assert len(said.splitlines()) == 1 and "ran out of memory" in said and "failed to pin block" in said
+    assert "Possible solutions" not in said
+
+    @friendly
+    def bug():
+        raise duckdb.BinderException("a column that does not exist")
+
+    with pytest.raises(duckdb.BinderException):
+        bug()

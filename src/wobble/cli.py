@@ -57,8 +57,21 @@ def friendly(fn):
         except KeyboardInterrupt:
             err.print("wobble: interrupted")
             raise typer.Exit(130) from None
+        except Exception as exc:
+            # Out of memory is the machine, not a bug: say so in one line. (By name, so that
+            # `wobble --help` need not import DuckDB.)
+            if type(exc).__name__ != "OutOfMemoryException" or not type(exc).__module__.endswith("duckdb"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+            err.print(f"[bold red]wobble:[/] DuckDB ran out of memory ({first}). Give it more room (stop "
+                      "other jobs on this machine; for ingest, raise memory_limit under [ingest] in wobble.toml) "
+                      "and run it again.", highlight=False, soft_wrap=True)
+            raise typer.Exit(OUT_OF_MEMORY) from None
 
     return wrapper
+
+
+OUT_OF_MEMORY = 71  # EX_OSERR: the machine, not the input
 
 
 def _finish(summary, outputs_dir: Path, as_json: bool, lines: list[str]) -> None:
