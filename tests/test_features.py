@@ -442,6 +442,56 @@ def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, ba
     assert built.height == whole.height == result.rows > 0
     assert_frame_equal(built, whole.select(built.columns), rel_tol=0, abs_tol=1e-9)
 
+
+def test_building_other_dates_later_keeps_the_snapshots_already_built(ingested, tmp_path):
+    """A training run's dates, then a weekly date: the first dates' rows stay. (Counts slid over
+    several dates once came out HUGEINT rather than BIGINT, and the table, its types changed,
+    was rebuilt empty.)"""
+    from wobble import features
+    from wobble.config import load_config
+    from wobble.warehouse import connect
+
+    cfg0, _ = ingested
+    (tmp_path / "world").symlink_to((cfg0.root / "world").resolve())
+    shutil.copy(cfg0.root / "wobble.toml", tmp_path / "wobble.toml")
+    shutil.copy(cfg0.warehouse, tmp_path / cfg0.warehouse.name)
+    cfg = load_config(tmp_path / "wobble.toml")
+    earlier = features.weekly_as_ofs(cfg.wobble.as_of - timedelta(weeks=8), 3)
+    first = features.build_features(cfg, earlier)
+    later = features.build_features(cfg, [cfg.wobble.as_of])
+    with connect(cfg.warehouse) as con:
+        held = dict(con.execute("SELECT as_of, count(*) FROM feature_snapshots GROUP BY 1").fetchall())
+    assert set(held) == {*earlier, cfg.wobble.as_of}
+    assert sum(held[d] for d in earlier) == first.rows and held[cfg.wobble.as_of] == later.rows
+
+
+def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(ingested, tmp_path):
+    """`people` (as training's held-out test people) keeps only those people's rows, each
+    identical to the same row built for everyone (team-wide features included)."""
+    from polars.testing import assert_frame_equal
+
+    from wobble import features
+    from wobble.config import load_config
+    from wobble.warehouse import connect
+
+    cfg0, _ = ingested
+    (tmp_path / "world").symlink_to((cfg0.root / "world").resolve())
+    shutil.copy(cfg0.root / "wobble.toml", tmp_path / "wobble.toml")
+    shutil.copy(cfg0.warehouse, tmp_path / cfg0.warehouse.name)
+    cfg = load_config(tmp_path / "wobble.toml")
+    dates = features.weekly_as_ofs(cfg.wobble.as_of, 2)
+    some = "('0x' || substr(person_id, 1, 8))::UBIGINT / 4294967296.0 < 0.2"
+    result = features.build_features(cfg, dates, people=some)
+    with connect(cfg.warehouse) as con:
+        built = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
+        whole = con.sql(f"SELECT * FROM ({features.compile_sql(CAT, dates, features.source_systems(con))}) "
+                        f"WHERE {some} ORDER BY as_of, person_id").pl()
+        everyone = con.execute(f"SELECT count(*) FROM ({features.cohort_sql(features._dates(dates))})").fetchone()[0]
+    assert built.height == whole.height == result.rows
+    assert 0.1 * everyone < built.height < 0.3 * everyone
+    assert_frame_equal(built, whole.select(built.columns), rel_tol=0, abs_tol=1e-9)
+
+
 # --- the catalogue -------------------------------------------------------------------------------
 
 def test_catalogue_loads_and_describes_every_column():

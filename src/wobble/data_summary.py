@@ -1,6 +1,6 @@
 """The data behind a model, as its card describes it: sources, dates, counts, gaps, who is thin.
 
-Reads `load_ledger`, `quarantine`, `contacts`, `tags`, `persons` and `feature_snapshots`;
+Reads `load_ledger`, `quarantine`, `contacts`, `tags` and `persons`;
 returns plain, JSON-ready data (no person-level rows). Counts of people below the spec's
 small-number threshold are suppressed (None).
 
@@ -103,6 +103,8 @@ def _completeness(con, split: TimeSplit) -> dict:
 
 def _representation(con, spec: ModelSpec, split: TimeSplit, threshold: int) -> dict:
     """Per fairness group in the cohort at the last test date: how much the records can see."""
+    from wobble.train import team_cohorts_sql
+
     as_of = split.test[-1]
     attrs = {
         "age_band": age_band_sql(f"(year(DATE '{as_of}') - p.birth_year)"),
@@ -113,9 +115,8 @@ def _representation(con, spec: ModelSpec, split: TimeSplit, threshold: int) -> d
     attrs = {a: e for a, e in attrs.items() if a in spec.fairness_groups}
     base = f"""
         WITH k AS (
-            SELECT s.person_id, {', '.join(f'{e} AS {a}' for a, e in attrs.items())}
-            FROM feature_snapshots s JOIN persons p USING (person_id)
-            WHERE s.as_of = DATE '{as_of}' AND s.age BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}
+            SELECT k.person_id, {', '.join(f'{e} AS {a}' for a, e in attrs.items())}
+            FROM ({team_cohorts_sql(spec, [as_of])}) k JOIN persons p USING (person_id)
         ),
         n AS (
             SELECT person_id, count(*) AS records FROM contacts

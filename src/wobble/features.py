@@ -750,15 +750,15 @@ def _per_value_block(col: str, feats: list[tuple[str, PerValue]], guarded: str) 
 
 
 def compile_sql(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = SOURCE_SYSTEMS,
-                *, shared: bool = False, group: tuple[int, int] | None = None) -> str:
+                *, shared: bool = False, group: tuple[int, int] | None = None, people: str | None = None) -> str:
     """One query returning (person_id, as_of, team_id, every feature) for all as-of dates: the
     blocks of `compile_steps` as CTEs before its final select."""
-    blocks, final = compile_steps(cat, as_ofs, systems, shared=shared, group=group)
+    blocks, final = compile_steps(cat, as_ofs, systems, shared=shared, group=group, people=people)
     return f"WITH {', '.join(f'{n} AS {m}({body})' for n, m, body in blocks)}\n{final}"
 
 
 def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] = SOURCE_SYSTEMS, *,
-                  shared: bool = False, group: tuple[int, int] | None = None
+                  shared: bool = False, group: tuple[int, int] | None = None, people: str | None = None
                   ) -> tuple[list[tuple[str, str, str]], str]:
     """The feature query in steps: blocks (name, materialisation hint, SQL), each reading the
     warehouse and earlier blocks by name, and a final select over them returning
@@ -767,8 +767,9 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
     `systems` lists every `source_system` value in the data (for distinct counts by bit mask).
     With `shared`, the helper tables `first_any` and `team_feed` (see `shared_tables`) already
     exist, for every as-of date of a run, and are read rather than computed. With `group`
-    (k, n), only group k of n groups of people, split by a hash of `person_id` (`shared` only:
-    the team feed is over everyone).
+    (k, n), only group k of n groups of people, split by a hash of `person_id`; with `people`
+    (SQL over `person_id`), only the people it is true of (both `shared` only: the team feed is
+    over everyone).
 
     The query has three layers: blocks of parts joined to the cohort (parts: `_c0`, `_c1`, …
     for contacts, `_t0`, … for tags), the declared features computed from their parts, then
@@ -785,11 +786,12 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
         by_source[f.source].append(f)
     helpers = {p for f in by_source["derived"] for p in f.inputs if p in derived_module.HELPER_COLUMNS}
     ctes: dict[str, tuple[str, str]] = {"cohort": ("", cohort_sql(as_of_list))}  # name → (hint, SQL)
-    if group:
+    some = ([f"hash(person_id) % {group[1]} = {group[0]}"] if group else []) + ([f"({people})"] if people else [])
+    if some:
         if not shared:
-            raise WobbleError("a group of people needs the shared tables (team_feed is over everyone)")
-        k, n = group  # the tables, seen through CTEs of the same names holding group k only
-        ctes = {t: ("NOT MATERIALIZED ", f"SELECT * FROM main.{t} WHERE hash(person_id) % {n} = {k}")
+            raise WobbleError("some of the people need the shared tables (team_feed is over everyone)")
+        # the tables, seen through CTEs of the same names holding those people only
+        ctes = {t: ("NOT MATERIALIZED ", f"SELECT * FROM main.{t} WHERE {' AND '.join(some)}")
                 for t in ("persons", "contacts", "tags")} | ctes
     joins: list[str] = []  # block joins onto the cohort
     parts_sql: dict[str, str] = {}  # part column → its value in the joined row
@@ -856,8 +858,9 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
                 add_block(f"{source}_slide{k}", _slide_sql(source, as_ofs, lo, hi, group, systems, predicates),
                           [n for n, _ in group])
                 for n, p in group:
-                    if p.kind == "count":
-                        parts_sql[n] = f"coalesce({n}_first, 0) + coalesce({n}, 0)"
+                    if p.kind == "count":  # BIGINT, as a count not slid: the table's types must
+                        # not depend on which dates were built together (a sum would be HUGEINT)
+                        parts_sql[n] = f"(coalesce({n}_first, 0) + coalesce({n}, 0))::BIGINT"
                     else:  # the latest day, then days before this as-of date if still in the window
                         latest = f"greatest({first_day} - {n}_first, {n})"
                         parts_sql[n] = (f"CASE WHEN (as_of - {EPOCH}) - {latest} <= {hi} "
@@ -962,8 +965,12 @@ def shared_tables(con, as_ofs: list[date]) -> None:
     con.execute(f"CREATE OR REPLACE TEMP TABLE team_feed AS {team_feed_sql(_dates(as_ofs))}")
 
 
-def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0) -> FeaturesResult:
+def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0,
+                   people: str | None = None) -> FeaturesResult:
     """Compute snapshots for `as_ofs` and replace any earlier snapshots at those dates.
+
+    `people`, SQL over `person_id`, keeps only the people it is true of: the snapshots at those
+    dates are then of them alone (training builds its test dates for its test people only).
 
     In passes of about BATCH_ROWS snapshot rows (see `_passes`), each over every date for a group
     of people chosen by a hash of `person_id`, so that weekly dates slide (see `_slide_sql`) and
@@ -980,15 +987,15 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
             raise WobbleError("the warehouse has no persons: run `wobble ingest` first")
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET preserve_insertion_order = false")  # rows are keyed; order is not needed
-        people = scalar(con, "SELECT count(*) FROM persons WHERE NOT opted_out") or 1
+        n_people = scalar(con, f"SELECT count(*) FROM persons WHERE NOT opted_out AND ({people or 'true'})") or 1
         systems = source_systems(con)
-        passes = _passes(people, len(as_ofs))
+        passes = _passes(n_people, len(as_ofs))
         with transaction(con):
             shared_tables(con, as_ofs)
             _prepare_table(con, compile_sql(cat, as_ofs, systems, shared=True))
             con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
             for group in passes:
-                _run_pass(con, compile_steps(cat, as_ofs, systems, shared=True, group=group))
+                _run_pass(con, compile_steps(cat, as_ofs, systems, shared=True, group=group, people=people))
             rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
                                f"WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
     return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, len(passes))

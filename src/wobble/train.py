@@ -34,7 +34,7 @@ import polars as pl
 import wobble.tracking  # noqa: F401  (environment defaults for MLflow and LightGBM, set before either loads)
 from wobble.config import Config
 from wobble.errors import WobbleError
-from wobble.features import build_features, load_catalogue
+from wobble.features import build_features, cohort_sql, load_catalogue
 from wobble.spec import ModelSpec, TimeSplit, load_spec, monday_on_or_before, timesplit
 from wobble.vocab import CRISIS_SERVICES, age_band_sql, sql_list
 from wobble.warehouse import connect, scalar
@@ -123,8 +123,22 @@ def _bucket(offset: int) -> str:
     return f"('0x' || substr(person_id, {offset + 1}, 8))::UBIGINT / 4294967296.0"
 
 
-def _in_cohort(spec: ModelSpec) -> str:
-    return f"age BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}"
+def _in_cohort(spec: ModelSpec, age: str = "age") -> str:
+    return f"{age} BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}"
+
+
+def team_cohorts_sql(spec: ModelSpec, dates: list[date]) -> str:
+    """(person_id, team_id, as_of) of the model's cohort at each date, from the registrations: the
+    same people as the snapshots' rows within the spec's ages, without needing the snapshots."""
+    return f"""
+        SELECT k.person_id, k.team_id, k.as_of
+        FROM ({cohort_sql(_dates_sql(dates))}) k JOIN persons p USING (person_id)
+        WHERE {_in_cohort(spec, 'year(k.as_of) - p.birth_year')}"""
+
+
+def held_out_people_sql(share: float) -> str:
+    """SQL over `person_id`: the person is held out for testing."""
+    return f"{_bucket(0)} < {share}"
 
 
 def held_out_share(con, spec: ModelSpec, split: TimeSplit) -> float:
@@ -132,9 +146,8 @@ def held_out_share(con, spec: ModelSpec, split: TimeSplit) -> float:
 
     e.g. 1,000,000 people, share 0.3, max 50,000: 0.05, and the other 95% are training people.
     """
-    people = con.sql(f"""SELECT count(DISTINCT person_id) FROM feature_snapshots
-                         WHERE as_of IN (SELECT unnest({_dates_sql(split.test)}))
-                           AND {_in_cohort(spec)}""").fetchall()[0][0]
+    people = con.sql(f"SELECT count(DISTINCT person_id) FROM ({team_cohorts_sql(spec, split.test)})"
+                     ).fetchall()[0][0]
     s = spec.schedule
     return min(s.test_share_of_people, s.max_test_people / people) if people else s.test_share_of_people
 
@@ -151,10 +164,13 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str]) -> pl.
     cols = ", ".join(f"s.{c}" for c in columns)
     q = f"""
         CREATE OR REPLACE TEMP TABLE _rows AS
-        WITH s AS (
-            SELECT *, count(*) OVER (PARTITION BY team_id, as_of) AS team_cohort,
-                   {_bucket(0)} AS b_test, {_bucket(8)} AS b_val
-            FROM feature_snapshots
+        WITH teams AS (
+            SELECT team_id, as_of, count(*) AS team_cohort
+            FROM ({team_cohorts_sql(spec, split.train + split.test)}) GROUP BY ALL
+        ),
+        s AS (
+            SELECT f.*, t.team_cohort, {_bucket(0)} AS b_test, {_bucket(8)} AS b_val
+            FROM feature_snapshots f JOIN teams t USING (team_id, as_of)
             WHERE as_of IN (SELECT unnest({_dates_sql(split.train + split.test)}))
               AND {_in_cohort(spec)}
         )
@@ -193,8 +209,13 @@ def train(
     spec, cat, features = _spec(cfg, model_name, max_train_dates)
     with connect(cfg.warehouse, read_only=True) as con:
         split = timesplit(spec.schedule, spec.target.horizon_days, data_end(con, cfg))
-    say(f"features for {len(split.train) + len(split.test)} as-of dates")
-    build_features(cfg, split.train + split.test)
+        share = held_out_share(con, spec, split)
+    say(f"features for {len(split.train)} training as-of dates, and {len(split.test)} test dates "
+        f"for the {share:.0%} of people held out")
+    build_features(cfg, split.train)
+    # Only test people's rows are read at test dates (team sizes come from the registrations),
+    # so only theirs are built: at 1,000,000 people, 50,000 rather than everyone.
+    build_features(cfg, split.test, people=held_out_people_sql(share))
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
     train_df, test_df, share = _examples(cfg, spec, split, features + (champ.features if champ else []))
