@@ -413,25 +413,32 @@ def test_snapshots_for_many_dates_equal_snapshots_one_date_at_a_time(contacts_in
 
 
 
-@pytest.mark.parametrize("batch_rows, passes", [
-    (100_000, 1),  # about 19,000 people × 3 dates: everyone in one pass
-    (40_000, 2),   # people in two groups, each with every date
-    (8_000, 8),    # … in eight
-])
-def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, batch_rows, passes):
-    """`build_features` takes people in groups when people × dates is large, and runs each
-    pass block by block; the snapshots it writes must equal one query over everyone."""
-    from polars.testing import assert_frame_equal
-
-    from wobble import features
+@pytest.fixture
+def own_copy(ingested, tmp_path):
+    """The ingested world's config and warehouse, copied for a test that writes snapshots."""
     from wobble.config import load_config
-    from wobble.warehouse import connect
 
     cfg0, _ = ingested
     (tmp_path / "world").symlink_to((cfg0.root / "world").resolve())
     shutil.copy(cfg0.root / "wobble.toml", tmp_path / "wobble.toml")
     shutil.copy(cfg0.warehouse, tmp_path / cfg0.warehouse.name)
-    cfg = load_config(tmp_path / "wobble.toml")
+    return load_config(tmp_path / "wobble.toml")
+
+
+@pytest.mark.parametrize("batch_rows, passes", [
+    (100_000, 1),  # about 19,000 people × 3 dates: everyone in one pass
+    (40_000, 2),   # people in two groups, each with every date
+    (8_000, 8),    # … in eight
+])
+def test_building_in_passes_equals_one_query(own_copy, monkeypatch, batch_rows, passes):
+    """`build_features` takes people in groups when people × dates is large, and runs each
+    pass block by block; the snapshots it writes must equal one query over everyone."""
+    from polars.testing import assert_frame_equal
+
+    from wobble import features
+    from wobble.warehouse import connect
+
+    cfg = own_copy
     dates = features.weekly_as_ofs(cfg.wobble.as_of, 3)
     monkeypatch.setattr(features, "BATCH_ROWS", batch_rows)
     result = features.build_features(cfg, dates)
@@ -443,19 +450,14 @@ def test_building_in_passes_equals_one_query(ingested, tmp_path, monkeypatch, ba
     assert_frame_equal(built, whole.select(built.columns), rel_tol=0, abs_tol=1e-9)
 
 
-def test_building_other_dates_later_keeps_the_snapshots_already_built(ingested, tmp_path):
+def test_building_other_dates_later_keeps_the_snapshots_already_built(own_copy):
     """A training run's dates, then a weekly date: the first dates' rows stay. (Counts slid over
     several dates once came out HUGEINT rather than BIGINT, and the table, its types changed,
     was rebuilt empty.)"""
     from wobble import features
-    from wobble.config import load_config
     from wobble.warehouse import connect
 
-    cfg0, _ = ingested
-    (tmp_path / "world").symlink_to((cfg0.root / "world").resolve())
-    shutil.copy(cfg0.root / "wobble.toml", tmp_path / "wobble.toml")
-    shutil.copy(cfg0.warehouse, tmp_path / cfg0.warehouse.name)
-    cfg = load_config(tmp_path / "wobble.toml")
+    cfg = own_copy
     earlier = features.weekly_as_ofs(cfg.wobble.as_of - timedelta(weeks=8), 3)
     first = features.build_features(cfg, earlier)
     later = features.build_features(cfg, [cfg.wobble.as_of])
@@ -465,20 +467,15 @@ def test_building_other_dates_later_keeps_the_snapshots_already_built(ingested, 
     assert sum(held[d] for d in earlier) == first.rows and held[cfg.wobble.as_of] == later.rows
 
 
-def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(ingested, tmp_path):
+def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(own_copy):
     """`people` (as training's held-out test people) keeps only those people's rows, each
     identical to the same row built for everyone (team-wide features included)."""
     from polars.testing import assert_frame_equal
 
     from wobble import features
-    from wobble.config import load_config
     from wobble.warehouse import connect
 
-    cfg0, _ = ingested
-    (tmp_path / "world").symlink_to((cfg0.root / "world").resolve())
-    shutil.copy(cfg0.root / "wobble.toml", tmp_path / "wobble.toml")
-    shutil.copy(cfg0.warehouse, tmp_path / cfg0.warehouse.name)
-    cfg = load_config(tmp_path / "wobble.toml")
+    cfg = own_copy
     dates = features.weekly_as_ofs(cfg.wobble.as_of, 2)
     some = "('0x' || substr(person_id, 1, 8))::UBIGINT / 4294967296.0 < 0.2"
     result = features.build_features(cfg, dates, people=some)
