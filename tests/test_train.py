@@ -176,6 +176,23 @@ def test_people_are_never_in_both_training_and_test(twice):
     assert a.evaluation["test_share"] == spec.schedule.test_share_of_people  # 3,000 people: under the cap
 
 
+def test_test_dates_hold_the_held_out_people_only_and_count_as_not_built(twice):
+    """Training builds its test dates for the held-out people alone; anything that would list or
+    monitor people at such a date must see them as not built, and build them for everyone."""
+    from wobble.features import dates_to_build
+    from wobble.warehouse import connect
+
+    cfg, (a, _) = twice
+    with connect(cfg.warehouse, read_only=True) as con:
+        assert dates_to_build(con, a.split.train) == []
+        assert dates_to_build(con, a.split.test) == sorted(a.split.test)
+        held = con.execute("SELECT count(DISTINCT person_id) FROM feature_snapshots WHERE as_of IN "
+                           f"(SELECT unnest([{', '.join(repr(d.isoformat()) for d in a.split.test)}]::DATE[]))"
+                           ).fetchone()[0]
+        everyone = con.execute("SELECT count(*) FROM persons WHERE NOT opted_out").fetchone()[0]
+    assert 0 < held < 0.5 * everyone  # 30% of people held out, adults and children alike
+
+
 def test_escalation_trains_evaluates_and_gets_a_card_through_the_same_code(tmp_path, tiny_world):
     from wobble.config import load_config
     from wobble.train import train

@@ -79,7 +79,7 @@ from wobble.vocab import (
     age_band_sql,
     sql_list,
 )
-from wobble.warehouse import connect, scalar, transaction
+from wobble.warehouse import connect, scalar, table_exists, transaction
 
 SOURCES = {
     "contacts": ("person_id", "occurred_at", "recorded_at", "service", "status", "mode",
@@ -1047,6 +1047,23 @@ def _prepare_table(con, sql: str) -> None:
         con.execute("DROP TABLE feature_snapshots")
     cols = ", ".join(f"{name} {typ}" for name, typ in new)
     con.execute(f"CREATE TABLE feature_snapshots ({cols})")
+
+
+def dates_to_build(con, as_ofs: list[date]) -> list[date]:
+    """Those of `as_ofs` whose snapshots are missing or are not of the whole cohort (training
+    builds its test dates for its held-out people only), so a list or a monitor built on them
+    would silently leave people out."""
+    as_ofs = sorted(set(as_ofs))
+    if not as_ofs or not table_exists(con, "feature_snapshots"):
+        return as_ofs
+    dl = _dates(as_ofs)
+    complete = {r[0] for r in con.execute(f"""
+        SELECT k.as_of
+        FROM (SELECT as_of, count(*) AS n FROM ({cohort_sql(dl)}) GROUP BY as_of) k
+        JOIN (SELECT as_of, count(*) AS n FROM feature_snapshots WHERE as_of IN (SELECT unnest({dl}))
+              GROUP BY as_of) s USING (as_of)
+        WHERE s.n = k.n""").fetchall()}
+    return [d for d in as_ofs if d not in complete]
 
 
 def weekly_as_ofs(end: date, weeks: int, step: int = 1) -> list[date]:

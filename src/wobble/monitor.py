@@ -36,7 +36,7 @@ import polars as pl
 from wobble.config import Config
 from wobble.errors import WobbleError
 from wobble.vocab import CRISIS_SERVICES, age_band_sql, sql_list
-from wobble.warehouse import connect, scalar, table_exists
+from wobble.warehouse import connect, scalar
 
 LEVELS = ("ok", "watch", "act")
 PSI_FLOOR = 1e-4
@@ -115,7 +115,7 @@ class MonitorResult:
 def monitor(cfg: Config, *, model: str | None = None, as_of: date | None = None) -> MonitorResult:
     """Check drift, matured performance and huddle outcomes for the champion; write the report."""
     from wobble.approve import champion
-    from wobble.features import build_features, load_catalogue
+    from wobble.features import build_features, dates_to_build, load_catalogue
     from wobble.pipeline import as_of_for
     from wobble.spec import load_spec
     from wobble.tracking import client, load_version
@@ -131,7 +131,8 @@ def monitor(cfg: Config, *, model: str | None = None, as_of: date | None = None)
     if not train_as_ofs:
         raise WobbleError(f"model {model} v{version} does not record its training as-of dates "
                           "(MLflow param train_as_ofs): retrain it with this version of wobble")
-    built = _missing_snapshots(cfg, [*train_as_ofs, as_of])
+    with connect(cfg.warehouse, read_only=True) as con:
+        built = dates_to_build(con, [*train_as_ofs, as_of])
     if built:
         build_features(cfg, built)
     cat = load_catalogue(cfg.features_dir)
@@ -168,15 +169,6 @@ def _level(psi: float, m) -> str:
 
 def _dates_sql(dates: list[date]) -> str:
     return "(" + ", ".join(f"DATE '{d.isoformat()}'" for d in dates) + ")"
-
-
-def _missing_snapshots(cfg: Config, dates: list[date]) -> list[date]:
-    with connect(cfg.warehouse, read_only=True) as con:
-        if not table_exists(con, "feature_snapshots"):
-            return sorted(set(dates))
-        have = {r[0] for r in con.execute(
-            f"SELECT DISTINCT as_of FROM feature_snapshots WHERE as_of IN {_dates_sql(dates)}").fetchall()}
-    return sorted(set(dates) - have)
 
 
 def _person_sample(n_rows: int, keep: int = SAMPLE_ROWS) -> str:

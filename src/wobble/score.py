@@ -18,9 +18,9 @@ import polars as pl
 
 from wobble.config import Config
 from wobble.errors import WobbleError
-from wobble.features import build_features, load_catalogue
+from wobble.features import build_features, dates_to_build, load_catalogue
 from wobble.spec import load_spec
-from wobble.warehouse import connect, scalar, transaction
+from wobble.warehouse import connect, transaction
 
 EXPLANATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS explanations (
@@ -51,11 +51,9 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
     t0 = time.perf_counter()
     spec = load_spec(cfg.models_dir, model)
     with connect(cfg.warehouse, read_only=True) as con:
-        have = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = "
-                           "'feature_snapshots'") and scalar(
-            con, "SELECT count(*) FROM feature_snapshots WHERE as_of = ?", [as_of])
-    if not have:
-        build_features(cfg, [as_of])
+        missing = dates_to_build(con, [as_of])
+    if missing:
+        build_features(cfg, missing)
     booster, calibrator, features, _run = load_version(cfg, model, version)
     cat = load_catalogue(cfg.features_dir)
     missing = [f for f in features if f not in cat.columns]
