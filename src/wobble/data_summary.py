@@ -115,8 +115,8 @@ def _representation(con, spec: ModelSpec, split: TimeSplit, threshold: int) -> d
     attrs = {a: e for a, e in attrs.items() if a in spec.fairness_groups}
     base = f"""
         WITH k AS (
-            SELECT k.person_id, {', '.join(f'{e} AS {a}' for a, e in attrs.items())}
-            FROM ({team_cohorts_sql(spec, [as_of])}) k JOIN persons p USING (person_id)
+            SELECT c.person_id, {', '.join(f'{e} AS {a}' for a, e in attrs.items())}
+            FROM ({team_cohorts_sql(spec, [as_of])}) c JOIN persons p USING (person_id)
         ),
         n AS (
             SELECT person_id, count(*) AS records FROM contacts

@@ -992,8 +992,7 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
         passes = _passes(n_people, len(as_ofs))
         with transaction(con):
             shared_tables(con, as_ofs)
-            _prepare_table(con, compile_sql(cat, as_ofs, systems, shared=True))
-            con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
+            prepare_snapshots(con, compile_sql(cat, as_ofs, systems, shared=True), as_ofs)
             for group in passes:
                 _run_pass(con, compile_steps(cat, as_ofs, systems, shared=True, group=group, people=people))
             rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
@@ -1034,8 +1033,9 @@ def _run_pass(con, steps: tuple[list[tuple[str, str, str]], str]) -> None:
             con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
-def _prepare_table(con, sql: str) -> None:
-    """Create `feature_snapshots` with the query's columns; rebuild it if the catalogue changed."""
+def prepare_snapshots(con, sql: str, as_ofs: list[date]) -> None:
+    """Make `feature_snapshots` ready for the rows of query `sql` at `as_ofs`: created with the
+    query's columns (rebuilt if the catalogue changed them), without earlier rows at those dates."""
     rel = con.sql(sql)
     new = list(zip(rel.columns, [str(t) for t in rel.types], strict=True))
     exists = scalar(con, "SELECT count(*) FROM information_schema.tables "
@@ -1043,6 +1043,7 @@ def _prepare_table(con, sql: str) -> None:
     if exists:
         old = [(r[0], r[1]) for r in con.execute("DESCRIBE feature_snapshots").fetchall()]
         if old == new:
+            con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
             return
         con.execute("DROP TABLE feature_snapshots")
     cols = ", ".join(f"{name} {typ}" for name, typ in new)

@@ -181,16 +181,9 @@ def load_snapshots(cfg: Config, parts: PersonBuckets, files: list[Path], *, keep
 
 def replace_snapshots(con, new: str, as_ofs: list[date]) -> None:
     """Swap the rows of table `new` in for `feature_snapshots` at `as_ofs`; a changed catalogue rebuilds it."""
-    new_cols = con.execute(f"DESCRIBE {new}").fetchall()
-    exists = scalar(con, "SELECT count(*) FROM information_schema.tables "
-                         "WHERE table_name = 'feature_snapshots' AND table_type = 'BASE TABLE'")
-    if exists and [c[:2] for c in con.execute("DESCRIBE feature_snapshots").fetchall()] != [c[:2] for c in new_cols]:
-        con.execute("DROP TABLE feature_snapshots")
-        exists = False
-    if not exists:
-        con.execute(f"CREATE TABLE feature_snapshots AS SELECT * FROM {new}")
-        return
-    con.execute(f"DELETE FROM feature_snapshots WHERE as_of IN (SELECT unnest({_dates(as_ofs)}))")
+    from wobble.features import prepare_snapshots
+
+    prepare_snapshots(con, f"SELECT * FROM {new}", as_ofs)
     con.execute(f"INSERT INTO feature_snapshots SELECT * FROM {new}")
 
 

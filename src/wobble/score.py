@@ -51,9 +51,9 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
     t0 = time.perf_counter()
     spec = load_spec(cfg.models_dir, model)
     with connect(cfg.warehouse, read_only=True) as con:
-        missing = dates_to_build(con, [as_of])
-    if missing:
-        build_features(cfg, missing)
+        to_build = dates_to_build(con, [as_of])
+    if to_build:
+        build_features(cfg, to_build)
     booster, calibrator, features, _run = load_version(cfg, model, version)
     cat = load_catalogue(cfg.features_dir)
     missing = [f for f in features if f not in cat.columns]

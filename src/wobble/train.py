@@ -152,7 +152,8 @@ def held_out_share(con, spec: ModelSpec, split: TimeSplit) -> float:
     return min(s.test_share_of_people, s.max_test_people / people) if people else s.test_share_of_people
 
 
-def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str]) -> pl.DataFrame:
+def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share: float | None = None
+              ) -> pl.DataFrame:
     """Training rows (training dates, training people) and test rows (test dates, test people).
 
     Columns: person_id, as_of, team_id, part ('train' | 'test'), person_draw (a number in [0, 1)
@@ -160,7 +161,7 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str]) -> pl.
     slice), team_cohort (the team's whole cohort that week), the feature columns,
     label, and the fairness attributes.
     """
-    share = held_out_share(con, spec, split)
+    share = held_out_share(con, spec, split) if share is None else share
     cols = ", ".join(f"s.{c}" for c in columns)
     q = f"""
         CREATE OR REPLACE TEMP TABLE _rows AS
@@ -218,7 +219,7 @@ def train(
     build_features(cfg, split.test, people=held_out_people_sql(share))
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
-    train_df, test_df, share = _examples(cfg, spec, split, features + (champ.features if champ else []))
+    train_df, test_df = _examples(cfg, spec, split, features + (champ.features if champ else []), share)
     X = train_df.select(features).to_numpy().astype(np.float64)
     y = train_df["label"].to_numpy().astype(int)
     draw = train_df["person_draw"].to_numpy()
@@ -286,13 +287,12 @@ def _spec(cfg: Config, model_name: str, max_train_dates: int | None):
     return spec, cat, features
 
 
-def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str]):
-    """(training rows, test rows, share of people held out for test), or an error saying there are
-    too few rows to learn from."""
+def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str], share: float):
+    """(training rows, test rows), `share` of people held out for test; or an error saying there
+    are too few rows to learn from."""
     columns = list(dict.fromkeys(features + spec.baseline.features))
     with connect(cfg.warehouse, read_only=True) as con:
-        frame = load_rows(con, spec, split, columns)
-        share = held_out_share(con, spec, split)
+        frame = load_rows(con, spec, split, columns, share)
     train_df = frame.filter(pl.col("part") == "train")
     test_df = frame.filter(pl.col("part") == "test")
     if train_df.height < 200 or test_df["label"].sum() < 5 or train_df["label"].sum() < 5:
@@ -300,7 +300,7 @@ def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str
             f"too little data to train {spec.name}: {train_df.height} training rows with "
             f"{int(train_df['label'].sum())} outcomes, {int(test_df['label'].sum())} test outcomes"
         )
-    return train_df, test_df, share
+    return train_df, test_df
 
 
 def _scorers(cfg, key, spec, fit, calibrator, train_df, test_df, features, champ):
