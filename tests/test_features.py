@@ -467,7 +467,8 @@ def test_building_other_dates_later_keeps_the_snapshots_already_built(own_copy):
     assert sum(held[d] for d in earlier) == first.rows and held[cfg.wobble.as_of] == later.rows
 
 
-def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(own_copy):
+@pytest.mark.parametrize("batch_rows", [100_000, 2_000])  # one pass; passes over window tables
+def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(own_copy, monkeypatch, batch_rows):
     """`people` (as training's held-out test people) keeps only those people's rows, each
     identical to the same row built for everyone (team-wide features included)."""
     from polars.testing import assert_frame_equal
@@ -478,7 +479,9 @@ def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(own_copy
     cfg = own_copy
     dates = features.weekly_as_ofs(cfg.wobble.as_of, 2)
     some = "('0x' || substr(person_id, 1, 8))::UBIGINT / 4294967296.0 < 0.2"
+    monkeypatch.setattr(features, "BATCH_ROWS", batch_rows)
     result = features.build_features(cfg, dates, people=some)
+    assert (result.batches > 1) == (batch_rows < 10_000)
     with connect(cfg.warehouse) as con:
         built = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
         whole = con.sql(f"SELECT * FROM ({features.compile_sql(CAT, dates, features.source_systems(con))}) "
@@ -487,6 +490,34 @@ def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(own_copy
     assert built.height == whole.height == result.rows
     assert 0.1 * everyone < built.height < 0.3 * everyone
     assert_frame_equal(built, whole.select(built.columns), rel_tol=0, abs_tol=1e-9)
+
+
+def test_a_pass_that_fails_leaves_the_snapshots_as_they_were(own_copy, monkeypatch):
+    """The passes stream into one transaction: when a later pass fails, the rows earlier passes
+    inserted and the old rows they replace are as before the run."""
+    from wobble import features
+    from wobble.warehouse import connect
+
+    cfg = own_copy
+    dates = features.weekly_as_ofs(cfg.wobble.as_of, 3)
+    features.build_features(cfg, dates)
+    with connect(cfg.warehouse) as con:
+        before = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
+    run_pass, done = features._run_pass, []
+
+    def fail_third(work, con, steps):
+        if len(done) == 2:
+            raise RuntimeError("killed mid-run")
+        run_pass(work, con, steps)
+        done.append(1)
+
+    monkeypatch.setattr(features, "BATCH_ROWS", 8_000)
+    monkeypatch.setattr(features, "_run_pass", fail_third)
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        features.build_features(cfg, dates)
+    with connect(cfg.warehouse) as con:
+        after = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
+    assert len(done) == 2 and after.equals(before)
 
 
 # --- the catalogue -------------------------------------------------------------------------------
