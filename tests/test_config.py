@@ -88,6 +88,7 @@ def test_out_of_memory_is_one_line_and_its_own_exit_code(capsys):
     said = capsys.readouterr().err.strip()
     assert len(said.splitlines()) == 1 and "ran out of memory" in said and "failed to pin block" in said
     assert "Possible solutions" not in said
+    assert "raise memory_limit under [ingest] in wobble.toml" in said  # (rich once ate "[ingest]")
 
     @friendly
     def bug():

@@ -62,10 +62,12 @@ def friendly(fn):
             # `wobble --help` need not import DuckDB.)
             if type(exc).__name__ != "OutOfMemoryException" or not type(exc).__module__.endswith("duckdb"):
                 raise
+            from rich.markup import escape  # DuckDB's text and "[ingest]" are not markup
+
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-            err.print(f"[bold red]wobble:[/] DuckDB ran out of memory ({first}). Give it more room (stop "
-                      "other jobs on this machine; for ingest, raise memory_limit under [ingest] in wobble.toml) "
-                      "and run it again.", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]wobble:[/] DuckDB ran out of memory ({escape(first)}). Give it more room "
+                      f"(stop other jobs on this machine; for ingest, raise memory_limit under {escape('[ingest]')} "
+                      "in wobble.toml) and run it again.", highlight=False, soft_wrap=True)
             raise typer.Exit(OUT_OF_MEMORY) from None
 
     return wrapper
