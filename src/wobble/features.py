@@ -595,10 +595,15 @@ def records_sql(source: str, window: str, columns: tuple[str, ...], systems: tup
     depend on the as-of date: `<column>_bit` for columns with a fixed set of values, and the `predicates`
     (name → SQL) that do not read a pseudo-column. Computed once per record, before any join
     multiplies records by as-of dates."""
-    vocab = {**{c: v for c, v in CODED.items() if c in columns}, "source_system": systems}
-    cols = [f"(1::UBIGINT << (list_position({_array(v)}, {c}) - 1)) AS {c}_bit" for c, v in vocab.items()]
+    cols = [f"(1::UBIGINT << (list_position({_array(v)}, {c}) - 1)) AS {c}_bit"
+            for c, v in _vocab(columns, systems).items()]
     cols += [f"({sql}) AS {name}" for name, sql in predicates.items() if not _PSEUDO.search(sql)]
     return f"SELECT *, {', '.join(cols)} FROM ({window})"
+
+
+def _vocab(columns: tuple[str, ...], systems: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Each of `columns` with a fixed set of values (`source_system`: those in the data), and its values."""
+    return {**{c: v for c, v in CODED.items() if c in columns}, "source_system": systems}
 
 
 def _in_reach(records: str, as_of_list: str, lookback: int) -> str:
@@ -901,15 +906,17 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
                     and not any(_PSEUDO.search(sql) for n, sql in predicates.items()  # noqa: B023
                                 if re.search(rf"\b{n}\b", part.pred)))
 
-        windows: dict[tuple[int, int], list[tuple[str, Part]]] = {}
+        by_window: dict[tuple[int, int], list[tuple[str, Part]]] = {}  # parts that slide
+        counted: list[tuple[str, Part]] = []  # parts counted at every date
         for part, name in parts.items():
-            windows.setdefault((part.lo, part.hi) if slides(part) else (-1, -1), []).append((name, part))
+            (by_window.setdefault((part.lo, part.hi), []) if slides(part) else counted).append((name, part))
         # A window slides in a block of its own; for a part or two that costs more than
         # counting them at every date in a block that is read anyway.
-        slid = [x for w, group in windows.items() if w != (-1, -1) and len(group) >= SLIDE_MIN_PARTS
-                for x in group]
+        for window in [w for w, group in by_window.items() if len(group) < SLIDE_MIN_PARTS]:
+            counted += by_window.pop(window)
+        slid = [x for group in by_window.values() for x in group]
         tiers: dict[int, list[tuple[str, Part]]] = {}
-        for name, part in [x for group in windows.values() for x in group if x not in slid]:
+        for name, part in counted:
             tiers.setdefault(min(t for t in TIERS + (look,) if t >= part.hi), []).append((name, part))
         for tier, group in sorted(tiers.items()):
             add_block(f"{source}_{tier}d", _plain_block([(n, _within(p.direct(), tier)) for n, p in group],
@@ -923,9 +930,6 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
             add_block(f"{source}_first", f"SELECT * EXCLUDE (as_of) FROM ({block})",
                       [f"{n}_first" for n, _ in slid], on="(person_id)")
             first_day = f"(DATE '{as_ofs[0].isoformat()}' - {EPOCH})"
-            by_window: dict[tuple[int, int], list[tuple[str, Part]]] = {}
-            for n, p in slid:
-                by_window.setdefault((p.lo, p.hi), []).append((n, p))
             for k, ((lo, hi), group) in enumerate(sorted(by_window.items())):
                 add_block(f"{source}_slide{k}", _slide_sql(records, as_ofs, lo, hi, group), [n for n, _ in group])
             for n, p in slid:
@@ -937,9 +941,10 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
                     parts_sql[n] = (f"CASE WHEN (as_of - {EPOCH}) - {latest} <= {p.hi} "
                                     f"THEN (as_of - {EPOCH}) - {latest} END")
         for col, feats in per_value.items():
-            guarded = guarded_sql(records, as_of_list, max(r for _, _, r in feats), predicates)
-            block = _per_value_block(col, [(c, pv) for c, pv, _ in feats], guarded)
-            add_block(f"{source}_by_{col}", _within(block, max(r for _, _, r in feats)),
+            reach = max(r for _, _, r in feats)
+            block = _per_value_block(col, [(c, pv) for c, pv, _ in feats],
+                                     guarded_sql(records, as_of_list, reach, predicates))
+            add_block(f"{source}_by_{col}", _within(block, reach),
                       [c for c, _, _ in feats])
             parts_sql.update({c: c for c, _, _ in feats})
         for k, (f, group) in enumerate(conditional):
@@ -1055,7 +1060,7 @@ def _columns_read(cat: Catalogue, source: str) -> tuple[str, ...]:
     return tuple(c for c in SOURCES[source] if c in words or c in ("person_id", "source_system"))
 
 
-def window_tables(con, cat: Catalogue, as_ofs: list[date], groups: int) -> None:
+def window_tables(con, cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...], groups: int) -> None:
     """Temp tables for a run in passes, read once: `person_keys` gives each person a whole-number
     key (`person_id`) beside their pseudonym (`_person_id`), and `contacts_window` and
     `tags_window` hold everyone's records that may count at some date of the run (`window_sql`)
@@ -1067,15 +1072,13 @@ def window_tables(con, cat: Catalogue, as_ofs: list[date], groups: int) -> None:
     con.execute("CREATE OR REPLACE TEMP TABLE person_keys AS SELECT person_id AS _person_id, "
                 f"(row_number() OVER ())::INTEGER AS person_id, hash(person_id) % {groups} AS _group "
                 "FROM persons")
-    systems = source_systems(con)
     for source in ("contacts", "tags"):
         columns = _columns_read(cat, source)
-        vocab = {**{c: v for c, v in CODED.items() if c in columns}, "source_system": systems}
         enums = ", ".join(f"w.{c}::ENUM({', '.join(_quote(x) for x in v)}) AS {c}"
-                          for c, v in vocab.items() if c in columns)
+                          for c, v in _vocab(columns, systems).items())
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE {source}_window AS
-            SELECT w.* REPLACE (k.person_id AS person_id{', ' if enums else ''}{enums})
+            SELECT w.* REPLACE (k.person_id AS person_id, {enums})
             FROM ({window_sql(source, _dates(sorted(as_ofs)), cat.lookback_days, columns)}) w
             JOIN person_keys k ON k._person_id = w.person_id
             ORDER BY k._group""")
@@ -1114,7 +1117,7 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
         try:
             shared_tables(work, as_ofs)
             if windowed:
-                window_tables(work, cat, as_ofs, len(passes))
+                window_tables(work, cat, as_ofs, systems, len(passes))
             with transaction(con):
                 prepare_snapshots(con, compile_sql(cat, as_ofs, systems), as_ofs)
                 for group in passes:
