@@ -376,7 +376,7 @@ class Part:
         if self.kind == "sql":
             return self.sql
         cond = f"{self.pred} AND {_window(self.lo, self.hi)}"
-        return _when("count", "1", cond) if self.kind == "count" else _when("min", "days_before", cond)
+        return _count(cond) if self.kind == "count" else _when("min", "days_before", cond)
 
 
 @dataclass(frozen=True)
@@ -406,6 +406,13 @@ def _when(fn: str, arg: str, cond: str) -> str:
     FILTER (WHERE …): DuckDB evaluates the CASE in one vectorised projection, about three
     times faster than a FILTER per aggregate when there are a hundred of them."""
     return f"{fn}(CASE WHEN {cond} THEN {arg} END)"
+
+
+def _count(cond: str) -> str:
+    """The number of records meeting `cond`, as an INTEGER: DuckDB's BIGINT counts (and the
+    HUGEINT sums of them) are twice (four times) as wide to carry through a pass's joins and to
+    store, and a person's records never number two billion."""
+    return f"{_when('count', '1', cond)}::INTEGER"
 
 
 def _coded(col: str) -> bool:
@@ -508,14 +515,16 @@ def _trend(kind: str, periods: int, records: Part, recent: str) -> Aggregate:
     mean = (periods - 1) / 2
     a = periods - mean
     s_xx = sum((x - mean) ** 2 for x in xs)
-    sum_m = Part("sql", "", 0, records.hi, _when("sum", "months_before", recent))
+    sum_m = Part("sql", "", 0, records.hi, _when("sum", "months_before", recent) + "::INTEGER")
     if kind == "slope":
-        return Aggregate((records, sum_m), f"({a!r} * {{0}} - {{1}}) / {s_xx!r}")
+        return Aggregate((records, sum_m), f"({a!r}::DOUBLE * {{0}} - {{1}}) / {s_xx!r}")
     m2 = s_xx / periods
     p_sq = sum(((x - mean) ** 2 - m2) ** 2 for x in xs)
-    sum_m2 = Part("sql", "", 0, records.hi, _when("sum", "months_before * months_before", recent))
+    sum_m2 = Part("sql", "", 0, records.hi, _when("sum", "months_before * months_before", recent) + "::INTEGER")
+    # the whole numbers are INTEGER (see `_count`): a decimal literal times one is DECIMAL
+    # arithmetic in DuckDB, which overflows for a literal of 17 digits, so the literals are DOUBLE
     return Aggregate((records, sum_m, sum_m2),
-                     f"2 * ({a * a - m2!r} * {{0}} - {2 * a!r} * {{1}} + {{2}}) / {p_sq!r}")
+                     f"2 * ({a * a - m2!r}::DOUBLE * {{0}} - {2 * a!r}::DOUBLE * {{1}} + {{2}}) / {p_sq!r}")
 
 
 # --- derived features --------------------------------------------------------------------------
@@ -595,7 +604,7 @@ def records_sql(source: str, window: str, columns: tuple[str, ...], systems: tup
     depend on the as-of date: `<column>_bit` for columns with a fixed set of values, and the `predicates`
     (name → SQL) that do not read a pseudo-column. Computed once per record, before any join
     multiplies records by as-of dates."""
-    cols = [f"(1::UBIGINT << (list_position({_array(v)}, {c}) - 1)) AS {c}_bit"
+    cols = [f"(1::UBIGINT << (list_position({_array(v)}, {c}) - 1)::UBIGINT) AS {c}_bit"
             for c, v in _vocab(columns, systems).items()]
     cols += [f"({sql}) AS {name}" for name, sql in predicates.items() if not _PSEUDO.search(sql)]
     return f"SELECT *, {', '.join(cols)} FROM ({window})"
@@ -616,7 +625,7 @@ def _in_reach(records: str, as_of_list: str, lookback: int) -> str:
 
 
 def _as_of_days(as_of_list: str) -> str:
-    return f"(SELECT as_of, as_of - {EPOCH} AS _as_of_day FROM (SELECT unnest({as_of_list}) AS as_of))"
+    return f"(SELECT as_of, (as_of - {EPOCH})::INTEGER AS _as_of_day FROM (SELECT unnest({as_of_list}) AS as_of))"
 
 
 def guarded_sql(records: str, as_of_list: str, lookback: int, predicates: dict[str, str] | None = None,
@@ -630,7 +639,7 @@ def guarded_sql(records: str, as_of_list: str, lookback: int, predicates: dict[s
     `only` (a table with `person_id`), only those people's records.
     """
     predicates = predicates or {}
-    per_pair = [f"(1::UBIGINT << {c}) AS {c}_bit" for c in SMALL_INTS]
+    per_pair = [f"(1::UBIGINT << {c}::UBIGINT) AS {c}_bit" for c in SMALL_INTS]
     per_pair += [f"({sql}) AS {name}" for name, sql in predicates.items() if _PSEUDO.search(sql)]
     return f"""
         SELECT *, {', '.join(per_pair)}
@@ -666,7 +675,7 @@ def _slide_sql(records: str, as_ofs: list[date], lo: int, hi: int, parts: list[t
     aggs = []
     for name, part in parts:
         if part.kind == "count":
-            aggs.append(f"sum(CASE WHEN {part.pred} THEN _in - _in_first END) AS {name}")
+            aggs.append(f"sum(CASE WHEN {part.pred} THEN _in - _in_first END)::INTEGER AS {name}")
         else:
             aggs.append(f"max(CASE WHEN {part.pred} AND _arrived THEN _day END) AS {name}")
     return f"""
@@ -780,14 +789,14 @@ def _per_value_block(col: str, feats: list[tuple[str, PerValue]], guarded: str) 
     hash table per aggregate."""
     inner, outer, conds = [], [], []
     for k, (column, pv) in enumerate(feats):
-        inner.append(f"{_when('count', '1', pv.recent)} AS r{k}")
+        inner.append(f"{_count(pv.recent)} AS r{k}")
         conds.append(f"({pv.recent})")
         if pv.kind == "new":
-            inner.append(f"{_when('count', '1', pv.before)} AS b{k}")
+            inner.append(f"{_count(pv.before)} AS b{k}")
             conds.append(f"({pv.before})")
-            outer.append(f"count(*) FILTER (WHERE r{k} > 0 AND b{k} = 0) AS {column}")
+            outer.append(f"(count(*) FILTER (WHERE r{k} > 0 AND b{k} = 0))::INTEGER AS {column}")
         elif pv.kind == "distinct":
-            outer.append(f"count(*) FILTER (WHERE r{k} > 0) AS {column}")
+            outer.append(f"(count(*) FILTER (WHERE r{k} > 0))::INTEGER AS {column}")
         else:
             outer.append(f"list(r{k} ORDER BY r{k} DESC) FILTER (WHERE r{k} > 0) AS {column}")
     return f"""
@@ -929,17 +938,17 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
             block = _plain_block([(f"{n}_first", _within(p.direct(), reach)) for n, p in slid], first)
             add_block(f"{source}_first", f"SELECT * EXCLUDE (as_of) FROM ({block})",
                       [f"{n}_first" for n, _ in slid], on="(person_id)")
-            first_day = f"(DATE '{as_ofs[0].isoformat()}' - {EPOCH})"
+            first_day = f"(DATE '{as_ofs[0].isoformat()}' - {EPOCH})::INTEGER"
             for k, ((lo, hi), group) in enumerate(sorted(by_window.items())):
                 add_block(f"{source}_slide{k}", _slide_sql(records, as_ofs, lo, hi, group), [n for n, _ in group])
             for n, p in slid:
-                if p.kind == "count":  # BIGINT, as a count not slid: the table's types must
-                    # not depend on which dates were built together (a sum would be HUGEINT)
-                    parts_sql[n] = f"(coalesce({n}_first, 0) + coalesce({n}, 0))::BIGINT"
+                if p.kind == "count":  # INTEGER, as a count not slid: the table's types must
+                    # not depend on which dates were built together (a sum would be BIGINT)
+                    parts_sql[n] = f"(coalesce({n}_first, 0) + coalesce({n}, 0))::INTEGER"
                 else:  # the latest day, then days before this as-of date if still in the window
-                    latest = f"greatest({first_day} - {n}_first, {n})"
-                    parts_sql[n] = (f"CASE WHEN (as_of - {EPOCH}) - {latest} <= {p.hi} "
-                                    f"THEN (as_of - {EPOCH}) - {latest} END")
+                    # INTEGER, as days_before is when not slid
+                    since = f"(as_of - {EPOCH})::INTEGER - greatest({first_day} - {n}_first, {n})"
+                    parts_sql[n] = f"CASE WHEN {since} <= {p.hi} THEN {since} END"
         for col, feats in per_value.items():
             reach = max(r for _, _, r in feats)
             block = _per_value_block(col, [(c, pv) for c, pv, _ in feats],
