@@ -408,11 +408,16 @@ def _when(fn: str, arg: str, cond: str) -> str:
     return f"{fn}(CASE WHEN {cond} THEN {arg} END)"
 
 
+def _whole(fn: str, arg: str, cond: str) -> str:
+    """`_when` for a count or a sum of whole numbers, as an INTEGER: DuckDB's BIGINT counts (and
+    HUGEINT sums) are twice (four times) as wide to carry through a pass's joins and to store,
+    and a person's records never number two billion."""
+    return f"{_when(fn, arg, cond)}::INTEGER"
+
+
 def _count(cond: str) -> str:
-    """The number of records meeting `cond`, as an INTEGER: DuckDB's BIGINT counts (and the
-    HUGEINT sums of them) are twice (four times) as wide to carry through a pass's joins and to
-    store, and a person's records never number two billion."""
-    return f"{_when('count', '1', cond)}::INTEGER"
+    """The number of records meeting `cond` (see `_whole`)."""
+    return _whole("count", "1", cond)
 
 
 def _coded(col: str) -> bool:
@@ -515,13 +520,13 @@ def _trend(kind: str, periods: int, records: Part, recent: str) -> Aggregate:
     mean = (periods - 1) / 2
     a = periods - mean
     s_xx = sum((x - mean) ** 2 for x in xs)
-    sum_m = Part("sql", "", 0, records.hi, _when("sum", "months_before", recent) + "::INTEGER")
+    sum_m = Part("sql", "", 0, records.hi, _whole("sum", "months_before", recent))
     if kind == "slope":
         return Aggregate((records, sum_m), f"({a!r}::DOUBLE * {{0}} - {{1}}) / {s_xx!r}")
     m2 = s_xx / periods
     p_sq = sum(((x - mean) ** 2 - m2) ** 2 for x in xs)
-    sum_m2 = Part("sql", "", 0, records.hi, _when("sum", "months_before * months_before", recent) + "::INTEGER")
-    # the whole numbers are INTEGER (see `_count`): a decimal literal times one is DECIMAL
+    sum_m2 = Part("sql", "", 0, records.hi, _whole("sum", "months_before * months_before", recent))
+    # the whole numbers are INTEGER (see `_whole`): a decimal literal times one is DECIMAL
     # arithmetic in DuckDB, which overflows for a literal of 17 digits, so the literals are DOUBLE
     return Aggregate((records, sum_m, sum_m2),
                      f"2 * ({a * a - m2!r}::DOUBLE * {{0}} - {2 * a!r}::DOUBLE * {{1}} + {{2}}) / {p_sq!r}")
@@ -579,6 +584,12 @@ def _array(values) -> str:
 
 
 EPOCH = "DATE '2000-01-01'"  # dates become whole day numbers counted from here
+
+
+def _day_number(date_sql: str) -> str:
+    """The date `date_sql` as a whole day number, an INTEGER (as `_day` and `days_before` are)."""
+    return f"({date_sql} - {EPOCH})::INTEGER"
+
 # a part's column in the query: `_c3`, `_t0`, or `_c3_first` (its value at the first as-of date)
 _PART_REF = re.compile(r"\b_[ct]\d+(?:_first)?\b")
 _PSEUDO = re.compile(r"\b(" + "|".join(PSEUDO_COLUMNS) + r")\b")
@@ -591,8 +602,8 @@ def window_sql(source: str, as_of_list: str, lookback: int, columns: tuple[str, 
     or `columns`."""
     t = TIME_COLUMN[source]
     return f"""
-        SELECT {', '.join(columns or SOURCES[source])}, ({t}::DATE - {EPOCH})::INTEGER AS _day,
-               (recorded_at::DATE - {EPOCH})::INTEGER AS _known_day
+        SELECT {', '.join(columns or SOURCES[source])}, {_day_number(f"{t}::DATE")} AS _day,
+               {_day_number("recorded_at::DATE")} AS _known_day
         FROM {source}
         WHERE {t} >= list_min({as_of_list}) - INTERVAL {lookback} DAY
           AND {t} < list_max({as_of_list}) AND recorded_at < list_max({as_of_list})"""
@@ -625,7 +636,7 @@ def _in_reach(records: str, as_of_list: str, lookback: int) -> str:
 
 
 def _as_of_days(as_of_list: str) -> str:
-    return f"(SELECT as_of, (as_of - {EPOCH})::INTEGER AS _as_of_day FROM (SELECT unnest({as_of_list}) AS as_of))"
+    return f"(SELECT as_of, {_day_number('as_of')} AS _as_of_day FROM (SELECT unnest({as_of_list}) AS as_of))"
 
 
 def guarded_sql(records: str, as_of_list: str, lookback: int, predicates: dict[str, str] | None = None,
@@ -669,13 +680,13 @@ def _slide_sql(records: str, as_ofs: list[date], lo: int, hi: int, parts: list[t
     window (when the latest record has left the window, so has every earlier one).
     """
     t1 = f"{as_ofs[0].isoformat()}"
-    first, last = f"(DATE '{t1}' - {EPOCH})", f"(DATE '{as_ofs[-1].isoformat()}' - {EPOCH})"
+    first, last = _day_number(f"DATE '{t1}'"), _day_number(f"DATE '{as_ofs[-1].isoformat()}'")
     later = _dates(as_ofs[1:])
     enter = f"greatest(r._known_day, r._day + {lo})"
     aggs = []
     for name, part in parts:
         if part.kind == "count":
-            aggs.append(f"sum(CASE WHEN {part.pred} THEN _in - _in_first END)::INTEGER AS {name}")
+            aggs.append(f"{_whole('sum', '_in - _in_first', part.pred)} AS {name}")
         else:
             aggs.append(f"max(CASE WHEN {part.pred} AND _arrived THEN _day END) AS {name}")
     return f"""
@@ -938,7 +949,7 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
             block = _plain_block([(f"{n}_first", _within(p.direct(), reach)) for n, p in slid], first)
             add_block(f"{source}_first", f"SELECT * EXCLUDE (as_of) FROM ({block})",
                       [f"{n}_first" for n, _ in slid], on="(person_id)")
-            first_day = f"(DATE '{as_ofs[0].isoformat()}' - {EPOCH})::INTEGER"
+            first_day = _day_number(f"DATE '{as_ofs[0].isoformat()}'")
             for k, ((lo, hi), group) in enumerate(sorted(by_window.items())):
                 add_block(f"{source}_slide{k}", _slide_sql(records, as_ofs, lo, hi, group), [n for n, _ in group])
             for n, p in slid:
@@ -947,7 +958,7 @@ def compile_steps(cat: Catalogue, as_ofs: list[date], systems: tuple[str, ...] =
                     parts_sql[n] = f"(coalesce({n}_first, 0) + coalesce({n}, 0))::INTEGER"
                 else:  # the latest day, then days before this as-of date if still in the window
                     # INTEGER, as days_before is when not slid
-                    since = f"(as_of - {EPOCH})::INTEGER - greatest({first_day} - {n}_first, {n})"
+                    since = f"{_day_number('as_of')} - greatest({first_day} - {n}_first, {n})"
                     parts_sql[n] = f"CASE WHEN {since} <= {p.hi} THEN {since} END"
         for col, feats in per_value.items():
             reach = max(r for _, _, r in feats)
