@@ -10,15 +10,13 @@ a Monday's weekly lists (06:00) never write to the warehouse together.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prefect import serve
+from prefect.schedules import Cron
 
-from prefect import serve  # noqa: E402
-from prefect.schedules import Cron  # noqa: E402
-from retrain import retrain  # noqa: E402
-from weekly import weekly  # noqa: E402
+from wobble.flows.retrain import retrain
+from wobble.flows.weekly import weekly
 
 TIMEZONE = "Europe/London"
 WEEKLY_CRON = "0 6 * * 1"  # Mondays 06:00

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prefect import flow
 
-from prefect import flow  # noqa: E402
-from stages import ingest_flow, train_flow  # noqa: E402
-from wobble_tasks import name_run, resolve_as_of, run_name, task_runner, write_summary  # noqa: E402
+from wobble.flows.stages import ingest_flow, train_flow
+from wobble.flows.tasks import name_run, resolve_as_of, run_name, task_runner, write_summary
 
 
 @flow(name="retrain", flow_run_name=run_name("retrain"), task_runner=task_runner())
@@ -38,7 +35,7 @@ if __name__ == "__main__":
     parser.add_argument("--dask", default=None, metavar="tcp://HOST:PORT",
                         help="a Dask scheduler to fit LightGBM on (default: the config's, if any)")
     args = parser.parse_args()
-    from wobble.errors import WobbleError
+    from wobble.core.errors import WobbleError
 
     try:
         result = retrain(config=os.path.abspath(args.config), model=args.model, dask=args.dask)

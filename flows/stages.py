@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import date
 
 from prefect import flow
-from wobble_tasks import (
+
+from wobble.flows.tasks import (
     build_snapshots,
     dask_address,
     data_version,

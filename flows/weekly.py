@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prefect import flow
 
-from prefect import flow  # noqa: E402
-from stages import features_flow, ingest_flow, monitor_flow, publish_flow  # noqa: E402
-from wobble_tasks import (  # noqa: E402
+from wobble.flows.stages import features_flow, ingest_flow, monitor_flow, publish_flow
+from wobble.flows.tasks import (
     dask_address,
     flagged,
     name_run,
@@ -53,7 +50,7 @@ if __name__ == "__main__":
     parser.add_argument("--dask", default=None, metavar="tcp://HOST:PORT",
                         help="a Dask scheduler to run features and publishing on (default: the config's, if any)")
     args = parser.parse_args()
-    from wobble.errors import WobbleError
+    from wobble.core.errors import WobbleError
 
     try:
         result = weekly(config=os.path.abspath(args.config), as_of=args.as_of, dask=args.dask)
@@ -61,4 +58,5 @@ if __name__ == "__main__":
         raise SystemExit(f"wobble: {exc}") from None
     print(f"run summary: {result['summary_path']}")
     if result["monitor"]["flagged"]:
-        raise SystemExit(f"lists published; monitoring asks for a human look: {result['monitor']['report_html']}")
+        where = result["monitor"]["report_html"] or result["monitor"]["error"]
+        raise SystemExit(f"lists published; monitoring asks for a human look: {where}")

@@ -94,7 +94,8 @@ def main() -> None:
                             "--out", str(work / "world"), "--json"], env)
         st = d.get("stages", {}).get("synth", {})
         record("synth", s, m, st.get("contacts"), f"{st.get('persons', 0):,} people")
-    from wobble.synth import WORLD_START, WORLD_WEEKS, demo_config
+    from wobble.synth import demo_config
+    from wobble.synth.world import WORLD_START, WORLD_WEEKS
 
     cfg.write_text(demo_config("world", seed=args.seed))
     end = WORLD_START + timedelta(weeks=WORLD_WEEKS)

@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "flows"))
 
 
 def copy(src: Path, dst: Path) -> Path:
@@ -34,8 +32,9 @@ def copy(src: Path, dst: Path) -> Path:
 def run(config: Path, address: str | None, train: bool) -> dict[str, float]:
     """Seconds per stage, as the weekly flow runs them (features and publish on `address`)."""
     import duckdb
-    from stages import features_flow, ingest_flow, monitor_flow, publish_flow, train_flow
-    from wobble_tasks import on, resolve_as_of
+
+    from wobble.flows.stages import features_flow, ingest_flow, monitor_flow, publish_flow, train_flow
+    from wobble.flows.tasks import on, resolve_as_of
 
     config = str(config)
     times: dict[str, float] = {}

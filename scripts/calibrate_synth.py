@@ -11,8 +11,8 @@ import sys
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from wobble import synth as S
-from wobble.vocab import SERVICES
+from wobble.core.vocab import SERVICES
+from wobble.synth import world as S
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
 pop = S._population(np.random.default_rng(1), n, S.WORLD_START, S.WORLD_WEEKS)

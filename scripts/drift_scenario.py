@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 from datetime import date
 
-from wobble.config import Config, load_config
-from wobble.warehouse import connect, transaction
+from wobble.core.config import Config, load_config
+from wobble.core.warehouse import connect, transaction
 
 KINDS = ("discussed_no_action", "already_supported", "outreach_agreed", "referred_on", "not_a_concern",
          "data_problem", "deferred")
@@ -81,7 +81,7 @@ def main() -> None:
     for d in args.outcomes:
         print(f"{record_outcomes(cfg, d)} synthetic outcomes recorded for the lists of {d}")
     if args.drift:
-        from wobble.pipeline import as_of_for
+        from wobble.core.calendar import as_of_for
 
         as_of = as_of_for(cfg, None)
         done = inject_drift(cfg, as_of)

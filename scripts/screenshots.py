@@ -28,10 +28,11 @@ def main() -> None:
     import uvicorn
     from playwright.sync_api import sync_playwright
 
-    from wobble.config import load_config
-    from wobble.outcomes import current_list, list_rows
-    from wobble.review import create_app, create_token, revoke_tokens
-    from wobble.warehouse import connect
+    from wobble.core.config import load_config
+    from wobble.core.warehouse import connect
+    from wobble.lists.outcomes import current_list, list_rows
+    from wobble.review.app import create_app
+    from wobble.review.tokens import create_token, revoke_tokens
 
     cfg = load_config(args.config)
     out = Path(args.out)

@@ -46,7 +46,7 @@ def world2k(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ingested(tmp_path_factory, world20k):
     """The 20k world with its demo config, ingested once: (config, ingest result)."""
-    from wobble.config import load_config
+    from wobble.core.config import load_config
     from wobble.ingest import ingest
     from wobble.synth import demo_config
 
@@ -110,10 +110,10 @@ def monitor_world(demo_run, tmp_path_factory):
     huddle outcomes for it: (config path, the matured as-of date)."""
     from datetime import timedelta
 
-    from wobble.approve import champion
-    from wobble.config import load_config
-    from wobble.pipeline import as_of_for
-    from wobble.publish import publish
+    from wobble.core.calendar import as_of_for
+    from wobble.core.config import load_config
+    from wobble.lists.publish import publish
+    from wobble.models.approve import champion
 
     config = copy_demo(demo_run[0], tmp_path_factory.mktemp("monitor_world"))
     cfg = load_config(config)
@@ -127,8 +127,8 @@ def monitor_world(demo_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def drifted_world(monitor_world, tmp_path_factory) -> Path:
     """monitor_world copied again, with scripts/drift_scenario.py's injected drift: its config path."""
-    from wobble.config import load_config
-    from wobble.pipeline import as_of_for
+    from wobble.core.calendar import as_of_for
+    from wobble.core.config import load_config
 
     config = copy_demo(monitor_world[0].parent, tmp_path_factory.mktemp("drifted_world"))
     cfg = load_config(config)
@@ -146,8 +146,8 @@ def published_copy(demo_run, tmp_path_factory):
 
     import duckdb
 
-    from wobble.config import load_config
-    from wobble.publish import publish
+    from wobble.core.config import load_config
+    from wobble.lists.publish import publish
 
     work, proc = demo_run
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -169,7 +169,7 @@ def tiny_world(tmp_path_factory) -> Path:
 
     Small enough to train a model in seconds; copy it (`copy_tree`) before writing to it.
     """
-    from wobble.config import load_config
+    from wobble.core.config import load_config
     from wobble.ingest import ingest
     from wobble.synth import demo_config, synth
 
@@ -183,8 +183,8 @@ def tiny_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory, tiny_world):
     """crisis_90d trained and registered (version 1) on a copy of the tiny world: (config, TrainResult)."""
-    from wobble.config import load_config
-    from wobble.train import train
+    from wobble.core.config import load_config
+    from wobble.models.train import train
 
     work = copy_tree(tiny_world, tmp_path_factory.mktemp("tiny_trained") / "w")
     cfg = load_config(work / "wobble.toml")

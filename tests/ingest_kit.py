@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wobble.identifiers import STRANGER_PREFIX_FROM, check_digit, synthetic_nhs_numbers
+from wobble.ingest.identifiers import STRANGER_PREFIX_FROM, check_digit, synthetic_nhs_numbers
 
 CONFIG = """
 [wobble]
@@ -147,10 +147,10 @@ def source_nhs_numbers(world: Path) -> set[str]:
     """Every NHS number (valid or not) written in a synthetic world's extracts, as ten digits."""
     import polars as pl
 
-    from wobble.synth import _SOURCES
+    from wobble.synth.sources import SOURCES
 
     found: set[str] = set()
-    for _, _, _, kind, pattern, formats, columns in _SOURCES:
+    for _, _, _, kind, pattern, formats, columns in SOURCES:
         for path in sorted((world / "raw").glob(pattern)):
             if kind == "csv":
                 df = pl.read_csv(path, separator=formats.get("delimiter", ","), infer_schema=False,

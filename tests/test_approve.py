@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from conftest import TEST_KEY, run_wobble
 
-from wobble.approve import approve, champion, require_approval
-from wobble.errors import NotApproved, WobbleError
-from wobble.tracking import client
-from wobble.warehouse import connect
+from wobble.core.errors import NotApproved, WobbleError
+from wobble.core.warehouse import connect
+from wobble.models.approve import approve, champion, require_approval
+from wobble.models.tracking import client
 
 
 def fresh_version(cfg) -> str:
@@ -19,7 +19,7 @@ def fresh_version(cfg) -> str:
 
 
 def test_publish_refuses_an_unapproved_model(tiny_trained):
-    from wobble.publish import publish
+    from wobble.lists.publish import publish
 
     cfg, result = tiny_trained
     version = fresh_version(cfg)

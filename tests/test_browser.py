@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import HOSTILE, ROOT
 
-from wobble.review import create_token
+from wobble.review.tokens import create_token
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import TEST_KEY, run_wobble
 
-from wobble.card import SECTIONS, fmt_est
-from wobble.spec import load_spec
+from wobble.models.card import SECTIONS, fmt_est
+from wobble.models.spec import load_spec
 
 
 def test_card_renders_for_a_tiny_world_with_every_section(tiny_trained):
@@ -60,7 +60,7 @@ def test_small_numbers_are_suppressed(tiny_trained):
 
 
 def test_the_card_and_evaluation_are_in_the_mlflow_run(tiny_trained):
-    from wobble.tracking import client
+    from wobble.models.tracking import client
 
     cfg, result = tiny_trained
     c = client(cfg)
@@ -82,7 +82,7 @@ def test_the_card_and_evaluation_are_in_the_mlflow_run(tiny_trained):
 
 
 def test_wobble_card_rerenders_a_version_with_its_approval(tiny_trained):
-    from wobble.approve import approve
+    from wobble.models.approve import approve
 
     cfg, result = tiny_trained
     approve(cfg, model="crisis_90d", version="1", by="Ms B Card-Reader, Caldicott Guardian", note="card re-read")
@@ -101,7 +101,7 @@ def test_wobble_card_rerenders_a_version_with_its_approval(tiny_trained):
 
 
 def test_differences_are_judged_by_their_interval():
-    from wobble.card import _verdict
+    from wobble.models.card import _verdict
 
     assert _verdict({"value": 0.01, "low": 0.003, "high": 0.02}).startswith("better (the interval is above zero")
     assert _verdict({"value": -0.01, "low": -0.02, "high": -0.001}, higher_is_better=False).startswith(
@@ -117,7 +117,7 @@ def test_estimates_print_with_their_interval():
 
 
 def test_numbers_that_round_to_zero_carry_no_sign():
-    from wobble.card import fmt, fmt_est
+    from wobble.models.card import fmt, fmt_est
 
     assert fmt(-0.0001) == "0.000" and fmt(-0.002) == "-0.002" and fmt(-0.0004, "pp") == "0.0 points"
     assert fmt_est({"value": -0.001, "low": -0.0021, "high": -0.0001}) == "-0.001 (-0.002 to 0.000)"

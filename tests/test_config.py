@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import TEST_KEY, run_wobble
 
-from wobble.config import load_config, parse_config, with_fhir_folder
-from wobble.errors import ConfigError
+from wobble.core.config import load_config, parse_config, with_fhir_folder
+from wobble.core.errors import ConfigError
 
 CSV = {"kind": "csv", "table": "contacts", "system": "gp", "path": "a.csv",
        "columns": {"nhs_number": "N", "record_id": "I", "occurred_at": "W", "service": "S"}}
@@ -75,7 +75,7 @@ def test_out_of_memory_is_one_line_and_its_own_exit_code(capsys):
     import duckdb
     import typer
 
-    from wobble.cli import OUT_OF_MEMORY, friendly
+    from wobble.cli.main import OUT_OF_MEMORY, friendly
 
     @friendly
     def oom():
@@ -96,3 +96,23 @@ def test_out_of_memory_is_one_line_and_its_own_exit_code(capsys):
 
     with pytest.raises(duckdb.BinderException):
         bug()
+
+
+def test_feature_and_model_folders_default_to_the_packaged_ones_and_can_be_set(tmp_path):
+    import shutil
+
+    from wobble.core.config import PACKAGED_FEATURES, PACKAGED_MODELS
+    from wobble.features import load_catalogue
+    from wobble.models.spec import load_spec
+
+    cfg = parse_config({}, root=tmp_path)
+    assert cfg.features_dir == PACKAGED_FEATURES and (PACKAGED_FEATURES / "services.yml").exists()
+    assert cfg.models_dir == PACKAGED_MODELS and (PACKAGED_MODELS / "crisis_90d.yml").exists()
+    shutil.copytree(PACKAGED_FEATURES, tmp_path / "my_features")
+    (tmp_path / "my_features" / "tags.yml").unlink()
+    shutil.copytree(PACKAGED_MODELS, tmp_path / "my_models")
+    cfg = parse_config({"paths": {"features": "my_features", "models": str(tmp_path / "my_models")}}, root=tmp_path)
+    assert cfg.features_dir == tmp_path / "my_features" and cfg.models_dir == tmp_path / "my_models"
+    ours, packaged = load_catalogue(cfg.features_dir), load_catalogue(PACKAGED_FEATURES)
+    assert {f.family for f in ours.features} == {f.family for f in packaged.features} - {"tags"}
+    assert load_spec(cfg.models_dir, "crisis_90d").name == "crisis_90d"

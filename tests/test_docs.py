@@ -2,7 +2,7 @@
 
 from conftest import ROOT
 
-from wobble import vocab
+from wobble.core import vocab
 
 
 def test_readme_lists_every_vocabulary_value():

@@ -103,7 +103,7 @@ def test_bad_config_names_the_block_and_key(tmp_path):
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys, wobble.cli; heavy = [m for m in ('polars', 'duckdb', 'numpy', 'lightgbm', "
+    code = ("import sys, wobble.cli.main; heavy = [m for m in ('polars', 'duckdb', 'numpy', 'lightgbm', "
             "'mlflow', 'prefect', 'sklearn', 'shap') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT / "src")}, check=True).stdout.strip()
@@ -119,7 +119,7 @@ def test_cli_basics(args):
 def test_the_demo_key_follows_the_seed(tmp_path, monkeypatch):
     """Without a key in the environment the demo derives one from its seed: same seed, same
     pseudonyms and the same hash-chosen test people, run to run."""
-    from wobble.pipeline import demo_key
+    from wobble.synth import demo_key
 
     monkeypatch.delenv("WOBBLE_TEST_KEY_VAR", raising=False)
     a, note = demo_key(tmp_path / "a", "WOBBLE_TEST_KEY_VAR", 7)

@@ -14,6 +14,7 @@ import shutil
 import statistics
 from datetime import date, datetime, timedelta
 from fractions import Fraction
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -21,14 +22,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wobble.config import project_dir
-from wobble.errors import ConfigError
-from wobble.features import catalogue_markdown, compute_snapshots, load_catalogue
-from wobble.vocab import AGE_BANDS, CRISIS_SERVICES, SERVICES, SOURCE_SYSTEMS, STRENGTH_TAGS, TAGS
-from wobble.warehouse import SCHEMA
+from wobble.core.calendar import weekly_as_ofs
+from wobble.core.config import PACKAGED_FEATURES
+from wobble.core.errors import ConfigError
+from wobble.core.sql import dates as sql_dates
+from wobble.core.vocab import AGE_BANDS, CRISIS_SERVICES, SERVICES, SOURCE_SYSTEMS, STRENGTH_TAGS, TAGS
+from wobble.core.warehouse import SCHEMA
+from wobble.features.build import compute_snapshots
+from wobble.features.catalogue import catalogue_markdown, load_catalogue
+from wobble.features.compile import cohort_sql, compile_sql
 
 AS_OF = date(2026, 3, 2)
-CAT = load_catalogue(project_dir() / "features")
+CAT = load_catalogue(PACKAGED_FEATURES)
 PROFESSIONALS = (None, "g1", "g2", "g3", "n1", "n2")
 
 
@@ -43,12 +48,13 @@ def reference_snapshot(persons: list[dict], contacts: list[dict], tags: list[dic
     for p in cohort:
         mine = [c for c in contacts if c["person_id"] == p["person_id"]]
         my_tags = [g for g in tags if g["person_id"] == p["person_id"]]
-        team_contacts = [c for c in contacts if c["team_id"] == p["team_id"]]
-        out[p["person_id"]] = reference_person(p, mine, my_tags, team_contacts, as_of, t)
+        team_records = (_team_records(persons, contacts, tags, p["team_id"]),
+                        _team_records(persons, contacts, tags, None))
+        out[p["person_id"]] = reference_person(p, mine, my_tags, team_records, as_of, t)
     return out
 
 
-def reference_person(p, contacts, tags, team_contacts, as_of, t) -> dict:
+def reference_person(p, contacts, tags, team_records, as_of, t) -> dict:
     def days_before(when: datetime) -> int:
         return (as_of - when.date()).days
 
@@ -108,7 +114,7 @@ def reference_person(p, contacts, tags, team_contacts, as_of, t) -> dict:
         out[f"has_{system}_records_365d"] = int(any(c["source_system"] == system for c in known))
     first = min((c["occurred_at"] for c in known_all), default=None)
     out["months_of_history"] = None if first is None else (as_of - first.date()).days // 30
-    quiet = _quiet_periods(team_contacts, as_of, t)
+    quiet = _quiet_months(*team_records, as_of)
     out["team_feed_gap_3m"] = int(any(k < 3 for k in quiet))
     out["team_feed_gap_12m"] = int(bool(quiet))
     # continuity
@@ -186,20 +192,41 @@ def _first_rise(attended: list[dict]) -> int | None:
     return min(w for w, e in excess.items() if e == peak)
 
 
-def _quiet_periods(team_contacts: list[dict], as_of: date, t: datetime) -> set[int]:
-    """30-day periods (0 = the last 30 days) in which a source the team usually hears from
-    (median period of 10 or more records) sent fewer than 10% of its median."""
+def _team_records(persons, contacts, tags, team) -> list[tuple[str, date, datetime]]:
+    """(source system, day, recorded at) of every record of a team's people (every team's, for
+    None): contacts by the day they happened, tags by the day they were recorded."""
+    team_of = {p["person_id"]: p["team_id"] for p in persons}
+
+    def ours(pid):
+        return team_of.get(pid) is not None and (team is None or team_of[pid] == team)
+
+    return ([(c["source_system"], c["occurred_at"].date(), c["recorded_at"]) for c in contacts if ours(c["person_id"])]
+            + [(g["source_system"], g["recorded_at"].date(), g["recorded_at"]) for g in tags if ours(g["person_id"])])
+
+
+def _quiet_months(records, everyone, as_of: date) -> set[int]:
+    """Months (0 = the month of the day before the as-of date, back to 12) in which a source the team
+    usually hears from (a median complete month of 10 or more records, known before the as-of date)
+    sent fewer than 10% of it: pro rata for a month under way, or the month the source's first record
+    in these months fell in (`everyone`: every team's records), judged once 14 days of it count."""
+    t = datetime(as_of.year, as_of.month, as_of.day)
+    last = as_of - timedelta(days=1)
+    starts = []
+    y, m = last.year, last.month
+    for _ in range(13):
+        starts.append(date(y, m, 1))
+        y, m = (y, m - 1) if m > 1 else (y - 1, 12)
+    ends = [date(s.year + s.month // 12, s.month % 12 + 1, 1) for s in starts]
+    known = [(s, d) for s, d, rec in records if rec < t and d < as_of]
     quiet = set()
-    for system in {c["source_system"] for c in team_contacts}:
-        counts = [0] * 12
-        for c in team_contacts:
-            if c["source_system"] == system and c["recorded_at"] < t and c["occurred_at"] < t:
-                k = ((as_of - c["occurred_at"].date()).days - 1) // 30
-                if k < 12:
-                    counts[k] += 1
-        typical = statistics.median(counts)
-        if typical >= 10:
-            quiet |= {k for k, n in enumerate(counts) if n < 0.1 * typical}
+    for system in {s for s, d in known if starts[-1] <= d}:
+        first = min(d for s, d, rec in everyone if s == system and rec < t and starts[-1] <= d < as_of)
+        counts = [sum(1 for s, d in known if s == system and a <= d < b) for a, b in zip(starts, ends, strict=True)]
+        before = [max(0, (min(as_of, b) - max(a, first)).days) for a, b in zip(starts, ends, strict=True)]
+        covered = [n / (b - a).days for n, a, b in zip(before, starts, ends, strict=True)]
+        usual = statistics.median([c for c, f in zip(counts, covered, strict=True) if f == 1] or [0])
+        if usual >= 10:
+            quiet |= {k for k in range(13) if before[k] >= 14 and counts[k] < 0.1 * usual * covered[k]}
     return quiet
 
 
@@ -268,7 +295,7 @@ def _world(contacts_in, tags_in, bursts=()):
     } for k, c in enumerate(rows)]
     tags = [{
         "tag_id": f"t{k}", "person_id": f"p{g['person']}", "recorded_at": _ts(g["recorded"], g["hour"]),
-        "tag": g["tag"], "polarity": "strength" if g["tag"] in STRENGTH_TAGS else "concern",
+        "tag": g["tag"], "polarity": "strength" if g["tag"] in STRENGTH_TAGS else "concern", "source_system": "gp",
     } for k, g in enumerate(tags_in)]
     return persons, contacts, tags
 
@@ -291,8 +318,8 @@ def _snapshots_at(persons, contacts, tags, dates: list[date]) -> dict[tuple[str,
             [[c["contact_id"], c["person_id"], c["occurred_at"], c["recorded_at"], c["service"],
               c["status"], c["professional_id"], c["source_system"]] for c in contacts])
     if tags:
-        con.executemany("INSERT INTO tags VALUES (?, ?, ?, ?, ?, NULL, 'gp', 'b')",
-                        [[g["tag_id"], g["person_id"], g["recorded_at"], g["tag"], g["polarity"]]
+        con.executemany("INSERT INTO tags VALUES (?, ?, ?, ?, ?, NULL, ?, 'b')",
+                        [[g["tag_id"], g["person_id"], g["recorded_at"], g["tag"], g["polarity"], g["source_system"]]
                          for g in tags])
     df = compute_snapshots(con, CAT, dates)
     con.close()
@@ -375,7 +402,11 @@ def test_a_rise_is_dated_from_its_start():
     assert 0.7 < got["p0"]["gp_upc_365d"] < 0.8
 
 
-def test_a_team_whose_feed_goes_quiet_is_flagged():
+@pytest.mark.parametrize("gap, flags", [
+    ((20, 80), (1, 1)),  # AS_OF 2026-03-02: January 2026 quiet, within the last three months
+    ((200, 260), (0, 1)),  # June and July 2025 quiet: within the year only
+])
+def test_a_team_whose_feed_goes_quiet_is_flagged(gap, flags):
     """Team T02's social care records stop for two months; T01's carry on."""
     persons = [{"person_id": f"q{k}", "birth_year": 1950, "sex": "female", "imd_decile": 4,
                 "ethnicity_group": "White", "opted_out": False, "died_on": None,
@@ -384,7 +415,7 @@ def test_a_team_whose_feed_goes_quiet_is_flagged():
     contacts = []
     for d in range(1, 400):
         for p in persons:
-            if d % 3 == 0 and not (p["team_id"] == "T02" and 40 <= d < 100):
+            if d % 3 == 0 and not (p["team_id"] == "T02" and gap[0] <= d < gap[1]):
                 when = t - timedelta(days=d, hours=-9)
                 contacts.append({"contact_id": f"c{len(contacts)}", "person_id": p["person_id"],
                                  "team_id": p["team_id"], "occurred_at": when,
@@ -392,9 +423,9 @@ def test_a_team_whose_feed_goes_quiet_is_flagged():
                                  "status": "attended", "source_system": "social_care",
                                  "professional_id": None})
     got = _assert_matches_reference(persons, contacts, [])
-    flags = {p["team_id"]: (got[p["person_id"]]["team_feed_gap_3m"], got[p["person_id"]]["team_feed_gap_12m"])
-             for p in persons}
-    assert flags == {"T01": (0, 0), "T02": (1, 1)}
+    got_flags = {p["team_id"]: (got[p["person_id"]]["team_feed_gap_3m"], got[p["person_id"]]["team_feed_gap_12m"])
+                 for p in persons}
+    assert got_flags == {"T01": (0, 0), "T02": flags}
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -416,7 +447,7 @@ def test_snapshots_for_many_dates_equal_snapshots_one_date_at_a_time(contacts_in
 @pytest.fixture
 def own_copy(ingested, tmp_path):
     """The ingested world's config and warehouse, copied for a test that writes snapshots."""
-    from wobble.config import load_config
+    from wobble.core.config import load_config
 
     cfg0, _ = ingested
     (tmp_path / "world").symlink_to((cfg0.root / "world").resolve())
@@ -435,11 +466,11 @@ def test_building_in_passes_equals_one_query(own_copy, monkeypatch, batch_rows, 
     pass block by block; the snapshots it writes must equal one query over everyone."""
     from polars.testing import assert_frame_equal
 
-    from wobble import features
-    from wobble.warehouse import connect
+    from wobble.core.warehouse import connect
+    from wobble.features import build as features
 
     cfg = own_copy
-    dates = features.weekly_as_ofs(cfg.wobble.as_of, 3)
+    dates = weekly_as_ofs(cfg.wobble.as_of, 3)
     monkeypatch.setattr(features, "BATCH_ROWS", batch_rows)
     result = features.build_features(cfg, dates)
     assert result.batches == passes
@@ -454,11 +485,11 @@ def test_building_other_dates_later_keeps_the_snapshots_already_built(own_copy):
     """A training run's dates, then a weekly date: the first dates' rows stay. (Counts slid over
     several dates once came out HUGEINT rather than BIGINT, and the table, its types changed,
     was rebuilt empty.)"""
-    from wobble import features
-    from wobble.warehouse import connect
+    from wobble.core.warehouse import connect
+    from wobble.features import build as features
 
     cfg = own_copy
-    earlier = features.weekly_as_ofs(cfg.wobble.as_of - timedelta(weeks=8), 3)
+    earlier = weekly_as_ofs(cfg.wobble.as_of - timedelta(weeks=8), 3)
     first = features.build_features(cfg, earlier)
     later = features.build_features(cfg, [cfg.wobble.as_of])
     with connect(cfg.warehouse) as con:
@@ -473,20 +504,20 @@ def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(own_copy
     identical to the same row built for everyone (team-wide features included)."""
     from polars.testing import assert_frame_equal
 
-    from wobble import features
-    from wobble.warehouse import connect
+    from wobble.core.warehouse import connect
+    from wobble.features import build as features
 
     cfg = own_copy
-    dates = features.weekly_as_ofs(cfg.wobble.as_of, 2)
+    dates = weekly_as_ofs(cfg.wobble.as_of, 2)
     some = "('0x' || substr(person_id, 1, 8))::UBIGINT / 4294967296.0 < 0.2"
     monkeypatch.setattr(features, "BATCH_ROWS", batch_rows)
     result = features.build_features(cfg, dates, people=some)
     assert (result.batches > 1) == (batch_rows < 10_000)
     with connect(cfg.warehouse) as con:
         built = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
-        whole = con.sql(f"SELECT * FROM ({features.compile_sql(CAT, dates, features.source_systems(con))}) "
+        whole = con.sql(f"SELECT * FROM ({compile_sql(CAT, dates, features.source_systems(con))}) "
                         f"WHERE {some} ORDER BY as_of, person_id").pl()
-        everyone = con.execute(f"SELECT count(*) FROM ({features.cohort_sql(features._dates(dates))})").fetchone()[0]
+        everyone = con.execute(f"SELECT count(*) FROM ({cohort_sql(sql_dates(dates))})").fetchone()[0]
     assert built.height == whole.height == result.rows
     assert 0.1 * everyone < built.height < 0.3 * everyone
     assert_frame_equal(built, whole.select(built.columns), rel_tol=0, abs_tol=1e-9)
@@ -495,11 +526,11 @@ def test_building_for_some_people_gives_exactly_their_rows_of_the_whole(own_copy
 def test_a_pass_that_fails_leaves_the_snapshots_as_they_were(own_copy, monkeypatch):
     """The passes stream into one transaction: when a later pass fails, the rows earlier passes
     inserted and the old rows they replace are as before the run."""
-    from wobble import features
-    from wobble.warehouse import connect
+    from wobble.core.warehouse import connect
+    from wobble.features import build as features
 
     cfg = own_copy
-    dates = features.weekly_as_ofs(cfg.wobble.as_of, 3)
+    dates = weekly_as_ofs(cfg.wobble.as_of, 3)
     features.build_features(cfg, dates)
     with connect(cfg.warehouse) as con:
         before = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
@@ -535,7 +566,7 @@ def test_catalogue_loads_and_describes_every_column():
 
 
 def test_generated_catalogue_file_is_current():
-    path = project_dir() / "docs" / "features.md"
+    path = Path(__file__).resolve().parents[1] / "docs" / "features.md"
     assert path.read_text(encoding="utf-8") == catalogue_markdown(CAT) + "\n", (
         "docs/features.md is stale: run `wobble features list --markdown > docs/features.md`")
 
@@ -558,7 +589,7 @@ HEAD = "family: x\ndescription: d\nfeatures:\n  - "
      "whole 30-day periods"),
 ])
 def test_catalogue_errors_are_loud(tmp_path, feature, message):
-    for p in (project_dir() / "features").glob("*.yml"):
+    for p in PACKAGED_FEATURES.glob("*.yml"):
         shutil.copy(p, tmp_path / p.name)
     (tmp_path / "zz_extra.yml").write_text(HEAD + feature + "\n")
     with pytest.raises(ConfigError, match=message):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from datetime import date
 from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import ROOT, TEST_KEY, copy_demo, load_script
+from conftest import TEST_KEY, copy_demo
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +21,7 @@ def prefect_harness():
 
 
 def _flows(name: str):
-    return load_script(ROOT / "flows" / f"{name}.py")
+    return importlib.import_module(f"wobble.flows.{name}")
 
 
 def _client():
@@ -107,8 +108,8 @@ def test_features_are_cached_on_unchanged_data(demo_run, prefect_harness):
 
 def test_the_cache_key_changes_with_the_data(monitor_world, tmp_path):
     """The warehouse digest that keys the feature cache moves when rows arrive, and only then."""
-    from wobble.config import load_config
-    from wobble.warehouse import data_version
+    from wobble.core.config import load_config
+    from wobble.core.warehouse import data_version
 
     config = copy_demo(monitor_world[0].parent, tmp_path / "w")
     warehouse = load_config(config).warehouse
@@ -130,9 +131,9 @@ def test_monitor_flow_ends_flagged_on_drift(drifted_world, prefect_harness):
 
 
 def test_retrain_registers_a_version_that_waits_for_approval(demo_run, prefect_harness, tmp_path, monkeypatch):
-    from wobble.approve import champion
-    from wobble.config import load_config
-    from wobble.tracking import client
+    from wobble.core.config import load_config
+    from wobble.models.approve import champion
+    from wobble.models.tracking import client
 
     monkeypatch.setenv("WOBBLE_PSEUDONYM_KEY", TEST_KEY)
     config = copy_demo(demo_run[0], tmp_path / "w")
@@ -149,7 +150,7 @@ def test_retrain_registers_a_version_that_waits_for_approval(demo_run, prefect_h
 
 
 def test_artifact_text_reads_the_stage_summaries(tmp_path):
-    tasks = _flows("wobble_tasks")
+    tasks = _flows("tasks")
     s = {"rows_in": 10, "rows_loaded": 7, "rows_quarantined": 2, "rows_duplicate": 1, "files_loaded": 1,
          "files_skipped": 0, "files_failed": 1, "opted_out_persons": 3,
          "quarantine_reasons": {"invalid_nhs_number": 2}, "errors": ["gp.csv: no such column"]}

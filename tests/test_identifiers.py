@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 from nhs_number import is_valid
 from nhs_number.validate import calculate_checksum
 
-from wobble.identifiers import (
+from wobble.ingest.identifiers import (
     check_digit,
     is_valid_nhs_number,
     pseudonymise,

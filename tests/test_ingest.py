@@ -10,7 +10,8 @@ import duckdb
 import pytest
 from conftest import TEST_KEY
 
-from wobble.ingest import REASONS, ingest
+from wobble.ingest import ingest
+from wobble.ingest.validate import REASONS
 
 
 def _con(cfg):
@@ -148,7 +149,7 @@ def test_the_report_shows_the_missing_social_care_feed(ingested, world20k):
 
 
 def test_a_bad_file_fails_alone_with_one_line(ingested, tmp_path):
-    from wobble.config import load_config
+    from wobble.core.config import load_config
 
     cfg, _ = ingested
     text = (cfg.root / "wobble.toml").read_text()
@@ -168,8 +169,8 @@ def test_a_bad_file_fails_alone_with_one_line(ingested, tmp_path):
 
 @pytest.mark.parametrize("missing_var", [True])
 def test_commands_refuse_without_a_key(missing_var, monkeypatch, ingested):
-    from wobble.config import pseudonym_key
-    from wobble.errors import ConfigError
+    from wobble.core.config import pseudonym_key
+    from wobble.core.errors import ConfigError
 
     monkeypatch.delenv("WOBBLE_PSEUDONYM_KEY")
     with pytest.raises(ConfigError, match="WOBBLE_PSEUDONYM_KEY"):

@@ -18,7 +18,7 @@ from ingest_kit import (
     visit,
 )
 
-from wobble.config import load_config
+from wobble.core.config import load_config
 from wobble.ingest import ingest
 
 KEY = TEST_KEY.encode()

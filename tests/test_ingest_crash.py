@@ -16,8 +16,9 @@ import duckdb
 import pytest
 from conftest import ROOT, TEST_KEY
 
-import wobble.ingest as ingest_mod
-from wobble.config import load_config
+import wobble.ingest.load as ingest_load
+import wobble.ingest.run as ingest_run
+from wobble.core.config import load_config
 from wobble.ingest import ingest
 
 KEY = TEST_KEY.encode()
@@ -59,23 +60,23 @@ def reference(project, tmp_path_factory):
     (ref_root / "wobble.toml").write_text(project.read_text())
     cfg = load_config(ref_root / "wobble.toml")
     states: list[tuple[str, dict]] = []
-    original = ingest_mod._Run.load_file
+    original = ingest_run.load_file
 
-    def load_and_record(self, name, source, path, fp):
-        result = original(self, name, source, path, fp)
-        states.append((path.name, state(self.con)))
+    def load_and_record(run, name, source, path, fp):
+        result = original(run, name, source, path, fp)
+        states.append((path.name, state(run.con)))
         return result
 
-    ingest_mod._Run.load_file = load_and_record
+    ingest_run.load_file = load_and_record
     try:
         with duckdb.connect(str(cfg.warehouse)) as con:  # the empty warehouse, schema only
-            from wobble.warehouse import SCHEMA
+            from wobble.core.warehouse import SCHEMA
 
             con.execute(SCHEMA)
             empty = state(con)
         result = ingest(cfg, key=KEY, report=False)
     finally:
-        ingest_mod._Run.load_file = original
+        ingest_run.load_file = original
     assert not result.failed
     return empty, states
 
@@ -194,7 +195,7 @@ def test_an_error_mid_file_rolls_the_file_back(project, reference, tmp_path, mon
     def broken_finish(*args, **kwargs):
         raise RuntimeError("disk full (simulated)")
 
-    monkeypatch.setattr(ingest_mod, "_finish", broken_finish)
+    monkeypatch.setattr(ingest_load, "_finish", broken_finish)
     with pytest.raises(RuntimeError, match="simulated"):
         ingest(load_config(cfg_path), key=KEY, report=False)
     assert state_of(load_config(cfg_path).warehouse) == reference[0]  # the first file rolled back

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from conftest import TEST_KEY, run_wobble
 
-from wobble.config import load_config, with_fhir_folder
+from wobble.core.config import load_config, with_fhir_folder
 from wobble.ingest import ingest
 
 KEY = TEST_KEY.encode()
@@ -21,7 +21,7 @@ KEY = TEST_KEY.encode()
 
 @pytest.fixture(scope="module")
 def export(world2k, tmp_path_factory) -> tuple[Path, dict]:
-    from wobble.synth_fhir import write_fhir_export
+    from wobble.synth.fhir import write_fhir_export
 
     out = tmp_path_factory.mktemp("export")
     return out, write_fhir_export(world2k, out)

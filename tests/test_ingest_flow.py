@@ -22,7 +22,7 @@ def test_the_report_is_a_prefect_artifact_inside_a_flow(harness, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from wobble.config import load_config
+    from wobble.core.config import load_config
     from wobble.ingest import ingest
 
     a = numbers(1)[0]

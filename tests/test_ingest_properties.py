@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from ingest_kit import VISITS_HEADER, broken, numbers, project, register, stranger
 
-from wobble.config import load_config
-from wobble.errors import WobbleError
-from wobble.identifiers import (
+from wobble.core.config import load_config
+from wobble.core.errors import WobbleError
+from wobble.ingest import ingest
+from wobble.ingest.identifiers import (
     NHS_LIKE,
     NUMBER_REMOVED,
     install_sql_pseudonym,
@@ -31,7 +32,7 @@ from wobble.identifiers import (
     pseudonymise,
     without_numbers_sql,
 )
-from wobble.ingest import REASONS, ingest
+from wobble.ingest.validate import REASONS
 
 PEOPLE = numbers(4, seed=5)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from wobble import metrics as M
+from wobble.models import metrics as M
 
 # --- slow references ------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wobble import metrics as M
-from wobble.evaluate import EvaluationRows, LeadEvents, Scorer, evaluate
+from wobble.models import metrics as M
+from wobble.models.evaluate import EvaluationRows, LeadEvents, Scorer, evaluate
 
 TOL = {"auroc": 0.05, "observed_to_expected": 0.2, "fnr_at_capacity": 0.1, "fpr_at_capacity": 0.005}
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import TEST_KEY, run_wobble
 
-from wobble.monitor import _psi
+from wobble.ops.monitor.drift import _psi
 
 
 def _slow_psi(expected, actual, floor=1e-4):
@@ -37,8 +37,8 @@ def test_psi_matches_hand_computed_and_slow_reference():
 
 def _fingerprint(config):
     """What the monitor must never change: lists, scores, approvals and the model registry."""
-    from wobble.config import load_config
-    from wobble.tracking import client
+    from wobble.core.config import load_config
+    from wobble.models.tracking import client
 
     cfg = load_config(config)
     with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
@@ -50,8 +50,8 @@ def _fingerprint(config):
 
 
 def test_a_world_without_drift_is_not_flagged(monitor_world):
-    from wobble.config import load_config
-    from wobble.monitor import monitor
+    from wobble.core.config import load_config
+    from wobble.ops.monitor import monitor
 
     config, matured = monitor_world
     before = _fingerprint(config)
@@ -74,8 +74,8 @@ def test_a_world_without_drift_is_not_flagged(monitor_world):
 
 def test_outcomes_and_impact_are_counted_as_recorded(monitor_world):
     """Every figure in the outcome and impact sections, recomputed the slow, obvious way."""
-    from wobble.config import load_config
-    from wobble.monitor import monitor
+    from wobble.core.config import load_config
+    from wobble.ops.monitor import monitor
 
     config, matured = monitor_world
     cfg = load_config(config)
@@ -130,8 +130,8 @@ def test_a_world_without_drift_exits_zero(monitor_world):
 
 
 def test_monitor_thresholds_are_validated(tmp_path):
-    from wobble.config import parse_config
-    from wobble.errors import ConfigError
+    from wobble.core.config import parse_config
+    from wobble.core.errors import ConfigError
 
     cfg = parse_config({"monitor": {"psi_watch": 0.2, "psi_act": 0.3}}, root=tmp_path)
     assert cfg.monitor.psi_act == 0.3 and cfg.monitor.fail_on == "act"
@@ -139,3 +139,63 @@ def test_monitor_thresholds_are_validated(tmp_path):
         parse_config({"monitor": {"psi_watch": 0.3, "psi_act": 0.2}}, root=tmp_path)
     with pytest.raises(ConfigError, match="monitor.psi_wach: unknown key"):
         parse_config({"monitor": {"psi_wach": 0.3}}, root=tmp_path)
+
+
+def test_the_monitor_shows_the_cards_figures_intervals_and_group_labels(monitor_world):
+    """The monitor reads the card's own evaluation: the same intervals, and the same names for every
+    group (a value not recorded is the card's 'unknown', not a label of the monitor's own)."""
+    from wobble.core.config import load_config
+    from wobble.models.tracking import load_evaluation
+    from wobble.ops.monitor import monitor
+
+    cfg = load_config(monitor_world[0])
+    result = monitor(cfg)
+    (v,) = result.matured["versions"]
+    card = load_evaluation(cfg, result.model_name, v["version"])
+    model = card["scorers"]["model"]
+    for metric in ("auroc", "calibration_slope", "brier", "precision_at_capacity"):
+        assert v["card"][metric] == model[metric]["value"]
+        assert v["card_intervals"][metric] == (model[metric]["low"], model[metric]["high"]), metric
+    text = result.report_md.read_text()
+    assert f"({model['auroc']['low']:.3f}–{model['auroc']['high']:.3f})" in text
+    card_groups = {(g["attribute"], str(g["group"])) for g in card["subgroups"]}
+    shown = [(attr, r["value"]) for attr, rows in v["subgroups"].items() for r in rows]
+    assert shown and set(shown) <= card_groups | {(a, "unknown") for a, _ in shown}
+    matched = [r for rows in v["subgroups"].values() for r in rows if r["card_auroc"] is not None]
+    assert len(matched) >= 4  # every unsuppressed group found its figure on the card
+
+
+def test_a_missing_attribute_reads_unknown_in_card_and_monitor_alike():
+    import duckdb as db
+
+    from wobble.core.vocab import UNKNOWN_GROUP
+    from wobble.models.cohort import attributes_sql
+
+    con = db.connect()
+    row = con.sql("SELECT " + ", ".join(f"{sql} AS {a}" for a, sql in attributes_sql("DATE '2026-11-23'").items())
+                  + " FROM (SELECT NULL::SMALLINT AS birth_year, NULL AS sex, NULL AS ethnicity_group, "
+                    "NULL::TINYINT AS imd_decile) p").fetchall()[0]
+    assert row[1:] == (UNKNOWN_GROUP, UNKNOWN_GROUP, UNKNOWN_GROUP)
+
+
+def test_a_monitor_that_cannot_run_flags_the_weekly_path_rather_than_failing_it(tiny_world, tmp_path):
+    """`wobble run` and the weekly flow share one rule: the lists are out, so a week the monitor could
+    not check is a flagged result (exit 1 from `wobble run`), not a crash, and it says why."""
+    from datetime import date
+
+    from conftest import copy_tree
+
+    from wobble.core.config import load_config
+    from wobble.core.runs import RunSummary
+    from wobble.ops.monitor import monitor_or_flag
+    from wobble.ops.pipeline import stage_monitor
+
+    cfg = load_config(copy_tree(tiny_world, tmp_path / "w") / "wobble.toml")  # nothing trained or approved
+    flagged = monitor_or_flag(cfg, model="crisis_90d", as_of=date(2026, 11, 23))
+    assert flagged["flagged"] and flagged["level"] == "act" and flagged["report_html"] is None
+    assert "no approved version" in flagged["findings"][0]["what"] and flagged["error"]
+    summary = RunSummary("run")
+    st = stage_monitor(cfg, "crisis_90d", date(2026, 11, 23), summary, lambda _m: None, weekly=True)
+    assert st["flagged"] and summary.data["flagged"] and "monitor_report" not in summary.data["outputs"]
+    with pytest.raises(Exception, match="no approved version"):  # `wobble monitor` on its own: an error
+        stage_monitor(cfg, "crisis_90d", date(2026, 11, 23), RunSummary("monitor"), lambda _m: None)

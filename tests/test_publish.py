@@ -13,21 +13,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from wobble.outcomes import record_outcome
-from wobble.publish import (
+from wobble.core.warehouse import connect
+from wobble.lists.outcomes import record_outcome
+from wobble.lists.publish import publish
+from wobble.lists.reasons import (
     MAX_REASONS,
     MIN_REASONS,
     STRENGTH_WORTH_SHOWING,
     STRONG_REASON,
-    change_label,
     choose_reasons,
-    publish,
     reason_sentence,
-    risk_phrase,
-    spark_caption,
-    sparkline_svg,
 )
-from wobble.warehouse import connect
+from wobble.lists.views import change_label, risk_phrase, spark_caption, sparkline_svg
 
 
 def _feature(description, unit):

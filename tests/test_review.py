@@ -13,7 +13,8 @@ import pytest
 from conftest import HOSTILE, TEST_KEY, run_wobble
 from fastapi.testclient import TestClient
 
-from wobble.review import create_app, create_token, revoke_tokens
+from wobble.review.app import create_app
+from wobble.review.tokens import create_token, revoke_tokens
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,9 @@ from datetime import date, datetime
 import pytest
 from conftest import ROOT, run_wobble
 
-from wobble.outcomes import (
+from wobble.core.vocab import OUTCOMES
+from wobble.core.warehouse import connect
+from wobble.lists.outcomes import (
     OutcomeRefused,
     check_outcome,
     current_list,
@@ -18,8 +20,6 @@ from wobble.outcomes import (
     summarise,
     summary_sentence,
 )
-from wobble.vocab import OUTCOMES
-from wobble.warehouse import connect
 
 D1, D2 = date(2026, 11, 16), date(2026, 11, 23)
 

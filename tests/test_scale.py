@@ -15,15 +15,14 @@ from conftest import ROOT, TEST_KEY, copy_demo, copy_tree
 
 DASK_MODULES = ("dask", "distributed", "prefect_dask")
 
-# Runs flows/weekly.py's flow in a fresh process (ephemeral Prefect), on a local Dask cluster when
+# Runs the weekly flow (wobble.flows.weekly) in a fresh process (ephemeral Prefect), on a local Dask cluster when
 # asked; prints the flow's result and which Dask modules the process imported, as JSON.
 RUN_WEEKLY = """
 import json, sys
-sys.path.insert(0, {flows!r})
 config, as_of, on_dask = sys.argv[1], sys.argv[2], sys.argv[3] == "dask"
 
 def run(address=None):
-    import weekly
+    from wobble.flows import weekly
     state = weekly.weekly(config=config, as_of=as_of, dask=address, return_state=True)
     return state.result()
 
@@ -55,8 +54,8 @@ TABLES = {
 def _weekly(config, as_of: str, on: str) -> dict:
     env = {**os.environ, "WOBBLE_PSEUDONYM_KEY": TEST_KEY,
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("PREFECT_API_URL", None)  # ephemeral mode, as `python flows/weekly.py` runs without a server
-    code = RUN_WEEKLY.format(flows=str(ROOT / "flows"), modules=DASK_MODULES)
+    env.pop("PREFECT_API_URL", None)  # ephemeral mode, as `python -m wobble.flows.weekly` runs without a server
+    code = RUN_WEEKLY.format(modules=DASK_MODULES)
     proc = subprocess.run([sys.executable, "-c", code, str(config), as_of, on], capture_output=True, text=True,
                           env=env, cwd=config.parent, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,7 +119,7 @@ def test_weekly_flow_on_dask_matches_the_single_machine_run(demo_run, tmp_path):
 
 
 def test_wobble_help_imports_no_dask():
-    code = ("import sys; from typer.testing import CliRunner; from wobble.cli import app; "
+    code = ("import sys; from typer.testing import CliRunner; from wobble.cli.main import app; "
             "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {DASK_MODULES!r}))")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -130,8 +129,8 @@ def test_wobble_help_imports_no_dask():
 
 
 def test_a_dask_address_must_look_like_one(tmp_path):
-    from wobble.config import load_config
-    from wobble.errors import ConfigError
+    from wobble.core.config import load_config
+    from wobble.core.errors import ConfigError
 
     path = tmp_path / "wobble.toml"
     path.write_text('[dask]\naddress = "127.0.0.1:8786"\n')
@@ -144,7 +143,7 @@ def test_a_dask_address_must_look_like_one(tmp_path):
 
 
 def test_early_stop_follows_lightgbms_rule():
-    from wobble.train import early_stop
+    from wobble.models.fit import early_stop
 
     assert early_stop([0.5, 0.4, 0.3, 0.31, 0.32, 0.33, 0.2], rounds=3) == 2  # stopped before the late dip
     assert early_stop([0.5, 0.4, 0.3, 0.31, 0.32, 0.2], rounds=3) == 5
@@ -156,8 +155,8 @@ def test_training_with_the_dask_estimator_is_sensible(tiny_world, tiny_trained, 
     """LightGBM's Dask estimator on two local workers: not byte-identical to one machine, but as good."""
     from distributed import LocalCluster
 
-    from wobble.config import load_config
-    from wobble.train import train
+    from wobble.core.config import load_config
+    from wobble.models.train import train
 
     _, local = tiny_trained
     cfg = load_config(copy_tree(tiny_world, tmp_path / "w") / "wobble.toml")
@@ -181,11 +180,11 @@ def test_buckets_rebuild_the_single_machine_snapshots_and_a_missing_bucket_is_an
     """The partitioned build, run in-process: the same rows and column types as `build_features`,
     team-wide figures included (a feed gap that only shows over the whole team, not in a bucket of
     100 people); a bucket that never came back stops the load (nothing lost silently)."""
-    from wobble.config import Dask, load_config
-    from wobble.errors import WobbleError
+    from wobble.core.calendar import as_of_for
+    from wobble.core.config import Dask, load_config
+    from wobble.core.errors import WobbleError
     from wobble.features import build_features
-    from wobble.pipeline import as_of_for
-    from wobble.scale import bucket_snapshots, export_persons, load_snapshots
+    from wobble.ops.scale import bucket_snapshots, export_persons, load_snapshots
 
     cfg = load_config(copy_tree(tiny_world, tmp_path / "w") / "wobble.toml")
     cfg = cfg.model_copy(update={"dask": Dask(buckets=30, partitions=tmp_path / "parts")})

@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from wobble.synth import WORLD_START, WORLD_WEEKS, synth
+from wobble.synth import synth
+from wobble.synth.world import WORLD_START, WORLD_WEEKS
 
 
 def _hashes(root):

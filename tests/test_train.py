@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import TEST_KEY, copy_tree
 
-from wobble.config import project_dir
-from wobble.errors import ConfigError
-from wobble.spec import ModelSpec, load_spec, timesplit
-from wobble.train import label_sql
-from wobble.warehouse import SCHEMA
+from wobble.core.config import PACKAGED_MODELS
+from wobble.core.errors import ConfigError
+from wobble.core.warehouse import SCHEMA
+from wobble.models.cohort import label_sql
+from wobble.models.spec import ModelSpec, load_spec, timesplit
 
-MODELS = project_dir() / "models"
+MODELS = PACKAGED_MODELS
 
 
 # --- specs and splits -----------------------------------------------------------------------------
@@ -129,8 +129,8 @@ def test_labels_match_a_slow_reference(model, seed):
 @pytest.fixture(scope="module")
 def twice(tmp_path_factory, tiny_world):
     """crisis_90d trained twice (unregistered) with one seed on one copy of the tiny world."""
-    from wobble.config import load_config
-    from wobble.train import train
+    from wobble.core.config import load_config
+    from wobble.models.train import train
 
     work = copy_tree(tiny_world, tmp_path_factory.mktemp("train") / "w")
     cfg = load_config(work / "wobble.toml")
@@ -159,9 +159,9 @@ def test_training_reports_every_metric_with_an_interval(twice):
 
 
 def test_people_are_never_in_both_training_and_test(twice):
-    from wobble.spec import load_spec as ls
-    from wobble.train import load_rows
-    from wobble.warehouse import connect
+    from wobble.core.warehouse import connect
+    from wobble.models.cohort import load_rows
+    from wobble.models.spec import load_spec as ls
 
     cfg, (a, _) = twice
     spec = ls(cfg.models_dir, "crisis_90d")
@@ -179,8 +179,8 @@ def test_people_are_never_in_both_training_and_test(twice):
 def test_test_dates_hold_the_held_out_people_only_and_count_as_not_built(twice):
     """Training builds its test dates for the held-out people alone; anything that would list or
     monitor people at such a date must see them as not built, and build them for everyone."""
-    from wobble.features import dates_to_build
-    from wobble.warehouse import connect
+    from wobble.core.warehouse import connect
+    from wobble.features.build import dates_to_build
 
     cfg, (a, _) = twice
     with connect(cfg.warehouse, read_only=True) as con:
@@ -194,8 +194,8 @@ def test_test_dates_hold_the_held_out_people_only_and_count_as_not_built(twice):
 
 
 def test_escalation_trains_evaluates_and_gets_a_card_through_the_same_code(tmp_path, tiny_world):
-    from wobble.config import load_config
-    from wobble.train import train
+    from wobble.core.config import load_config
+    from wobble.models.train import train
 
     work = copy_tree(tiny_world, tmp_path / "w")
     cfg = load_config(work / "wobble.toml")
@@ -207,3 +207,27 @@ def test_escalation_trains_evaluates_and_gets_a_card_through_the_same_code(tmp_p
     text = result.card_md.read_text()
     assert "Rising need in the next 90 days" in text and "at least 2.0 times the person's own rate" in text
     assert "Not applicable: this target is a change in the rate" in text
+
+
+def test_a_calibrator_pickled_before_the_stages_became_packages_still_loads():
+    """A champion trained by an earlier wobble pickled its calibrator as `wobble.train._Calibrator`."""
+    import io
+    import pickle
+    import sys
+    import types
+
+    from sklearn.isotonic import IsotonicRegression
+
+    from wobble.models.fit import _Calibrator
+    from wobble.models.tracking import load_pickle
+
+    old = types.ModuleType("wobble.train")
+    old._Calibrator = type("_Calibrator", (_Calibrator,), {"__module__": "wobble.train"})
+    sys.modules["wobble.train"] = old
+    try:
+        blob = pickle.dumps(old._Calibrator(IsotonicRegression().fit([0.1, 0.9], [0, 1])))
+    finally:
+        del sys.modules["wobble.train"]
+    assert b"wobble.train" in blob
+    loaded = load_pickle(io.BytesIO(blob))
+    assert type(loaded) is _Calibrator and loaded.predict(np.array([0.9]))[0] == 1.0

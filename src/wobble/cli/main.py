@@ -1,0 +1,155 @@
+"""The `wobble` command line: one command per stage, `wobble run` for the weekly path, `wobble demo`.
+
+Progress and messages go to stderr; `--json` prints the run summary on stdout. Input and
+configuration problems print one line and exit non-zero; heavy libraries are imported inside
+the commands that need them, so `wobble --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from wobble.core.errors import WobbleError
+
+app = typer.Typer(
+    name="wobble",
+    help="Early warning for health and social care: short, explained lists for MDT discussion.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+features_app = typer.Typer(help="Build feature snapshots, or list the feature catalogue.")
+app.add_typer(features_app, name="features")
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to wobble.toml.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")]
+DaskOpt = Annotated[str | None, typer.Option(
+    "--dask", metavar="tcp://HOST:PORT",
+    help="A Dask scheduler to scale out on (default: dask.address in the config, if any).")]
+
+
+def _date(value: str) -> date:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise WobbleError(f"{value!r} is not a date; write YYYY-MM-DD") from None
+
+
+def friendly(fn):
+    """Turn WobbleError into one line on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except WobbleError as exc:
+            err.print(f"[bold red]wobble:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("wobble: interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            # Out of memory is the machine, not a bug: say so in one line. (By name, so that
+            # `wobble --help` need not import DuckDB.)
+            if type(exc).__name__ != "OutOfMemoryException" or not type(exc).__module__.endswith("duckdb"):
+                raise
+            from rich.markup import escape  # DuckDB's text and "[ingest]" are not markup
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+            err.print(f"[bold red]wobble:[/] DuckDB ran out of memory ({escape(first)}). Give it more room "
+                      f"(stop other jobs on this machine; for ingest, raise memory_limit under {escape('[ingest]')} "
+                      "in wobble.toml) and run it again.", highlight=False, soft_wrap=True)
+            raise typer.Exit(OUT_OF_MEMORY) from None
+
+    return wrapper
+
+
+OUT_OF_MEMORY = 71  # EX_OSERR: the machine, not the input
+
+
+def _finish(summary, outputs_dir: Path, as_json: bool, lines: list[str]) -> None:
+    path = summary.write(outputs_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(summary.data, indent=2, default=str) + "\n")
+    for line in lines:
+        err.print(line, highlight=False, soft_wrap=True)
+    err.print(f"run summary: {path}", highlight=False, soft_wrap=True)
+
+
+class _Progress:
+    """A Rich progress display with one line per stage message."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 TimeElapsedColumn(), console=err, transient=False)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.update(self.task, description="done", completed=1, total=1)
+        return self.progress.__exit__(*exc)
+
+    def say(self, message: str) -> None:
+        self.progress.update(self.task, description=message, total=None)
+
+    def chunks(self, done: int, total: int) -> None:
+        self.progress.update(self.task, description="synthetic world", completed=done, total=total)
+
+
+def _load(config: Path):
+    from wobble.core.config import load_config, pseudonym_key
+
+    cfg = load_config(config)
+    return cfg, pseudonym_key
+
+
+
+
+def _list_lines(st: dict) -> list[str]:
+    lines = [f"{len(st['lists'])} team lists at {st['as_of']}" + (" (DEMO)" if st.get("demo") else "")]
+    lines += [f"  {t['team']}: {t['rows']} people  {t['html']}" for t in st["lists"][:10]]
+    if len(st["lists"]) > 10:
+        lines.append(f"  … and {len(st['lists']) - 10} more in {Path(st['lists'][0]['html']).parent}")
+    return lines
+
+
+def _monitor_lines(st: dict) -> list[str]:
+    head = {"act": "[bold red]needs a human look[/]", "watch": "[yellow]items to watch[/]",
+            "ok": "[green]nothing crossed a threshold[/]"}[st["level"]]
+    version = f" v{st['model_version']}" if st.get("model_version") else ""
+    lines = [f"monitoring {st['model_name']}{version} at {st['as_of']}: {head}"]
+    lines += [f"  {f['level']}: {f['what']}" for f in st["findings"]]
+    if st.get("report_html"):
+        lines.append(f"report: {st['report_html']}")
+    return lines
+
+
+def _dask_address(given: str | None, cfg) -> str | None:
+    """--dask, checked as the config's address is, else the config's `[dask] address`."""
+    if given:
+        from wobble.core.config import Dask
+
+        try:
+            return Dask(address=given).address
+        except ValueError:
+            raise WobbleError(f"--dask {given}: not a Dask scheduler address (e.g. tcp://10.0.0.5:8786)") from None
+    return cfg.dask.address
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,53 @@
+"""The calendar wobble runs on: as-of dates are Mondays, and the data say which Monday is current.
+
+A list, a snapshot and a training example are all "as of" a Monday T: they use records known
+before T (`recorded_at < T`). The current as-of date is the configured one, else the Monday after
+the last record the warehouse holds (`data_end`), e.g. a last record on Thursday 2026-11-19 gives
+Monday 2026-11-23.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from wobble.core.errors import WobbleError
+from wobble.core.warehouse import connect, scalar
+
+
+def is_monday(d: date) -> bool:
+    return d.weekday() == 0
+
+
+def require_monday(d: date, what: str = "as-of dates") -> date:
+    """`d`, or an error saying that it is not a Monday."""
+    if not is_monday(d):
+        raise WobbleError(f"{d} is not a Monday; {what} are Mondays")
+    return d
+
+
+def monday_on_or_before(d: date) -> date:
+    """2026-11-25 (a Wednesday) → 2026-11-23."""
+    return d - timedelta(days=d.weekday())
+
+
+def weekly_as_ofs(end: date, weeks: int, step: int = 1) -> list[date]:
+    """`weeks` Mondays ending at `end` (a Monday), `step` weeks apart, oldest first."""
+    return sorted(end - timedelta(weeks=k * step) for k in range(weeks))
+
+
+def data_end(con, cfg) -> date:
+    """The as-of date the data support: the config's `as_of`, else the Monday after the last record."""
+    if cfg.wobble.as_of:
+        return cfg.wobble.as_of
+    last = scalar(con, "SELECT max(recorded_at)::DATE FROM contacts")
+    if last is None:
+        raise WobbleError("the warehouse has no contacts: run `wobble ingest` first")
+    return monday_on_or_before(last + timedelta(days=1))
+
+
+def as_of_for(cfg, given: date | None) -> date:
+    """The as-of date of a run: `given` (a Monday), else `data_end` of the configured warehouse."""
+    if given:
+        return require_monday(given)
+    with connect(cfg.warehouse, read_only=True) as con:
+        return data_end(con, cfg)

@@ -1,0 +1,316 @@
+"""`wobble.toml`: one file that says where data lives, which sources to read and which teams exist.
+
+Paths in the file are relative to the file's own folder. Unknown keys are errors, and every
+error names the block and key that is wrong, e.g. ``sources.gp_appointments.columns.occurred_at``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from wobble.core.calendar import is_monday
+from wobble.core.errors import ConfigError
+
+DEFAULT_CONFIG = "wobble.toml"
+
+# Contract fields each kind of source may map, and those it must map.
+SOURCE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "persons": (
+        (
+            "nhs_number", "birth_year", "birth_date", "sex", "ethnicity_group", "imd_decile",
+            "lsoa", "postcode", "practice_id", "team_id", "opted_out", "died_on", "registered_on",
+        ),
+        ("nhs_number", "sex"),
+    ),
+    "contacts": (
+        (
+            "nhs_number", "record_id", "occurred_at", "recorded_at", "service", "status",
+            "mode", "professional",
+        ),
+        ("nhs_number", "record_id", "occurred_at", "service"),
+    ),
+    "tags": (
+        ("nhs_number", "record_id", "recorded_at", "tag", "author_role"),
+        ("nhs_number", "record_id", "recorded_at", "tag"),
+    ),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# The feature families and model specs wobble ships (the project's `features/` and `models/`).
+PACKAGED_FEATURES = Path(__file__).resolve().parents[1] / "features" / "families"
+PACKAGED_MODELS = Path(__file__).resolve().parents[1] / "models" / "specs"
+
+
+class Paths(_Strict):
+    warehouse: Path = Path("data/warehouse.duckdb")
+    mlflow: Path = Path("data/mlflow")
+    outputs: Path = Path("data/outputs")
+    truth: Path | None = None
+    features: Path | None = None  # a folder of feature family YAML; default: the packaged ones
+    models: Path | None = None  # a folder of model spec YAML; default: the packaged ones
+
+
+# Fields a FHIR source may give value mappings for (FHIR code → contract value). Keys are a
+# code, or "system|code" to tell apart the same code in two code systems.
+FHIR_VALUE_FIELDS = ("service", "status", "mode", "tag", "sex", "ethnicity_group", "author_role")
+
+
+class Source(_Strict):
+    """One extract: a file (or glob of files) from one system, mapped to the contract.
+
+    Tabular sources (csv, parquet) feed one contract table through a column mapping. A FHIR
+    source is a Bulk Data `$export` folder of NDJSON files and feeds persons, contacts and tags
+    at once; its `values` extend the built-in FHIR code maps (see `wobble/fhir_maps.toml`).
+    """
+
+    kind: Literal["csv", "parquet", "fhir"]
+    table: Literal["persons", "contacts", "tags"] | None = None
+    system: str
+    path: str
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    encoding: Literal["utf-8", "latin-1"] = "utf-8"
+    timestamp_format: str | None = None
+    date_format: str | None = None
+    timezone: str = "Europe/London"
+    columns: dict[str, str] = Field(default_factory=dict)
+    values: dict[str, dict[str, str]] = Field(default_factory=dict)
+    defaults: dict[str, str] = Field(default_factory=dict)
+    max_line_bytes: int = Field(default=1 << 20, ge=1024)
+
+    def check(self, name: str) -> None:
+        if self.kind == "fhir":
+            for key in ("table", "columns", "defaults"):
+                if getattr(self, key):
+                    raise ConfigError(f"sources.{name}.{key}: not used by a FHIR source; remove it")
+            for field in self.values:
+                if field not in FHIR_VALUE_FIELDS:
+                    raise ConfigError(
+                        f"sources.{name}.values: '{field}' cannot be mapped for FHIR "
+                        f"(expected one of: {', '.join(FHIR_VALUE_FIELDS)})"
+                    )
+            return
+        if self.table is None:
+            raise ConfigError(f"sources.{name}.table: missing (persons, contacts or tags)")
+        allowed, required = SOURCE_FIELDS[self.table]
+        for field in list(self.columns) + list(self.values) + list(self.defaults):
+            if field not in allowed:
+                raise ConfigError(
+                    f"sources.{name}: '{field}' is not a field of the {self.table} contract "
+                    f"(expected one of: {', '.join(allowed)})"
+                )
+        for field in required:
+            if field not in self.columns and field not in self.defaults:
+                raise ConfigError(f"sources.{name}.columns: missing required field '{field}'")
+        if "nhs_number" not in self.columns:
+            raise ConfigError(f"sources.{name}.columns: nhs_number must name a column (it has no default)")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"sources.{name}.timezone: unknown time zone {self.timezone!r}") from None
+
+
+class Lookups(_Strict):
+    """Optional CSV lookups. The opt-out list holds NHS numbers (a column named nhs_number, else
+    the first column) of people with a national data opt-out; it is read on every run."""
+
+    lsoa_imd: str | None = None
+    practice_team: str | None = None
+    postcode_lsoa: str | None = None
+    opt_outs: str | None = None
+
+
+class Ingest(_Strict):
+    """How hard ingest may work: DuckDB's memory limit and threads (default: all cores)."""
+
+    memory_limit: str = "4GB"
+    threads: int | None = Field(default=None, ge=1)
+    wait_seconds: float = Field(default=0.0, ge=0)
+
+
+class Teams(_Strict):
+    default_capacity: int = Field(default=25, ge=1, le=500)
+    capacity: dict[str, int] = Field(default_factory=dict)
+
+    def capacity_for(self, team_id: str) -> int:
+        return self.capacity.get(team_id, self.default_capacity)
+
+
+class Settings(_Strict):
+    name: str = "wobble"
+    pseudonym_key_env: str = "WOBBLE_PSEUDONYM_KEY"
+    small_number_threshold: int = Field(default=7, ge=1)
+    seed: int = 7
+    as_of: date | None = None
+    demo: bool = False
+    models: list[str] = Field(default_factory=lambda: ["crisis_90d"])
+
+    @field_validator("as_of")
+    @classmethod
+    def _monday(cls, v: date | None) -> date | None:
+        if v is not None and not is_monday(v):
+            raise ValueError(f"{v} is not a Monday; as-of dates are Mondays")
+        return v
+
+
+class Monitor(_Strict):
+    """When `wobble monitor` asks for a human look: 'watch' is reported, 'act' also fails the run."""
+
+    psi_watch: float = Field(default=0.1, gt=0)    # population stability index: a shift to watch
+    psi_act: float = Field(default=0.25, gt=0)     # ... a shift to act on
+    auroc_drop: float = Field(default=0.05, gt=0, lt=0.5)  # matured AUROC this far below the card's
+    calibration_slope: tuple[float, float] = (0.8, 1.25)   # matured slope outside this range
+    min_crises: int = Field(default=20, ge=1)      # fewer matured crises: reported, not judged
+    fail_on: Literal["act", "watch"] = "act"       # the level that makes `wobble monitor` exit 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Monitor:
+        if self.psi_watch >= self.psi_act:
+            raise ValueError(f"psi_watch ({self.psi_watch}) must be below psi_act ({self.psi_act})")
+        lo, hi = self.calibration_slope
+        if not 0 < lo < 1 < hi:
+            raise ValueError("calibration_slope must be [low, high] with 0 < low < 1 < high")
+        return self
+
+
+class Dask(_Strict):
+    """Scale-out (README, "Scaling out on Dask"): a Dask scheduler every flow may send work to.
+
+    Without an address everything runs on this machine and nothing of Dask is imported.
+    `partitions` must be a folder every worker can read and write (shared storage).
+    """
+
+    address: str | None = None  # e.g. "tcp://10.0.0.5:8786"
+    partitions: Path = Path("data/partitions")
+    buckets: int = Field(default=16, ge=1, le=4096)  # person buckets: one feature task each
+
+    @field_validator("address")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(tcp|tls|inproc|ucx)://\S+$", v):
+            raise ValueError(f"{v!r} is not a Dask scheduler address (e.g. tcp://10.0.0.5:8786)")
+        return v or None
+
+
+class Config(_Strict):
+    """The parsed `wobble.toml`, with paths made absolute against `root`."""
+
+    root: Path
+    wobble: Settings = Settings()
+    paths: Paths = Paths()
+    sources: dict[str, Source] = Field(default_factory=dict)
+    lookups: Lookups = Lookups()
+    ingest: Ingest = Ingest()
+    teams: Teams = Teams()
+    monitor: Monitor = Monitor()
+    dask: Dask = Dask()
+
+    def path(self, p: Path | str) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def warehouse(self) -> Path:
+        return self.path(self.paths.warehouse)
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.path(self.paths.mlflow)
+
+    @property
+    def outputs(self) -> Path:
+        return self.path(self.paths.outputs)
+
+    @property
+    def truth(self) -> Path | None:
+        return self.path(self.paths.truth) if self.paths.truth else None
+
+    @property
+    def partitions_dir(self) -> Path:
+        return self.path(self.dask.partitions)
+
+    @property
+    def features_dir(self) -> Path:
+        """The feature families to build: `paths.features`, else the packaged catalogue."""
+        return self.path(self.paths.features) if self.paths.features else PACKAGED_FEATURES
+
+    @property
+    def models_dir(self) -> Path:
+        """The model specs: `paths.models`, else the packaged ones."""
+        return self.path(self.paths.models) if self.paths.models else PACKAGED_MODELS
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"])
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG) -> Config:
+    """Read and validate `wobble.toml`; raise ConfigError naming the block and key at fault."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"no config file at {path}: pass --config, or run `wobble demo` to create one"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    return parse_config(raw, root=path.resolve().parent)
+
+
+def parse_config(raw: dict[str, Any], *, root: Path) -> Config:
+    """Validate a config mapping (as read from TOML) against the schema."""
+    try:
+        cfg = Config(root=root, **raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _loc(first)
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(f"config {where}: {msg}") from None
+    for name, source in cfg.sources.items():
+        source.check(name)
+    return cfg
+
+
+def with_fhir_folder(folder: Path | str, base: Config | None = None) -> tuple[Config, str]:
+    """The config for `wobble ingest --fhir DIR`, and the name of its one FHIR source.
+
+    With a config, the folder becomes (or replaces) its FHIR source and keeps that source's
+    system and code maps; without one, everything is a default and the warehouse and outputs
+    go under ./data/ (relative to the working folder).
+    """
+    folder = Path(folder).resolve()
+    if not folder.exists():
+        raise ConfigError(f"--fhir: no folder or file at {folder}")
+    cfg = base or Config(root=Path.cwd().resolve())
+    name, template = next(((n, s) for n, s in cfg.sources.items() if s.kind == "fhir"), ("fhir", None))
+    source = Source(kind="fhir", system=template.system if template else "fhir", path=str(folder),
+                    values=template.values if template else {})
+    return cfg.model_copy(update={"sources": {**cfg.sources, name: source}}), name
+
+
+def pseudonym_key(cfg: Config) -> bytes:
+    """The HMAC key from the environment; refuses to go on without one."""
+    var = cfg.wobble.pseudonym_key_env
+    key = os.environ.get(var, "")
+    if len(key) < 16:
+        raise ConfigError(
+            f"environment variable {var} must hold the pseudonymisation key (at least 16 "
+            "characters); it is not set or too short. Ask your data controller for the key."
+        )
+    return key.encode("utf-8")

@@ -1,0 +1,257 @@
+"""The DuckDB warehouse: the contract's tables, connections and the single-writer rule.
+
+`SCHEMA` is the one definition of every table's columns, but for `feature_snapshots`, whose
+columns are the feature catalogue's and which the features stage creates to match it.
+
+DuckDB allows one read-write process per database file. `connect` turns the lock error
+into `WarehouseBusy` ("warehouse busy"), after waiting up to `wait_seconds`. Stages write
+inside one transaction each (`transaction`), so a crash leaves the warehouse as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from wobble.core.errors import WarehouseBusy, WobbleError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS persons (
+    person_id        VARCHAR NOT NULL,
+    birth_year       SMALLINT,
+    sex              VARCHAR,
+    ethnicity_group  VARCHAR,
+    imd_decile       TINYINT,
+    team_id          VARCHAR,
+    practice_id      VARCHAR,
+    opted_out        BOOLEAN NOT NULL DEFAULT false,
+    died_on          DATE,
+    registered_on    DATE,
+    source_system    VARCHAR,
+    batch_id         VARCHAR
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    contact_id       VARCHAR NOT NULL,
+    person_id        VARCHAR NOT NULL,
+    occurred_at      TIMESTAMP NOT NULL,
+    recorded_at      TIMESTAMP NOT NULL,
+    service          VARCHAR NOT NULL,
+    status           VARCHAR NOT NULL,
+    mode             VARCHAR,
+    professional_id  VARCHAR,
+    source_system    VARCHAR NOT NULL,
+    batch_id         VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+    tag_id           VARCHAR NOT NULL,
+    person_id        VARCHAR NOT NULL,
+    recorded_at      TIMESTAMP NOT NULL,
+    tag              VARCHAR NOT NULL,
+    polarity         VARCHAR NOT NULL,
+    author_role      VARCHAR,
+    source_system    VARCHAR NOT NULL,
+    batch_id         VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    batch_id         VARCHAR NOT NULL,
+    source           VARCHAR NOT NULL,
+    file             VARCHAR NOT NULL,
+    line             BIGINT,
+    reason           VARCHAR NOT NULL,
+    detail           VARCHAR,
+    raw              VARCHAR
+);
+CREATE TABLE IF NOT EXISTS load_ledger (
+    batch_id         VARCHAR NOT NULL,
+    source           VARCHAR NOT NULL,
+    file             VARCHAR NOT NULL,
+    content_hash     VARCHAR NOT NULL,
+    loaded_at        TIMESTAMP NOT NULL,
+    rows_in          BIGINT NOT NULL,
+    rows_loaded      BIGINT NOT NULL,
+    rows_quarantined BIGINT NOT NULL,
+    rows_duplicate   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ingest_unmapped (
+    batch_id         VARCHAR NOT NULL,
+    source           VARCHAR NOT NULL,
+    field            VARCHAR NOT NULL,
+    code             VARCHAR NOT NULL,
+    rows             BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS person_links (
+    link_id          VARCHAR NOT NULL,
+    person_id        VARCHAR NOT NULL,
+    source_system    VARCHAR NOT NULL,
+    batch_id         VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    model_name       VARCHAR NOT NULL,
+    model_version    VARCHAR NOT NULL,
+    as_of            DATE NOT NULL,
+    person_id        VARCHAR NOT NULL,
+    team_id          VARCHAR,
+    risk             DOUBLE NOT NULL,
+    team_percentile  DOUBLE,
+    team_rank        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS explanations (
+    model_name       VARCHAR NOT NULL,
+    model_version    VARCHAR NOT NULL,
+    as_of            DATE NOT NULL,
+    person_id        VARCHAR NOT NULL,
+    feature          VARCHAR NOT NULL,
+    value            DOUBLE,
+    contribution     DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    model_name       VARCHAR NOT NULL,
+    model_version    VARCHAR NOT NULL,
+    approved_by      VARCHAR NOT NULL,
+    approved_at      TIMESTAMP NOT NULL,
+    note             VARCHAR,
+    demo             BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS huddle_lists (
+    team_id          VARCHAR NOT NULL,
+    as_of            DATE NOT NULL,
+    person_id        VARCHAR NOT NULL,
+    rank             INTEGER NOT NULL,
+    risk             DOUBLE NOT NULL,
+    team_percentile  DOUBLE,
+    change           VARCHAR,
+    previous_risk    DOUBLE,
+    age_band         VARCHAR,
+    reasons          JSON,
+    recent_tags      JSON,
+    caveats          JSON,
+    sparkline        JSON,
+    model_name       VARCHAR NOT NULL,
+    model_version    VARCHAR NOT NULL,
+    demo             BOOLEAN NOT NULL DEFAULT false,
+    published_at     TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS huddle_list_context (
+    team_id          VARCHAR NOT NULL,
+    as_of            DATE NOT NULL,
+    model_name       VARCHAR NOT NULL,
+    model_version    VARCHAR NOT NULL,
+    data_updated     JSON,
+    team_caveats     JSON,
+    last_huddle      JSON,
+    published_at     TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS huddle_outcomes (
+    outcome_id       VARCHAR NOT NULL,
+    team_id          VARCHAR NOT NULL,
+    as_of            DATE NOT NULL,
+    person_id        VARCHAR NOT NULL,
+    outcome          VARCHAR NOT NULL,
+    note             VARCHAR,
+    recorded_by      VARCHAR NOT NULL,
+    recorded_at      TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS review_tokens (
+    token_id         VARCHAR NOT NULL,
+    team_id          VARCHAR NOT NULL,
+    token_hash       VARCHAR NOT NULL,
+    created_at       TIMESTAMP NOT NULL,
+    created_by       VARCHAR NOT NULL,
+    revoked_at       TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    logged_at        TIMESTAMP NOT NULL,
+    actor            VARCHAR NOT NULL,
+    team_id          VARCHAR,
+    person_id        VARCHAR,
+    action           VARCHAR NOT NULL,
+    detail           VARCHAR
+);
+"""
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+@contextmanager
+def connect(
+    path: Path, *, read_only: bool = False, wait_seconds: float = 0.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse, creating it and its schema if needed.
+
+    Waits up to `wait_seconds` for another writer to finish, then raises WarehouseBusy.
+    """
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WobbleError(f"no warehouse at {path}: run `wobble ingest` first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc):
+                raise WobbleError(f"cannot open warehouse {path}: {exc}") from None
+            if time.monotonic() >= deadline:
+                raise WarehouseBusy(
+                    f"warehouse busy: another wobble process is writing to {path}; "
+                    "wait for it to finish and try again"
+                ) from None
+            time.sleep(0.5)
+    try:
+        con.execute("SET enable_progress_bar = false")
+        if not read_only:
+            con.execute(SCHEMA)
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All or nothing: commit on success, roll back on any exception."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether a table of that name exists in the main schema."""
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """The single value a query returns (None when it returns no row)."""
+    # fetchall, not fetchone: DuckDB 2.0 leaves a partly fetched result holding the connection
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0][0] if rows else None
+
+
+def data_version(path: Path) -> str:
+    """A digest of what the warehouse holds: every loaded batch and each contract table's row count.
+
+    The same digest means the same inputs for every stage after ingest; flows cache on it.
+    """
+    with connect(path, read_only=True) as con:
+        batches = con.execute(
+            "SELECT string_agg(batch_id || ':' || content_hash, ',' ORDER BY batch_id, file) FROM load_ledger"
+        ).fetchall()[0][0]
+        counts = con.execute(
+            "SELECT (SELECT count(*) FROM persons), (SELECT count(*) FROM contacts), (SELECT count(*) FROM tags)"
+        ).fetchall()[0]
+    return hashlib.sha256(f"{batches or ''}|{counts}".encode()).hexdigest()

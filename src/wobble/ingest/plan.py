@@ -1,0 +1,58 @@
+"""Planning an ingest: which files to load, in which order, and each file's fingerprint."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from wobble.core.config import Config, Source
+from wobble.ingest.fhir import TABLE_OF, fhir_files
+
+TABLE_ORDER = {"persons": 0, "contacts": 1, "tags": 2}
+
+
+@dataclass
+class Planned:
+    """One file to load (or a source with no file: `path` None)."""
+
+    name: str
+    source: Source
+    path: Path | None
+    fhir_type: str = ""  # the FHIR resource type of an export file
+
+    @property
+    def not_read(self) -> bool:
+        return self.source.kind == "fhir" and self.path is not None and self.fhir_type not in TABLE_OF
+
+
+def plan_files(cfg: Config, names: list[str]) -> list[Planned]:
+    """The files in load order: persons before contacts before tags, and last the FHIR files
+    of resource types wobble does not read (reported, left alone)."""
+    plan: list[tuple[int, Planned]] = []
+    for name in names:
+        source = cfg.sources[name]
+        if source.kind == "fhir":
+            files = [Planned(name, source, p, kind) for kind, p in fhir_files(cfg.path(source.path))]
+            plan += [(3 if f.not_read else 0 if f.fhir_type == "Patient" else 1, f) for f in files]
+        else:
+            order = TABLE_ORDER[source.table]
+            files = [Planned(name, source, Path(p)) for p in sorted(glob.glob(str(cfg.path(source.path))))]
+            plan += [(order, f) for f in files]
+        if not files:
+            plan.append((0, Planned(name, source, None)))
+    plan.sort(key=lambda t: t[0])  # stable: config order within a table
+    return [f for _, f in plan]
+
+
+def display_path(cfg: Config, path: Path) -> str:
+    """The file as the config names it: relative to the config's folder when it is inside it."""
+    for p in (Path(os.path.abspath(path)), path.resolve()):
+        try:
+            return str(p.relative_to(cfg.root))
+        except ValueError:
+            continue
+    return str(path)
+
+

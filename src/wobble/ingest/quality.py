@@ -1,0 +1,211 @@
+"""The data-quality report of an ingest run: what came in, what was kept out and why, and where
+the data is thin.
+
+Reads the run's file results and the warehouse (`contacts`, `tags`, `persons`, `quarantine`,
+`ingest_unmapped`); writes `<outputs>/reports/data-quality-<timestamp>.md` and `.html`, and,
+when the run happens inside a Prefect flow, a Markdown artifact with the same text. Sections:
+
+- files: each file's counts (`rows_in = loaded + quarantined + duplicate`) or its error;
+- quarantine by source and reason, and the people left out because they opted out;
+- unmapped codes: source codes no mapping knows, with their row counts (never silently dropped);
+- date ranges by source system;
+- completeness: optional fields by source, and rows by source, team and month over everything
+  loaded, with the months a usual feed went quiet flagged by the one rule every stage uses
+  (`wobble.features.feeds`): a feed that stops, for one team or for all, shows as a run of
+  flagged months.
+
+The report is for data teams: counts are not small-number suppressed, and it holds no
+identifiers (codes that look like NHS numbers are masked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from wobble.core.config import Config
+from wobble.core.render import render
+from wobble.core.runs import in_prefect_run
+from wobble.features.feeds import RULE, feed_months, months_between
+
+HEATMAP_MAX_TEAMS = 40
+
+@dataclass
+class Gap:
+    source_system: str
+    team_id: str
+    month: str
+    rows: int
+    expected: int
+
+
+def write_report(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> tuple[Path, Path]:
+    """Write the run's report as Markdown and HTML; return both paths."""
+    data = build(con, cfg, result)
+    out = cfg.outputs / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"data-quality-{result.started_at:%Y%m%dT%H%M%S}"
+    md_path, html_path = out / f"{stem}.md", out / f"{stem}.html"
+    markdown = render("quality.md.j2", **data)
+    md_path.write_text(markdown, encoding="utf-8")
+    html_path.write_text(render("quality.html.j2", **data), encoding="utf-8")
+    _prefect_artifact(markdown)
+    return md_path, html_path
+
+
+def build(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> dict:
+    """Everything the report shows, as plain data."""
+    files = [f for f in result.files]
+    by_source: dict[str, dict[str, int]] = {}
+    for f in files:
+        for reason, n in f.reasons.items():
+            by_source.setdefault(f.source, {}).setdefault(reason, 0)
+            by_source[f.source][reason] += n
+    reasons = sorted({r for d in by_source.values() for r in d})
+    unmapped = [(f.source, field, code, n) for f in files for field, codes in f.unmapped.items()
+                for code, n in codes.items()]
+    cells, gaps, months = _coverage(con)
+    teams_by_source: dict[str, list[str]] = {}
+    for (system, team), _ in cells.items():
+        teams_by_source.setdefault(system, [])
+        if team not in teams_by_source[system]:
+            teams_by_source[system].append(team)
+    gap_keys = {(g.source_system, g.team_id, g.month) for g in gaps}
+    heatmaps = []
+    for system in sorted(teams_by_source):
+        teams = sorted(teams_by_source[system])
+        with_gap = sorted({g.team_id for g in gaps if g.source_system == system})
+        shown = teams if len(teams) <= HEATMAP_MAX_TEAMS else with_gap
+        heatmaps.append({
+            "system": system, "teams_total": len(teams),
+            "rows": [{"team": t, "cells": [{"n": cells[(system, t)].get(m, 0), "gap": (system, t, m) in gap_keys}
+                                           for m in months[system]]} for t in shown],
+            "months": months[system],
+        })
+    summary = result.summary()
+    return {
+        "generated": datetime.now().strftime("%d %B %Y %H:%M"),
+        "started": result.started_at.strftime("%d %B %Y %H:%M"),
+        "name": cfg.wobble.name,
+        "warehouse": str(cfg.warehouse),
+        "summary": summary,
+        "files": files,
+        "reasons": reasons,
+        "by_source": by_source,
+        "reason_totals": {r: sum(d.get(r, 0) for d in by_source.values()) for r in reasons},
+        "unmapped": sorted(unmapped, key=lambda u: (u[0], u[1], -u[3]))[:500],
+        "unmapped_total": len(unmapped),
+        "unmapped_cumulative": _cumulative_unmapped(con),
+        "ranges": _date_ranges(con),
+        "field_completeness": _field_completeness(con),
+        "gaps": gaps,
+        "heatmaps": heatmaps,
+        "gap_rule": RULE,
+        "persons": _persons(con),
+        "warnings": _warnings(files),
+    }
+
+
+def _persons(con) -> dict:
+    row = con.execute("""
+        SELECT count(*), count(*) FILTER (WHERE opted_out), count(*) FILTER (WHERE team_id IS NULL),
+               count(*) FILTER (WHERE imd_decile IS NULL AND NOT opted_out),
+               count(*) FILTER (WHERE ethnicity_group = 'Not stated'),
+               count(DISTINCT team_id)
+        FROM persons""").fetchone()
+    return dict(zip(("total", "opted_out", "no_team", "no_imd", "ethnicity_not_stated", "teams"), row, strict=True))
+
+
+def _warnings(files) -> list[str]:
+    out = []
+    for f in files:
+        if f.status == "not_read":
+            out.append(f"{f.file}: not read ({f.error})")
+        if f.line_breaks_in_fields:
+            out.append(f"{f.file}: {f.line_breaks_in_fields:,} line breaks sit inside quoted fields (or are blank "
+                       "lines); check that no quote is out of place, since rows can hide inside a field")
+        for what, n in f.defaulted.items():
+            out.append(f"{f.file}: {what} on {n:,} rows")
+        if f.rows_out_of_scope:
+            out.append(f"{f.file}: {f.rows_out_of_scope:,} resources are not ones wobble reads (other "
+                       "categories, or codes not in the tag map: see unmapped codes)")
+        if f.other_identifier:
+            out.append(f"{f.file}: {f.other_identifier:,} people have no NHS number; they were pseudonymised "
+                       "from the identifier the export does have, so their records cannot be matched to other "
+                       "sources'")
+        if f.rows_withdrawn:
+            out.append(f"{f.file}: {f.rows_withdrawn:,} contacts and tags removed because their person has now "
+                       "opted out")
+        if f.rows_retracted:
+            out.append(f"{f.file}: {f.rows_retracted:,} records removed because the source marked them "
+                       "entered-in-error")
+    return out
+
+
+def _cumulative_unmapped(con) -> list[tuple]:
+    return con.execute("""
+        SELECT source, field, code, sum(rows)::BIGINT AS rows FROM ingest_unmapped
+        GROUP BY ALL ORDER BY rows DESC LIMIT 50""").fetchall()
+
+
+def _date_ranges(con) -> list[dict]:
+    rows = con.execute("""
+        SELECT 'contacts' AS tbl, source_system, count(*), min(occurred_at), max(occurred_at),
+               min(recorded_at), max(recorded_at),
+               approx_quantile(epoch(recorded_at) - epoch(occurred_at), 0.5) / 3600.0 AS lag_hours
+        FROM contacts GROUP BY ALL
+        UNION ALL
+        SELECT 'tags', source_system, count(*), NULL, NULL, min(recorded_at), max(recorded_at), NULL
+        FROM tags GROUP BY ALL
+        ORDER BY 1, 2""").fetchall()
+    keys = ("table", "system", "rows", "occurred_from", "occurred_to", "recorded_from", "recorded_to", "lag_hours")
+    fmt = [lambda v: v, lambda v: v, lambda v: v, *[_minute] * 4, lambda v: v]
+    return [dict(zip(keys, (f(v) for f, v in zip(fmt, r, strict=True)), strict=True)) for r in rows]
+
+
+def _minute(v) -> str | None:
+    return v.strftime("%Y-%m-%d %H:%M") if v is not None else None
+
+
+def _field_completeness(con) -> list[dict]:
+    rows = con.execute("""
+        SELECT source_system, count(*), avg((mode IS NOT NULL)::INT), avg((professional_id IS NOT NULL)::INT),
+               avg((recorded_at > occurred_at)::INT)
+        FROM contacts GROUP BY ALL ORDER BY 1""").fetchall()
+    keys = ("system", "rows", "mode", "professional", "recorded_later")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def _coverage(con) -> tuple[dict, list[Gap], dict[str, list[str]]]:
+    """Rows per (source system, team, month) over everything loaded, and the months flagged as gaps."""
+    first, last = con.execute("""
+        SELECT min(first), max(last) FROM (
+            SELECT min(occurred_at)::DATE AS first, max(recorded_at)::DATE AS last FROM contacts
+            UNION ALL SELECT min(recorded_at)::DATE, max(recorded_at)::DATE FROM tags)""").fetchall()[0]
+    if first is None:
+        return {}, [], {}
+    as_of = last + timedelta(days=1)  # everything loaded is known before it
+    frame = feed_months(con, as_of, months_between(first, as_of))
+    gaps = [Gap(r["source_system"], r["team_id"], r["month"].strftime("%Y-%m"), int(r["records"]),
+                int(round(r["usual"] * r["covered"]))) for r in frame.filter(pl.col("quiet")).iter_rows(named=True)]
+    cells: dict[tuple[str, str], dict[str, int]] = {}
+    months: dict[str, list[str]] = {}
+    for r in frame.sort("source_system", "month", "team_id").iter_rows(named=True):
+        key = r["month"].strftime("%Y-%m")
+        cells.setdefault((r["source_system"], r["team_id"]), {})[key] = int(r["records"])
+        if key not in months.setdefault(r["source_system"], []):
+            months[r["source_system"]].append(key)
+    return cells, sorted(gaps, key=lambda g: (g.source_system, g.team_id, g.month)), months
+
+
+def _prefect_artifact(markdown: str) -> None:
+    """Inside a Prefect flow run, attach the report as a Markdown artifact."""
+    if in_prefect_run():
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=markdown, key="data-quality",
+                                 description="wobble ingest: data-quality report")

@@ -1,0 +1,220 @@
+"""Reading a file as rows of contract fields: the `Input` every reader returns, and the SQL that
+turns a field's text into a value (timestamps in the warehouse's zone, codes into the vocabulary,
+identifiers masked in quarantined rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wobble.core.config import Source
+from wobble.core.sql import identifier, literal
+from wobble.core.vocab import AUTHOR_ROLES, ETHNICITY_GROUPS, MODES, SERVICES, SEXES, STATUSES, TAGS
+from wobble.ingest.identifiers import (
+    without_numbers_sql,
+)
+
+WAREHOUSE_TZ = "Europe/London"  # stored times are this zone's wall-clock time
+MASK = "**********"
+# Fields whose values are identifiers: masked or removed in quarantined rows.
+MASKED = {"nhs_number": MASK, "birth_date": "(removed)", "postcode": "(removed)",
+           "professional": "(masked)", "alt_id": "(masked)", "patient_ref": "(masked)"}
+# Coded fields: the vocabulary each maps into.
+VOCAB = {"service": SERVICES, "status": STATUSES, "mode": MODES, "tag": TAGS, "sex": SEXES,
+          "ethnicity_group": ETHNICITY_GROUPS, "opted_out": ("true", "false"),
+          "author_role": AUTHOR_ROLES}
+# Coded fields whose unknown values reject the row; the others are counted and left empty.
+REJECTING = {"service", "status", "tag", "sex"}
+
+
+@dataclass
+class Fingerprint:
+    """A file's content hash, and what a byte scan says about its shape."""
+
+    sha256: str
+    size: int
+    line_breaks: int
+    ends_with_newline: bool
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    h = hashlib.sha256()
+    size = breaks = 0
+    last = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+            breaks += chunk.count(b"\n")
+            last = chunk[-1:]
+    return Fingerprint(h.hexdigest(), size, breaks, last == b"\n")
+
+
+@dataclass
+class Input:
+    """One file, read as rows of contract fields.
+
+    `relation` is SQL for the rows that parsed: `_ord` (position among them) and one column per
+    field; `first_pass` is the same rows' identifier and code columns only. `line_sql` turns
+    `_ord` into a line number in the file. `rejects` names a temp table of malformed lines.
+    """
+
+    kind: str  # csv | parquet | fhir
+    table: str
+    relation: str
+    first_pass: str
+    fields: dict[str, str]  # field → DuckDB type of its column in `relation`
+    labels: dict[str, str]  # field → the source's own column name (for quarantined rows)
+    values: dict[str, dict[str, str]]
+    defaults: dict[str, str]
+    timestamp_format: str | None
+    date_format: str | None
+    timezone: str
+    line_sql: str = "_ord"
+    # The same rows as `relation` without `_ord`, for a CSV: DuckDB numbers rows only in one
+    # thread, but keeps the file's order in a join-free parallel CREATE TABLE AS, so there a
+    # row's position is its rowid.
+    parallel: str | None = None
+    rejects: str | None = None
+    out_of_scope: int = 0
+    system_prefix: str = ""  # FHIR: the pseudonym namespace of patient references
+    fingerprint: Fingerprint | None = None
+    required: tuple[str, ...] | None = None  # persons fields that must be present (None: sex)
+    extra_unmapped: dict[str, dict[str, int]] = field(default_factory=dict)  # found by the reader
+
+
+def tabular_input(source: Source, rel_sql: str, first_sql: str, fields: dict[str, str], **kw) -> Input:
+    return Input(
+        kind=source.kind, table=source.table, relation=rel_sql, first_pass=first_sql, fields=fields,
+        labels=dict(source.columns), values=source.values, defaults=source.defaults,
+        timestamp_format=source.timestamp_format, date_format=source.date_format,
+        timezone=source.timezone, **kw,
+    )
+
+
+TYPED = ("TIMESTAMP", "DATE")  # column types read as they are; everything else becomes text
+
+
+# Fields read as they come (blank → NULL), not trimmed: NHS numbers lose their separators when
+# normalised, codes and dates are trimmed only when they do not match as they are (trimming
+# every value of a 30-million-row file costs more than parsing its dates).
+UNTRIMMED = {"nhs_number", "occurred_at", "recorded_at", "birth_date", "died_on", "registered_on",
+              "service", "status", "mode", "tag", "author_role", "sex", "ethnicity_group", "opted_out"}
+
+
+def select_fields(source: Source, types: dict[str, str] | None = None) -> str:
+    """Each mapped column under its contract field's name: dates and timestamps as typed, other
+    text with blanks as NULL (and trimmed, but for the fields in `UNTRIMMED`)."""
+    out = []
+    for f, col in source.columns.items():
+        typ = (types or {}).get(col, "VARCHAR").upper()
+        if typ.startswith(TYPED):
+            expr = identifier(col)
+        elif f in UNTRIMMED:
+            expr = f"nullif({identifier(col)}::VARCHAR, '')"
+        else:
+            expr = f"nullif(trim({identifier(col)}::VARCHAR), '')"  # (spaces only: trimming tabs costs more)
+        out.append(f"{expr} AS {f}")
+    return ", ".join(out)
+
+
+def first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def field_text(f: str, inp: Input) -> str:
+    """The field as text (readers trim it, and give NULL when blank), NULL when not mapped."""
+    if f not in inp.fields:
+        return "NULL::VARCHAR"
+    return f"r.{f}" if inp.fields[f] == "VARCHAR" else f"r.{f}::VARCHAR"
+
+
+def field_timestamp(f: str, inp: Input, fmt: str | None) -> str:
+    """The field as a naive TIMESTAMP in the warehouse's time zone; NULL when unparseable."""
+    if f not in inp.fields:
+        return "NULL::TIMESTAMP"
+    typ = inp.fields[f].upper()
+    col = f"r.{f}"
+    if typ.startswith("TIMESTAMP WITH TIME ZONE"):
+        return f"timezone({literal(WAREHOUSE_TZ)}, {col})"
+    if typ.startswith("TIMESTAMP") or typ == "DATE":
+        ts = f"{col}::TIMESTAMP"
+    elif fmt:  # (coalesce tries the second only where the first failed)
+        text = field_text(f, inp)
+        ts = f"coalesce(try_strptime({text}, {literal(fmt)}), try_strptime({trim_sql(text)}, {literal(fmt)}))"
+    else:
+        text = field_text(f, inp)
+        ts = f"coalesce(try_cast({text} AS TIMESTAMP), try_cast({trim_sql(text)} AS TIMESTAMP))"
+    if inp.timezone != WAREHOUSE_TZ:
+        ts = f"timezone({literal(WAREHOUSE_TZ)}, timezone({literal(inp.timezone)}, {ts}))"
+    return ts
+
+
+def code_map(inp: Input, f: str) -> dict[str, int]:
+    """Source code → 1-based index into the field's vocabulary (0: known to mean 'no value')."""
+    vocab = VOCAB[f]
+    out = {v: i + 1 for i, v in enumerate(vocab)}
+    for src, dst in inp.values.get(f, {}).items():
+        out[src] = 0 if dst == "" else vocab.index(dst) + 1
+    return out
+
+
+def coded_field(f: str, inp: Input) -> tuple[str, str]:
+    """SQL for a coded field: (vocabulary index or NULL, is-unknown check written over `@f`)."""
+    default = inp.defaults.get(f)
+    dflt = str(VOCAB[f].index(default) + 1) if default else "NULL"
+    if f not in inp.fields:
+        return f"{dflt}::UTINYINT", "false"
+    text = field_text(f, inp)
+    arms = " ".join(f"WHEN {literal(k)} THEN {v}" for k, v in code_map(inp, f).items())
+    # As it comes; else trimmed (" DNA" is DNA; blank is no value).
+    idx = (f"(CASE WHEN {text} IS NULL THEN {dflt} ELSE (CASE {text} {arms} ELSE "
+           f"(CASE {trim_sql(text)} {arms} WHEN '' THEN {dflt} END) END) END)::UTINYINT")
+    return idx, f"(CASE WHEN @{f} IS NOT NULL OR NOT {present_sql(f, inp)} THEN false ELSE true END)"
+
+
+def vocab_value(f: str, idx: str) -> str:
+    """SQL: the vocabulary value for an index from `coded_field` (NULL for 0 or NULL)."""
+    values = "[" + ", ".join(literal(v) for v in VOCAB[f]) + "]"
+    return f"CASE WHEN {idx} > 0 THEN {values}[{idx}] END"
+
+
+def present_sql(f: str, inp: Input) -> str:
+    """SQL: the field has a value that is not just blanks (trimming only what starts blank)."""
+    if f not in inp.fields:
+        return "false"
+    text = field_text(f, inp)
+    if inp.fields[f] != "VARCHAR":
+        return f"({text} IS NOT NULL)"
+    return f"({text} IS NOT NULL AND (CASE WHEN ascii({text}) > 32 THEN true ELSE {trim_sql(text)} <> '' END))"
+
+
+BLANKS = " \t\r\n"  # what trimming removes, in SQL (`trim_sql`) and in Python alike
+
+
+def trim_sql(sql: str) -> str:
+    """SQL: the text without leading and trailing spaces, tabs and line breaks."""
+    return f"trim({sql}, ' ' || chr(9) || chr(13) || chr(10))"
+
+
+def masked_raw_sql(inp: Input) -> str:
+    """The row as `column=value` pairs over the mapped columns only, identifiers masked, and
+    long digit runs (anything shaped like an NHS number) removed from the other values.
+
+    Columns the config does not map (names, addresses, free text) are never read into it.
+    """
+    parts = []
+    for f, label in inp.labels.items():
+        if f not in inp.fields:
+            continue
+        if f in MASKED:
+            val = f"CASE WHEN {field_text(f, inp)} IS NULL THEN '' ELSE {literal(MASKED[f])} END"
+        else:
+            val = without_numbers_sql(f"left(coalesce(r.{f}::VARCHAR, ''), 200)")
+        parts.append(f"{literal(label + '=')} || {val}")
+    return " || '; ' || ".join(parts) if parts else "''"
+
+

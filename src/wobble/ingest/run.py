@@ -1,0 +1,215 @@
+"""Ingest: source extracts → the contract's `persons`, `contacts` and `tags`, or `quarantine`.
+
+Reads every file named by the sources in `wobble.toml` (CSV, Parquet, FHIR R4 Bulk Data NDJSON;
+persons first, so that activity can be matched to a registered person), validates each row,
+pseudonymises identifiers and writes, per file, in one transaction:
+
+- the rows that pass, to `persons` / `contacts` / `tags` (one row per person / contact / tag);
+- every row that does not, to `quarantine` (one row per input row, with its line, a reason and
+  the row with identifiers masked);
+- one `load_ledger` row: the file's content hash and `rows_in = loaded + quarantined + duplicate`.
+
+Then it writes a data-quality report (`wobble.ingest.quality`).
+
+A file whose content hash is already in the ledger is skipped, so loading twice changes nothing.
+A contact or tag already loaded under the same source system and record id is a duplicate when it
+is identical, a correction (it replaces the old version) when it differs and is not older, and a
+duplicate again when it is an older version than the one held.
+
+Reasons, first match wins: malformed_line, missing_field, entered_in_error (FHIR), invalid_nhs_number,
+impossible_date, unknown_code, person_not_found, opted_out (activity of people with a national
+data opt-out is not kept: only the line and reason), then duplicate.
+
+How it scales (docs/ingest.md): each file is read twice by DuckDB, in parallel. The first pass
+collects the distinct identifiers and codes, so each NHS number (and staff code) is pseudonymised
+once, in SQL, and unmapped codes are counted. The second pass parses and validates every row into
+one compact staging table whose rowids follow the file's lines. Raw NHS numbers live only in this
+run's temporary tables (in memory, or DuckDB's spill folder), never in the warehouse.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from wobble.core.config import Config, Source
+from wobble.core.errors import WobbleError
+from wobble.core.warehouse import connect, scalar
+from wobble.ingest.fhir import read_fhir
+from wobble.ingest.load import Batch, FileResult, load_activity, load_persons
+from wobble.ingest.optout import apply_opt_out_list
+from wobble.ingest.plan import display_path, plan_files
+from wobble.ingest.quality import write_report
+from wobble.ingest.reader import Fingerprint, Input, fingerprint, first_line
+from wobble.ingest.state import RunState
+from wobble.ingest.tabular import open_csv, open_parquet
+
+
+@dataclass
+class IngestResult:
+    """Totals over all files, and each file's own result."""
+
+    files: list[FileResult]
+    opted_out_persons: int = 0
+    opt_out_list: dict[str, int] = field(default_factory=dict)
+    report_md: Path | None = None
+    report_html: Path | None = None
+    started_at: datetime = field(default_factory=datetime.now)
+    seconds: float = 0.0
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(f, attr) for f in self.files)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "failed"]
+
+    def reasons(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.files:
+            for k, v in f.reasons.items():
+                out[k] = out.get(k, 0) + v
+        return dict(sorted(out.items()))
+
+    def summary(self) -> dict:
+        rows = self.total("rows_in")
+        return {
+            "rows_in": rows,
+            "rows_loaded": self.total("rows_loaded"),
+            "rows_quarantined": self.total("rows_quarantined"),
+            "rows_duplicate": self.total("rows_duplicate"),
+            "rows_replaced": self.total("rows_replaced"),
+            "rows_withdrawn": self.total("rows_withdrawn") + self.opt_out_list.get("rows_withdrawn", 0),
+            "rows_retracted": self.total("rows_retracted"),
+            "files_loaded": sum(f.status == "loaded" for f in self.files),
+            "files_skipped": sum(f.status == "skipped" for f in self.files),
+            "files_failed": len(self.failed),
+            "files_not_read": sum(f.status == "not_read" for f in self.files),
+            "quarantine_reasons": self.reasons(),
+            "opted_out_persons": self.opted_out_persons,
+            "opt_out_list": self.opt_out_list,
+            "persons_from_other_identifier": self.total("other_identifier"),
+            "errors": [f"{f.file}: {f.error}" for f in self.failed],
+            "report": str(self.report_md) if self.report_md else None,
+            "report_html": str(self.report_html) if self.report_html else None,
+            "rows_per_second": round(rows / self.seconds) if self.seconds else None,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def ingest(
+    cfg: Config,
+    *,
+    key: bytes,
+    progress: Callable[[str], None] | None = None,
+    wait_seconds: float | None = None,
+    only: list[str] | None = None,
+    report: bool = True,
+) -> IngestResult:
+    """Load every configured source (or those named in `only`) into the warehouse.
+
+    Files that cannot be read at all (wrong delimiter, missing columns, not text…) are reported
+    as failed with a one-line reason; the other files still load. Returns counts per file, and
+    the paths of the data-quality report.
+    """
+    t0 = time.perf_counter()
+    names = list(cfg.sources) if only is None else only
+    if not names:
+        raise WobbleError("no sources in the config: add a [sources.<name>] block")
+    unknown = [n for n in names if n not in cfg.sources]
+    if unknown:
+        raise WobbleError(f"no source named {unknown[0]!r} in the config")
+    plan = plan_files(cfg, names)
+    result = IngestResult([])
+    wait = cfg.ingest.wait_seconds if wait_seconds is None else wait_seconds
+    with connect(cfg.warehouse, wait_seconds=wait) as con, ThreadPoolExecutor(1) as hasher:
+        run = RunState(con, cfg, key)
+        # Fingerprint files in the background, in load order, while earlier files load.
+        prints = {f.path: hasher.submit(fingerprint, f.path) for f in plan if f.path and not f.not_read}
+        result.opt_out_list = apply_opt_out_list(run)
+        for f in plan:
+            if f.path is None:
+                result.files.append(FileResult(f.name, f.source.path, "failed",
+                                               error=f"no file matches {f.source.path}"))
+                continue
+            if f.not_read:
+                result.files.append(FileResult(f.name, display_path(cfg, f.path), "not_read",
+                                               error=f"resource type {f.fhir_type or 'unknown'} is not read"))
+                continue
+            if progress:
+                progress(f"{f.name}: {f.path.name}")
+            fr = load_file(run, f.name, f.source, f.path, prints[f.path])
+            result.files.append(fr)
+            if fr.table == "persons" and fr.status == "loaded" and run.opt_outs:
+                listed = apply_opt_out_list(run)  # newly registered people may be on the list
+                for k in ("persons_flagged", "rows_withdrawn"):
+                    listed[k] += result.opt_out_list[k]
+                result.opt_out_list = listed
+        result.opted_out_persons = int(scalar(con, "SELECT count(*) FROM persons WHERE opted_out"))
+        result.seconds = time.perf_counter() - t0
+        if report:
+            if progress:
+                progress("data-quality report")
+            result.report_md, result.report_html = write_report(con, cfg, result)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) -> FileResult:
+    """Load one file in one transaction, or say why it failed; a file already in the ledger is skipped."""
+    t0 = time.perf_counter()
+    rel = display_path(run.cfg, path)
+    try:
+        fingerprint: Fingerprint = fp.result()
+    except OSError as exc:
+        return FileResult(name, rel, "failed", error=f"cannot read the file ({exc.strerror})")
+    seen = run.con.execute(
+        "SELECT count(*) FROM load_ledger WHERE source = ? AND content_hash = ?",
+        [name, fingerprint.sha256],
+    ).fetchone()[0]
+    if seen:
+        return FileResult(name, rel, "skipped", seconds=time.perf_counter() - t0)
+    batch = Batch(name, source, rel, f"{name}-{fingerprint.sha256[:16]}", fingerprint.sha256)
+    try:
+        inp = open_input(run.con, run.cfg, source, path, fingerprint)
+        batch.table = inp.table
+        load = load_persons if inp.table == "persons" else load_activity
+        result = load(run, batch, inp)
+    except WobbleError as exc:
+        return FileResult(name, rel, "failed", table=batch.table, error=str(exc),
+                          seconds=time.perf_counter() - t0)
+    except duckdb.Error as exc:
+        return FileResult(name, rel, "failed", table=batch.table, error=first_line(exc),
+                          seconds=time.perf_counter() - t0)
+    finally:
+        _drop_temp(run.con)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+_TEMP_TABLES = ("staged", "staged_t", "ids", "ids0", "cand", "seen", "staff", "codes", "dups", "existing",
+                "incoming", "bad", "newly_out", "rej_errors", "rej_scans", "rejects", "fhir_rows", "fhir_lines",
+                "fhir_json")
+
+
+def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
+    for t in _TEMP_TABLES:
+        con.execute(f"DROP {'VIEW' if t in views else 'TABLE'} IF EXISTS {t}")
+
+
+def open_input(con, cfg: Config, source: Source, path: Path, fp: Fingerprint) -> Input:
+    """The file read as contract fields, by the reader its kind needs."""
+    if source.kind == "fhir":
+        return read_fhir(con, cfg, source, path, fp)
+    if fp.size == 0:
+        raise WobbleError("the file is empty")
+    if source.kind == "parquet":
+        return open_parquet(con, source, path)
+    return open_csv(con, source, path, fp)

@@ -1,0 +1,93 @@
+"""The rest of each list row: recent tags, the contact sparkline, data caveats, the previous list.
+
+Each function reads the warehouse for the people in temp table `_listed_ids` (one row per listed
+person) and returns plain values keyed by person (or, for the team's data gaps, by team).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from wobble.core.vocab import TAG_LABELS
+from wobble.features.feeds import feed_months, gap_sentence, quiet_spans
+
+
+def recent_tags(con, as_of: date) -> dict[str, list[dict]]:
+    df = con.sql("""
+        SELECT person_id, tag, polarity, author_role, recorded_at::DATE AS day
+        FROM tags t WHERE recorded_at < ? AND recorded_at >= ? - INTERVAL 90 DAY
+          AND person_id IN (SELECT person_id FROM _listed_ids)
+        QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY recorded_at DESC, tag_id) <= 6
+        ORDER BY person_id, recorded_at DESC, tag_id
+    """, params=[as_of, as_of]).pl()
+    out: dict[str, list[dict]] = {}
+    for r in df.iter_rows(named=True):  # at most six per listed person
+        out.setdefault(r["person_id"], []).append({
+            "tag": TAG_LABELS.get(r["tag"], r["tag"]), "polarity": r["polarity"],
+            "role": (r["author_role"] or "unknown role").replace("_", " "),
+            "date": r["day"].isoformat(),
+        })
+    return out
+
+
+def spark_start(as_of: date) -> date:
+    """The first month a sparkline shows: the same month a year before the as-of date."""
+    return date(as_of.year - 1, as_of.month, 1)
+
+
+def sparklines(con, as_of: date) -> dict[str, list[int]]:
+    start = spark_start(as_of)
+    df = con.sql("""
+        SELECT person_id, date_diff('month', ?::DATE, date_trunc('month', occurred_at)::DATE) AS m,
+               count(*) AS n
+        FROM contacts WHERE recorded_at < ? AND occurred_at >= ? AND occurred_at < ? AND status = 'attended'
+          AND person_id IN (SELECT person_id FROM _listed_ids)
+        GROUP BY ALL
+    """, params=[start, as_of, start, as_of]).pl()
+    months = spark_months(as_of)
+    out: dict[str, list[int]] = {}
+    for r in df.iter_rows(named=True):  # at most 13 per listed person
+        out.setdefault(r["person_id"], [0] * months)[min(int(r["m"]), months - 1)] = int(r["n"])
+    return out
+
+
+def spark_months(as_of: date) -> int:
+    return 12 + (1 if as_of.day > 1 else 0)
+
+
+def person_caveats(con, as_of: date) -> dict[str, list[str]]:
+    df = con.sql("""
+        SELECT f.person_id, f.days_registered, f.days_since_contact
+        FROM feature_snapshots f WHERE f.as_of = ? AND f.person_id IN (SELECT person_id FROM _listed_ids)
+    """, params=[as_of]).pl()
+    out: dict[str, list[str]] = {}
+    for r in df.iter_rows(named=True):  # one per listed person
+        notes = []
+        if r["days_registered"] is not None and r["days_registered"] < 182:
+            weeks = max(1, r["days_registered"] // 7)
+            notes.append(f"registered {weeks} week{'s' if weeks > 1 else ''} ago: little history")
+        if r["days_since_contact"] is None:
+            notes.append("no contacts on record: the data may not see this person at all")
+        out[r["person_id"]] = notes
+    return out
+
+
+def team_caveats(con, as_of: date) -> dict[str, list[str]]:
+    """Per team, a sentence for each run of months in the last year when one of its usual data feeds
+    went quiet (by the rule of `wobble.features.feeds`)."""
+    out: dict[str, list[str]] = {}
+    for span in quiet_spans(feed_months(con, as_of)):
+        out.setdefault(span["team_id"], []).append(
+            gap_sentence(span) + ": those contacts may be missing from the reasons")
+    return out
+
+
+def previous_risks(con, model: str, as_of: date) -> dict[str, float]:
+    df = con.sql("""
+        SELECT person_id, risk FROM huddle_lists
+        WHERE model_name = ? AND as_of = (SELECT max(as_of) FROM huddle_lists WHERE model_name = ? AND as_of < ?)
+        QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY published_at DESC, model_version DESC) = 1
+    """, params=[model, model, as_of]).pl()
+    return dict(zip(df["person_id"].to_list(), df["risk"].to_list(), strict=True))
+
+

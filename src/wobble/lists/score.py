@@ -1,0 +1,130 @@
+"""Score and explain: the approved model's calibrated risk for everyone in the cohort at an as-of date.
+
+Reads `feature_snapshots` at the as-of date (building it if missing) and the model version from
+MLflow; writes `scores` (one row per model version, as_of and person) and `explanations` (one
+row per listed person and feature: the value and its SHAP contribution). Only people within
+their team's capacity are explained, so explaining grows with list size, not population.
+SHAP values come from LightGBM's own TreeSHAP (`pred_contrib=True`), which is exact for trees.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import polars as pl
+
+from wobble.core.config import Config
+from wobble.core.errors import WobbleError
+from wobble.core.sql import date_literal
+from wobble.core.warehouse import connect, transaction
+from wobble.features import build_features, dates_to_build, load_catalogue
+from wobble.models.spec import load_spec
+from wobble.models.tracking import load_version
+
+
+@dataclass
+class ScoreResult:
+    model_name: str
+    model_version: str
+    as_of: date
+    scored: int
+    explained: int
+    seconds: float
+
+    def summary(self) -> dict:
+        return {"model_name": self.model_name, "model_version": self.model_version,
+                "as_of": self.as_of.isoformat(), "scored": self.scored,
+                "explained": self.explained, "seconds": round(self.seconds, 2)}
+
+
+def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
+    """Score the cohort at `as_of`; explain the top of each team's list."""
+    t0 = time.perf_counter()
+    spec = load_spec(cfg.models_dir, model)
+    with connect(cfg.warehouse, read_only=True) as con:
+        to_build = dates_to_build(con, [as_of])
+    if to_build:
+        build_features(cfg, to_build)
+    booster, calibrator, features, _run = load_version(cfg, model, version)
+    cat = load_catalogue(cfg.features_dir)
+    missing = [f for f in features if f not in cat.columns]
+    if missing:
+        raise WobbleError(
+            f"model {model} v{version} uses features no longer in the catalogue: {', '.join(missing)}; "
+            "retrain it"
+        )
+    with connect(cfg.warehouse, read_only=True) as con:
+        frame = con.sql(cohort_frame_sql(spec, features, as_of)).pl()
+    if frame.height == 0:
+        raise WobbleError(f"nobody in the cohort at {as_of}")
+    scores, expl = score_rows(cfg, frame, features, booster, calibrator)
+    with connect(cfg.warehouse) as con:
+        write_scores(con, model, str(version), as_of, scores, expl)
+    return ScoreResult(model, str(version), as_of, frame.height, expl.height // max(1, len(features)),
+                       time.perf_counter() - t0)
+
+
+def cohort_frame_sql(spec, features: list[str], as_of: date) -> str:
+    """The snapshot rows a model scores at `as_of`: its cohort's ages, ordered by person."""
+    return f"""
+        SELECT person_id, team_id, {', '.join(features)} FROM feature_snapshots
+        WHERE as_of = {date_literal(as_of)}
+          AND age BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}
+        ORDER BY person_id"""
+
+
+def score_rows(cfg: Config, frame: pl.DataFrame, features: list[str], booster, calibrator
+               ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(scores, explanations) for whole teams' rows of `frame` (person_id, team_id, features, by person).
+
+    Scores: one row per person (risk, team_percentile, team_rank); explanations: one row per listed
+    person (team rank within the team's capacity) and feature. Every figure is within a team, so a
+    team scored alone gets exactly what it gets beside the others.
+    """
+    X = frame.select(features).to_numpy().astype(np.float64)
+    raw = booster.predict(X)
+    scores = frame.select("person_id", "team_id").with_columns(
+        pl.Series("risk", calibrator.predict(raw)), pl.Series("_raw", raw)
+    ).with_columns(
+        # share of the team with a lower risk: "higher than 98 in 100 people in this team"
+        ((pl.col("risk").rank("min").over("team_id") - 1) / pl.len().over("team_id")).alias("team_percentile"),
+        # rank by the uncalibrated score: isotonic calibration ties people the model separates
+        pl.col("_raw").rank("ordinal", descending=True).over("team_id").cast(pl.Int32).alias("team_rank"),
+    )
+    teams = scores["team_id"].unique().sort().to_list()
+    capacity = pl.DataFrame({"team_id": teams, "_cap": [cfg.teams.capacity_for(t) for t in teams]},
+                            schema={"team_id": pl.String, "_cap": pl.Int64})
+    listed = scores.join(capacity, on="team_id").filter(pl.col("team_rank") <= pl.col("_cap"))
+    idx = listed.join(frame.with_row_index("_i").select("person_id", "_i"), on="person_id")["_i"].to_numpy()
+    contrib = booster.predict(X[idx], pred_contrib=True)[:, :-1]
+    expl = pl.DataFrame({
+        "person_id": np.repeat(frame["person_id"].to_numpy()[idx], len(features)),
+        "feature": np.tile(np.array(features), idx.size),
+        "value": X[idx].ravel(),
+        "contribution": contrib.ravel(),
+    }, schema={"person_id": pl.String, "feature": pl.String, "value": pl.Float64, "contribution": pl.Float64})
+    return scores.select("person_id", "team_id", "risk", "team_percentile", "team_rank"), expl
+
+
+def write_scores(con, model: str, version: str, as_of: date, scores: pl.DataFrame, expl: pl.DataFrame) -> None:
+    """Replace the version's scores and explanations at `as_of`, in one transaction."""
+    with transaction(con):
+        params = [model, str(version), as_of]
+        con.execute("DELETE FROM scores WHERE model_name = ? AND model_version = ? AND as_of = ?", params)
+        con.execute("DELETE FROM explanations WHERE model_name = ? AND model_version = ? AND as_of = ?", params)
+        con.register("_scores", scores)
+        con.register("_expl", expl)
+        con.execute(
+            "INSERT INTO scores SELECT ?, ?, ?, person_id, team_id, risk, team_percentile, team_rank "
+            "FROM _scores",
+            params,
+        )
+        con.execute(
+            "INSERT INTO explanations SELECT ?, ?, ?, person_id, feature, "
+            "CASE WHEN isnan(value) THEN NULL ELSE value END, contribution FROM _expl", params
+        )
+        con.unregister("_scores")
+        con.unregister("_expl")

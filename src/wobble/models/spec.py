@@ -1,0 +1,208 @@
+"""Model specs: one YAML per model under `models/`, validated strictly.
+
+A spec names the target (which services count, over what horizon), the cohort, the as-of
+schedule for training and testing, the estimator (parameters, the candidates tried on the
+validation slice, monotone constraints), calibration, the baseline's features, team capacity,
+the evaluation (bootstrap replicates, calibration bins), fairness groups with the gaps that get
+flagged, and the small-number threshold. `timesplit` turns the schedule into plain lists of dates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from wobble.core.calendar import is_monday, monday_on_or_before
+from wobble.core.errors import ConfigError
+from wobble.core.vocab import SERVICES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(_Strict):
+    """What the model predicts.
+
+    crisis: at least one contact with `services` in [as_of, as_of + horizon).
+    escalation: contacts with `services` in [as_of, as_of + horizon) reach `ratio` times the
+    person's own rate over [as_of − prior_days, as_of), and at least `min_contacts` of them;
+    e.g. horizon 90, prior 180, ratio 2: 3 contacts in the prior 180 days (1.5 per 90 days)
+    need at least 3 × 2 × 90 / 180 = 3, and at least min_contacts = 4, in the next 90 days.
+    """
+
+    kind: Literal["crisis", "escalation"] = "crisis"
+    services: list[str]
+    statuses: list[Literal["attended", "did_not_attend", "cancelled"]] | None = None  # None: any
+    horizon_days: int = Field(ge=7, le=730)
+    min_contacts: int = Field(default=4, ge=1)  # escalation only
+    prior_days: int = Field(default=180, ge=7, le=1095)  # escalation only
+    ratio: float = Field(default=2.0, gt=1.0)  # escalation only
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in SERVICES]
+        if unknown:
+            raise ValueError(f"unknown service(s): {', '.join(unknown)}")
+        if not v:
+            raise ValueError("name at least one service")
+        return v
+
+
+class Cohort(_Strict):
+    min_age: int = 18
+    max_age: int = 120
+
+
+class Schedule(_Strict):
+    train_start: date
+    train_every_weeks: int = Field(default=4, ge=1)
+    test_weeks: int = Field(default=12, ge=1)
+    test_every_weeks: int = Field(default=2, ge=1)
+    test_share_of_people: float = Field(default=0.3, gt=0, lt=1)
+    # More test people than this add little precision and cost minutes of bootstrap: the rest train.
+    max_test_people: int = Field(default=50_000, ge=100)
+    max_train_dates: int | None = Field(default=None, ge=1)  # keep only the latest N training dates
+
+    @field_validator("train_start")
+    @classmethod
+    def _monday(cls, v: date) -> date:
+        if not is_monday(v):
+            raise ValueError(f"{v} is not a Monday")
+        return v
+
+
+class Estimator(_Strict):
+    kind: Literal["lightgbm"] = "lightgbm"
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Alternatives to `params`, each a few overrides; every candidate is fitted with early
+    # stopping and the one with the lowest log loss on the validation slice is kept.
+    search: list[dict[str, Any]] = Field(default_factory=list)
+    # The kept model fits at most max_rows rows, and candidates are compared on at most
+    # search_rows, each a random share of training people: beyond that, more rows add little
+    # (measured at 1M people) and cost minutes.
+    max_rows: int = Field(default=1_000_000, ge=1000)
+    search_rows: int = Field(default=300_000, ge=1000)
+    # feature: +1 (risk never falls as it rises) or -1 (never rises); features not named are free
+    monotone: dict[str, Literal[-1, 1]] = Field(default_factory=dict)
+    early_stopping_rounds: int = Field(default=30, ge=1)
+    validation_share: float = Field(default=0.2, gt=0, lt=0.5)
+
+    @field_validator("params", "search")
+    @classmethod
+    def _reserved(cls, v):
+        reserved = {"random_state", "seed", "deterministic", "force_row_wise", "n_jobs", "num_threads",
+                    "monotone_constraints", "objective", "verbose"}
+        for params in v if isinstance(v, list) else [v]:
+            bad = sorted(reserved & set(params))
+            if bad:
+                raise ValueError(f"{', '.join(bad)} are set by wobble, not the spec")
+        return v
+
+
+class Evaluation(_Strict):
+    bootstrap_replicates: int = Field(default=200, ge=20, le=5000)
+    calibration_bins: int = Field(default=10, ge=3, le=50)
+
+
+class FairnessTolerance(_Strict):
+    """A subgroup is flagged when it differs from everyone by more than these."""
+
+    auroc: float = Field(default=0.05, gt=0)  # absolute AUROC difference
+    observed_to_expected: float = Field(default=0.2, gt=0)  # |O/E − 1|
+    fnr_at_capacity: float = Field(default=0.1, gt=0)  # absolute difference
+    fpr_at_capacity: float = Field(default=0.005, gt=0)  # absolute difference
+
+
+class Baseline(_Strict):
+    features: list[str]
+
+
+class ModelSpec(_Strict):
+    name: str
+    title: str
+    description: str
+    owner: str = "wobble data team"
+    target: Target
+    cohort: Cohort = Cohort()
+    schedule: Schedule
+    estimator: Estimator = Estimator()
+    calibration: Literal["isotonic", "platt"] = "isotonic"
+    baseline: Baseline
+    features: list[str] | None = None  # default: every predictor in the catalogue
+    capacity_per_team: int = Field(default=20, ge=1)
+    evaluation: Evaluation = Evaluation()
+    fairness_groups: list[Literal["age_band", "sex", "ethnicity_group", "imd_quintile"]] = Field(
+        default_factory=lambda: ["age_band", "sex", "ethnicity_group", "imd_quintile"]
+    )
+    fairness_tolerance: FairnessTolerance = FairnessTolerance()
+    small_number_threshold: int = Field(default=7, ge=1)
+    intended_users: str = "multidisciplinary teams (MDTs) in neighbourhood health and care"
+
+
+def load_spec(models_dir: Path, name: str) -> ModelSpec:
+    """Read `models/<name>.yml`; errors name the file and key."""
+    path = Path(models_dir) / f"{name}.yml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in Path(models_dir).glob("*.yml")))
+        raise ConfigError(f"no model spec {path.name} in {models_dir} (known: {known})")
+    try:
+        spec = ModelSpec(**yaml.safe_load(path.read_text(encoding="utf-8")))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{path.name}: {where}: {msg}") from None
+    except (yaml.YAMLError, TypeError) as exc:
+        raise ConfigError(f"{path.name}: not a model spec ({exc})") from None
+    if spec.name != name:
+        raise ConfigError(f"{path.name}: name is {spec.name!r}; it must match the file name")
+    return spec
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Plain dates: training as-ofs, test as-ofs, and the gap that keeps outcomes apart."""
+
+    train: list[date]
+    test: list[date]
+    last_label_date: date  # the last day any training label looks at
+    data_end: date
+
+    @property
+    def gap_days(self) -> int:
+        return (self.test[0] - self.last_label_date).days
+
+
+def timesplit(schedule: Schedule, horizon_days: int, data_end: date) -> TimeSplit:
+    """Split as-of dates so that no training outcome overlaps the test period.
+
+    e.g. data_end 2026-11-23, horizon 90: last matured as-of = Monday on/before 2026-08-25
+    = 2026-08-24; test = every 2 weeks over 12 weeks back from it (2026-06-01 … 2026-08-24);
+    last training as-of = Monday on/before 2026-06-01 − 90 days = 2026-03-02.
+    """
+    horizon = timedelta(days=horizon_days)
+    last_test = monday_on_or_before(data_end - horizon)
+    n_test = schedule.test_weeks // schedule.test_every_weeks + 1
+    test = sorted(last_test - timedelta(weeks=k * schedule.test_every_weeks) for k in range(n_test))
+    last_train = monday_on_or_before(test[0] - horizon)
+    if last_train < schedule.train_start:
+        raise ConfigError(
+            f"not enough history: training would end {last_train}, before train_start "
+            f"{schedule.train_start}; the data end at {data_end}"
+        )
+    train = []
+    d = last_train
+    while d >= schedule.train_start:
+        train.append(d)
+        d -= timedelta(weeks=schedule.train_every_weeks)
+    train = sorted(train)
+    if schedule.max_train_dates:
+        train = train[-schedule.max_train_dates :]
+    return TimeSplit(train, test, last_train + horizon - timedelta(days=1), data_end)

@@ -1,0 +1,91 @@
+"""MLflow, kept local: a SQLite store and an artifact folder under the configured data folder.
+
+No server is needed; telemetry is off. Everything MLflow-shaped the other stages need goes through
+here: where the store is, which experiment, and how to load a registered model version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+
+from wobble.core.config import Config
+
+EXPERIMENT = "wobble"
+
+# OMP_WAIT_POLICY: LightGBM's OpenMP threads otherwise spin while they wait; on a busy 2-core
+# machine that made a fit 5-10 times slower (measured). It must be set before LightGBM loads.
+for _var, _val in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
+                   ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("OMP_WAIT_POLICY", "PASSIVE")):
+    os.environ.setdefault(_var, _val)
+
+
+def tracking_uri(cfg: Config) -> str:
+    return f"sqlite:///{(cfg.mlflow_dir / 'mlflow.db').resolve()}"
+
+
+def setup(cfg: Config) -> str:
+    """Point MLflow at the local store; create the experiment if needed; return its id."""
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    cfg.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_registry_uri(tracking_uri(cfg))
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = (cfg.mlflow_dir / "artifacts").resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+
+
+def client(cfg: Config):
+    """An MlflowClient on the local store."""
+    from mlflow import MlflowClient
+
+    setup(cfg)
+    return MlflowClient(tracking_uri=tracking_uri(cfg), registry_uri=tracking_uri(cfg))
+
+
+def load_version(cfg: Config, name: str, version: str):
+    """(LightGBM Booster, calibrator, feature list, run id) for a registered model version."""
+    import mlflow
+    import mlflow.lightgbm
+
+    c = client(cfg)
+    mv = c.get_model_version(name, version)
+    booster = mlflow.lightgbm.load_model(f"models:/{name}/{version}")
+    local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="wobble"))
+    with open(local / "calibrator.pkl", "rb") as f:
+        calibrator = load_pickle(f)
+    features = json.loads((local / "features.json").read_text())
+    return booster, calibrator, features, mv.run_id
+
+
+def load_evaluation(cfg: Config, name: str, version: str) -> dict:
+    """The evaluation a registered version's card was rendered from (`wobble/evaluation.json`)."""
+    import mlflow
+
+    mv = client(cfg).get_model_version(name, str(version))
+    local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="wobble/evaluation.json"))
+    return json.loads(local.read_text(encoding="utf-8"))
+
+
+# Where classes pickled by earlier versions of wobble live now (a calibrator was `wobble.train._Calibrator`
+# before the stages became packages), so a champion trained then still loads.
+MOVED_MODULES = {"wobble.train": "wobble.models.fit", "wobble.metrics": "wobble.models.metrics"}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
+def load_pickle(file) -> object:
+    """An object pickled by this or an earlier version of wobble (see MOVED_MODULES)."""
+    return _Unpickler(file).load()

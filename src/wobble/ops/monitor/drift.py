@@ -1,0 +1,198 @@
+"""Drift: is the champion looking at the population it learned from?
+
+The population stability index (PSI) of every model feature and of the risk score, the current
+as-of date against the model's training as-of dates, overall and per team. PSI = Σ (now − then) ·
+ln(now / then) over ten bins cut at the training window's deciles (plus one bin for "missing");
+shares below 1 in 10,000 count as 1 in 10,000 so an empty bin cannot give an infinite index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from wobble.core.errors import WobbleError
+from wobble.core.sql import date_literal, in_dates
+from wobble.core.warehouse import scalar
+from wobble.features.feeds import RULE, feed_months, feed_status, gap_sentence, quiet_spans
+from wobble.ops.monitor.findings import Finding, num, pct
+
+PSI_FLOOR = 1e-4
+DECILES = [i / 10 for i in range(1, 10)]
+MIN_TEAM_PEOPLE = 500  # smaller teams' PSI is mostly noise: shown, not judged
+SAMPLE_ROWS = 200_000  # rows scored for the score's PSI, per side: a deterministic sample by person
+
+
+def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """PSI between two count vectors over the same bins."""
+    e = np.maximum(expected / max(expected.sum(), 1), PSI_FLOOR)
+    a = np.maximum(actual / max(actual.sum(), 1), PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _level(psi: float, m) -> str:
+    return "act" if psi >= m.psi_act else "watch" if psi >= m.psi_watch else "ok"
+
+
+def _person_sample(n_rows: int, keep: int = SAMPLE_ROWS) -> str:
+    """A SQL filter keeping about `keep` of `n_rows`, by person: pseudonyms are uniform hex."""
+    if n_rows <= keep:
+        return "true"
+    cut = max(1, int(16**6 * keep / n_rows))
+    return f"substr(person_id, 1, 6) < '{cut:06x}'"
+
+
+def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m) -> dict:
+    present = {r[0] for r in con.execute("DESCRIBE feature_snapshots").fetchall()}
+    missing = [f for f in features if f not in present]
+    if missing:
+        raise WobbleError(f"feature_snapshots lacks model features {', '.join(missing[:5])}: the feature "
+                          "catalogue changed since this model was trained; retrain it")
+    ref = f"as_of IN {in_dates(ref_dates)} AND {cohort}"
+    cur = f"as_of = {date_literal(as_of)} AND {cohort}"
+    n_ref = scalar(con, f"SELECT count(*) FROM feature_snapshots WHERE {ref}")
+    n_cur = scalar(con, f"SELECT count(*) FROM feature_snapshots WHERE {cur}")
+    if not n_ref or not n_cur:
+        raise WobbleError(f"no one in the cohort at {as_of if not n_cur else 'the training dates'}")
+    # bin edges: the training window's deciles, computed on a sample of people when it is large
+    edges_row = con.execute(
+        "SELECT " + ", ".join(f"quantile_disc({f}::DOUBLE, {DECILES})" for f in features)
+        + f" FROM feature_snapshots WHERE {ref} AND {_person_sample(n_ref, 10 * SAMPLE_ROWS)}").fetchall()[0]
+    edges = {f: sorted({e for e in (row or []) if e is not None}) for f, row in zip(features, edges_row, strict=True)}
+
+    def binned(f: str) -> str:
+        steps = " + ".join(f"({f}::DOUBLE > {e!r})::INT" for e in edges[f]) or "0"
+        return f"CASE WHEN {f} IS NULL THEN -1 ELSE {steps} END"
+
+    aggs = ", ".join(f"histogram({binned(f)}), avg({f}::DOUBLE), avg(({f} IS NULL)::DOUBLE)" for f in features)
+    sides = {}
+    for side, where in (("ref", ref), ("cur", cur)):  # one scan per side: every team, and all teams
+        result = con.execute(f"SELECT grouping(team_id), team_id, count(*), {aggs} FROM feature_snapshots "
+                             f"WHERE {where} GROUP BY GROUPING SETS ((team_id), ())").fetchall()
+        sides[side] = {None if r[0] else r[1]: r[3:] for r in result}
+        sizes = {None if r[0] else r[1]: r[2] for r in result}  # the current side's, after the loop
+
+    def compare(team: str | None) -> list[dict]:
+        rows = []
+        for i, f in enumerate(features):
+            (h_ref, mean_ref, miss_ref), (h_cur, mean_cur, miss_cur) = (
+                sides[s][team][3 * i: 3 * i + 3] for s in ("ref", "cur"))
+            bins = sorted(set(h_ref) | set(h_cur))
+            psi = _psi(np.array([h_ref.get(b, 0) for b in bins], float),
+                       np.array([h_cur.get(b, 0) for b in bins], float))
+            rows.append({"feature": f, "description": _description(cat, f), "psi": round(psi, 4),
+                         "level": _level(psi, m), "ref_mean": mean_ref, "cur_mean": mean_cur,
+                         "ref_missing": miss_ref, "cur_missing": miss_cur})
+        return sorted(rows, key=lambda r: -r["psi"])
+
+    score = _score_drift(con, features, ref, cur, n_ref, n_cur, booster, calibrator, m)
+    feeds = feed_months(con, as_of)
+    gaps = feed_status(feeds)
+    teams = []
+    for t in score.pop("teams"):
+        if t["team"] in sides["ref"] and t["team"] in sides["cur"]:
+            judged = sizes[t["team"]] >= MIN_TEAM_PEOPLE
+            t["features"] = [r for r in compare(t["team"]) if r["level"] != "ok"] if judged else []
+            t["people"], t["judged"] = sizes[t["team"]], judged
+            t["feed_gap"] = gaps.get(t["team"], "none")
+            if not judged:
+                t["level"] = "ok"
+            teams.append(t)
+    return {"ref_dates": [d.isoformat() for d in ref_dates], "as_of": as_of.isoformat(),
+            "n_ref": int(n_ref), "n_cur": int(n_cur), "features": compare(None), "score": score,
+            "teams": teams, "feed_rule": RULE,
+            "feed_gaps": [{"team": s["team_id"], "text": gap_sentence(s), "status": gaps.get(s["team_id"], "none")}
+                          for s in quiet_spans(feeds)]}
+
+
+def _description(cat, feature: str) -> str:
+    try:
+        return cat.get(feature).description
+    except KeyError:
+        return feature
+
+
+def _score_drift(con, features, ref, cur, n_ref, n_cur, booster, calibrator, m) -> dict:
+    """PSI of the calibrated risk, overall and per team, on a sample of people from each side."""
+
+    def risks(where: str, n: int) -> pl.DataFrame:
+        frame = con.sql(f"SELECT team_id, {', '.join(features)} FROM feature_snapshots "
+                        f"WHERE {where} AND {_person_sample(n)} ORDER BY as_of, person_id").pl()
+        X = frame.select(features).to_numpy().astype(np.float64)
+        return frame.select("team_id").with_columns(pl.Series("risk", calibrator.predict(booster.predict(X))))
+
+    then, now = risks(ref, n_ref), risks(cur, n_cur)
+    edges = np.unique(np.quantile(then["risk"].to_numpy(), DECILES))
+
+    def psi_of(a: np.ndarray, b: np.ndarray) -> float:
+        k = edges.size + 1
+        return _psi(np.bincount(np.searchsorted(edges, a, "left"), minlength=k).astype(float),
+                    np.bincount(np.searchsorted(edges, b, "left"), minlength=k).astype(float))
+
+    overall = psi_of(then["risk"].to_numpy(), now["risk"].to_numpy())
+    teams = []
+    for team in sorted(set(now["team_id"].to_list()) & set(then["team_id"].to_list())):
+        a = then.filter(pl.col("team_id") == team)["risk"].to_numpy()
+        b = now.filter(pl.col("team_id") == team)["risk"].to_numpy()
+        p = psi_of(a, b)
+        teams.append({"team": team, "psi": round(p, 4), "level": _level(p, m), "ref_mean": float(a.mean()),
+                      "cur_mean": float(b.mean()), "people": int(b.size)})
+    return {"psi": round(overall, 4), "level": _level(overall, m), "ref_mean": float(then["risk"].mean()),
+            "cur_mean": float(now["risk"].mean()), "sampled_ref": then.height, "sampled_cur": now.height,
+            "teams": teams}
+
+
+def _drift_findings(drift: dict, m) -> list[Finding]:
+    out = []
+    s = drift["score"]
+    if s["level"] != "ok":
+        out.append(Finding(
+            s["level"], "drift",
+            f"The risk scores have shifted since the training window: PSI {s['psi']:.2f} "
+            f"(average risk {pct(s['ref_mean'])} then, {pct(s['cur_mean'])} now).",
+            "The model now sees a population unlike the one it learned from, so its risks may no longer "
+            "be calibrated. Look at the features below to see what moved; ask whether a source changed "
+            "(a new system, a coding change, a missing feed) or the population really changed."))
+    for t in drift["teams"]:
+        levels = [t["level"]] + [f["level"] for f in t["features"]]
+        if all(lv == "ok" for lv in levels):
+            continue
+        moved = "; ".join(_moved(f) for f in t["features"][:3])
+        n = len(t["features"])
+        head = (f"the risk scores shifted (PSI {t['psi']:.2f}, average risk {pct(t['ref_mean'])} then, "
+                f"{pct(t['cur_mean'])} now)" if t["level"] != "ok" else
+                f"{n} input{'s' if n > 1 else ''} shifted though the risk scores held (PSI {t['psi']:.2f})")
+        text = f"In team {t['team']}, {head}" + (f"; the inputs that moved most there: {moved}" if moved else "")
+        if t["level"] == "ok" and t.get("feed_gap") == "resumed":
+            # The scores held and the cause is known and over: its lists already carry the caveat.
+            out.append(Finding(
+                "watch", "drift",
+                text + ". One of the team's data feeds went quiet earlier in the year and has since resumed, "
+                "so inputs that look back a year still show the hole.",
+                "Its lists already say some contacts may be missing. Ask the source whether it can send the "
+                "missing months; the shift fades as the gap leaves the 12-month window."))
+            continue
+        out.append(Finding(
+            "act" if "act" in levels else "watch", "drift", text + ".",
+            "A change in one team usually means one of its data feeds changed or stopped, not its people; "
+            "check the team's sources before trusting its list."))
+    for level in ("act", "watch"):
+        moved = [f for f in drift["features"] if f["level"] == level]
+        if not moved:
+            continue
+        listed = "; ".join(_moved(f) for f in moved[:5])
+        more = f"; and {len(moved) - 5} more" if len(moved) > 5 else ""
+        bound = m.psi_act if level == "act" else m.psi_watch
+        out.append(Finding(
+            level, "drift",
+            f"{len(moved)} model input{'s' if len(moved) > 1 else ''} shifted by a PSI of {bound} or more: "
+            f"{listed}{more}.",
+            "Inputs that move this much change who reaches the top of the lists. Check whether the change "
+            "is real (people's needs) or in the data (recording, coding, late or missing extracts)."))
+    return out
+
+
+def _moved(f: dict) -> str:
+    return f"{f['description']} (PSI {f['psi']:.2f}: average {num(f['ref_mean'])} → {num(f['cur_mean'])})"
+
+
