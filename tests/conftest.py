@@ -154,12 +154,13 @@ def published_copy(demo_run, tmp_path_factory):
     copy = copy_tree(work, tmp_path_factory.mktemp("published") / "demo")
     cfg = load_config(copy / "wobble.toml")
     with duckdb.connect(str(cfg.warehouse)) as con:
-        as_of, pid = con.execute("SELECT as_of, person_id FROM huddle_lists WHERE team_id = 'T01' AND rank = 1"
+        as_of, pid = con.execute("SELECT as_of, person_id FROM huddle_lists WHERE team_id = 'T01' AND rank = 1 "
+                                 "AND section = 'capacity'"
                                  ).fetchall()[0]
         con.execute("INSERT INTO tags VALUES ('hostile-1', ?, ?::DATE - INTERVAL 3 DAY, 'low_mood', 'concern', ?, "
                     "'gp', 'test')", [pid, as_of, HOSTILE])
     assert isinstance(as_of, date)
-    publish(cfg, model="crisis_90d", version="1", as_of=as_of)
+    publish(cfg, model=cfg.wobble.models[0], version="1", as_of=as_of)
     return cfg, as_of, pid
 
 

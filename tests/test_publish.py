@@ -12,6 +12,8 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wobble.core.warehouse import connect
 from wobble.lists.outcomes import record_outcome
@@ -24,7 +26,7 @@ from wobble.lists.reasons import (
     choose_reasons,
     reason_sentence,
 )
-from wobble.lists.views import change_label, risk_phrase, spark_caption, sparkline_svg
+from wobble.lists.views import BANDS, band, change_label, risk_phrase, spark_caption, sparkline_svg
 
 
 def _feature(description, unit):
@@ -32,20 +34,33 @@ def _feature(description, unit):
 
 
 @pytest.mark.parametrize("p, pct, text", [
-    (0.26, 0.985, "about 3 in 10 chance of a crisis in the next 90 days; higher than 98 in 100 people in this team"),
-    (0.25, None, "about 2 in 10 chance of a crisis in the next 90 days"),   # round-half-even: 2.5 → 2
-    (0.08, 0.5, "about 1 in 12 chance of a crisis in the next 90 days; higher than 50 in 100 people in this team"),
+    (0.26, 0.985, "2 to 4 in 10 chance of a crisis in the next 90 days; higher than 98 in 100 people in this team"),
+    (0.25, None, "2 to 4 in 10 chance of a crisis in the next 90 days"),
+    (0.08, 0.5, "1 in 20 to 1 in 10 chance of a crisis in the next 90 days; higher than 50 in 100 people in this team"),
     (0.95, 0.9999,
-     "more than 9 in 10 chance of a crisis in the next 90 days; higher than 99 in 100 people in this team"),
-    (0.0001, 0.0, "about 1 in 1000 chance of a crisis in the next 90 days; higher than 0 in 100 people in this team"),
+     "more than 8 in 10 chance of a crisis in the next 90 days; higher than 99 in 100 people in this team"),
+    (1.0, None, "more than 8 in 10 chance of a crisis in the next 90 days"),  # never "100%"
+    (0.0, 0.0, "less than 1 in 20 chance of a crisis in the next 90 days; higher than 0 in 100 people in this team"),
 ])
 def test_risk_phrase(p, pct, text):
     assert risk_phrase(p, pct, 90) == text
 
 
+def test_risk_phrase_names_the_models_outcome():
+    assert risk_phrase(0.5, None, 90, "contacts or concerns rising well above their usual") == (
+        "4 to 6 in 10 chance of contacts or concerns rising well above their usual in the next 90 days")
+
+
+@given(st.floats(0, 1), st.floats(0, 1))
+def test_bands_cover_every_chance_once_and_change_follows_them(p, q):
+    k = band(p)
+    assert (0 if k == 0 else BANDS[k - 1][0]) <= p < BANDS[k][0]
+    assert change_label(p, q) == ("higher" if band(p) > band(q) else "lower" if band(p) < band(q) else "same")
+
+
 def test_change_labels():
-    assert [change_label(0.3, None), change_label(0.3, 0.2), change_label(0.3, 0.27), change_label(0.2, 0.3)] == [
-        "new", "rising", "steady", "falling"]
+    assert [change_label(0.3, None), change_label(0.5, 0.3), change_label(0.3, 0.25), change_label(0.1, 0.3)] == [
+        "new", "higher", "same", "lower"]
 
 
 @pytest.mark.parametrize("feature, value, typical, text", [
@@ -138,20 +153,25 @@ def test_the_page_says_what_it_is_and_where_it_came_from(published_copy):
     html = _text(raw)
     for words in ("For discussion, not a decision", "not a ranking of anyone's worth",
                   "What do we know that the data doesn't?", "Demonstration only",
-                  "Crisis in the next 90 days (crisis_90d, version 1)", "Approved by", "wobble demo on",
+                  "Rising need, before crisis care (early_warning_90d, version 1)", "Approved by", "wobble demo on",
+                  "Rising need — not in crisis care", "Recently in crisis — check a plan exists",
                   "Data last updated", "GP 22 Nov 2026", "social care 22 Nov 2026", "List of", "23 November 2026",
                   "no earlier list for this team", "Last huddle outcome", "Attended contacts per month"):
         assert words in html, words
     assert "<script" not in raw and "http://" not in raw and "https://" not in raw and "src=" not in raw
     assert "Content-Security-Policy" in raw and "@media print" in raw and "size: A4" in raw
     with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
-        rows = con.execute("SELECT reasons, caveats FROM huddle_lists WHERE as_of = ?", [as_of]).fetchall()
+        rows = con.execute("SELECT reasons, caveats FROM huddle_lists WHERE as_of = ? AND section = 'capacity'",
+                           [as_of]).fetchall()
+        recent = con.execute("SELECT reasons, risk FROM huddle_lists WHERE as_of = ? AND section = 'recent_crisis'",
+                             [as_of]).fetchall()
         explained = con.execute("SELECT count(DISTINCT person_id) FROM explanations WHERE as_of = ?",
                                 [as_of]).fetchall()[0][0]
         context = con.execute("SELECT team_id, data_updated FROM huddle_list_context WHERE as_of = ? "
                               "ORDER BY team_id", [as_of]).fetchall()
     assert explained == len(rows) == 40  # only the listed people are explained
     assert all(3 <= len(json.loads(r[0])) <= 5 for r in rows)
+    assert recent and all(r[1] is None and " on " in json.loads(r[0])[0]["text"] for r in recent)
     assert [c[0] for c in context] == ["T01", "T02"]
     assert {d["system"] for d in json.loads(context[0][1])} == {"GP", "hospital", "community health",
                                                                "social care", "housing"}
@@ -161,13 +181,13 @@ def test_outcomes_show_on_the_next_list(published_copy, tmp_path):
     cfg, as_of, _ = published_copy
     with connect(cfg.warehouse) as con:
         top = [r[0] for r in con.execute("SELECT person_id FROM huddle_lists WHERE team_id = 'T01' AND as_of = ? "
-                                         "ORDER BY rank LIMIT 3", [as_of]).fetchall()]
+                                         "AND section = 'capacity' ORDER BY rank LIMIT 3", [as_of]).fetchall()]
         for pid, outcome, note in zip(top, ["referred_on", "outreach_agreed", "deferred"],
                                       ["to the falls clinic", None, None], strict=True):
             record_outcome(con, team_id="T01", person_id=pid, outcome=outcome, note=note, recorded_by="Nurse B",
                            actor="test")
     nxt = as_of + timedelta(weeks=1)
-    result = publish(cfg, model="crisis_90d", version="1", as_of=nxt)
+    result = publish(cfg, model="early_warning_90d", version="1", as_of=nxt)
     assert [t.team for t in result.lists] == ["T01", "T02"]
     html = _text(_page(cfg, nxt, "T01"))
     assert "list of 23 November 2026: 2 of 20 people discussed; outreach agreed 1, referred on 1, deferred 1" in html
@@ -176,7 +196,7 @@ def test_outcomes_show_on_the_next_list(published_copy, tmp_path):
     with open(cfg.outputs / "lists" / nxt.isoformat() / "T01.csv") as f:
         rows = {r["person_id"]: r for r in csv.DictReader(f)}
     assert rows[top[0]]["last_outcome"] == "referred on (list of 2026-11-23)"
-    assert rows[top[0]]["change"] in ("rising", "steady", "falling")  # listed last week: not "new"
+    assert rows[top[0]]["change"] in ("higher", "same", "lower")  # listed last week: not "new"
     assert "list of 23 November 2026: 0 of 20 people discussed" in _text(_page(cfg, nxt, "T02"))
 
 
@@ -196,7 +216,7 @@ def test_a_flow_run_leaves_table_and_markdown_artifacts(published_copy, prefect_
 
     @flow(name="publish-in-a-flow")
     def run():
-        return publish(cfg, model="crisis_90d", version="1", as_of=as_of).summary()
+        return publish(cfg, model="early_warning_90d", version="1", as_of=as_of).summary()
 
     assert Artifact.get("huddle-lists") is None
     run()
@@ -209,3 +229,60 @@ def test_a_flow_run_leaves_table_and_markdown_artifacts(published_copy, prefect_
     with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
         pids = [r[0] for r in con.execute("SELECT person_id FROM huddle_lists").fetchall()]
     assert not any(p in str(table.data) + md.data for p in pids)  # nobody is named in Prefect
+
+
+def test_recently_in_crisis_stays_until_the_huddle_records_an_outcome(demo_run, tmp_path):
+    """The list's other part: a crisis contact in the last 7 days, or shown here before within 30
+    days of one with no outcome recorded since; it carries no chance and never repeats the capacity
+    part."""
+    from conftest import copy_tree
+
+    from wobble.core.config import load_config
+
+    work, proc = demo_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = load_config(copy_tree(work, tmp_path / "demo") / "wobble.toml")
+    model, as_of = cfg.wobble.models[0], date(2026, 11, 23)
+    before = as_of - timedelta(weeks=1)
+    publish(cfg, model=model, version="1", as_of=before)
+
+    def part(day):
+        with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+            return {r[0]: r[1:] for r in con.execute(
+                "SELECT person_id, change, risk, reasons, team_id FROM huddle_lists "
+                "WHERE as_of = ? AND section = 'recent_crisis'", [day]).fetchall()}
+
+    def last_crisis(day, people):
+        with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+            return dict(con.execute(
+                "SELECT person_id, max(occurred_at)::DATE FROM contacts WHERE service IN ('ae_attendance', "
+                "'emergency_admission', 'ambulance_callout', 'mental_health_crisis') AND occurred_at < ? "
+                "AND recorded_at < ? GROUP BY ALL", [day, day]).fetchall())
+
+    first = part(before)
+    publish(cfg, model=model, version="1", as_of=as_of)
+    now = part(as_of)
+    latest = last_crisis(as_of, now)
+    carried = {p for p, r in now.items() if r[0] == "carried"}
+    assert carried and carried <= set(first)
+    for p, (change, risk, reasons, _) in now.items():
+        assert risk is None
+        recent = latest[p] >= as_of - timedelta(days=7)
+        assert (change == "new") == recent and (change == "carried") == (not recent)
+        assert latest[p] >= as_of - timedelta(days=30)
+        if change == "carried":
+            assert "no outcome recorded yet" in json.loads(reasons)[-1]["text"]
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        capacity = {r[0] for r in con.execute("SELECT person_id FROM huddle_lists WHERE as_of = ? "
+                                              "AND section = 'capacity'", [as_of]).fetchall()}
+    assert not capacity & set(now)
+    # an outcome on the earlier list ends the follow-up; a deferral does not
+    decided, deferred = sorted(carried)[:2] if len(carried) > 1 else (sorted(carried)[0], None)
+    with connect(cfg.warehouse) as con:
+        for pid, outcome in ((decided, "already_supported"), (deferred, "deferred")):
+            if pid:
+                record_outcome(con, team_id=now[pid][3], person_id=pid, outcome=outcome, note=None,
+                               recorded_by="Nurse A", actor="test", as_of=before)
+    publish(cfg, model=model, version="1", as_of=as_of)
+    again = part(as_of)
+    assert decided not in again and (deferred is None or deferred in again)

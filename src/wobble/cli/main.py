@@ -120,9 +120,20 @@ def _load(config: Path):
 
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
 def _list_lines(st: dict) -> list[str]:
     lines = [f"{len(st['lists'])} team lists at {st['as_of']}" + (" (DEMO)" if st.get("demo") else "")]
-    lines += [f"  {t['team']}: {t['rows']} people  {t['html']}" for t in st["lists"][:10]]
+    lines += [f"  {t['team']}: {t['rows']} people" + (f" + {t['recent_crisis']} recently in crisis"
+                                                       if t.get("recent_crisis") else "") + f"  {t['html']}"
+              for t in st["lists"][:10]]
+    if g := st.get("graded_by_truth"):
+        c, t = g.get("capacity", {}), g["truth_ranked"]
+        lines.append(f"graded by the synthetic truth: {_pct(c.get('rising'))} of the capacity part rising "
+                     f"(truth-ranked list: {_pct(t['rising'])}), {_pct(c.get('in_crisis'))} in crisis, "
+                     f"{_pct(c.get('crisis_contact_30d'))} with a crisis contact in the last 30 days")
     if len(st["lists"]) > 10:
         lines.append(f"  … and {len(st['lists']) - 10} more in {Path(st['lists'][0]['html']).parent}")
     return lines

@@ -165,7 +165,8 @@ def features_list(
 @app.command()
 @friendly
 def train(
-    model: Annotated[str, typer.Option(help="Model spec name under models/.")] = "crisis_90d",
+    model: Annotated[str | None, typer.Option(
+        help="Model spec name under models/ (default: the config's first).")] = None,
     max_train_dates: Annotated[int | None, typer.Option(
         help="Use only the latest N training as-of dates (quicker runs, benchmarks).", min=1)] = None,
     config: ConfigOpt = Path("wobble.toml"),
@@ -178,6 +179,7 @@ def train(
 
     cfg, key_of = _load(config)
     key = key_of(cfg)
+    model = model or cfg.wobble.models[0]
     summary = RunSummary("train")
     with _Progress() as p:
         result = stage_train(cfg, model, key, summary, p.say, max_train_dates=max_train_dates,
@@ -219,7 +221,7 @@ def approve(
 @app.command()
 @friendly
 def card(
-    model: Annotated[str, typer.Option(help="Model name.")] = "crisis_90d",
+    model: Annotated[str | None, typer.Option(help="Model name (default: the config's first).")] = None,
     version: Annotated[str | None, typer.Option(help="Version (default: the latest).")] = None,
     config: ConfigOpt = Path("wobble.toml"),
     as_json: JsonOpt = False,
@@ -229,6 +231,7 @@ def card(
     from wobble.models.card import rerender
 
     cfg, _ = _load(config)
+    model = model or cfg.wobble.models[0]
     summary = RunSummary("card")
     with summary.stage("card") as s:
         v, md, html = rerender(cfg, model, version)
@@ -252,11 +255,12 @@ def publish(
     from wobble.core.runs import RunSummary
     from wobble.ops.pipeline import stage_publish
 
-    cfg, _ = _load(config)
+    cfg, key_of = _load(config)
     summary = RunSummary("publish")
     d = as_of_for(cfg, _date(as_of) if as_of else None)
+    key = key_of(cfg) if cfg.truth else None  # only a synthetic world's truth needs it: to grade the list
     with _Progress() as p:
-        st = stage_publish(cfg, model or cfg.wobble.models[0], version, d, summary, p.say)
+        st = stage_publish(cfg, model or cfg.wobble.models[0], version, d, summary, p.say, key)
     _finish(summary, cfg.outputs, as_json, _list_lines(st))
 
 

@@ -154,7 +154,9 @@ class Settings(_Strict):
     seed: int = 7
     as_of: date | None = None
     demo: bool = False
-    models: list[str] = Field(default_factory=lambda: ["crisis_90d"])
+    # the models lists come from, first is the default: early warning (rising need before crisis);
+    # crisis_90d, today's crisis-now ranking, stays available to train and compare
+    models: list[str] = Field(default_factory=lambda: ["early_warning_90d"])
 
     @field_validator("as_of")
     @classmethod

@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS scores (
     team_id          VARCHAR,
     risk             DOUBLE NOT NULL,
     team_percentile  DOUBLE,
-    team_rank        INTEGER NOT NULL
+    team_rank        INTEGER NOT NULL,
+    list_rank        INTEGER
 );
 CREATE TABLE IF NOT EXISTS explanations (
     model_name       VARCHAR NOT NULL,
@@ -121,8 +122,9 @@ CREATE TABLE IF NOT EXISTS huddle_lists (
     team_id          VARCHAR NOT NULL,
     as_of            DATE NOT NULL,
     person_id        VARCHAR NOT NULL,
+    section          VARCHAR NOT NULL DEFAULT 'capacity',
     rank             INTEGER NOT NULL,
-    risk             DOUBLE NOT NULL,
+    risk             DOUBLE,
     team_percentile  DOUBLE,
     change           VARCHAR,
     previous_risk    DOUBLE,
@@ -210,9 +212,24 @@ def connect(
         con.execute("SET enable_progress_bar = false")
         if not read_only:
             con.execute(SCHEMA)
+            _migrate(con)
         yield con
     finally:
         con.close()
+
+
+# Columns added since a table was first created: a warehouse made by an earlier version gains them
+# (and loses a NOT NULL a column no longer has) the first time it is opened for writing.
+MIGRATIONS = (
+    "ALTER TABLE scores ADD COLUMN IF NOT EXISTS list_rank INTEGER",
+    "ALTER TABLE huddle_lists ADD COLUMN IF NOT EXISTS section VARCHAR DEFAULT 'capacity'",
+    "ALTER TABLE huddle_lists ALTER COLUMN risk DROP NOT NULL",
+)
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in MIGRATIONS:
+        con.execute(statement)
 
 
 @contextmanager

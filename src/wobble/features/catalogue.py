@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from wobble.core.errors import ConfigError
+from wobble.core.vocab import STRENGTH_TAGS
 from wobble.features import derived as derived_module
 from wobble.features.aggregates import _SHARE, _SHARE_CHANGE, Aggregate, PerValue, _aggregate
 from wobble.features.language import (
@@ -78,6 +79,16 @@ class FeatureDecl(_Strict):
     # internal inputs only: compute it just for the (person, as-of) pairs where this condition
     # on other counts holds (blank elsewhere), when it is costly and matters for few people
     only_if: str | None = None
+    # a feature about change: its value reads as a rise at or above this (e.g. 1 more contact than
+    # usual, 1.25 times the usual rate); lists need one such reason for early warning
+    rises_at: float | None = None
+    # which way concern goes: "higher" values concern more (the default), "lower" ones do (days
+    # since, strengths: the default for those), or "none" (age, deprivation)
+    concern: Literal["higher", "lower", "none"] | None = None
+    # a change feature's subject as a huddle says it, plural ("GP appointments", "concerns noted by
+    # frontline staff"): its reasons then read as change ("3 more GP appointments than usual for
+    # them in the last 30 days") rather than as the description
+    noun: str | None = None
 
     @field_validator("windows")
     @classmethod
@@ -113,6 +124,10 @@ class Feature:
     inputs: tuple[str, ...] = ()  # derived only: the columns it is computed from
     predicates: tuple[tuple[str, str], ...] = ()  # {where}/{cond} in `sql` → their SQL
     only_if: str | None = None
+    rises_at: float | None = None  # a change feature: reads as a rise at or above this value
+    concern: str = "higher"  # higher | lower | none: which way of the typical value concerns more
+    noun: str | None = None  # a change feature's subject, plural, for reasons that read as change
+    reads: str = ""  # how a change feature's value reads (`CHANGE_READINGS`), from its aggregate
 
 
 @dataclass(frozen=True)
@@ -211,7 +226,8 @@ def _expand(family: str, decl: FeatureDecl, fname: str) -> list[Feature]:
             expr = macros(decl.expression)
             check_columns(fname, name, "persons", expr, "expression")
             out.append(Feature(name, family, "persons", fill(decl.description, item), decl.unit,
-                               decl.missing, decl.predictor, expr, None, 0, decl.internal))
+                               decl.missing, decl.predictor, expr, None, 0, decl.internal,
+                               rises_at=decl.rises_at, concern=decl.concern or "none"))
             continue
         if not decl.aggregate:
             raise ConfigError(f"{fname}: feature {name!r}: needs an aggregate")
@@ -226,9 +242,30 @@ def _expand(family: str, decl: FeatureDecl, fname: str) -> list[Feature]:
                 predicates += (("cond", macros(m.group(1))),)
             out.append(Feature(column, family, decl.source, desc, decl.unit, decl.missing,
                                decl.predictor, sql, days, reach, decl.internal, (), predicates,
-                               decl.only_if))
+                               decl.only_if, decl.rises_at, _concern(decl, aggregate, item),
+                               fill(decl.noun, item) if decl.noun else None, _reads(aggregate)))
     return out
 
+
+# How a change feature's value reads, by its aggregate: excess "3 more … than usual", ratio "2.5
+# times their usual rate", slope "rising: about 1 more a month", acceleration "rising faster",
+# share_change "up 20 points", new "2 new …".
+CHANGE_READINGS = ("excess", "ratio", "slope", "acceleration", "share_change", "new")
+
+
+def _reads(aggregate: str) -> str:
+    head = aggregate.strip().split("(", 1)[0].strip()
+    return head if head in CHANGE_READINGS else ""
+
+
+def _concern(decl: FeatureDecl, aggregate: str, item: dict[str, str]) -> str:
+    """Which way from the typical value concerns more: as declared, else lower for days since an
+    event (a recent one concerns more) and for strengths (fewer concern more), higher otherwise."""
+    if decl.concern:
+        return decl.concern
+    if aggregate.strip().startswith("days_since") or "strength" in decl.unit or item.get("tag") in STRENGTH_TAGS:
+        return "lower"
+    return "higher"
 
 
 # --- derived features --------------------------------------------------------------------------
@@ -252,7 +289,8 @@ def _derived(families: dict[str, str], declared: dict[str, str]) -> list[Feature
         if not description:
             raise ConfigError(f"derived.py: {name}() needs a docstring: the sentence a huddle reads")
         out.append(Feature(name, spec.family, "derived", description, spec.unit, spec.missing,
-                           spec.predictor, fn(*params), None, 0, False, params))
+                           spec.predictor, fn(*params), None, 0, False, params, rises_at=spec.rises_at,
+                           concern=spec.concern))
     out.sort(key=lambda f: inspect.getsourcelines(getattr(derived_module, f.column))[1])
     return out
 

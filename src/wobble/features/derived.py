@@ -37,14 +37,18 @@ class DerivedSpec:
     unit: str
     missing: Literal["zero", "null"]
     predictor: bool
+    rises_at: float | None = None  # a change feature: reads as a rise at or above this
+    concern: Literal["higher", "lower", "none"] = "higher"
 
 
-def derived(*, family: str, unit: str = "", missing: Literal["zero", "null"] = "null",
-            predictor: bool = True) -> Callable[[Callable[..., str]], Callable[..., str]]:
-    """Mark a function as a derived feature and record its catalogue entry."""
+def derived(*, family: str, unit: str = "", missing: Literal["zero", "null"] = "null", predictor: bool = True,
+            rises_at: float | None = None, concern: Literal["higher", "lower", "none"] = "higher",
+            ) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    """Mark a function as a derived feature and record its catalogue entry (see the YAML keys of
+    the same names in `wobble.features.catalogue`)."""
 
     def mark(fn: Callable[..., str]) -> Callable[..., str]:
-        fn.derived_spec = DerivedSpec(family, unit, missing, predictor)  # type: ignore[attr-defined]
+        fn.derived_spec = DerivedSpec(family, unit, missing, predictor, rises_at, concern)  # type: ignore[attr-defined]
         return fn
 
     return mark
@@ -65,28 +69,28 @@ def _coc(visits: str) -> str:
     return f"CASE WHEN {n} >= 2 THEN ({squares} - {n})::DOUBLE / ({n} * ({n} - 1)) END"
 
 
-@derived(family="continuity", unit="index")
+@derived(family="continuity", unit="index", concern="lower")
 def gp_upc_365d(gp_professionals_365d: str) -> str:
     """continuity with one GP over the last year (Usual Provider of Care: the share of GP
     appointments with the GP seen most; 1 = always the same GP; blank with fewer than two)"""
     return _upc(gp_professionals_365d)
 
 
-@derived(family="continuity", unit="index")
+@derived(family="continuity", unit="index", concern="lower")
 def gp_coc_365d(gp_professionals_365d: str) -> str:
     """continuity across GP appointments over the last year (Bice–Boxerman index: 1 = always
     the same GP, 0 = a different GP every time; blank with fewer than two)"""
     return _coc(gp_professionals_365d)
 
 
-@derived(family="continuity", unit="index")
+@derived(family="continuity", unit="index", concern="lower")
 def community_upc_365d(community_professionals_365d: str) -> str:
     """continuity with one community nurse or mental health worker over the last year (Usual
     Provider of Care; 1 = always the same person; blank with fewer than two contacts)"""
     return _upc(community_professionals_365d)
 
 
-@derived(family="continuity", unit="index")
+@derived(family="continuity", unit="index", concern="lower")
 def community_coc_365d(community_professionals_365d: str) -> str:
     """continuity across community contacts over the last year (Bice–Boxerman index: 1 = always
     the same person, 0 = a different person every time; blank with fewer than two)"""
@@ -98,7 +102,7 @@ def community_coc_365d(community_professionals_365d: str) -> str:
 RISE_WEEKS = 26  # how far back a rise may have started; weeks 27-52 set the usual rate
 
 
-@derived(family="trajectory", unit="weeks")
+@derived(family="trajectory", unit="weeks", rises_at=1)
 def weeks_since_first_rise(contacts_by_week_182d: str, usual_weekly_contacts: str) -> str:
     """weeks since the person's contacts began running above their own usual rate (blank unless
     the last 4 weeks ran at least double the usual rate of weeks 27–52 before, with 2 or more)"""
@@ -118,21 +122,21 @@ def weeks_since_first_rise(contacts_by_week_182d: str, usual_weekly_contacts: st
 
 # --- data completeness -------------------------------------------------------------------------
 
-@derived(family="completeness", unit="months", predictor=False)
+@derived(family="completeness", unit="months", predictor=False, concern="none")
 def months_of_history(first_record_at: str) -> str:
     """months (30-day periods) since the person's earliest contact on record, over all history
     (blank: none on record)"""
     return f"date_diff('day', {first_record_at}::DATE, as_of) // 30"
 
 
-@derived(family="completeness", unit="", missing="zero", predictor=False)
+@derived(family="completeness", unit="", missing="zero", predictor=False, concern="none")
 def team_feed_gap_3m(team_quiet_months: str) -> str:
     """the team's records from one source went missing or almost so in the last three months (this
     month so far and the two before), so some of this person's contacts may not be counted"""
     return f"coalesce(list_min({team_quiet_months}) < 3, false)::INTEGER"
 
 
-@derived(family="completeness", unit="", missing="zero", predictor=False)
+@derived(family="completeness", unit="", missing="zero", predictor=False, concern="none")
 def team_feed_gap_12m(team_quiet_months: str) -> str:
     """the team's records from one source went missing or almost so in the last twelve months (and
     this month so far), so some of this person's contacts may not be counted"""

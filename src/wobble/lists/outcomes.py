@@ -130,7 +130,7 @@ def list_rows(con, ref: ListRef, person_id: str | None = None) -> pl.DataFrame:
         extra, params = " AND person_id = ?", params + [person_id]
     return con.sql(
         "SELECT * FROM huddle_lists WHERE team_id = ? AND as_of = ? AND model_name = ? AND model_version = ?"
-        f"{extra} ORDER BY rank", params=params).pl()
+        f"{extra} ORDER BY section <> 'capacity', rank", params=params).pl()
 
 
 def record_outcome(con, *, team_id: str, person_id: str, outcome: str, note: str | None, recorded_by: str,
@@ -213,7 +213,8 @@ def summarise(con, *, team_id: str | None = None, as_of: date | None = None,
                                        ORDER BY max(published_at) DESC, model_version DESC) = 1),
         listed AS (
             SELECT h.team_id, h.as_of, h.person_id FROM huddle_lists h
-            JOIN versions USING (team_id, as_of, model_name, model_version)),
+            JOIN versions USING (team_id, as_of, model_name, model_version)
+            WHERE h.section = 'capacity'),  -- what the team could discuss: the recent-crisis part is apart
         decided AS (
             SELECT team_id, as_of, person_id, outcome FROM huddle_outcomes
             QUALIFY row_number() OVER (PARTITION BY team_id, as_of, person_id

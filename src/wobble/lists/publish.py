@@ -30,6 +30,7 @@ from wobble.features import load_catalogue
 from wobble.lists import rows as row_parts
 from wobble.lists.outcomes import last_outcomes, summarise, summary_sentence
 from wobble.lists.reasons import list_reasons
+from wobble.lists.recent import CAPACITY, SECTION, event_sentences, recent_crisis
 from wobble.lists.score import score
 from wobble.lists.views import change_label, from_json, list_header, person_view, write_csv
 from wobble.models.approve import Approval, require_approval
@@ -39,9 +40,10 @@ from wobble.models.spec import load_spec
 @dataclass
 class TeamList:
     team: str
-    rows: int
+    rows: int  # the capacity part
     csv: Path
     html: Path
+    recent_crisis: int = 0  # the other part
 
 
 @dataclass
@@ -54,14 +56,16 @@ class PublishResult:
     scored: int = 0
     seconds: float = 0.0
     score_seconds: float = 0.0
+    with_change_reason: float | None = None  # share of the capacity part with a reason about change
 
     def summary(self) -> dict:
         return {
             "model_name": self.model_name, "model_version": self.model_version,
             "as_of": self.as_of.isoformat(), "demo": self.approval.demo,
             "approved_by": self.approval.approved_by, "scored": self.scored,
-            "lists": [{"team": t.team, "rows": t.rows, "csv": str(t.csv), "html": str(t.html)}
-                      for t in self.lists],
+            "lists": [{"team": t.team, "rows": t.rows, "recent_crisis": t.recent_crisis, "csv": str(t.csv),
+                       "html": str(t.html)} for t in self.lists],
+            "with_change_reason": self.with_change_reason,
             "score_seconds": round(self.score_seconds, 2), "seconds": round(self.seconds, 2),
         }
 
@@ -116,16 +120,22 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
         if listed.height == 0:
             raise WobbleError(f"no one to list at {as_of}")
         con.register("_listed_df", listed.select("person_id"))
-        con.execute("CREATE OR REPLACE TEMP TABLE _listed_ids AS SELECT person_id FROM _listed_df")
+        con.execute("CREATE OR REPLACE TEMP TABLE _capacity_ids AS SELECT person_id FROM _listed_df")
         con.unregister("_listed_df")
-        reasons = list_reasons(con, cat, model, version, as_of)
+        recent = recent_crisis(con, spec, as_of, model, "_capacity_ids")
+        con.execute("CREATE OR REPLACE TEMP TABLE _listed_ids AS SELECT person_id FROM _capacity_ids")
+        if recent.height:
+            con.register("_recent_df", recent.select("person_id"))
+            con.execute("INSERT INTO _listed_ids SELECT person_id FROM _recent_df")
+            con.unregister("_recent_df")
+        reasons = list_reasons(con, cat, model, version, as_of, change_first=spec.listing.require_change_reason)
         tags = row_parts.recent_tags(con, as_of)
         sparks = row_parts.sparklines(con, as_of)
         person_caveats = row_parts.person_caveats(con, as_of)
         team_caveats = row_parts.team_caveats(con, as_of)
         previous = row_parts.previous_risks(con, model, as_of)
         published_at = _published_at(con, model, version, as_of)
-        rows = _assemble(listed, reasons, tags, sparks, person_caveats, team_caveats, previous,
+        rows = _assemble(listed, recent, reasons, tags, sparks, person_caveats, team_caveats, previous,
                          model, version, approval, published_at)
         context = _context(con, rows, team_caveats, as_of, model, version, published_at)
         outcomes = last_outcomes(con, as_of, "_listed_ids")
@@ -138,12 +148,15 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
                 con.register("_rows", df)
                 con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM _rows")
                 con.unregister("_rows")
+    capacity_reasons = rows.filter(pl.col("section") == CAPACITY)["reasons"].to_list()
     result = PublishResult(model, str(version), as_of, approval, scored=scored.scored,
-                           score_seconds=scored.seconds)
+                           score_seconds=scored.seconds,
+                           with_change_reason=round(sum(any(r.get("about_change") for r in json.loads(x))
+                                                        for x in capacity_reasons) / len(capacity_reasons), 4))
     out = cfg.outputs / "lists" / as_of.isoformat()
     out.mkdir(parents=True, exist_ok=True)
     contexts = {c["team_id"]: c for c in context.to_dicts()}
-    pages = [TeamPage(cfg, team, rows.filter(pl.col("team_id") == team).sort("rank").to_dicts(), contexts[team],
+    pages = [TeamPage(cfg, team, rows.filter(pl.col("team_id") == team).sort("_order").to_dicts(), contexts[team],
                       {p: o for (t, p), o in outcomes.items() if t == team}, team_caveats.get(team, []), spec,
                       approval, out / f"{team}.csv", out / f"{team}.html")
              for team in sorted(rows["team_id"].unique().to_list())]  # one page per team
@@ -152,12 +165,13 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
 
 def write_team_page(page: TeamPage) -> TeamList:
     """One team's page (HTML) and CSV."""
-    people = [person_view(r, page.spec.target.horizon_days, page.outcomes.get(r["person_id"]), page.team_caveats)
+    people = [person_view(r, page.spec, page.outcomes.get(r["person_id"]), page.team_caveats)
               for r in page.rows]
-    header = list_header(page.cfg, page.context, page.spec, page.approval, len(people))
+    capacity, recent = sum(p["section"] == CAPACITY for p in people), sum(p["section"] == SECTION for p in people)
+    header = list_header(page.cfg, page.context, page.spec, page.approval, capacity, recent)
     write_csv(page.csv, people, page.approval.demo)
     page.html.write_text(render("list.html.j2", h=header, people=people), encoding="utf-8")
-    return TeamList(page.team, len(people), page.csv, page.html)
+    return TeamList(page.team, capacity, page.csv, page.html, recent)
 
 
 def finish_lists(lists: PreparedLists, written: list[TeamList]) -> PublishResult:
@@ -173,7 +187,7 @@ def finish_lists(lists: PreparedLists, written: list[TeamList]) -> PublishResult
 
 
 _TABLE_COLUMNS = [
-    "team_id", "as_of", "person_id", "rank", "risk", "team_percentile", "change", "previous_risk",
+    "team_id", "as_of", "person_id", "section", "rank", "risk", "team_percentile", "change", "previous_risk",
     "age_band", "reasons", "recent_tags", "caveats", "sparkline", "model_name", "model_version",
     "demo", "published_at",
 ]
@@ -188,9 +202,9 @@ def _listed(con, cfg: Config, model: str, version: str, as_of: date) -> pl.DataF
     con.register("_caps", caps)
     df = con.sql(f"""
         SELECT s.team_id, s.person_id, s.risk, s.team_percentile, f.age,
-               {age_band_sql('f.age')} AS age_band, s.team_rank AS rank
+               {age_band_sql('f.age')} AS age_band, s.list_rank AS rank
         FROM scores s
-        JOIN _caps c ON c.team_id = s.team_id AND s.team_rank <= c.cap
+        JOIN _caps c ON c.team_id = s.team_id AND s.list_rank <= c.cap
         JOIN feature_snapshots f ON f.person_id = s.person_id AND f.as_of = s.as_of
         WHERE s.model_name = ? AND s.model_version = ? AND s.as_of = ?
     """, params=[model, str(version), as_of]).pl()
@@ -207,25 +221,38 @@ def _published_at(con, model: str, version: str, as_of: date) -> datetime:
 
 
 
-def _assemble(listed, reasons, tags, sparks, person_caveats, team_caveats, previous,
+def _assemble(listed, recent, reasons, tags, sparks, person_caveats, team_caveats, previous,
               model, version, approval, published_at) -> pl.DataFrame:
+    """One row per listed person: the capacity part by rank, then the recent-crisis part by rank."""
     rows = []
-    for r in listed.sort(["team_id", "rank"]).iter_rows(named=True):  # one row per listed person
+
+    def common(r: dict, section: str) -> dict:
         pid = r["person_id"]
-        prev = previous.get(pid)
-        rows.append({
-            "team_id": r["team_id"], "as_of": r["as_of"], "person_id": pid, "rank": r["rank"],
-            "risk": r["risk"], "team_percentile": r["team_percentile"],
-            "change": change_label(r["risk"], prev), "previous_risk": prev,
-            "age_band": r["age_band"],
-            "reasons": json.dumps(reasons.get(pid, [])),
+        return {
+            "team_id": r["team_id"], "as_of": listed["as_of"][0], "person_id": pid, "section": section,
+            "rank": r["rank"], "age_band": r["age_band"],
             "recent_tags": json.dumps(tags.get(pid, [])),
             "caveats": json.dumps(person_caveats.get(pid, []) + team_caveats.get(r["team_id"], [])),
-            "sparkline": json.dumps(sparks.get(pid, [0] * row_parts.spark_months(r["as_of"]))),
+            "sparkline": json.dumps(sparks.get(pid, [0] * row_parts.spark_months(listed["as_of"][0]))),
             "model_name": model, "model_version": str(version), "demo": approval.demo,
             "published_at": published_at,
-        })
-    return pl.DataFrame(rows, schema_overrides={"previous_risk": pl.Float64})
+        }
+
+    for r in listed.sort(["team_id", "rank"]).iter_rows(named=True):  # one row per listed person
+        prev = previous.get(r["person_id"])
+        rows.append({**common(r, CAPACITY), "risk": r["risk"], "team_percentile": r["team_percentile"],
+                     "change": change_label(r["risk"], prev), "previous_risk": prev,
+                     "reasons": json.dumps(reasons.get(r["person_id"], []))})
+    for r in recent.iter_rows(named=True) if recent.height else []:  # one row per recently in crisis
+        events = [{"feature": "crisis_contact", "text": t, "direction": "what happened"}
+                  for t in event_sentences(r["events"], r["carried"])]
+        rows.append({**common(r, SECTION), "risk": None, "team_percentile": None,
+                     "change": "carried" if r["carried"] else "new", "previous_risk": None,
+                     "reasons": json.dumps(events)})
+    frame = pl.DataFrame(rows, schema_overrides={"previous_risk": pl.Float64, "risk": pl.Float64,
+                                                 "team_percentile": pl.Float64})
+    return frame.with_columns((pl.col("section") != CAPACITY).cast(pl.Int32).alias("_s")).with_columns(
+        (pl.col("_s") * 1_000_000 + pl.col("rank")).alias("_order")).drop("_s")
 
 
 def _context(con, rows: pl.DataFrame, team_caveats, as_of, model, version, published_at) -> pl.DataFrame:
@@ -266,7 +293,9 @@ def _prefect_artifacts(result: PublishResult, rows: pl.DataFrame, contexts: dict
 
     counts = rows.group_by("team_id").agg(
         pl.len().alias("listed"),
-        *[(pl.col("change") == c).sum().alias(c) for c in ("new", "rising", "steady", "falling")],
+        (pl.col("section") == CAPACITY).sum().alias("listed_capacity"),
+        (pl.col("section") == SECTION).sum().alias("recent_crisis"),
+        *[(pl.col("change") == c).sum().alias(c) for c in ("new", "higher", "same", "lower")],
     ).sort("team_id")
     pages = {t.team: t for t in result.lists}
     table = []
@@ -274,8 +303,8 @@ def _prefect_artifacts(result: PublishResult, rows: pl.DataFrame, contexts: dict
         ctx = contexts[r["team_id"]]
         last = from_json(ctx["last_huddle"])
         table.append({
-            "team": r["team_id"], "listed": r["listed"], "new": r["new"], "rising": r["rising"],
-            "steady": r["steady"], "falling": r["falling"],
+            "team": r["team_id"], "listed": r["listed_capacity"], "recently in crisis": r["recent_crisis"],
+            "new": r["new"], "chance higher": r["higher"], "about the same": r["same"], "chance lower": r["lower"],
             "data gaps": len(from_json(ctx["team_caveats"]) or []),
             "last huddle discussed": "" if not last else f"{last['discussed']} of {last['listed']}",
             "page": str(pages[r["team_id"]].html),

@@ -85,7 +85,8 @@ def team_caveats(con, as_of: date) -> dict[str, list[str]]:
 def previous_risks(con, model: str, as_of: date) -> dict[str, float]:
     df = con.sql("""
         SELECT person_id, risk FROM huddle_lists
-        WHERE model_name = ? AND as_of = (SELECT max(as_of) FROM huddle_lists WHERE model_name = ? AND as_of < ?)
+        WHERE model_name = ? AND section = 'capacity'
+          AND as_of = (SELECT max(as_of) FROM huddle_lists WHERE model_name = ? AND as_of < ?)
         QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY published_at DESC, model_version DESC) = 1
     """, params=[model, model, as_of]).pl()
     return dict(zip(df["person_id"].to_list(), df["risk"].to_list(), strict=True))

@@ -21,6 +21,8 @@ from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal
 from wobble.core.warehouse import connect, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
+from wobble.models.cohort import snapshot_filter_sql
+from wobble.models.explain import change_reasons
 from wobble.models.spec import load_spec
 from wobble.models.tracking import load_version
 
@@ -60,7 +62,7 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
         frame = con.sql(cohort_frame_sql(spec, features, as_of)).pl()
     if frame.height == 0:
         raise WobbleError(f"nobody in the cohort at {as_of}")
-    scores, expl = score_rows(cfg, frame, features, booster, calibrator)
+    scores, expl = score_rows(cfg, spec, cat, frame, features, booster, calibrator)
     with connect(cfg.warehouse) as con:
         write_scores(con, model, str(version), as_of, scores, expl)
     return ScoreResult(model, str(version), as_of, frame.height, expl.height // max(1, len(features)),
@@ -68,21 +70,23 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
 
 
 def cohort_frame_sql(spec, features: list[str], as_of: date) -> str:
-    """The snapshot rows a model scores at `as_of`: its cohort's ages, ordered by person."""
+    """The snapshot rows a model scores at `as_of`: its cohort's, ordered by person."""
     return f"""
-        SELECT person_id, team_id, {', '.join(features)} FROM feature_snapshots
-        WHERE as_of = {date_literal(as_of)}
-          AND age BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}
+        SELECT person_id, team_id, {', '.join(features)} FROM feature_snapshots f
+        WHERE as_of = {date_literal(as_of)} AND {snapshot_filter_sql(spec, 'f')}
         ORDER BY person_id"""
 
 
-def score_rows(cfg: Config, frame: pl.DataFrame, features: list[str], booster, calibrator
+def score_rows(cfg: Config, spec, cat, frame: pl.DataFrame, features: list[str], booster, calibrator
                ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(scores, explanations) for whole teams' rows of `frame` (person_id, team_id, features, by person).
 
-    Scores: one row per person (risk, team_percentile, team_rank); explanations: one row per listed
-    person (team rank within the team's capacity) and feature. Every figure is within a team, so a
-    team scored alone gets exactly what it gets beside the others.
+    Scores: one row per person (risk, team_percentile, team_rank by score, and list_rank: the place
+    on the team's list, blank when not listed); explanations: one row per listed person and
+    feature. A team lists its capacity's worth of its highest scores; a model whose spec asks for a
+    reason about change lists only people with one (`explain.change_reasons`), so its explanations
+    are computed for three times the capacity's worth, the people who can reach the list. Every
+    figure is within a team, so a team scored alone gets exactly what it gets beside the others.
     """
     X = frame.select(features).to_numpy().astype(np.float64)
     raw = booster.predict(X)
@@ -93,20 +97,27 @@ def score_rows(cfg: Config, frame: pl.DataFrame, features: list[str], booster, c
         ((pl.col("risk").rank("min").over("team_id") - 1) / pl.len().over("team_id")).alias("team_percentile"),
         # rank by the uncalibrated score: isotonic calibration ties people the model separates
         pl.col("_raw").rank("ordinal", descending=True).over("team_id").cast(pl.Int32).alias("team_rank"),
-    )
+    ).with_row_index("_i")
+    gate = spec.listing.require_change_reason
     teams = scores["team_id"].unique().sort().to_list()
     capacity = pl.DataFrame({"team_id": teams, "_cap": [cfg.teams.capacity_for(t) for t in teams]},
                             schema={"team_id": pl.String, "_cap": pl.Int64})
-    listed = scores.join(capacity, on="team_id").filter(pl.col("team_rank") <= pl.col("_cap"))
-    idx = listed.join(frame.with_row_index("_i").select("person_id", "_i"), on="person_id")["_i"].to_numpy()
+    near = scores.join(capacity, on="team_id").filter(pl.col("team_rank") <= pl.col("_cap") * (3 if gate else 1))
+    idx = near["_i"].to_numpy()
     contrib = booster.predict(X[idx], pred_contrib=True)[:, :-1]
+    ok = change_reasons(contrib, X[idx], features, cat) >= 0 if gate else np.ones(idx.size, bool)
+    ranks = (near.with_columns(pl.Series("_ok", ok)).filter("_ok")
+             .with_columns(pl.col("team_rank").rank("ordinal").over("team_id").cast(pl.Int32).alias("list_rank"))
+             .filter(pl.col("list_rank") <= pl.col("_cap")).select("_i", "list_rank"))
+    scores = scores.join(ranks, on="_i", how="left", maintain_order="left")
+    keep = np.isin(idx, ranks["_i"].to_numpy())
     expl = pl.DataFrame({
-        "person_id": np.repeat(frame["person_id"].to_numpy()[idx], len(features)),
-        "feature": np.tile(np.array(features), idx.size),
-        "value": X[idx].ravel(),
-        "contribution": contrib.ravel(),
+        "person_id": np.repeat(frame["person_id"].to_numpy()[idx[keep]], len(features)),
+        "feature": np.tile(np.array(features), int(keep.sum())),
+        "value": X[idx[keep]].ravel(),
+        "contribution": contrib[keep].ravel(),
     }, schema={"person_id": pl.String, "feature": pl.String, "value": pl.Float64, "contribution": pl.Float64})
-    return scores.select("person_id", "team_id", "risk", "team_percentile", "team_rank"), expl
+    return scores.select("person_id", "team_id", "risk", "team_percentile", "team_rank", "list_rank"), expl
 
 
 def write_scores(con, model: str, version: str, as_of: date, scores: pl.DataFrame, expl: pl.DataFrame) -> None:
@@ -118,7 +129,8 @@ def write_scores(con, model: str, version: str, as_of: date, scores: pl.DataFram
         con.register("_scores", scores)
         con.register("_expl", expl)
         con.execute(
-            "INSERT INTO scores SELECT ?, ?, ?, person_id, team_id, risk, team_percentile, team_rank "
+            "INSERT INTO scores (model_name, model_version, as_of, person_id, team_id, risk, team_percentile, "
+            "team_rank, list_rank) SELECT ?, ?, ?, person_id, team_id, risk, team_percentile, team_rank, list_rank "
             "FROM _scores",
             params,
         )

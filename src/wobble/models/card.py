@@ -285,7 +285,27 @@ def build_view(*, spec: ModelSpec, evaluation: dict, version: str | None, run_id
         "verdict": _verdict, "fmt": fmt, "fmt_est": fmt_est, "fmt_count": fmt_count, "ok": _ok,
         "anchor": _anchor, "tol": spec.fairness_tolerance, "rendered_at": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "attribute_labels": ATTRIBUTE_LABELS, "thinnest": _thinnest(data["representation"]),
+        "lists": _lists_view(ev.get("lists")),
     }
+
+
+LIST_LABELS = {"model": "this model's list", "crisis_now": "today's crisis-now list",
+               "best": "best list from the same data", "truth": "ranked by the hidden truth"}
+
+
+def _lists_view(graded: dict | None) -> dict | None:
+    """The card's 'What the lists hold' table: one column per graded list (`grading.grade_lists`),
+    and this list's share rising as a share of the best list's."""
+    if not graded:
+        return None
+    lists = graded["lists"]
+    names = [n for n in LIST_LABELS if n in lists]
+    rising = {n: (lists[n].get("rising") or {}).get("value") for n in names}
+    ratio = (rising["model"] / rising["best"] if _ok(rising.get("model")) and _ok(rising.get("best"))
+             and rising["best"] > 0 else None)
+    return {"names": names, "labels": [LIST_LABELS[n] for n in names], "lists": lists,
+            "notes": graded.get("notes", {}), "truth": graded.get("truth", False),
+            "burn_in_weeks": graded.get("burn_in_weeks", 0), "of_best": ratio}
 
 
 def _thinnest(rep: dict) -> list[str]:

@@ -13,11 +13,9 @@ from datetime import date
 import polars as pl
 
 from wobble.core.sql import age_band_sql, dates, imd_quintile_sql, in_list
-from wobble.core.vocab import UNKNOWN_GROUP
+from wobble.core.vocab import CRISIS_SERVICES, SERVICES, UNKNOWN_GROUP
 from wobble.features import cohort_sql
 from wobble.models.spec import ModelSpec, TimeSplit
-
-ATTRIBUTES = ("age_band", "sex", "ethnicity_group", "imd_quintile")
 
 
 def attributes_sql(as_of: str, person: str = "p") -> dict[str, str]:
@@ -37,6 +35,8 @@ def label_sql(spec: ModelSpec, rows: str) -> str:
     Contacts are joined to the distinct as-of dates by time range first (cheap at any size),
     then counted per person and date.
     """
+    if spec.target.kind == "rise":
+        return _rise_label_sql(spec, rows)
     t = spec.target
     prior = t.prior_days if t.kind == "escalation" else 0
     status = f"AND c.status IN {in_list(t.statuses)}" if t.statuses else ""
@@ -62,22 +62,80 @@ def label_sql(spec: ModelSpec, rows: str) -> str:
         FROM {rows} r LEFT JOIN e USING (person_id, as_of)"""
 
 
+def poisson_tail_sql(n: str, rate: str) -> str:
+    """SQL: P(X >= n) for X Poisson with mean `rate` (> 0), exactly: 1 − Σ_{k<n} e^−λ λ^k / k!.
+    e.g. n 10, rate 3.8: 0.006."""
+    return (f"CASE WHEN {n} <= 0 THEN 1.0 ELSE greatest(0.0, 1.0 - list_sum(list_transform(range({n}), "
+            f"lambda k: exp(-({rate}) + k * ln({rate}) - lgamma(k + 1))))) END")
+
+
+def _rise_label_sql(spec: ModelSpec, rows: str) -> str:
+    """The `rise` target's label (see `Target`): any measure well above the person's usual level."""
+    t = spec.target
+    lo, hi = t.usual_days
+    blocks, joins, arms = [], [], []
+    for k, m in enumerate(t.measures):
+        if m.source == "contacts":
+            services = m.services or [s for s in SERVICES if s not in CRISIS_SERVICES]
+            table, when = "contacts", "occurred_at"
+            where = f"x.service IN {in_list(services)} AND x.status IN {in_list(m.statuses)}"
+        else:
+            table, when, where = "tags", "recorded_at", f"x.polarity = '{m.polarity}'"
+        blocks.append(f"""m{k} AS (
+            SELECT x.person_id, d.as_of,
+                   count(*) FILTER (WHERE x.{when} >= d.as_of) AS after_n,
+                   count(*) FILTER (WHERE x.{when} < d.as_of - INTERVAL {lo - 1} DAY) AS usual_n
+            FROM {table} x JOIN d
+              ON x.{when} >= d.as_of - INTERVAL {hi} DAY AND x.{when} < d.as_of + INTERVAL {t.horizon_days} DAY
+             AND NOT (x.{when} >= d.as_of - INTERVAL {lo - 1} DAY AND x.{when} < d.as_of)
+            WHERE {where}
+            GROUP BY ALL)""")
+        joins.append(f"LEFT JOIN m{k} USING (person_id, as_of)")
+        after = f"coalesce(m{k}.after_n, 0)"
+        rate = f"(coalesce(m{k}.usual_n, 0) + {m.prior_count}) * {t.horizon_days} / {hi - lo + 1}.0"
+        arms.append(f"({after} >= {m.min_count} AND {poisson_tail_sql(after, rate)} < {t.significance})")
+    return f"""
+        WITH d AS (SELECT DISTINCT as_of FROM {rows}),
+        {', '.join(blocks)}
+        SELECT r.person_id, r.as_of, ({' OR '.join(arms)})::INTEGER AS label
+        FROM {rows} r {' '.join(joins)}"""
+
+
+def eligible_sql(spec: ModelSpec, as_of: str, person: str = "p") -> str:
+    """SQL: the person (`person`: their `persons` row) is in the model's cohort at the date `as_of`
+    (SQL), beyond what every cohort asks (`features.cohort_sql`: registered, alive, not opted out):
+    their age, and, where the spec asks, no crisis contact known in the last `no_crisis_days` and
+    registered at least `min_registered_days` (an unknown registration date does not exclude)."""
+    c = spec.cohort
+    conds = [f"year({as_of}) - {person}.birth_year BETWEEN {c.min_age} AND {c.max_age}"]
+    if c.min_registered_days:
+        conds.append(f"coalesce({person}.registered_on <= {as_of} - INTERVAL {c.min_registered_days} DAY, true)")
+    if c.no_crisis_days:
+        conds.append(f"""NOT EXISTS (
+            SELECT 1 FROM contacts x WHERE x.person_id = {person}.person_id AND x.service IN {in_list(CRISIS_SERVICES)}
+              AND x.recorded_at < {as_of} AND x.occurred_at < {as_of}
+              AND x.occurred_at >= {as_of} - INTERVAL {c.no_crisis_days} DAY)""")
+    return " AND ".join(conds)
+
+
+def snapshot_filter_sql(spec: ModelSpec, snapshots: str = "feature_snapshots") -> str:
+    """SQL over `feature_snapshots` rows (as `snapshots`): the row's person is in the model's cohort."""
+    return (f"EXISTS (SELECT 1 FROM persons p WHERE p.person_id = {snapshots}.person_id "
+            f"AND {eligible_sql(spec, f'{snapshots}.as_of')})")
+
+
 def _bucket(offset: int) -> str:
     """A number in [0, 1) from 8 hex digits of the pseudonym: a stable split of people."""
     return f"('0x' || substr(person_id, {offset + 1}, 8))::UBIGINT / 4294967296.0"
 
 
-def _in_cohort(spec: ModelSpec, age: str = "age") -> str:
-    return f"{age} BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}"
-
-
 def team_cohorts_sql(spec: ModelSpec, as_ofs: list[date]) -> str:
-    """(person_id, team_id, as_of) of the model's cohort at each date, from the registrations: the
-    same people as the snapshots' rows within the spec's ages, without needing the snapshots."""
+    """(person_id, team_id, as_of) of the model's cohort at each date, from the registrations and
+    contacts: the same people as the snapshots' rows the model uses, without needing the snapshots."""
     return f"""
         SELECT k.person_id, k.team_id, k.as_of
         FROM ({cohort_sql(dates(as_ofs))}) k JOIN persons p USING (person_id)
-        WHERE {_in_cohort(spec, 'year(k.as_of) - p.birth_year')}"""
+        WHERE {eligible_sql(spec, 'k.as_of')}"""
 
 
 def held_out_people_sql(share: float) -> str:
@@ -117,7 +175,7 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
             SELECT f.*, t.team_cohort, {_bucket(0)} AS b_test, {_bucket(8)} AS b_val
             FROM feature_snapshots f JOIN teams t USING (team_id, as_of)
             WHERE as_of IN (SELECT unnest({dates(split.train + split.test)}))
-              AND {_in_cohort(spec)}
+              AND {snapshot_filter_sql(spec, 'f')}
         )
         SELECT s.person_id, s.as_of, s.team_id,
                CASE WHEN s.as_of IN (SELECT unnest({dates(split.test)})) THEN 'test' ELSE 'train' END AS part,

@@ -41,3 +41,13 @@ def shap_summary(booster, Xt: np.ndarray, features: list[str], cat, seed: int, i
     }
 
 
+
+
+def change_reasons(contrib: np.ndarray, X: np.ndarray, features: list[str], cat) -> np.ndarray:
+    """Per row, the column (index into `features`) of its strongest reason about change: a change
+    feature (`rises_at` in the catalogue) whose value reads as a rise and which raises concern
+    (positive contribution); −1 where a row has none. `contrib` and `X` are rows × features."""
+    rises = np.array([cat.get(f).rises_at if cat.get(f).rises_at is not None else np.inf for f in features])
+    ok = (contrib > 0) & (np.nan_to_num(X, nan=-np.inf) >= rises)
+    strongest = np.where(ok, contrib, -np.inf).argmax(axis=1)
+    return np.where(ok.any(axis=1), strongest, -1)

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 import polars as pl
 
 from wobble.core.config import Config
-from wobble.core.sql import dates, literal
 from wobble.core.vocab import CRISIS_SERVICES
-from wobble.ingest.identifiers import pseudonymise_many
 from wobble.models.evaluate import Scorer
 from wobble.models.fit import fit_baseline
 from wobble.models.spec import ModelSpec
 from wobble.models.tracking import client, load_version
+from wobble.models.truth import crisis_risk, truth_file
 
 
 def _scorers(cfg, key, spec, fit, calibrator, train_df, test_df, features, champ):
@@ -37,28 +35,18 @@ def _scorers(cfg, key, spec, fit, calibrator, train_df, test_df, features, champ
 
 def _oracle_scores(cfg: Config, key: bytes | None, spec: ModelSpec, test_df: pl.DataFrame):
     """The simulator's true p_crisis for each test row, where the world is synthetic; and why not."""
-    truth = cfg.truth
-    if truth is None or not (truth / "risk.parquet").exists():
+    if truth_file(cfg, "risk.parquet") is None:
         return None, "no simulator truth: real data has no oracle"
     t = spec.target
     if t.kind != "crisis" or set(t.services) != set(CRISIS_SERVICES) or t.statuses:
         return None, "the simulator's true risk is of a crisis within its horizon, not this target"
     if key is None:
         return None, "the pseudonymisation key was not given, so the truth cannot be matched to people"
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
-    risk = con.sql(
-        f"SELECT nhs_number, as_of, horizon_days, p_crisis FROM read_parquet({literal(str(truth / 'risk.parquet'))}) "
-        f"WHERE as_of IN (SELECT unnest({dates(sorted(set(test_df['as_of'].to_list())))}))"
-    ).pl()
-    con.close()
+    risk = crisis_risk(cfg, key, sorted(set(test_df["as_of"].to_list())))
     if risk.height and int(risk["horizon_days"][0]) != t.horizon_days:
         return None, f"the simulator's true risk is over {int(risk['horizon_days'][0])} days, not {t.horizon_days}"
-    nhs = risk["nhs_number"].unique().to_list()
-    mapping = pl.DataFrame({"nhs_number": nhs, "person_id": pseudonymise_many(key, nhs)})
-    risk = risk.join(mapping, on="nhs_number").select("person_id", "as_of", "p_crisis")
-    joined = test_df.select("person_id", "as_of").join(risk, on=["person_id", "as_of"], how="left",
-                                                        maintain_order="left")
+    joined = test_df.select("person_id", "as_of").join(risk.select("person_id", "as_of", "p_crisis"),
+                                                        on=["person_id", "as_of"], how="left", maintain_order="left")
     return joined["p_crisis"].to_numpy().astype(float), "the simulator's own probability (synthetic data only)"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wobble.core.calendar import is_monday, monday_on_or_before
 from wobble.core.errors import ConfigError
@@ -26,6 +26,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Measure(_Strict):
+    """One count a `rise` target watches: contacts (with `services`, default every non-crisis
+    service, and `statuses`) or frontline tags (of `polarity`)."""
+
+    source: Literal["contacts", "tags"]
+    services: list[str] | None = None  # contacts: default every service but the crisis services
+    statuses: list[Literal["attended", "did_not_attend", "cancelled"]] = Field(default_factory=lambda: ["attended"])
+    polarity: Literal["concern", "strength"] = "concern"  # tags
+    min_count: int = Field(default=2, ge=1)  # at least this many in the horizon
+    prior_count: float = Field(default=0.5, gt=0)  # added to the usual count: nobody's usual rate is 0
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [s for s in v or [] if s not in SERVICES]
+        if unknown:
+            raise ValueError(f"unknown service(s): {', '.join(unknown)}")
+        return v
+
+
 class Target(_Strict):
     """What the model predicts.
 
@@ -34,15 +54,26 @@ class Target(_Strict):
     person's own rate over [as_of − prior_days, as_of), and at least `min_contacts` of them;
     e.g. horizon 90, prior 180, ratio 2: 3 contacts in the prior 180 days (1.5 per 90 days)
     need at least 3 × 2 × 90 / 180 = 3, and at least min_contacts = 4, in the next 90 days.
+    rise: any of `measures` rises well above the person's own usual level: at least `min_count`
+    in [as_of, as_of + horizon), and that many would happen by chance less often than
+    `significance` at the usual rate (Poisson), the usual rate being the count over the days
+    `usual_days` before the as-of date (91 to 365: the last 90 days cannot lift it) plus
+    `prior_count`. e.g. horizon 90, 11 routine contacts in days 91–365 before: usual rate
+    (11 + 0.5) × 90 / 275 = 3.8 in 90 days; 10 or more in the next 90 days have a chance under
+    0.01 (P(X ≥ 10 | 3.8) = 0.006), 9 do not (0.016).
     """
 
-    kind: Literal["crisis", "escalation"] = "crisis"
-    services: list[str]
+    kind: Literal["crisis", "escalation", "rise"] = "crisis"
+    services: list[str] = Field(default_factory=list)  # crisis and escalation
     statuses: list[Literal["attended", "did_not_attend", "cancelled"]] | None = None  # None: any
     horizon_days: int = Field(ge=7, le=730)
     min_contacts: int = Field(default=4, ge=1)  # escalation only
     prior_days: int = Field(default=180, ge=7, le=1095)  # escalation only
     ratio: float = Field(default=2.0, gt=1.0)  # escalation only
+    measures: list[Measure] = Field(default_factory=list)  # rise only
+    usual_days: tuple[int, int] = (91, 365)  # rise only: the usual rate's window, days before as_of
+    significance: float = Field(default=0.01, gt=0, lt=0.5)  # rise only
+    phrase: str | None = None  # how a list says the outcome ("a crisis"); default by kind
 
     @field_validator("services")
     @classmethod
@@ -50,14 +81,48 @@ class Target(_Strict):
         unknown = [s for s in v if s not in SERVICES]
         if unknown:
             raise ValueError(f"unknown service(s): {', '.join(unknown)}")
-        if not v:
-            raise ValueError("name at least one service")
         return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> Target:
+        if self.kind in ("crisis", "escalation") and not self.services:
+            raise ValueError(f"a {self.kind} target names at least one service")
+        if self.kind == "rise" and not self.measures:
+            raise ValueError("a rise target names at least one measure")
+        lo, hi = self.usual_days
+        if not 0 < lo < hi:
+            raise ValueError("usual_days must be [from, to] days before the as-of date, from < to")
+        return self
+
+    @property
+    def outcome_phrase(self) -> str:
+        """'a crisis': what the list says a person has a chance of."""
+        return self.phrase or {"crisis": "a crisis", "escalation": "contacts at least doubling",
+                               "rise": "contacts or concerns rising well above their usual"}[self.kind]
 
 
 class Cohort(_Strict):
+    """Who a model is for at an as-of date: registered, alive, not opted out, of these ages, and
+    (optionally) with no crisis contact in the last `no_crisis_days` (people in crisis care go to a
+    list's other part) and registered at least `min_registered_days` (their usual level is known)."""
+
     min_age: int = 18
     max_age: int = 120
+    no_crisis_days: int | None = Field(default=None, ge=1, le=365)
+    min_registered_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class ListSettings(_Strict):
+    """What a team's list from this model is, and what it asks of each person on it."""
+
+    title: str = "Highest risk"  # the heading of the part limited by the team's capacity
+    # list a person only with at least one reason about change that raises concern and reads as a rise
+    require_change_reason: bool = False
+    # The list's other part, "Recently in crisis — check a plan exists", outside the capacity: people
+    # with a crisis contact in the last `recent_crisis_days` (0: no such part), kept on later lists
+    # for up to `follow_up_days` after it until the huddle records an outcome for them.
+    recent_crisis_days: int = Field(default=7, ge=0, le=90)
+    follow_up_days: int = Field(default=30, ge=0, le=180)
 
 
 class Schedule(_Strict):
@@ -125,6 +190,8 @@ class Baseline(_Strict):
 
 
 class ModelSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str
     title: str
     description: str
@@ -137,6 +204,10 @@ class ModelSpec(_Strict):
     baseline: Baseline
     features: list[str] | None = None  # default: every predictor in the catalogue
     capacity_per_team: int = Field(default=20, ge=1)
+    listing: ListSettings = Field(default_factory=ListSettings, alias="list")  # `list:` in the YAML
+    # a crisis model's spec to fit beside this one on the same training dates, so the card can show
+    # this model's list against today's crisis-now ranking (early-warning models)
+    compare_with: str | None = None
     evaluation: Evaluation = Evaluation()
     fairness_groups: list[Literal["age_band", "sex", "ethnicity_group", "imd_quintile"]] = Field(
         default_factory=lambda: ["age_band", "sex", "ethnicity_group", "imd_quintile"]

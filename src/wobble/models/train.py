@@ -40,6 +40,7 @@ from wobble.models.data_summary import summarise
 from wobble.models.evaluate import EvaluationRows, LeadEvents, evaluate
 from wobble.models.explain import shap_summary
 from wobble.models.fit import fit_calibrator, fit_lightgbm
+from wobble.models.grading import burn_in, grade_lists
 from wobble.models.metrics import Capacity
 from wobble.models.scorers import _champion, _scorers
 from wobble.models.spec import ModelSpec, TimeSplit, load_spec, timesplit
@@ -98,7 +99,7 @@ def train(
     build_features(cfg, split.train)
     # Only test people's rows are read at test dates (team sizes come from the registrations),
     # so only theirs are built: at 1,000,000 people, 50,000 rather than everyone.
-    build_features(cfg, split.test, people=held_out_people_sql(share))
+    build_features(cfg, burn_in(split) + split.test, people=held_out_people_sql(share))
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
     train_df, test_df = _examples(cfg, spec, split, features + (champ.features if champ else []), share)
@@ -116,26 +117,16 @@ def train(
 
     say(f"evaluation ({spec.evaluation.bootstrap_replicates} bootstrap replicates)")
     evaluation = _evaluate(cfg, spec, split, test_df, scorers)
-    evaluation.update(
-        oracle_note=oracle_note, test_share=share, demo=cfg.wobble.demo,
-        trained_at=datetime.now().strftime("%Y-%m-%d %H:%M"),
-        split={"train": split.train, "test": split.test, "last_label_date": split.last_label_date,
-               "data_end": split.data_end, "gap_days": split.gap_days},
-        champion={"version": champ.version, "note": champ.note} if champ else None,
-        training={"rows": train_df.height, "people": train_df["person_id"].n_unique(), "outcomes": int(y.sum()),
-                  "validation_rows": int(val.sum()), "features": features, "candidates": fit.candidates,
-                  "chosen": fit.chosen, "best_iteration": fit.best_iteration, "search_share": fit.search_share,
-                  "fit_share": fit.fit_share,
-                  "params": fit.params, "baseline_features": spec.baseline.features,
-                  "estimator": "lightgbm.dask.DaskLGBMClassifier" if dask else "lightgbm.LGBMClassifier",
-                  "monotone": dict(spec.estimator.monotone)},
-    )
+    evaluation.update(_training_facts(cfg, spec, split, share, champ, fit, train_df, y, features, dask),
+                      oracle_note=oracle_note)
     say("SHAP summary")
     shap = shap_summary(fit.booster, test_df.select(features).to_numpy().astype(np.float64), features, cat,
                         cfg.wobble.seed, fit.best_iteration)
     evaluation["shap"] = {k: v for k, v in shap.items() if k != "sample"}
     with connect(cfg.warehouse, read_only=True) as con:
         evaluation["data"] = summarise(con, spec, split, train_df, test_df)
+    say("lists: this model's beside today's crisis-now ranking and the truth")
+    evaluation["lists"] = grade_lists(cfg, key, spec, split, share, fit, features, cat, train_df)
     evaluation = _jsonable(evaluation)
     metrics = flat_metrics(evaluation)
     version = run_id = ""
@@ -148,6 +139,24 @@ def train(
                                         shap_sample=shap["sample"])
     return TrainResult(spec.name, version, run_id, metrics, split, train_df.height, test_df.height, card_md,
                        card_html, shap["families"], time.perf_counter() - t0, evaluation)
+
+
+def _training_facts(cfg: Config, spec: ModelSpec, split: TimeSplit, share: float, champ, fit, train_df, y,
+                    features: list[str], dask: str | None) -> dict:
+    """What the card says of how the model was trained: the split, the rows, the candidates."""
+    val = fit.validation
+    return dict(
+        test_share=share, demo=cfg.wobble.demo, trained_at=datetime.now().strftime("%Y-%m-%d %H:%M"),
+        split={"train": split.train, "test": split.test, "last_label_date": split.last_label_date,
+               "data_end": split.data_end, "gap_days": split.gap_days},
+        champion={"version": champ.version, "note": champ.note} if champ else None,
+        training={"rows": train_df.height, "people": train_df["person_id"].n_unique(), "outcomes": int(y.sum()),
+                  "validation_rows": int(val.sum()), "features": features, "candidates": fit.candidates,
+                  "chosen": fit.chosen, "best_iteration": fit.best_iteration, "search_share": fit.search_share,
+                  "fit_share": fit.fit_share, "params": fit.params, "baseline_features": spec.baseline.features,
+                  "estimator": "lightgbm.dask.DaskLGBMClassifier" if dask else "lightgbm.LGBMClassifier",
+                  "monotone": dict(spec.estimator.monotone)},
+    )
 
 
 def _spec(cfg: Config, model_name: str, max_train_dates: int | None):
@@ -213,7 +222,7 @@ def _evaluate(cfg: Config, spec: ModelSpec, split: TimeSplit, test_df: pl.DataFr
 def _lead_events(cfg: Config, spec: ModelSpec, split: TimeSplit, test_df: pl.DataFrame,
                  listed: dict[str, np.ndarray], person_codes: np.ndarray):
     """Each crisis day of a test person in the test window, and days since their first listing
-    (by each scorer) at a test as-of within the horizon before it."""
+    (by each scorer) at a test as-of within the horizon before it: the longest such lead."""
     h = spec.target.horizon_days
     people = test_df.select("person_id").with_columns(pl.Series("code", person_codes)).unique("person_id")
     frames = [test_df.filter(pl.Series(mask)).select("person_id", "as_of").with_columns(pl.lit(name).alias("scorer"))
@@ -231,7 +240,7 @@ def _lead_events(cfg: Config, spec: ModelSpec, split: TimeSplit, test_df: pl.Dat
                   AND c.occurred_at >= {date_literal(first)} AND c.occurred_at < {date_literal(last)}
             )
             SELECT ev.person_id, ev.day, p.code,
-                   {", ".join(f"min(CASE WHEN l.scorer = '{n}' THEN ev.day - l.as_of END) AS lead_{n}"
+                   {", ".join(f"max(CASE WHEN l.scorer = '{n}' THEN ev.day - l.as_of END) AS lead_{n}"
                               for n in listed)}
             FROM ev JOIN _people p USING (person_id)
             LEFT JOIN _listed l ON l.person_id = ev.person_id AND l.as_of <= ev.day

@@ -18,6 +18,7 @@ from wobble.features import build_features
 from wobble.ingest import ingest
 from wobble.lists.publish import publish
 from wobble.models.approve import approve, champion
+from wobble.models.grading import grade_published
 from wobble.models.train import train
 from wobble.ops.monitor import monitor, monitor_or_flag
 from wobble.synth import demo_config, demo_key, synth
@@ -64,11 +65,15 @@ def stage_approve(cfg: Config, model: str, version: str, by: str, note: str, dem
 
 
 def stage_publish(cfg: Config, model: str, version: str | None, as_of: date, summary: RunSummary,
-                  say: Say) -> dict:
+                  say: Say, key: bytes | None = None) -> dict:
+    """Publish every team's list; on a synthetic world (`key` and a truth), grade it by the truth."""
     with summary.stage("publish") as s:
         version = version or champion(cfg, model)
         say(f"lists from {model} version {version} at {as_of}")
         s.update(publish(cfg, model=model, version=version, as_of=as_of).summary())
+        graded = grade_published(cfg, key, model, version, as_of)
+        if graded is not None:
+            s["graded_by_truth"] = graded
     summary.data["lists"] = summary.data["stages"]["publish"]["lists"]
     return summary.data["stages"]["publish"]
 
@@ -97,7 +102,7 @@ def run_weekly(cfg: Config, key: bytes, summary: RunSummary, say: Say, *, as_of:
     stage_ingest(cfg, key, summary, say)
     d = as_of_for(cfg, as_of)
     stage_features(cfg, [d], summary, say)
-    stage_publish(cfg, model, None, d, summary, say)
+    stage_publish(cfg, model, None, d, summary, say, key)
     stage_monitor(cfg, model, d, summary, say, weekly=True)
     summary.output("warehouse", cfg.warehouse)
     summary.output("mlflow", cfg.mlflow_dir)
@@ -127,7 +132,7 @@ def run_demo(workdir: Path, persons: int, seed: int, summary: RunSummary, say: S
                   "synthetic data only", True, summary)
     as_of = as_of_for(cfg, None)
     stage_features(cfg, [as_of], summary, say)
-    stage_publish(cfg, model, result.model_version, as_of, summary, say)
+    stage_publish(cfg, model, result.model_version, as_of, summary, say, key)
     summary.output("warehouse", cfg.warehouse)
     summary.output("mlflow", cfg.mlflow_dir)
     return cfg

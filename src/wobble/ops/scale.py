@@ -243,7 +243,8 @@ def score_team(cfg: Config, parts: TeamRows, team: str, model: ScoringModel) -> 
     """
     k = parts.teams.index(team)
     frame = pl.read_parquet(parts.folder / "teams" / f"team={k}.parquet").sort("person_id")
-    scores, expl = score_rows(cfg, frame, list(model.features), model.booster, model.calibrator)
+    scores, expl = score_rows(cfg, load_spec(cfg.models_dir, model.name), load_catalogue(cfg.features_dir), frame,
+                              list(model.features), model.booster, model.calibrator)
     out = parts.folder / "scored" / f"team={k}"
     out.mkdir(parents=True, exist_ok=True)
     scores.write_parquet(out / "scores.parquet")

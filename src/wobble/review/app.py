@@ -148,8 +148,8 @@ class _Review:
 
     def people_of(self, con, ref: ListRef, header: dict, person_id: str | None = None) -> list[dict]:
         earlier = last_outcomes(con, ref.as_of)
-        horizon = self.spec_of(ref.model_name).target.horizon_days
-        return [person_view(r, horizon, earlier.get((ref.team_id, r["person_id"])), header["team_caveats"])
+        spec = self.spec_of(ref.model_name)
+        return [person_view(r, spec, earlier.get((ref.team_id, r["person_id"])), header["team_caveats"])
                 for r in list_rows(con, ref, person_id).iter_rows(named=True)]  # at most one list's rows
 
     def person_response(self, con, request: Request, session: Session, team_id: str, person_id: str, *,

@@ -33,6 +33,7 @@ from wobble.synth.sources import (
     team_codes,
     to_local,
 )
+from wobble.synth.truth import PHASES
 from wobble.synth.world import CRISIS_KINDS, HORIZON_DAYS, TAG_SOURCES, World
 
 
@@ -106,6 +107,7 @@ class Writers:
             pl.col("nhs").cast(pl.String).alias("nhs_number"), "occurred_at",
             pl.col("service").alias("kind")).sort("nhs_number", "occurred_at"))
         self._write_risk(w)
+        self._write_need(w)
         self._write_truth_persons(w)
         # Records from the team with a feed gap never reach the social care extract.
         gap_team, gap_from, gap_to = self.gap
@@ -335,6 +337,21 @@ class Writers:
             "p_crisis": p[keep],
         })
         self._write_parquet("truth", self.truth / "risk.parquet", df)
+
+    def _write_need(self, w: World) -> None:
+        """truth/need.parquet: one row per person and week present (rounded to 0.001: a third of the
+        size, and nothing grades finer)."""
+        n, weeks = w.need.shape
+        keep = (w.phase >= 0).ravel()
+        week_start = np.datetime64(self.start) + (np.arange(weeks) * 7).astype("timedelta64[D]")
+        df = pl.DataFrame({
+            "nhs_number": pl.Series(np.repeat(self.pop["nhs"][w.lo : w.hi], weeks)[keep]).cast(pl.String),
+            "week_start": np.tile(week_start, n)[keep],
+            "need": np.round(w.need.ravel()[keep], 3).astype(np.float32),
+            "baseline": np.round(w.baseline.ravel()[keep], 3).astype(np.float32),
+            "phase": pl.Series(np.array(PHASES)[w.phase.ravel()[keep]]).cast(pl.Enum(list(PHASES))),
+        })
+        self._write_parquet("truth", self.truth / "need.parquet", df)
 
     def _write_truth_persons(self, w: World) -> None:
         s = slice(w.lo, w.hi)

@@ -11,6 +11,7 @@ from datetime import date
 import numpy as np
 
 from wobble.ingest.identifiers import synthetic_nhs_numbers
+from wobble.synth.truth import theta
 from wobble.synth.world import PEOPLE_PER_LSOA, PEOPLE_PER_PRACTICE, PEOPLE_PER_TEAM
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +114,7 @@ def draw_population(rng: np.random.Generator, n: int, start: date, weeks: int) -
         "continuity": continuity, "base": base, "drift": drift, "shock_rate": shock_rate,
         "resilience": resilience, "arrival": arrival, "registered": registered,
         "opted_out": opted_out, "nhs": nhs,
+        "need_theta": np.array(theta(base, age)),  # the phase rule's scale (wobble.synth.truth)
         "usual_gp": rng.integers(0, 6, n), "usual_nurse": rng.integers(0, 10, n),
         "usual_sw": rng.integers(0, 6, n), "usual_ho": rng.integers(0, 3, n),
         "usual_mh": rng.integers(0, 5, n),

@@ -7,7 +7,8 @@ Writes, under `out/`:
   (LSOA → IMD decile, practice → team).
 - `truth/` — what only the simulator knows, for grading models and never for features:
   `crises.parquet` (nhs_number, occurred_at, kind), `risk.parquet` (nhs_number, as_of,
-  horizon_days, p_crisis), `persons.parquet` (hidden attributes), `manifest.json` (counts,
+  horizon_days, p_crisis), `need.parquet` (nhs_number, week_start, need, baseline, phase: see
+  `wobble.synth.truth`), `persons.parquet` (hidden attributes), `manifest.json` (counts,
   defects injected, the world's calendar).
 
 The hidden process, per person and week (w = 0 … weeks-1):
@@ -38,6 +39,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from wobble.core.vocab import CONCERN_TAGS, SERVICES, STRENGTH_TAGS, TAGS
+from wobble.synth.truth import need_phases, usual_need
 
 WORLD_START = date(2023, 11, 27)  # a Monday
 WORLD_WEEKS = 156  # three years: the last week starts 2026-11-16, the extract date is 2026-11-23
@@ -196,6 +198,9 @@ class World:
     crises: dict[str, np.ndarray]
     risk: np.ndarray  # (people, as-of weeks) p_crisis, NaN where not alive or not arrived
     died_week: np.ndarray
+    need: np.ndarray  # (people, weeks) hidden need
+    baseline: np.ndarray  # (people, weeks) the person's usual need (wobble.synth.truth)
+    phase: np.ndarray  # (people, weeks) index into truth.PHASES; -1 where not present
 
 
 def softcap(eta, cap):
@@ -253,7 +258,12 @@ def simulate_chunk(
     crises, _ = _draw_crises(rng, pop, sl, need, contrib, alive, age)
     tags = _draw_tags(rng, pop, sl, need, contrib, alive)
     risk = _oracle(pop, sl, need, contrib, state_d, state_r, alive, age, weeks)
-    return World(lo, hi, contacts, tags, crises, risk, died_week)
+    crisis_weeks = np.zeros((n, weeks), np.int32)
+    np.add.at(crisis_weeks, (crises["person"] - lo, crises["week"]), 1)
+    baseline = usual_need(need)
+    phase = need_phases(need, baseline, crisis_weeks, float(pop["need_theta"]))
+    phase[~alive] = -1
+    return World(lo, hi, contacts, tags, crises, risk, died_week, need, baseline, phase)
 
 
 def _age_terms_services(age: np.ndarray) -> np.ndarray:

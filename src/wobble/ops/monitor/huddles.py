@@ -29,7 +29,7 @@ def _outcomes(con, model: str, as_of: date, horizon: int) -> dict:
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _decided AS
         SELECT l.team_id, l.as_of, l.person_id, o.kind, o.recorded_at
         FROM (SELECT DISTINCT team_id, as_of, person_id FROM huddle_lists
-              WHERE model_name = ? AND as_of > ? AND as_of <= ?) l
+              WHERE model_name = ? AND section = 'capacity' AND as_of > ? AND as_of <= ?) l
         LEFT JOIN (SELECT team_id, as_of, person_id, {OUTCOME_KIND} AS kind, recorded_at FROM huddle_outcomes
                    QUALIFY row_number() OVER (PARTITION BY team_id, as_of, person_id
                                               ORDER BY recorded_at DESC, outcome_id DESC) = 1) o
@@ -98,7 +98,7 @@ def _impact(con, model: str, as_of: date, small: int) -> dict:
     rows = con.sql(f"""
         WITH listed AS (
             SELECT DISTINCT team_id, as_of, person_id, risk FROM huddle_lists
-            WHERE model_name = ? AND as_of + INTERVAL {d} DAY <= ?),
+            WHERE model_name = ? AND section = 'capacity' AND as_of + INTERVAL {d} DAY <= ?),
         decided AS (
             SELECT DISTINCT team_id, as_of, person_id FROM huddle_outcomes
             WHERE {OUTCOME_KIND} <> '{NOT_DISCUSSED}'),

@@ -63,7 +63,7 @@ def _matured_rows(con, spec, version: str, as_ofs: list[date]) -> pl.DataFrame:
           ON l.person_id = m.person_id AND l.as_of = m.as_of
         JOIN persons p ON p.person_id = m.person_id
         LEFT JOIN (SELECT DISTINCT team_id, as_of, person_id FROM huddle_lists
-                   WHERE model_name = ? AND model_version = ?) h
+                   WHERE model_name = ? AND model_version = ? AND section = 'capacity') h
           ON h.team_id = m.team_id AND h.as_of = m.as_of AND h.person_id = m.person_id
     """, params=[spec.name, version]).pl()
 

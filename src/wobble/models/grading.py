@@ -1,0 +1,319 @@
+"""Grading lists: what the part of each list limited by a team's capacity would have held on the
+test period, for this model beside today's crisis-now ranking, the best list the observable data
+allows and a list ranked by the hidden truth.
+
+The rows are every adult at the test dates among the held-out test people (`grading_rows`), so
+the lists compete for the same people, plus BURN_IN_WEEKS of weekly dates before them, which only
+say who had been listed already (a lead time runs from a person's first listing). Each list takes,
+per team and date, the team's capacity scaled to its share of held-out people (`metrics.Capacity`),
+from the people its rule allows:
+- `model`: this model's list: its cohort, ranked by its score, and (when the spec asks) only
+  people with a reason about change that raises concern (`explain.change_reasons`);
+- `crisis_now`: a crisis model's ranking of every adult: what lists were before early warning
+  (fitted beside this model on the same training dates when `compare_with` names it);
+- `best`: synthetic worlds only: the same estimator, features, cohort and gate fitted on the
+  truth's rising phase rather than the target: the best list the observable data allows;
+- `truth`: synthetic worlds only: people in a rising phase first, by how far their need stands
+  above their usual (`wobble.synth.truth`), from the same people as `model`'s list.
+
+Per list (`figures`): how many rows it listed; the share rising and the share in crisis by the
+truth; the share with a crisis contact known in the 30 days before the list; precision for a
+crisis within 90 days, for everyone listed and for listed people not in crisis care (no crisis
+contact in the 90 days before), with 95% intervals from a person bootstrap; and the median lead
+time: per person first listed in the test period, days from that listing to their first crisis
+within 90 days of it, with its interval and the number of people it is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+
+from wobble.core.sql import dates, in_list
+from wobble.core.vocab import CRISIS_SERVICES
+from wobble.core.warehouse import connect
+from wobble.features import cohort_sql
+from wobble.models.cohort import eligible_sql, held_out_people_sql, load_rows
+from wobble.models.explain import change_reasons
+from wobble.models.fit import fit_lightgbm
+from wobble.models.metrics import Capacity, person_counts, weighted_quantiles
+from wobble.models.spec import ModelSpec, TimeSplit, load_spec
+from wobble.models.truth import need_phases
+
+LISTS = ("model", "crisis_now", "best", "truth")
+NOT_IN_CRISIS_CARE_DAYS = 90
+BURN_IN_WEEKS = 8  # weekly lists before the test period, so a first listing there is not counted as one later
+
+
+def grading_rows(con, spec: ModelSpec, as_ofs: list[date], share: float, columns: list[str]) -> pl.DataFrame:
+    """Every adult (the spec's ages) at the dates `as_ofs` among held-out people, one row per person
+    and date, by team and date: `team_cohort` (the team's adults that date), `eligible` (in this spec's
+    cohort), `crisis_30d` / `crisis_90d` (a crisis contact known in the 30 / 90 days before),
+    `crisis_next` (one in the 90 days after), the snapshot `columns`, in a fixed order."""
+    c = spec.cohort
+    adults = f"year(k.as_of) - p.birth_year BETWEEN {c.min_age} AND {c.max_age}"
+    crises = f"service IN {in_list(CRISIS_SERVICES)}"
+    cols = ", ".join(f"f.{x}" for x in columns)
+    return con.sql(f"""
+        WITH k AS (
+            SELECT k.person_id, k.as_of, k.team_id, {eligible_sql(spec, 'k.as_of')} AS eligible, {adults} AS adult
+            FROM ({cohort_sql(dates(as_ofs))}) k JOIN persons p USING (person_id)),
+        teams AS (SELECT team_id, as_of, count(*) AS team_cohort FROM k WHERE adult GROUP BY ALL),
+        c AS (
+            SELECT k.person_id, k.as_of,
+                   bool_or(x.occurred_at >= k.as_of - INTERVAL 30 DAY AND x.occurred_at < k.as_of
+                           AND x.recorded_at < k.as_of) AS crisis_30d,
+                   bool_or(x.occurred_at < k.as_of AND x.recorded_at < k.as_of) AS crisis_90d,
+                   bool_or(x.occurred_at >= k.as_of) AS crisis_next
+            FROM k JOIN contacts x ON x.person_id = k.person_id AND x.{crises}
+             AND x.occurred_at >= k.as_of - INTERVAL 90 DAY AND x.occurred_at < k.as_of + INTERVAL 90 DAY
+            WHERE k.adult GROUP BY ALL)
+        SELECT k.person_id, k.as_of, k.team_id, t.team_cohort, k.eligible,
+               coalesce(c.crisis_30d, false) AS crisis_30d, coalesce(c.crisis_90d, false) AS crisis_90d,
+               coalesce(c.crisis_next, false) AS crisis_next, {cols}
+        FROM k JOIN teams t USING (team_id, as_of) JOIN feature_snapshots f USING (person_id, as_of)
+        LEFT JOIN c USING (person_id, as_of)
+        WHERE k.adult AND {held_out_people_sql(share).replace('person_id', 'k.person_id')}
+        ORDER BY k.as_of, k.team_id, k.person_id""").pl()
+
+
+def first_crises(con, rows: pl.DataFrame, horizon: int) -> pl.DataFrame:
+    """(person_id, day): each crisis day, from the first date of `rows` to `horizon` days after the
+    last, of the people in `rows`."""
+    first, last = rows["as_of"].min(), rows["as_of"].max()
+    con.register("_graded_people", rows.select("person_id").unique())
+    try:
+        return con.sql(f"""
+            SELECT DISTINCT x.person_id, x.occurred_at::DATE AS day FROM contacts x
+            SEMI JOIN _graded_people g ON g.person_id = x.person_id
+            WHERE x.service IN {in_list(CRISIS_SERVICES)} AND x.occurred_at >= DATE '{first}'
+              AND x.occurred_at < DATE '{last + timedelta(days=horizon)}'
+            ORDER BY 1, 2""").pl()
+    finally:
+        con.unregister("_graded_people")
+
+
+def listed(rows: pl.DataFrame, score: np.ndarray, capacity: int) -> np.ndarray:
+    """Which rows a list takes: per team and date, the team's capacity scaled to its sample, by
+    `score` (−inf: not allowed on this list)."""
+    groups = (rows["team_id"] + "|" + rows["as_of"].cast(pl.String)).to_numpy()
+    return Capacity(score, groups, capacity, rows["team_cohort"].to_numpy()).listed() & np.isfinite(score)
+
+
+def truth_score(rows: pl.DataFrame, truth: pl.DataFrame, allowed: np.ndarray) -> np.ndarray:
+    """The truth-ranked list's score: rising people first, by excess need; −inf where not allowed."""
+    joined = rows.select("person_id", "as_of").join(truth, on=["person_id", "as_of"], how="left",
+                                                    maintain_order="left")
+    excess = joined["excess"].fill_null(-1e9).to_numpy()
+    rising = (joined["phase"] == "rising").fill_null(False).to_numpy()
+    return np.where(allowed, excess + np.where(rising, 1e6, 0.0), -np.inf)
+
+
+@dataclass
+class _Boot:
+    person: np.ndarray  # each row's person, as 0 … n-1
+    replicates: list[np.ndarray]  # per replicate, times each person was drawn
+
+
+def _interval(point: float, reps: list[float]) -> dict:
+    reps = [r for r in reps if np.isfinite(r)]
+    if not np.isfinite(point):
+        return {"value": None, "low": None, "high": None}
+    lo, hi = (np.quantile(reps, [0.025, 0.975]) if reps else (np.nan, np.nan))
+    return {"value": float(point), "low": float(lo) if np.isfinite(lo) else None,
+            "high": float(hi) if np.isfinite(hi) else None}
+
+
+def _share(mask: np.ndarray, hit: np.ndarray, boot: _Boot) -> dict:
+    """Share of `mask` rows that are `hit`, with a person-bootstrap interval."""
+    def at(w: np.ndarray) -> float:
+        total = w[mask].sum()
+        return float((w[mask] * hit[mask]).sum() / total) if total else float("nan")
+
+    ones = np.ones(mask.size)
+    return _interval(at(ones), [at(r[boot.person]) for r in boot.replicates])
+
+
+def _lead(rows: pl.DataFrame, mask: np.ndarray, graded: np.ndarray, crises: pl.DataFrame, horizon: int,
+          boot: _Boot) -> dict:
+    """Median days from each person's first listing to their first crisis within `horizon` of it,
+    over people first listed at a graded date (listings at the burn-in dates before count as first)."""
+    first = (rows.filter(pl.Series(mask)).group_by("person_id").agg(pl.col("as_of").min().alias("listed"))
+             .filter(pl.col("listed").is_in(rows.filter(pl.Series(graded))["as_of"].unique().implode())))
+    events = first.join(crises, on="person_id").filter(
+        (pl.col("day") >= pl.col("listed")) & (pl.col("day") < pl.col("listed") + timedelta(days=horizon)))
+    leads = events.group_by("person_id").agg((pl.col("day").min() - pl.col("listed").first()).dt.total_days()
+                                             .alias("days"))
+    if leads.height == 0:
+        return {"value": None, "low": None, "high": None, "people": 0}
+    codes = dict(zip(rows["person_id"].to_list(), boot.person.tolist(), strict=True))
+    leads = leads.sort("days")
+    person = np.array([codes[p] for p in leads["person_id"].to_list()])
+    days = leads["days"].to_numpy().astype(np.float64)
+    point = weighted_quantiles(days, np.ones(days.size), (0.5,))[0]
+    reps = [weighted_quantiles(days, r[person], (0.5,))[0] for r in boot.replicates]
+    return {**_interval(point, reps), "people": int(leads.height)}
+
+
+def figures(rows: pl.DataFrame, lists: dict[str, np.ndarray], truth: pl.DataFrame | None, crises: pl.DataFrame,
+            graded: np.ndarray, *, replicates: int, seed: int, horizon: int = 90) -> dict[str, dict]:
+    """Per list (name → which rows it took): the figures of the module's docstring, over the `graded`
+    rows (the test dates; the others are the burn-in, for first listings)."""
+    person = rows["person_id"].rank("dense").cast(pl.Int64).to_numpy() - 1
+    boot = _Boot(person, list(person_counts(int(person.max()) + 1 if person.size else 0, replicates, seed)))
+    phase = (rows.select("person_id", "as_of").join(truth, on=["person_id", "as_of"], how="left",
+                                                     maintain_order="left")["phase"]
+             if truth is not None else None)
+    crisis_next = rows["crisis_next"].to_numpy()
+    calm = ~rows["crisis_90d"].to_numpy()
+    out = {}
+    for name, taken in lists.items():
+        mask = taken & graded
+        f = {"rows": int(mask.sum()), "people": int(rows.filter(pl.Series(mask))["person_id"].n_unique()),
+             "crisis_contact_30d": _share(mask, rows["crisis_30d"].to_numpy(), boot),
+             "precision_crisis_90d": _share(mask, crisis_next, boot),
+             "precision_crisis_90d_not_in_crisis_care": _share(mask & calm, crisis_next, boot),
+             "lead_days": _lead(rows, taken, graded, crises, horizon, boot)}
+        if phase is not None:
+            f["rising"] = _share(mask, (phase == "rising").fill_null(False).to_numpy(), boot)
+            f["in_crisis"] = _share(mask, (phase == "in_crisis").fill_null(False).to_numpy(), boot)
+        out[name] = f
+    return out
+
+
+def burn_in(split: TimeSplit) -> list[date]:
+    """The weekly dates before the test period whose lists only tell who was listed first."""
+    return [split.test[0] - timedelta(weeks=k) for k in range(BURN_IN_WEEKS, 0, -1)]
+
+
+def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share: float, fit, features: list[str],
+                cat, train_df: pl.DataFrame) -> dict:
+    """This model's list beside today's crisis-now ranking, the best list the observable data allows
+    and the truth-ranked list, on the test period (see the module docstring): {"lists": name →
+    figures, "notes": what each list is, "truth": whether a synthetic truth graded them}."""
+    crisis_spec = load_spec(cfg.models_dir, spec.compare_with) if spec.compare_with else None
+    crisis_spec = crisis_spec.model_copy(update={"schedule": spec.schedule}) if crisis_spec else None
+    columns = list(dict.fromkeys(features + (cat.predictors if crisis_spec else [])))
+    as_ofs = burn_in(split) + split.test
+    with connect(cfg.warehouse, read_only=True) as con:
+        rows = grading_rows(con, spec, as_ofs, share, columns)
+        crises = first_crises(con, rows, spec.target.horizon_days)
+        crisis_fit = _fit_comparator(con, cfg, crisis_spec, split, share, cat.predictors) if crisis_spec else None
+    graded = rows["as_of"].is_in(split.test).to_numpy()
+    eligible = rows["eligible"].to_numpy()
+    X = rows.select(features).to_numpy().astype(np.float64)
+    cap = spec.capacity_per_team
+    gate = spec.listing.require_change_reason
+
+    def ranked(model) -> np.ndarray:
+        score = np.where(eligible, model.predict(X), -np.inf)
+        return listed(rows, _gate(rows, score, X, model, features, cat, cap) if gate else score, cap)
+
+    lists = {"model": ranked(fit)}
+    notes = {"model": "its cohort, ranked by its score" + (", people with a reason about change only" if gate else "")}
+    if crisis_fit is not None:
+        crisis_score = crisis_fit.predict(rows.select(cat.predictors).to_numpy().astype(np.float64))
+        lists["crisis_now"] = listed(rows, crisis_score, cap)
+        notes["crisis_now"] = (f"every adult, ranked by {crisis_spec.name} ({crisis_spec.title.lower()}), "
+                               "fitted on the same training dates and people")
+    truth = need_phases(cfg, key, as_ofs)
+    if truth is not None:
+        best = _fit_best_observable(cfg, key, spec, split, train_df, features)
+        if best is not None:
+            lists["best"] = ranked(best)
+            notes["best"] = ("the same features, cohort and gate, fitted on the hidden truth's rising phase at the "
+                             "training dates instead of the target: the best list the observable data allows")
+        lists["truth"] = listed(rows, truth_score(rows, truth, eligible), cap)
+        notes["truth"] = "the same cohort, people in a rising phase first, by how far their need stands above usual"
+    return {"lists": figures(rows, lists, truth, crises, graded, replicates=spec.evaluation.bootstrap_replicates,
+                             seed=cfg.wobble.seed, horizon=spec.target.horizon_days),
+            "notes": notes, "truth": truth is not None, "burn_in_weeks": BURN_IN_WEEKS}
+
+
+def _gate(rows: pl.DataFrame, score: np.ndarray, X: np.ndarray, fit, features: list[str], cat, cap: int) -> np.ndarray:
+    """`score` with −inf for people near the top of a list who have no reason about change: their
+    contributions are computed for three times the list's places, so the cost grows with lists."""
+    near = listed(rows, score, 3 * cap)
+    idx = np.flatnonzero(near)
+    if idx.size:
+        contrib = fit.booster.predict(X[idx], pred_contrib=True, num_iteration=fit.best_iteration)[:, :-1]
+        score = score.copy()
+        score[idx[change_reasons(contrib, X[idx], features, cat) < 0]] = -np.inf
+    return score
+
+
+def _fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, train_df: pl.DataFrame,
+                         features: list[str]):
+    """This model's estimator fitted on the truth's rising phase instead of its target (synthetic
+    worlds only): what the observable data could give a list at best. None without enough rising."""
+    truth = need_phases(cfg, key, split.train)
+    if truth is None:
+        return None
+    y = (train_df.select("person_id", "as_of").join(truth, on=["person_id", "as_of"], how="left",
+                                                    maintain_order="left")["phase"] == "rising").fill_null(False)
+    if y.sum() < 5:
+        return None
+    return fit_lightgbm(spec, train_df.select(features).to_numpy().astype(np.float64), y.to_numpy().astype(int),
+                        train_df["person_draw"].to_numpy(), features, cfg.wobble.seed)
+
+
+def _fit_comparator(con, cfg, crisis_spec: ModelSpec, split: TimeSplit, share: float, predictors: list[str]):
+    """The crisis model fitted on this model's training dates and people, for comparison only (on
+    a sample of at most its search_rows rows: it ranks, it is not published)."""
+    frame = load_rows(con, crisis_spec, split, predictors, share).filter(pl.col("part") == "train")
+    est = crisis_spec.estimator.model_copy(update={"max_rows": est_rows(crisis_spec), "search": []})
+    small = crisis_spec.model_copy(update={"estimator": est})
+    return fit_lightgbm(small, frame.select(predictors).to_numpy().astype(np.float64),
+                        frame["label"].to_numpy().astype(int), frame["person_draw"].to_numpy(), predictors,
+                        cfg.wobble.seed)
+
+
+def est_rows(spec: ModelSpec) -> int:
+    """How many rows a comparator fits on: the spec's search_rows, within its max_rows."""
+    return min(spec.estimator.search_rows, spec.estimator.max_rows)
+
+
+def grade_published(cfg, key: bytes | None, model: str, version: str, as_of: date) -> dict | None:
+    """A published list at `as_of` graded by a synthetic world's truth (None without one): per part
+    of the list, over every team, how many rows, the share rising and in crisis by the truth and
+    the share with a crisis contact in the 30 days before; beside them, a list ranked by the truth
+    (`truth_score`) from the same cohort with the same places per team."""
+    truth = need_phases(cfg, key, [as_of])
+    if truth is None:
+        return None
+    with connect(cfg.warehouse, read_only=True) as con:
+        listed = con.sql(f"""
+            SELECT h.team_id, h.person_id, h.section, coalesce(c.n, 0) > 0 AS crisis_30d
+            FROM huddle_lists h LEFT JOIN (
+                SELECT person_id, count(*) AS n FROM contacts
+                WHERE service IN {in_list(CRISIS_SERVICES)} AND occurred_at < ? AND recorded_at < ?
+                  AND occurred_at >= ?::DATE - INTERVAL 30 DAY GROUP BY ALL) c USING (person_id)
+            WHERE h.model_name = ? AND h.model_version = ? AND h.as_of = ?""",
+            params=[as_of, as_of, as_of, model, str(version), as_of]).pl()
+        cohort = con.sql("""SELECT person_id, team_id, list_rank IS NOT NULL AS listed FROM scores
+                            WHERE model_name = ? AND model_version = ? AND as_of = ?""",
+                         params=[model, str(version), as_of]).pl()
+    phase = truth.select("person_id", "phase", "excess")
+    out = {}
+    for section in listed["section"].unique().sort().to_list():
+        part = listed.filter(pl.col("section") == section).join(phase, on="person_id", how="left")
+        out[section] = {"rows": part.height, "rising": _mean(part["phase"] == "rising"),
+                        "in_crisis": _mean(part["phase"] == "in_crisis"),
+                        "crisis_contact_30d": _mean(part["crisis_30d"])}
+    places = listed.filter(pl.col("section") == "capacity").group_by("team_id").len()
+    ranked = (cohort.join(phase, on="person_id", how="left")
+              .with_columns(pl.Series("_s", truth_score(cohort.with_columns(pl.lit(as_of).alias("as_of")),
+                                                        truth, np.ones(cohort.height, bool))))
+              .sort(["team_id", "_s", "person_id"], descending=[False, True, False])
+              .with_columns(pl.int_range(pl.len()).over("team_id").alias("_k"))
+              .join(places, on="team_id").filter(pl.col("_k") < pl.col("len")))
+    out["truth_ranked"] = {"rows": ranked.height, "rising": _mean(ranked["phase"] == "rising"),
+                           "in_crisis": _mean(ranked["phase"] == "in_crisis")}
+    return out
+
+
+def _mean(hits: pl.Series) -> float | None:
+    return round(float(hits.fill_null(False).mean()), 4) if hits.len() else None
