@@ -99,8 +99,9 @@ def reference_person(p, contacts, tags, team_records, as_of, t) -> dict:
     for days in (180, 360):
         out[f"contacts_slope_{days}d"] = _trend(attended, days, 1)
     out["contacts_acceleration_360d"] = _trend(attended, 360, 2)
-    out["new_services_90d"] = len({c["service"] for c in win(known, 90)}
-                                  - {c["service"] for c in win(known, 365, 90)})
+    for w in (30, 60, 90):
+        out[f"new_services_{w}d"] = len({c["service"] for c in win(known, w)}
+                                        - {c["service"] for c in win(known, w + 275, w)})
     out["weeks_since_first_rise"] = _first_rise(attended)
     # breadth
     for w in (90, 365):
@@ -158,12 +159,40 @@ def reference_person(p, contacts, tags, team_records, as_of, t) -> dict:
         out[f"strength_tags_{w}d"] = len(win(strengths, w))
     for w in (90, 365):
         out[f"distinct_concerns_{w}d"] = len({g["tag"] for g in win(concerns, w)})
-    out["new_concerns_90d"] = len({g["tag"] for g in win(concerns, 90)}
-                                  - {g["tag"] for g in win(concerns, 365, 90)})
+    for w in (30, 60, 90):
+        out[f"new_concerns_{w}d"] = len({g["tag"] for g in win(concerns, w)}
+                                        - {g["tag"] for g in win(concerns, w + 275, w)})
     out["days_since_concern"] = since(concerns)
     out["days_since_strength"] = since(strengths)
     for tag in TAGS:
         out[f"tag_{tag}_90d"] = sum(g["tag"] == tag for g in win(ktags, 90))
+    out.update(_reference_change(known, concerns))
+    return out
+
+
+def _reference_change(known: list[dict], concerns: list[dict]) -> dict:
+    """features/change.yml: recent counts against the person's own usual rate before them."""
+    def win(rows, hi, lo=0):
+        return [r for r in rows if lo < r["db"] <= hi]
+
+    def excess(rows, w, before=180):
+        return len(win(rows, w)) - len(win(rows, w + before, w)) * w / before
+
+    def ratio(rows, w, before):
+        return (len(win(rows, w)) + 1) / (len(win(rows, w + before, w)) * w / before + 1)
+
+    routine = [c for c in known if c["status"] == "attended" and c["service"] not in CRISIS_SERVICES]
+    out: dict = {}
+    for s in SERVICES:
+        out[f"{s}_excess_30d"] = excess([c for c in known if c["service"] == s], 30)
+    for w in (14, 30, 60):
+        out[f"routine_contacts_excess_{w}d"] = excess(routine, w)
+        out[f"routine_contacts_ratio_{w}d"] = ratio(routine, w, 180)
+    for w in (30, 60):
+        out[f"routine_contacts_ratio_long_{w}d"] = ratio(routine, w, 300)
+        out[f"concern_tags_excess_{w}d"] = excess(concerns, w)
+    recent = win(concerns, 90)
+    out["days_since_first_recent_concern_90d"] = max(g["db"] for g in recent) if recent else None
     return out
 
 
@@ -556,7 +585,7 @@ def test_a_pass_that_fails_leaves_the_snapshots_as_they_were(own_copy, monkeypat
 def test_catalogue_loads_and_describes_every_column():
     assert len(CAT.features) >= 130
     families = {f.family for f in CAT.features}
-    assert families == {"services", "trajectory", "recency", "missed", "crisis", "continuity",
+    assert families == {"services", "trajectory", "change", "recency", "missed", "crisis", "continuity",
                         "breadth", "tags", "demographics", "completeness"}
     for f in CAT.features:
         assert f.description and "{" not in f.description, f.column

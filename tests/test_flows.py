@@ -84,7 +84,7 @@ def test_weekly_flow_publishes_the_same_lists(demo_run, prefect_harness):
     assert "Rows in" in _artifact("data-quality").data
     teams = _artifact("team-lists").data
     assert "T01" in teams and "T02" in teams
-    report = _artifact("monitoring-report-crisis-90d")
+    report = _artifact("monitoring-report-early-warning-90d")
     assert report.data.startswith("# Monitoring report") and "Drift" in report.data
 
 
@@ -127,7 +127,7 @@ def test_monitor_flow_ends_flagged_on_drift(drifted_world, prefect_harness):
     assert state.name == "Flagged" and state.is_completed()
     assert "needs a human look" in state.message or "human look" in state.message
     assert state.result()["flagged"] is True
-    assert "FLAGGED" in _artifact("monitoring-report-crisis-90d", state).description
+    assert "FLAGGED" in _artifact("monitoring-report-early-warning-90d", state).description
 
 
 def test_retrain_registers_a_version_that_waits_for_approval(demo_run, prefect_harness, tmp_path, monkeypatch):
@@ -138,12 +138,13 @@ def test_retrain_registers_a_version_that_waits_for_approval(demo_run, prefect_h
     monkeypatch.setenv("WOBBLE_PSEUDONYM_KEY", TEST_KEY)
     config = copy_demo(demo_run[0], tmp_path / "w")
     cfg = load_config(config)
-    versions = [int(v.version) for v in client(cfg).search_model_versions("name = 'crisis_90d'")]
-    before = champion(cfg, "crisis_90d")
+    model = cfg.wobble.models[0]  # the default model: the one the demo trains and approves
+    versions = [int(v.version) for v in client(cfg).search_model_versions(f"name = '{model}'")]
+    before = champion(cfg, model)
     result = _flows("retrain").retrain(config=str(config))
     assert result["train"]["model_version"] == str(max(versions) + 1)
-    assert champion(cfg, "crisis_90d") == before, "a retrain must never approve itself"
-    summary = _artifact("model-summary-crisis-90d").data  # left by the train sub-flow
+    assert champion(cfg, model) == before, "a retrain must never approve itself"
+    summary = _artifact(f"model-summary-{model.replace('_', '-')}").data  # left by the train sub-flow
     assert "awaiting governance approval" in summary and "wobble approve" in summary
     assert "# Model card" in summary  # the card itself, embedded from the path in the train summary
     assert json.loads(Path(result["summary_path"]).read_text())["command"] == "retrain-flow"

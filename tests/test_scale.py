@@ -3,8 +3,10 @@ lists, scores, explanations and features exactly; without an address nothing of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -56,10 +58,20 @@ def _weekly(config, as_of: str, on: str) -> dict:
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("PREFECT_API_URL", None)  # ephemeral mode, as `python -m wobble.flows.weekly` runs without a server
     code = RUN_WEEKLY.format(modules=DASK_MODULES)
-    proc = subprocess.run([sys.executable, "-c", code, str(config), as_of, on], capture_output=True, text=True,
-                          env=env, cwd=config.parent, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    # Output goes to files, not pipes, and the run gets its own process group that is ended
+    # afterwards: an ephemeral Prefect server left behind by the run would otherwise hold the
+    # pipes open and hang the test after the run itself has exited.
+    out, err = config.parent / "weekly.out", config.parent / "weekly.err"
+    with out.open("w") as fo, err.open("w") as fe:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(config), as_of, on], stdout=fo, stderr=fe,
+                                text=True, env=env, cwd=config.parent, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=900)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    assert returncode == 0, err.read_text()[-3000:]
+    line = next(x for x in out.read_text().splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
