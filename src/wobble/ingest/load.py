@@ -60,6 +60,7 @@ class FileResult:
     unmapped: dict[str, dict[str, int]] = field(default_factory=dict)  # field → code → rows
     defaulted: dict[str, int] = field(default_factory=dict)  # field → rows given a default
     other_identifier: int = 0  # persons pseudonymised from an identifier other than an NHS number
+    batch_id: str | None = None  # the load's batch (its quarantine rows carry it)
     line_breaks_in_fields: int = 0
     error: str | None = None
     seconds: float = 0.0
@@ -157,7 +158,8 @@ def load_persons(run: RunState, batch: Batch, inp: Input) -> FileResult:
         _pause_point("inserted", Path(batch.rel).name)
         reasons = _finish(run, batch, inp, rows_in, int(loaded), duplicate, unmapped)
     return FileResult(
-        batch.name, batch.rel, "loaded", table="persons", rows_in=rows_in, rows_loaded=int(loaded),
+        batch.name, batch.rel, "loaded", batch_id=batch.batch_id, table="persons", rows_in=rows_in,
+        rows_loaded=int(loaded),
         rows_quarantined=rows_in - int(loaded) - duplicate, rows_duplicate=duplicate,
         rows_replaced=replaced, rows_withdrawn=withdrawn, rows_out_of_scope=inp.out_of_scope,
         reasons=reasons, unmapped=unmapped, other_identifier=other,
@@ -343,7 +345,7 @@ def load_activity(run: RunState, batch: Batch, inp: Input) -> FileResult:
         _pause_point("inserted", Path(batch.rel).name)
         reasons = _finish(run, batch, inp, rows_in, loaded, duplicate, unmapped)
     return FileResult(
-        batch.name, batch.rel, "loaded", table=inp.table, rows_in=rows_in, rows_loaded=loaded,
+        batch.name, batch.rel, "loaded", batch_id=batch.batch_id, table=inp.table, rows_in=rows_in, rows_loaded=loaded,
         rows_quarantined=rows_in - loaded - duplicate, rows_duplicate=duplicate, rows_replaced=replaced,
         rows_retracted=retracted, rows_out_of_scope=inp.out_of_scope, reasons=reasons,
         unmapped=unmapped, defaulted=defaulted, line_breaks_in_fields=_line_breaks(inp, rows_in),
