@@ -283,7 +283,7 @@ BAD_FILES = {
     "unclosed quote": (GOOD + 'V2,"' + PEOPLE[0] + ",x\n" + GOOD.split("\n")[1] + "\n", "never closed"),
     "empty": (b"", "the file is empty"),
     "a 10 MB field": (GOOD + visit("V2", PEOPLE[0], staff="x" * 10_000_000) + "\n",
-                      "longer than the 1,048,576-byte limit"),
+                      "longer than the 1,048,576-byte limit (the longest line is 10.0 MB)"),
     "binary named .csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40, "binary"),
 }
 

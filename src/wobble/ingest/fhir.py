@@ -237,7 +237,7 @@ def _patient_fields(system: str) -> dict[str, str]:
     return {
         "patient_ref": "'Patient/' || " + _s("$.id"),
         "nhs_number": f"{nhs}[1].value",
-        "alt_id": f"CASE WHEN len({nhs}) = 0 THEN coalesce({other}[1].system || '|' || {other}[1].value, "
+        "alt_id": f"CASE WHEN coalesce(len({nhs}), 0) = 0 THEN coalesce({other}[1].system || '|' || {other}[1].value, "
                   f"{own} || {_s('$.id')}) END",
         # a partial birth date (year, or year-month) is enough for the birth year
         "birth_date": f"CASE length({birth}) WHEN 4 THEN {birth} || '-07-01' "
