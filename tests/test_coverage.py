@@ -39,7 +39,12 @@ def test_every_registered_adult_without_an_opt_out_is_scored(tiny_world, tmp_pat
     persons = next(f for f in result.files if f.table == "persons")
     assert persons.reasons.get("unknown_code", 0) == 0 and persons.reasons.get("missing_field", 0) == 0
     assert result.summary()["persons_team_assigned"]["unattached"] >= 200
-    train(cfg, "crisis_90d", key=TEST_KEY.encode())
+    trained = train(cfg, "crisis_90d", key=TEST_KEY.encode())
+    # the fairness tables show sex not known as its own group (counts below the threshold suppressed)
+    sexes = {g["group"]: g for g in trained.evaluation["subgroups"] if g["attribute"] == "sex"}
+    assert set(sexes) == {"female", "male", "not_known"}
+    assert sexes["not_known"]["people"] >= cfg.wobble.small_number_threshold  # ~8% of the world: shown
+    assert "not_known" in trained.card_md.read_text()
     approve(cfg, model="crisis_90d", version="1", by="test", note="coverage test", demo=True)
     as_of = as_of_for(cfg, None)
     cov = publish(cfg, model="crisis_90d", version="1", as_of=as_of).summary()["coverage"]
