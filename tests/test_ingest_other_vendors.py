@@ -109,14 +109,20 @@ def test_the_class_map_and_the_first_coding_that_maps(tmp_path):
         _enc("e5", "HH", serviceType=_coding(SCT, "999999"), type=[_coding(SCT, "310138006")]),
         _enc("e6", "VR", type=[_coding(SCT, "185349003")]),
         _enc("e7", "EMER", serviceType=_coding(SCT, "708168004")),  # serviceType maps first: MH
+        _enc("e8", "EMER", status="planned"),  # has not happened: out of scope
+        _enc("e9", "EMER", status="unknown"),  # attended is assumed
     ]})
     cfg, result = _load(folder, tmp_path)
     enc = next(f for f in result.files if f.table == "contacts")
-    assert (enc.rows_in, enc.rows_loaded, enc.rows_out_of_scope) == (6, 6, 1)
-    assert _q(cfg, "SELECT contact_id, service, mode FROM contacts ORDER BY 1") == [
-        ("e1", "ae_attendance", "face_to_face"), ("e2", "emergency_admission", "face_to_face"),
-        ("e3", "emergency_admission", "face_to_face"), ("e5", "community_nursing", "home_visit"),
-        ("e6", "outpatient_attendance", "video"), ("e7", "mental_health_contact", "face_to_face")]
+    assert (enc.rows_in, enc.rows_loaded, enc.rows_out_of_scope) == (7, 7, 2)
+    assert _q(cfg, "SELECT contact_id, service, mode, status FROM contacts ORDER BY 1") == [
+        ("e1", "ae_attendance", "face_to_face", "attended"),
+        ("e2", "emergency_admission", "face_to_face", "attended"),
+        ("e3", "emergency_admission", "face_to_face", "attended"),
+        ("e5", "community_nursing", "home_visit", "attended"),
+        ("e6", "outpatient_attendance", "video", "attended"),
+        ("e7", "mental_health_contact", "face_to_face", "attended"),
+        ("e9", "ae_attendance", "face_to_face", "attended")]
     assert enc.unmapped.get("service (elective admission, not read)") == {"admission:elective": 1}
 
 

@@ -346,14 +346,16 @@ def _unmapped_first(candidates: str, mapping: dict[str, str]) -> str:
 
 def _in_scope(kind: str, maps: dict[str, dict[str, str]]) -> tuple[str, str]:
     """SQL: (is this resource of a kind wobble reads, does its code map). Tags need a category
-    (Condition, Observation) and a code in the tag map; an Appointment must say what happened;
-    an elective admission is not a wobble service. Patients always qualify."""
+    (Condition, Observation) and a code in the tag map; an Appointment or Encounter must have
+    happened (not booked or planned); an elective admission is not a wobble service. Patients
+    always qualify."""
     if kind == "Encounter":
         keys = ", ".join(literal(k) for k in maps.get("service", {})) or "NULL"
         service = f"list_concat({_concept_codes('$.serviceType')}, {_concepts_codes('$.type')}, {_admission_class()})"
         elective = (f"len(list_filter({service}, lambda v: v IN ({keys}))) = 0 "
                     f"AND list_contains({service}, 'admission:elective')")
-        return f"NOT ({elective})", "true"
+        planned = f"coalesce({_s('$.status')} = 'planned', false)"  # it has not happened (yet)
+        return f"NOT ({elective} OR {planned})", "true"
     if kind == "Appointment":
         return f"coalesce({_s('$.status')} IN ({', '.join(map(literal, APPOINTMENT_DONE))}), false)", "true"
     if kind not in ("Flag", "Condition", "Observation"):
@@ -426,7 +428,8 @@ def _reported_codes(con: duckdb.DuckDBPyConnection, kind: str, maps: dict[str, d
         queries["service (class used)"] = (f"SELECT _passed_over, count(*) FROM fhir_rows WHERE in_category "
                                            f"AND _passed_over IS NOT NULL AND service IN ({keys})")
         queries["service (elective admission, not read)"] = (
-            "SELECT coalesce(_passed_over, service), count(*) FROM fhir_rows WHERE NOT in_category")
+            "SELECT coalesce(_passed_over, service), count(*) FROM fhir_rows WHERE NOT in_category "
+            "AND status IS DISTINCT FROM 'planned'")
     out = {}
     for field, sql in queries.items():
         found = dict(con.execute(f"{sql} GROUP BY 1 ORDER BY 2 DESC LIMIT 200").fetchall())
