@@ -134,11 +134,14 @@ def test_register_rows_get_their_reasons(tmp_path):
                      f"{b},F,1950,T01,U"]) + "\n"
     cfg = project(tmp_path, files={"register.csv": reg})
     f = by_file(run(cfg))["register.csv"]
-    assert (f.rows_in, f.rows_loaded, f.rows_duplicate) == (7, 1, 1)
-    assert rows(cfg, "SELECT line, reason FROM quarantine ORDER BY line") == [
-        (2, "duplicate"), (3, "invalid_nhs_number"), (4, "unknown_code"), (5, "impossible_date"),
-        (6, "missing_field"), (8, "unknown_code")]  # an unreadable opt-out flag is never read as "no"
-    assert rows(cfg, "SELECT sex, birth_year FROM persons") == [("male", 1951)]  # the last line wins
+    # sex X and a blank sex are kept as "not known": nobody is dropped for an optional field
+    assert (f.rows_in, f.rows_loaded, f.rows_duplicate) == (7, 3, 1)
+    assert rows(cfg, "SELECT line, reason, detail FROM quarantine WHERE reason <> 'duplicate' ORDER BY line") == [
+        (3, "invalid_nhs_number", None), (5, "impossible_date", "birth_year: '1850'"),
+        (8, "unknown_code", "opted_out: 'U'")]  # an unreadable opt-out flag is never read as "no"
+    assert rows(cfg, "SELECT sex, birth_year FROM persons ORDER BY sex") == [
+        ("male", 1951), ("not_known", 1950), ("not_known", 1950)]  # for a, the last line wins
+    assert f.unmapped == {"opted_out": {"U": 1}}  # X is the NHS Data Dictionary's "not known"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,9 +254,10 @@ def test_postcode_lsoa_imd_and_practice_team_lookups(tmp_path):
         'birth_year = "Born"\nteam_id = "Team"', 'birth_year = "Born"\npostcode = "Post"\npractice_id = "Practice"')
     (tmp_path / "wobble.toml").write_text(text)
     f = by_file(run(cfg))["register.csv"]
-    assert (f.rows_loaded, f.reasons) == (1, {"unknown_code": 1})  # P9 is in no team
-    assert rows(cfg, "SELECT imd_decile, team_id, practice_id FROM persons") == [(3, "T07", "P1")]
-    assert "ZZ9" not in str(rows(cfg, "SELECT * FROM quarantine"))  # postcodes are never kept
+    assert (f.rows_loaded, f.reasons) == (2, {})  # P9 is in no team: kept, in the unattached team
+    assert rows(cfg, "SELECT imd_decile, team_id, practice_id, team_assigned_by FROM persons ORDER BY 2") == [
+        (3, "T07", "P1", None), (None, "unattached", "P9", "unattached")]
+    assert "ZZ9" not in str(rows(cfg, "SELECT * FROM persons"))  # postcodes are never kept
 
 
 def test_times_in_another_zone_are_stored_as_london_wall_clock(tmp_path):
@@ -279,7 +283,7 @@ BAD_FILES = {
     "unclosed quote": (GOOD + 'V2,"' + PEOPLE[0] + ",x\n" + GOOD.split("\n")[1] + "\n", "never closed"),
     "empty": (b"", "the file is empty"),
     "a 10 MB field": (GOOD + visit("V2", PEOPLE[0], staff="x" * 10_000_000) + "\n",
-                      "longer than the 1,048,576-byte limit"),
+                      "longer than the 1,048,576-byte limit (the longest line is 10.0 MB)"),
     "binary named .csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 40, "binary"),
 }
 

@@ -199,7 +199,7 @@ def test_fhir_edge_cases(tmp_path):
     assert _q(wh, "SELECT line, reason FROM quarantine ORDER BY line") == [
         (4, "malformed_line"), (5, "malformed_line"), (6, "person_not_found"), (7, "impossible_date")]
     assert _q(wh, "SELECT sex, birth_year FROM persons ORDER BY sex NULLS LAST") == [
-        ("female", 1950), ("female", 1950), (None, 1950)]
+        ("female", 1950), ("female", 1950), ("not_known", 1950)]  # gender unknown: kept as not known
     assert _q(wh, "SELECT DISTINCT service, mode, occurred_at::VARCHAR FROM contacts") == [
         ("community_nursing", "home_visit", "2025-03-01 10:00:00")]
     # a later export retracts e1: it is removed, and the retraction is quarantined with its reason

@@ -134,6 +134,10 @@ def _list_lines(st: dict) -> list[str]:
         lines.append(f"graded by the synthetic truth: {_pct(c.get('rising'))} of the capacity part rising "
                      f"(truth-ranked list: {_pct(t['rising'])}), {_pct(c.get('in_crisis'))} in crisis, "
                      f"{_pct(c.get('crisis_contact_30d'))} with a crisis contact in the last 30 days")
+    if (cov := st.get("coverage")) and cov.get("registered_adults"):
+        lines.append(f"coverage: {cov['scored']:,} of {cov['registered_adults']:,} registered adults without an "
+                     f"opt-out scored ({100 * cov['scored_share']:.1f}%); left out by the model's cohort rules "
+                     f"{cov['left_out_by_cohort_rules']:,}, unaccounted {cov['unaccounted']:,}")
     if len(st["lists"]) > 10:
         lines.append(f"  … and {len(st['lists']) - 10} more in {Path(st['lists'][0]['html']).parent}")
     return lines

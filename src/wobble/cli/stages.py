@@ -61,6 +61,9 @@ def ingest(
     fhir: Annotated[Path | None, typer.Option(
         "--fhir", help="Load this FHIR Bulk Data export folder only (works without a wobble.toml: "
         "warehouse and outputs then go under ./data/).")] = None,
+    now: Annotated[str | None, typer.Option(
+        "--now", help="A fixed clock (e.g. 2026-03-02T09:00): dates after it are impossible. Default: "
+        "the config's [ingest] now, else the wall clock.")] = None,
 ) -> None:
     """Load the sources named in wobble.toml into the warehouse (quarantining bad rows)."""
     from wobble.core.config import load_config, pseudonym_key, with_fhir_folder
@@ -77,7 +80,7 @@ def ingest(
     key = pseudonym_key(cfg)
     summary = RunSummary("ingest")
     with _Progress() as p, summary.stage("ingest") as s:
-        result = run_ingest(cfg, key=key, progress=p.say, wait_seconds=wait, only=only)
+        result = run_ingest(cfg, key=key, progress=p.say, wait_seconds=wait, only=only, now=_timestamp(now))
         s.update(result.summary())
     summary.output("warehouse", cfg.warehouse)
     if result.report_md:
@@ -96,6 +99,18 @@ def ingest(
     _finish(summary, cfg.outputs, as_json, lines)
     if result.failed:
         raise typer.Exit(1)
+
+
+def _timestamp(text: str | None):
+    """`--now`: an ISO date or date-time (a time zone offset allowed), or None."""
+    from datetime import datetime
+
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise WobbleError(f"--now: {text!r} is not a date-time like 2026-03-02T09:00") from None
 
 
 @features_app.callback(invoke_without_command=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -83,6 +83,8 @@ class Source(_Strict):
     encoding: Literal["utf-8", "latin-1"] = "utf-8"
     timestamp_format: str | None = None
     date_format: str | None = None
+    # per-field strptime formats (occurred_at = "%d/%m/%Y %H:%M"); the two above are the defaults
+    formats: dict[str, str] = Field(default_factory=dict)
     timezone: str = "Europe/London"
     columns: dict[str, str] = Field(default_factory=dict)
     values: dict[str, dict[str, str]] = Field(default_factory=dict)
@@ -91,7 +93,7 @@ class Source(_Strict):
 
     def check(self, name: str) -> None:
         if self.kind == "fhir":
-            for key in ("table", "columns", "defaults"):
+            for key in ("table", "columns", "defaults", "formats"):
                 if getattr(self, key):
                     raise ConfigError(f"sources.{name}.{key}: not used by a FHIR source; remove it")
             for field in self.values:
@@ -110,6 +112,10 @@ class Source(_Strict):
                     f"sources.{name}: '{field}' is not a field of the {self.table} contract "
                     f"(expected one of: {', '.join(allowed)})"
                 )
+        for field in self.formats:
+            if field not in self.columns:
+                raise ConfigError(f"sources.{name}.formats.{field}: not a mapped column of this source "
+                                  f"(mapped: {', '.join(self.columns)})")
         for field in required:
             if field not in self.columns and field not in self.defaults:
                 raise ConfigError(f"sources.{name}.columns: missing required field '{field}'")
@@ -127,6 +133,7 @@ class Lookups(_Strict):
 
     lsoa_imd: str | None = None
     practice_team: str | None = None
+    lsoa_team: str | None = None  # LSOA → team, for people whose practice gives no team
     postcode_lsoa: str | None = None
     opt_outs: str | None = None
 
@@ -137,11 +144,17 @@ class Ingest(_Strict):
     memory_limit: str = "4GB"
     threads: int | None = Field(default=None, ge=1)
     wait_seconds: float = Field(default=0.0, ge=0)
+    # a fixed clock ("2026-03-02T09:00"): dates after it are impossible; default the wall clock
+    now: datetime | None = None
 
 
 class Teams(_Strict):
     default_capacity: int = Field(default=25, ge=1, le=500)
     capacity: dict[str, int] = Field(default_factory=dict)
+    # people whose team cannot be found (no practice, a practice in no team, no LSOA rule) are kept
+    # in this team, whose list goes to `unattached_owner`
+    unattached: str = Field(default="unattached", min_length=1)
+    unattached_owner: str | None = None
 
     def capacity_for(self, team_id: str) -> int:
         return self.capacity.get(team_id, self.default_capacity)

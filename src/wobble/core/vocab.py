@@ -107,7 +107,8 @@ OUTCOME_LABELS: dict[str, str] = {
     "deferred": "deferred",
 }
 
-SEXES: tuple[str, ...] = ("female", "male")
+# "not_known": not known, not specified or indeterminate (kept, never quarantined)
+SEXES: tuple[str, ...] = ("female", "male", "not_known")
 ETHNICITY_GROUPS: tuple[str, ...] = ("White", "Mixed", "Asian", "Black", "Other", "Not stated")
 
 SOURCE_SYSTEMS: tuple[str, ...] = ("gp", "acute", "community", "social_care", "housing")

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS persons (
     died_on          DATE,
     registered_on    DATE,
     source_system    VARCHAR,
-    batch_id         VARCHAR
+    batch_id         VARCHAR,
+    team_assigned_by VARCHAR  -- NULL: by practice (or the source's team); 'lsoa' or 'unattached' otherwise
 );
 CREATE TABLE IF NOT EXISTS contacts (
     contact_id       VARCHAR NOT NULL,
@@ -224,6 +225,7 @@ MIGRATIONS = (
     "ALTER TABLE scores ADD COLUMN IF NOT EXISTS list_rank INTEGER",
     "ALTER TABLE huddle_lists ADD COLUMN IF NOT EXISTS section VARCHAR DEFAULT 'capacity'",
     "ALTER TABLE huddle_lists ALTER COLUMN risk DROP NOT NULL",
+    "ALTER TABLE persons ADD COLUMN IF NOT EXISTS team_assigned_by VARCHAR",
 )
 
 

@@ -39,18 +39,39 @@ from wobble.ingest.reader import Fingerprint, Input
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 UKCORE_ETHNICITY = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory"
+CARECONNECT_ETHNICITY = "https://fhir.hl7.org.uk/STU3/StructureDefinition/CareConnect-EthnicCategory-1"
 USCORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
-TABLE_OF = {"Patient": "persons", "Encounter": "contacts", "Flag": "tags", "Condition": "tags",
-            "Observation": "tags"}
-# Categories that make a Condition or Observation a frontline tag.
-TAG_CATEGORIES = {"Condition": ("problem-list-item", "health-concern"), "Observation": ("social-history",)}
+USCORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+ICD10 = "icd-10"  # the key prefix for every ICD-10 flavour (WHO, -CM, -UK), codes without dots
+TABLE_OF = {"Patient": "persons", "Encounter": "contacts", "Appointment": "contacts", "Flag": "tags",
+            "Condition": "tags", "Observation": "tags"}
+# Categories that make a Condition or Observation a frontline tag (when its code means one).
+TAG_CATEGORIES = {"Condition": ("problem-list-item", "health-concern", "encounter-diagnosis"),
+                  "Observation": ("social-history", "survey")}
+# Appointment statuses that say what happened (the others are plans: booked, proposed, waitlist…).
+APPOINTMENT_DONE = ("fulfilled", "arrived", "checked-in", "noshow", "cancelled", "entered-in-error")
+# Encounter.priority (v3 ActPriority) and admitSource codes that make an admission an emergency
+# (unplanned) one: emergency, urgent, stat, as soon as possible; admitted from the emergency department.
+EMERGENCY_PRIORITY = ("EM", "UR", "S", "A")
+EMERGENCY_ADMIT_SOURCE = ("emd",)
+INPATIENT_CLASSES = ("IMP", "ACUTE", "NONAC")
 _SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 
 
 @cache
 def default_maps() -> dict[str, dict[str, str]]:
-    """The built-in FHIR code maps (field → code → contract value)."""
-    return tomllib.loads((Path(__file__).parent / "fhir_maps.toml").read_text(encoding="utf-8"))
+    """The built-in FHIR code maps (field → code → contract value): `fhir_maps.toml`, with the
+    clinical codes that mean a concern tag (`concept_tags.toml`: SNOMED CT, ICD-10, LOINC)."""
+    here = Path(__file__).parent
+    maps = tomllib.loads((here / "fhir_maps.toml").read_text(encoding="utf-8"))
+    concepts = tomllib.loads((here / "concept_tags.toml").read_text(encoding="utf-8"))
+    tags = maps.setdefault("tag", {})
+    tags.update({f"{SNOMED}|{k}": v for k, v in concepts["snomed"].items()})
+    tags.update({f"{ICD10}|{k}": v for k, v in concepts["icd10"].items()})
+    tags.update({f"{LOINC}|{k}": v for k, v in concepts["loinc"].items()})
+    return maps
 
 
 def code_maps(source: Source) -> dict[str, dict[str, str]]:
@@ -85,8 +106,8 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
             pass
     out = [(manifest.get(p.name) or _type_from_name(p.name) or _type_from_first_line(p), p) for p in paths]
-    order = {"Patient": 0, "Encounter": 1, "Flag": 2, "Condition": 3, "Observation": 4}
-    return sorted(out, key=lambda t: (order.get(t[0], 5), t[1].name))
+    order = {"Patient": 0, "Encounter": 1, "Appointment": 2, "Flag": 3, "Condition": 4, "Observation": 5}
+    return sorted(out, key=lambda t: (order.get(t[0], 6), t[1].name))
 
 
 def _type_from_name(name: str) -> str:
@@ -122,9 +143,15 @@ def _s(path: str) -> str:
 
 
 def _codes(list_sql: str) -> str:
-    """SQL list of candidate keys ('system|code', then 'code') from a list of codings."""
+    """SQL list of candidate keys ('system|code', then 'code') from a list of codings; an ICD-10
+    code (any flavour) also as 'icd-10|' + the code without its dot, then its first four and
+    first three characters (so 'F32' in a map stands for every depressive episode)."""
+    icd = "upper(replace(c.code, '.', ''))"
+    icd_keys = (f"CASE WHEN c.system LIKE '%icd-10%' OR c.system LIKE '%icd10%' THEN "
+                f"['{ICD10}|' || {icd}, '{ICD10}|' || left({icd}, 4), '{ICD10}|' || left({icd}, 3)] "
+                "ELSE []::VARCHAR[] END")
     return (f"flatten(list_transform(coalesce({list_sql}, []), "
-            "lambda c: [c.system || '|' || c.code, c.code]))")
+            f"lambda c: list_concat([c.system || '|' || c.code, c.code], {icd_keys})))")
 
 
 def _concept_codes(path: str) -> str:
@@ -168,56 +195,126 @@ def _reference(path: str, kind: str) -> str:
     return f"regexp_extract({_s(path)}, {literal(kind + '/[^/]+$')})"
 
 
-def _fields(kind: str, maps: dict[str, dict[str, str]]) -> dict[str, str]:
+def _fields(kind: str, maps: dict[str, dict[str, str]], system: str) -> dict[str, str]:
     """Contract field → SQL over `j`, for one resource type."""
-    retracted = f"coalesce({_s('$.status')} = 'entered-in-error', false)"
     if kind == "Patient":
-        ids = f"from_json(json_extract(j, '$.identifier'), '{_IDENTIFIERS}')"
-        nhs = f"list_filter({ids}, lambda i: i.system = {literal(NHS_NUMBER_SYSTEM)})"
-        other = (f"list_filter({ids}, lambda i: coalesce(i.system, '') <> {literal(NHS_NUMBER_SYSTEM)} "
-                 "AND i.value IS NOT NULL)")
-        ext = f"from_json(json_extract(j, '$.extension'), '{_EXTENSIONS}')"
-        uk = (f"list_filter({ext}, lambda e: e.url = {literal(UKCORE_ETHNICITY)})[1]"
-              ".valueCodeableConcept.coding[1].code")
-        omb = (f"list_transform(list_filter(list_filter({ext}, lambda e: e.url = {literal(USCORE_RACE)})[1].extension, "
-               "lambda x: x.url = 'ombCategory'), lambda x: x.valueCoding.code)")
-        birth = _s("$.birthDate")
-        gp_shape = '[{"reference":"VARCHAR","identifier":{"value":"VARCHAR"}}]'
-        practices = f"from_json(json_extract(j, '$.generalPractitioner'), '{gp_shape}')"
-        return {
-            "patient_ref": "'Patient/' || " + _s("$.id"),
-            "nhs_number": f"{nhs}[1].value",
-            "alt_id": f"CASE WHEN len({nhs}) = 0 THEN {other}[1].system || '|' || {other}[1].value END",
-            # a partial birth date (year, or year-month) is enough for the birth year
-            "birth_date": f"CASE length({birth}) WHEN 4 THEN {birth} || '-07-01' "
-                          f"WHEN 7 THEN {birth} || '-15' ELSE {birth} END",
-            "sex": _s("$.gender"),
-            "ethnicity_group": f"coalesce({uk}, CASE WHEN len({omb}) > 1 THEN 'Mixed' ELSE {omb}[1] END)",
-            "postcode": _s("$.address[0].postalCode"),
-            "practice_id": f"coalesce({practices}[1].identifier.value, "
-                           f"regexp_extract({practices}[1].reference, '[^/]+$'))",
-            "died_on": f"left({_s('$.deceasedDateTime')}, 10)",
-        }
+        return _patient_fields(system)
     if kind == "Encounter":
-        service = _pick(f"list_concat({_concept_codes('$.serviceType')}, {_concepts_codes('$.type')}, "
-                        f"{_coding_codes('$.class')})", maps.get("service", {}))
-        mode = _pick(f"list_concat({_concepts_codes('$.type')}, {_coding_codes('$.class')})", maps.get("mode", {}))
-        return {
-            "record_id": _s("$.id"),
-            "patient_ref": _reference("$.subject.reference", "Patient"),
-            "occurred_at": _fhir_time("$.period.start"),
-            "recorded_at": _fhir_time("$.meta.lastUpdated"),
-            "service": service,
-            "status": f"CASE WHEN {retracted} THEN NULL ELSE {_s('$.status')} END",
-            "mode": mode,
-            "professional": f"coalesce({_s('$.participant[0].individual.reference')}, "
-                            f"{_s('$.participant[0].individual.identifier.value')})",
-            "retracted": retracted,
-        }
-    # Flag, Condition, Observation → tags
+        return _encounter_fields(maps)
+    if kind == "Appointment":
+        return _appointment_fields(maps)
+    return _tag_fields(kind, maps)
+
+
+def _retracted(path: str = "$.status") -> str:
+    return f"coalesce({_s(path)} = 'entered-in-error', false)"
+
+
+def _patient_fields(system: str) -> dict[str, str]:
+    """Patient → persons. Without an NHS number, the first other identifier; without any, the
+    resource id in this source (stable across its exports), so nobody is dropped for lacking one."""
+    ids = f"from_json(json_extract(j, '$.identifier'), '{_IDENTIFIERS}')"
+    nhs = f"list_filter({ids}, lambda i: i.system = {literal(NHS_NUMBER_SYSTEM)})"
+    other = (f"list_filter({ids}, lambda i: coalesce(i.system, '') <> {literal(NHS_NUMBER_SYSTEM)} "
+             "AND i.value IS NOT NULL)")
+    ext = f"from_json(json_extract(j, '$.extension'), '{_EXTENSIONS}')"
+    uk = (f"list_filter({ext}, lambda e: e.url IN ({literal(UKCORE_ETHNICITY)}, {literal(CARECONNECT_ETHNICITY)}))[1]"
+          ".valueCodeableConcept.coding[1].code")
+
+    def omb(url: str) -> str:
+        return (f"list_transform(list_filter(list_filter({ext}, lambda e: e.url = {literal(url)})[1].extension, "
+                "lambda x: x.url = 'ombCategory'), lambda x: x.valueCoding.code)")
+
+    race, hispanic = omb(USCORE_RACE), f"list_contains({omb(USCORE_ETHNICITY)}, '2135-2')"
+    # US Core: two or more OMB races is Mixed; Hispanic or Latino with no race stated is Other
+    # (ONS groups have no Hispanic category)
+    us = (f"CASE WHEN len({race}) > 1 THEN 'Mixed' WHEN len({race}) = 1 THEN {race}[1] "
+          f"WHEN coalesce({hispanic}, false) THEN '2131-1' END")
+    birth = _s("$.birthDate")
+    gp_shape = '[{"reference":"VARCHAR","identifier":{"value":"VARCHAR"}}]'
+    practices = f"from_json(json_extract(j, '$.generalPractitioner'), '{gp_shape}')"
+    own = literal(f"resource:{system}|Patient/")
+    return {
+        "patient_ref": "'Patient/' || " + _s("$.id"),
+        "nhs_number": f"{nhs}[1].value",
+        "alt_id": f"CASE WHEN coalesce(len({nhs}), 0) = 0 THEN coalesce({other}[1].system || '|' || {other}[1].value, "
+                  f"{own} || {_s('$.id')}) END",
+        # a partial birth date (year, or year-month) is enough for the birth year
+        "birth_date": f"CASE length({birth}) WHEN 4 THEN {birth} || '-07-01' "
+                      f"WHEN 7 THEN {birth} || '-15' ELSE {birth} END",
+        "sex": _s("$.gender"),
+        "ethnicity_group": f"coalesce({uk}, {us})",
+        "postcode": _s("$.address[0].postalCode"),
+        "practice_id": f"coalesce({practices}[1].identifier.value, "
+                       f"regexp_extract({practices}[1].reference, '[^/]+$'))",
+        "died_on": f"left({_s('$.deceasedDateTime')}, 10)",
+    }
+
+
+def _admission_class() -> str:
+    """Candidate keys from Encounter.class, where an inpatient class becomes 'admission:emergency'
+    when its priority or admitSource says it was unplanned, else 'admission:elective' (which is
+    not a wobble service: out of scope, counted)."""
+    urgent = (f"list_has_any({_concept_codes('$.priority')}, [{', '.join(map(literal, EMERGENCY_PRIORITY))}]) "
+              f"OR list_has_any({_concept_codes('$.hospitalization.admitSource')}, "
+              f"[{', '.join(map(literal, EMERGENCY_ADMIT_SOURCE))}])")
+    return (f"CASE WHEN {_s('$.class.code')} IN ({', '.join(map(literal, INPATIENT_CLASSES))}) THEN "
+            f"[CASE WHEN {urgent} THEN 'admission:emergency' ELSE 'admission:elective' END] "
+            f"ELSE {_coding_codes('$.class')} END")
+
+
+def _encounter_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Encounter → contacts: the first coding that maps wins, across serviceType, type and class."""
+    specific = f"list_concat({_concept_codes('$.serviceType')}, {_concepts_codes('$.type')})"
+    service_map = maps.get("service", {})
+    return {
+        "record_id": _s("$.id"),
+        "patient_ref": _reference("$.subject.reference", "Patient"),
+        "occurred_at": _fhir_time("$.period.start"),
+        "recorded_at": _fhir_time("$.meta.lastUpdated"),
+        "service": _pick(f"list_concat({specific}, {_admission_class()})", service_map),
+        "status": f"CASE WHEN {_retracted()} THEN NULL ELSE {_s('$.status')} END",
+        "mode": _pick(f"list_concat({_concepts_codes('$.type')}, {_coding_codes('$.class')})", maps.get("mode", {})),
+        "professional": f"coalesce({_s('$.participant[0].individual.reference')}, "
+                        f"{_s('$.participant[0].individual.identifier.value')})",
+        "retracted": _retracted(),
+        # a serviceType or type code no map knows, where the class decided instead (reported)
+        "_passed_over": _unmapped_first(specific, service_map),
+    }
+
+
+def _appointment_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Appointment → contacts: what happened to a booked appointment (fulfilled, noshow,
+    cancelled); its service from serviceType, serviceCategory, specialty or appointmentType."""
+    shape = '[{"actor":{"reference":"VARCHAR","identifier":{"value":"VARCHAR"}}}]'
+    actors = f"from_json(json_extract(j, '$.participant'), '{shape}')"
+
+    def actor(kind: str) -> str:
+        return f"list_filter({actors}, lambda p: p.actor.reference LIKE '%{kind}/%')[1].actor"
+
+    service = (f"list_concat({_concepts_codes('$.serviceType')}, {_concepts_codes('$.serviceCategory')}, "
+               f"{_concepts_codes('$.specialty')}, {_concept_codes('$.appointmentType')})")
+    return {
+        "record_id": "'Appointment/' || " + _s("$.id"),
+        "patient_ref": f"regexp_extract({actor('Patient')}.reference, 'Patient/[^/]+$')",
+        "occurred_at": _fhir_time("$.start"),
+        "recorded_at": f"coalesce(CASE WHEN {_s('$.meta.lastUpdated')} IS NOT NULL THEN "
+                       f"{_fhir_time('$.meta.lastUpdated')} END, {_fhir_time('$.created')})",
+        "service": _pick(service, maps.get("service", {})),
+        "status": f"CASE WHEN {_retracted()} THEN NULL ELSE {_s('$.status')} END",
+        "mode": "NULL::VARCHAR",
+        "professional": f"coalesce({actor('Practitioner')}.reference, {actor('Practitioner')}.identifier.value)",
+        "retracted": _retracted(),
+    }
+
+
+def _tag_fields(kind: str, maps: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Flag, Condition, Observation → tags, through the tag map. An Observation's candidates are
+    its code with its answer ('question=answer'), then its code, then the answer alone."""
     recorded = {"Flag": ("$.meta.lastUpdated", "$.period.start"),
                 "Condition": ("$.recordedDate", "$.meta.lastUpdated", "$.onsetDateTime"),
                 "Observation": ("$.issued", "$.meta.lastUpdated", "$.effectiveDateTime")}[kind]
+    retracted = _retracted()
     if kind == "Condition":
         retracted = f"coalesce({_s('$.verificationStatus.coding[0].code')} = 'entered-in-error', false)"
     return {
@@ -225,18 +322,46 @@ def _fields(kind: str, maps: dict[str, dict[str, str]]) -> dict[str, str]:
         "patient_ref": _reference("$.subject.reference", "Patient"),
         "recorded_at": "coalesce(" + ", ".join(f"CASE WHEN {_s(p)} IS NOT NULL THEN {_fhir_time(p)} END"
                                                for p in recorded) + ")",
-        "tag": _pick(_concept_codes("$.code"), maps.get("tag", {})),
+        "tag": _pick(_tag_codes(kind), maps.get("tag", {})),
         "retracted": retracted,
     }
 
 
+def _tag_codes(kind: str) -> str:
+    """SQL: the candidate keys of a tag resource's code (and, for an Observation, its answer)."""
+    if kind != "Observation":
+        return _concept_codes("$.code")
+    answer = (f"{_s('$.code.coding[0].system')} || '|' || {_s('$.code.coding[0].code')} || '=' || "
+              f"{_s('$.valueCodeableConcept.coding[0].code')}")
+    return (f"list_concat(list_filter([{answer}], lambda v: v IS NOT NULL), {_concept_codes('$.code')}, "
+            f"{_concept_codes('$.valueCodeableConcept')})")
+
+
+def _unmapped_first(candidates: str, mapping: dict[str, str]) -> str:
+    """SQL: the first candidate when none of `candidates` maps (else NULL)."""
+    keys = ", ".join(literal(k) for k in mapping) or "NULL"
+    cands = f"list_filter({candidates}, lambda v: v IS NOT NULL)"
+    return f"CASE WHEN len(list_filter({cands}, lambda v: v IN ({keys}))) = 0 THEN {cands}[1] END"
+
+
 def _in_scope(kind: str, maps: dict[str, dict[str, str]]) -> tuple[str, str]:
     """SQL: (is this resource of a kind wobble reads, does its code map). Tags need a category
-    (Condition, Observation) and a code in the tag map; other read types always qualify."""
+    (Condition, Observation) and a code in the tag map; an Appointment or Encounter must have
+    happened (not booked or planned); an elective admission is not a wobble service. Patients
+    always qualify."""
+    if kind == "Encounter":
+        keys = ", ".join(literal(k) for k in maps.get("service", {})) or "NULL"
+        service = f"list_concat({_concept_codes('$.serviceType')}, {_concepts_codes('$.type')}, {_admission_class()})"
+        elective = (f"len(list_filter({service}, lambda v: v IN ({keys}))) = 0 "
+                    f"AND list_contains({service}, 'admission:elective')")
+        planned = f"coalesce({_s('$.status')} = 'planned', false)"  # it has not happened (yet)
+        return f"NOT ({elective} OR {planned})", "true"
+    if kind == "Appointment":
+        return f"coalesce({_s('$.status')} IN ({', '.join(map(literal, APPOINTMENT_DONE))}), false)", "true"
     if kind not in ("Flag", "Condition", "Observation"):
         return "true", "true"
     keys = ", ".join(literal(k) for k in maps.get("tag", {})) or "NULL"
-    mapped = f"len(list_filter({_concept_codes('$.code')}, lambda v: v IN ({keys}))) > 0"
+    mapped = f"len(list_filter({_tag_codes(kind)}, lambda v: v IN ({keys}))) > 0"
     if kind == "Flag":
         return "true", mapped
     cats = ", ".join(literal(c) for c in TAG_CATEGORIES[kind])
@@ -262,7 +387,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         raise WobbleError("the file is binary, not NDJSON text")
     maps = code_maps(source)
     _read_lines(con, source, path, fp, kind)
-    fields = _fields(kind, maps)
+    fields = _fields(kind, maps, source.system)
     cols = ", ".join(f"({sql}) AS {name}" for name, sql in fields.items())
     category, mapped = _in_scope(kind, maps)
     con.execute(f"""
@@ -271,16 +396,12 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         FROM fhir_json WHERE kind = {literal(kind)}""")
     out_of_scope = int(con.execute("SELECT count(*) FROM fhir_rows WHERE NOT (in_category AND mapped)")
                        .fetchone()[0])
-    # Codes of resources that are tags but whose code the map does not know: report them.
-    unmapped_tags = {}
-    if kind in ("Flag", "Condition", "Observation"):
-        unmapped_tags = dict(con.execute(
-            "SELECT tag, count(*) FROM fhir_rows WHERE in_category AND NOT mapped AND tag IS NOT NULL "
-            "GROUP BY tag ORDER BY 2 DESC LIMIT 200").fetchall())
+    reported = _reported_codes(con, kind, maps)
     con.execute("DELETE FROM fhir_rows WHERE NOT (in_category AND mapped)")
-    con.execute("ALTER TABLE fhir_rows DROP COLUMN in_category")
-    con.execute("ALTER TABLE fhir_rows DROP COLUMN mapped")
+    for col in ("in_category", "mapped", *(["_passed_over"] if "_passed_over" in fields else [])):
+        con.execute(f"ALTER TABLE fhir_rows DROP COLUMN {col}")
     con.execute("DROP TABLE fhir_json")
+    fields.pop("_passed_over", None)
     names = [n for n in fields if n != "retracted"]
     types = {n: ("BOOLEAN" if n == "retracted" else "VARCHAR") for n in fields}
     labels = {n: _LABELS.get(n, n) for n in names}
@@ -291,8 +412,30 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         timestamp_format="%Y-%m-%d %H:%M:%S", date_format="%Y-%m-%d", timezone="Europe/London",
         line_sql="_ord", rejects="rejects", out_of_scope=out_of_scope,
         system_prefix=f"ref:{source.system}:", required=(),
-        extra_unmapped={"tag": {str(k): int(v) for k, v in unmapped_tags.items()}} if unmapped_tags else {},
+        extra_unmapped=reported,
     )
+
+
+def _reported_codes(con: duckdb.DuckDBPyConnection, kind: str, maps: dict[str, dict[str, str]]) -> dict:
+    """Codes no map knows that do not make a row fail, so that the report lists them: tag
+    resources whose code is not a tag (out of scope); Encounter serviceType/type codes passed
+    over for the class; the type codes of elective admissions (out of scope)."""
+    queries = {}
+    if kind in ("Flag", "Condition", "Observation"):
+        queries["tag"] = "SELECT tag, count(*) FROM fhir_rows WHERE in_category AND NOT mapped AND tag IS NOT NULL"
+    if kind == "Encounter":
+        keys = ", ".join(literal(k) for k in maps.get("service", {})) or "NULL"
+        queries["service (class used)"] = (f"SELECT _passed_over, count(*) FROM fhir_rows WHERE in_category "
+                                           f"AND _passed_over IS NOT NULL AND service IN ({keys})")
+        queries["service (elective admission, not read)"] = (
+            "SELECT coalesce(_passed_over, service), count(*) FROM fhir_rows WHERE NOT in_category "
+            "AND status IS DISTINCT FROM 'planned'")
+    out = {}
+    for field, sql in queries.items():
+        found = dict(con.execute(f"{sql} GROUP BY 1 ORDER BY 2 DESC LIMIT 200").fetchall())
+        if found:
+            out[field] = {str(k): int(v) for k, v in found.items()}
+    return out
 
 
 def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: Fingerprint, kind: str) -> None:

@@ -25,6 +25,7 @@ from wobble.ingest.state import RunState
 from wobble.ingest.tabular import csv_rejects
 from wobble.ingest.validate import (
     REASON_INDEX,
+    Check,
     bad_rows,
     first_pass,
     id_keys,
@@ -59,6 +60,7 @@ class FileResult:
     unmapped: dict[str, dict[str, int]] = field(default_factory=dict)  # field → code → rows
     defaulted: dict[str, int] = field(default_factory=dict)  # field → rows given a default
     other_identifier: int = 0  # persons pseudonymised from an identifier other than an NHS number
+    batch_id: str | None = None  # the load's batch (its quarantine rows carry it)
     line_breaks_in_fields: int = 0
     error: str | None = None
     seconds: float = 0.0
@@ -110,8 +112,8 @@ def _finish(run: RunState, batch: Batch, inp: Input, rows_in: int, loaded: int, 
         con.executemany("INSERT INTO ingest_unmapped VALUES (?, ?, ?, ?, ?)", rows)
     _pause_point("ledger", Path(batch.rel).name)
     con.execute(
-        "INSERT INTO load_ledger VALUES (?, ?, ?, ?, now()::TIMESTAMP, ?, ?, ?, ?)",
-        [batch.batch_id, batch.name, batch.rel, batch.content_hash, rows_in, loaded, quarantined, duplicate],
+        "INSERT INTO load_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [batch.batch_id, batch.name, batch.rel, batch.content_hash, run.now, rows_in, loaded, quarantined, duplicate],
     )
     _pause_point("committing", Path(batch.rel).name)
     return {k: int(v) for k, v in sorted(reasons.items())}
@@ -122,7 +124,7 @@ def _finish(run: RunState, batch: Batch, inp: Input, rows_in: int, loaded: int, 
 # ---------------------------------------------------------------------------------------------
 
 _PERSON_COLS = ("birth_year", "sex", "ethnicity_group", "imd_decile", "team_id", "practice_id",
-                "opted_out", "died_on", "registered_on")
+                "opted_out", "died_on", "registered_on", "team_assigned_by")
 
 
 def load_persons(run: RunState, batch: Batch, inp: Input) -> FileResult:
@@ -132,7 +134,7 @@ def load_persons(run: RunState, batch: Batch, inp: Input) -> FileResult:
     unmapped = first_pass(run, inp, coded, None)
     stage(con, inp, *_person_checks(run, inp))
     if inp.kind == "csv":
-        csv_rejects(con, batch.source, inp.fingerprint)
+        csv_rejects(con, batch.source, inp.fingerprint, inp.path)
     rows_in = sum(row_counts(con, inp))
     bad_rows(con, inp)
     _person_candidates(con, inp)
@@ -147,7 +149,8 @@ def load_persons(run: RunState, batch: Batch, inp: Input) -> FileResult:
         if replaced:
             con.execute("DELETE FROM persons WHERE person_id IN (SELECT person_id FROM existing WHERE NOT same)")
         loaded = con.execute(f"""
-            INSERT INTO persons SELECT person_id, {', '.join(_PERSON_COLS)}, ?, ?
+            INSERT INTO persons (person_id, {', '.join(_PERSON_COLS)}, source_system, batch_id)
+            SELECT person_id, {', '.join(_PERSON_COLS)}, ?, ?
             FROM incoming WHERE person_id NOT IN (SELECT person_id FROM existing WHERE same)""",
                              [batch.source.system, batch.batch_id]).fetchone()[0]
         if "patient_ref" in inp.fields:
@@ -155,7 +158,8 @@ def load_persons(run: RunState, batch: Batch, inp: Input) -> FileResult:
         _pause_point("inserted", Path(batch.rel).name)
         reasons = _finish(run, batch, inp, rows_in, int(loaded), duplicate, unmapped)
     return FileResult(
-        batch.name, batch.rel, "loaded", table="persons", rows_in=rows_in, rows_loaded=int(loaded),
+        batch.name, batch.rel, "loaded", batch_id=batch.batch_id, table="persons", rows_in=rows_in,
+        rows_loaded=int(loaded),
         rows_quarantined=rows_in - int(loaded) - duplicate, rows_duplicate=duplicate,
         rows_replaced=replaced, rows_withdrawn=withdrawn, rows_out_of_scope=inp.out_of_scope,
         reasons=reasons, unmapped=unmapped, other_identifier=other,
@@ -163,15 +167,15 @@ def load_persons(run: RunState, batch: Batch, inp: Input) -> FileResult:
     )
 
 
-def _person_checks(run: RunState, inp: Input) -> tuple[dict[str, str], list[tuple[str, str]], str]:
+def _person_checks(run: RunState, inp: Input) -> tuple[dict[str, str], list[Check], str]:
     """What `stage` needs for a register file: its columns (with the lookups' LSOA → IMD decile and
-    practice → team), the checks in order, and the joins to the lookups."""
+    the team rule), the checks in order, and the joins to the lookups."""
     lk = run.cfg.lookups
 
     def dt(f: str) -> str:
         return f"({field_timestamp(f, inp, inp.date_format)})::DATE" if f in inp.fields else "NULL::DATE"
 
-    sex, sex_unknown = coded_field("sex", inp)
+    sex, _ = coded_field("sex", inp)
     eth, _ = coded_field("ethnicity_group", inp)
     opt, opt_unknown = coded_field("opted_out", inp)
     joins = [ids_join(inp)]
@@ -185,36 +189,60 @@ def _person_checks(run: RunState, inp: Input) -> tuple[dict[str, str], list[tupl
         imd = "try_cast(li.imd_decile AS TINYINT)"
     else:
         imd = f"try_cast({field_text('imd_decile', inp)} AS TINYINT)"
-    practice = field_text("practice_id", inp)
-    if "practice_id" in inp.fields and lk.practice_team:
-        joins.append(f"LEFT JOIN lookup_practice_team lp ON lp.practice = {practice}")
-        team = "lp.team_id"
-    elif "team_id" in inp.fields:
-        team = field_text("team_id", inp)
-    else:
-        team = practice  # without a practice → team lookup, each practice is its own team
+    team, assigned_by, team_joins = _team_rule(run, inp, lsoa)
+    joins += team_joins
     columns = {
         "idx": "ids.idx", "who": "ids.status",
         "birth_year": f"year({dt('birth_date')})" if "birth_date" in inp.fields
         else f"try_cast({field_text('birth_year', inp)} AS SMALLINT)",
         "sex": sex, "ethnicity_group": eth, "imd_decile": imd, "team_id": team,
-        "practice_id": practice, "opted_out": opt, "died_on": dt("died_on"),
-        "registered_on": dt("registered_on"),
+        "practice_id": field_text("practice_id", inp), "opted_out": opt, "died_on": dt("died_on"),
+        "registered_on": dt("registered_on"), "team_assigned_by": assigned_by,
     }
-    unparsed = [f"({present_sql(f, inp)} AND {dt(f)} IS NULL)" for f in ("birth_date", "died_on", "registered_on")
-                if f in inp.fields]
-    must = ("sex",) if inp.required is None else inp.required
-    required = [f"NOT {present_sql(f, inp)}" for f in must if f in inp.fields and f not in inp.defaults]
-    checks = [
-        ("missing_field", " OR ".join(["coalesce(@who, 4) = 4", *required])),
-        ("invalid_nhs_number", "@who = 1"),
-        ("impossible_date", " OR ".join([
-            *unparsed, "coalesce(@birth_year NOT BETWEEN 1890 AND year(current_date), false)",
-            "coalesce(@died_on > current_date OR @died_on < make_date(@birth_year, 1, 1), false)",
-        ])),
-        ("unknown_code", f"{sex_unknown} OR {opt_unknown} OR @team_id IS NULL"),
+    today = literal(run.now.date().isoformat())
+    born = "birth_date" if "birth_date" in inp.fields else "birth_year"
+    # Only the identifier is required: a registered person is never kept out for an optional
+    # field (sex not known, no practice, an unknown ethnicity); bad dates and opt-out flags are.
+    checks: list[Check] = [
+        ("missing_field", "coalesce(@who, 4) = 4", "nhs_number" if "nhs_number" in inp.fields else "alt_id"),
+        *[("missing_field", f"NOT {present_sql(f, inp)}", f) for f in (inp.required or ())
+          if f in inp.fields and f not in inp.defaults],
+        ("invalid_nhs_number", "@who = 1", None),
+        *[("impossible_date", f"({present_sql(f, inp)} AND {dt(f)} IS NULL)", f)
+          for f in ("birth_date", "died_on", "registered_on") if f in inp.fields],
+        ("impossible_date", f"coalesce(@birth_year NOT BETWEEN 1890 AND year(DATE {today}), false)", born),
+        ("impossible_date", f"coalesce(@died_on > DATE {today} OR @died_on < make_date(@birth_year, 1, 1), false)",
+         "died_on"),
+        ("unknown_code", opt_unknown, "opted_out"),
     ]
     return columns, checks, " ".join(joins)
+
+
+def _team_rule(run: RunState, inp: Input, lsoa: str) -> tuple[str, str, list[str]]:
+    """SQL for a person's team, how it was assigned, and the joins it needs.
+
+    The practice's team (through the practice → team lookup; without one, each practice is its
+    own team), else the source's team; failing that, the team of where they live (LSOA → team
+    lookup), else the configured unattached team. Nobody is dropped for an administrative gap.
+    """
+    lk, joins = run.cfg.lookups, []
+    practice = field_text("practice_id", inp)
+    if "practice_id" in inp.fields and lk.practice_team:
+        joins.append(f"LEFT JOIN lookup_practice_team lp ON lp.practice = {practice}")
+        own = f"coalesce(lp.team_id, {field_text('team_id', inp)})"
+    elif "team_id" in inp.fields:
+        own = f"coalesce({field_text('team_id', inp)}, {practice})"
+    else:
+        own = practice
+    by_lsoa = "NULL::VARCHAR"
+    if lk.lsoa_team and ("lsoa" in inp.fields or "postcode" in inp.fields):
+        joins.append(f"LEFT JOIN lookup_lsoa_team lt ON lt.lsoa = {lsoa}")
+        by_lsoa = "lt.team_id"
+    unattached = literal(run.cfg.teams.unattached)
+    team = f"coalesce({own}, {by_lsoa}, {unattached})"
+    assigned_by = (f"CASE WHEN {own} IS NOT NULL THEN NULL WHEN {by_lsoa} IS NOT NULL THEN 'lsoa' "
+                   "ELSE 'unattached' END")
+    return team, assigned_by, joins
 
 
 def _person_candidates(con, inp: Input) -> None:
@@ -223,17 +251,17 @@ def _person_candidates(con, inp: Input) -> None:
     opted = f"coalesce({vocab_value('opted_out', 's.opted_out')} = 'true', false)"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE cand AS
-        SELECT i.person_id, s._ord, s.birth_year, {vocab_value('sex', 's.sex')} AS sex,
+        SELECT i.person_id, s._ord, s.birth_year, coalesce({vocab_value('sex', 's.sex')}, 'not_known') AS sex,
                coalesce({vocab_value('ethnicity_group', 's.ethnicity_group')}, 'Not stated') AS ethnicity_group,
                s.imd_decile, s.team_id, s.practice_id, {opted} AS opted_out, s.died_on,
-               s.registered_on, i.other_id
+               s.registered_on, s.team_assigned_by, i.other_id
         FROM staged s JOIN ids i USING (idx) WHERE s.reason IS NULL""")
     # Within the file the last line for a person wins; the earlier ones are duplicates.
     con.execute(f"""
         INSERT INTO bad
         SELECT {inp.line_sql}, 'duplicate', 'a later line in this file has the same person', NULL
         FROM cand QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY _ord DESC) > 1""")
-    kept = ", ".join(c if c in ("team_id", "practice_id", "opted_out")
+    kept = ", ".join(c if c in ("team_id", "practice_id", "opted_out", "team_assigned_by")
                      else f"CASE WHEN opted_out THEN NULL ELSE {c} END AS {c}" for c in _PERSON_COLS)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE incoming AS
@@ -290,9 +318,9 @@ def load_activity(run: RunState, batch: Batch, inp: Input) -> FileResult:
         for code, n in codes.items():
             unmapped.setdefault(f, {})[safe_code(code)] = unmapped.get(f, {}).get(code, 0) + n
     mark_suspects(con, inp)
-    stage_parallel(con, inp, *_activity_checks(inp, coded_fields))
+    stage_parallel(con, inp, *_activity_checks(run, inp, coded_fields))
     if inp.kind == "csv":
-        csv_rejects(con, source, inp.fingerprint)
+        csv_rejects(con, source, inp.fingerprint, inp.path)
     settle_identity(con, inp)
     rows_in = sum(row_counts(con, inp))
     defaulted = _defaulted(con) if is_contacts else {}
@@ -317,40 +345,44 @@ def load_activity(run: RunState, batch: Batch, inp: Input) -> FileResult:
         _pause_point("inserted", Path(batch.rel).name)
         reasons = _finish(run, batch, inp, rows_in, loaded, duplicate, unmapped)
     return FileResult(
-        batch.name, batch.rel, "loaded", table=inp.table, rows_in=rows_in, rows_loaded=loaded,
+        batch.name, batch.rel, "loaded", batch_id=batch.batch_id, table=inp.table, rows_in=rows_in, rows_loaded=loaded,
         rows_quarantined=rows_in - loaded - duplicate, rows_duplicate=duplicate, rows_replaced=replaced,
         rows_retracted=retracted, rows_out_of_scope=inp.out_of_scope, reasons=reasons,
         unmapped=unmapped, defaulted=defaulted, line_breaks_in_fields=_line_breaks(inp, rows_in),
     )
 
 
-def _activity_checks(inp: Input, coded_fields: tuple[str, ...]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+def _activity_checks(run: RunState, inp: Input, coded_fields: tuple[str, ...]) -> tuple[dict[str, str], list[Check]]:
     """What `stage_parallel` needs for a contacts or tags file: its columns and the checks in order."""
     is_contacts = inp.table == "contacts"
     fmt = inp.timestamp_format
     columns = {"record_id": field_text("record_id", inp),
                "occurred_at": field_timestamp("occurred_at" if is_contacts else "recorded_at", inp, fmt),
                "recorded_at": field_timestamp("recorded_at", inp, fmt)}
-    unknown = []
+    unknown: list[Check] = []
     for f in coded_fields:
         columns[f], is_unknown = coded_field(f, inp)
         if f in REJECTING:
-            unknown.append(is_unknown)
+            unknown.append(("unknown_code", is_unknown, f))
     if "retracted" in inp.fields:
         columns["retracted"] = "coalesce(r.retracted, false)"
     required = ("record_id", "occurred_at", "service") if is_contacts else ("record_id", "recorded_at", "tag")
     dates = [f for f in ("occurred_at", "recorded_at") if f in inp.fields]
-    bad_date = [f"({present_sql(f, inp)} AND @{f} IS NULL)" for f in dates]
-    bad_date += [f"coalesce(@{f} NOT BETWEEN TIMESTAMP '1900-01-01' AND now()::TIMESTAMP, false)" for f in dates]
+    now = literal(run.now.isoformat(sep=" "))
+    bad_date: list[Check] = [("impossible_date", f"({present_sql(f, inp)} AND @{f} IS NULL)", f) for f in dates]
+    bad_date += [("impossible_date", f"coalesce(@{f} NOT BETWEEN TIMESTAMP '1900-01-01' AND TIMESTAMP {now}, false)", f)
+                 for f in dates]
     if is_contacts and "recorded_at" in inp.fields:  # recorded more than a day before it happened
-        bad_date.append("coalesce(@recorded_at < @occurred_at - INTERVAL 1 DAY, false)")
-    no_identifier = "(" + " AND ".join(f"NOT {present_sql(k, inp)}" for k in id_keys(inp)) + ")"
-    checks = [
-        ("missing_field", " OR ".join([no_identifier, *(f"NOT {present_sql(f, inp)}" for f in required
-                                                        if f not in inp.defaults)])),
-        ("entered_in_error", "@retracted" if "retracted" in inp.fields else "false"),
-        ("impossible_date", " OR ".join(bad_date) or "false"),
-        ("unknown_code", " OR ".join(unknown) or "false"),
+        bad_date.append(("impossible_date", "coalesce(@recorded_at < @occurred_at - INTERVAL 1 DAY, false)",
+                         "recorded_at"))
+    keys = id_keys(inp)
+    no_identifier = "(" + " AND ".join(f"NOT {present_sql(k, inp)}" for k in keys) + ")"
+    checks: list[Check] = [
+        ("missing_field", no_identifier, keys[0] if len(keys) == 1 else "identifier"),
+        *[("missing_field", f"NOT {present_sql(f, inp)}", f) for f in required if f not in inp.defaults],
+        ("entered_in_error", "@retracted" if "retracted" in inp.fields else "false", None),
+        *bad_date,
+        *unknown,
     ]
     return columns, checks
 

@@ -90,9 +90,8 @@ def withdraw(state, people: str, why: str) -> int:
     if removed:
         people_n = scalar(state.con, f"SELECT count(*) FROM {people}")
         state.con.execute(
-            "INSERT INTO audit_log VALUES (now()::TIMESTAMP, 'wobble ingest', NULL, NULL, "
-            "'opt_out_applied', ?)",
-            [f"{why}: removed {removed} contacts and tags of {people_n} people who opted out"],
+            "INSERT INTO audit_log VALUES (?, 'wobble ingest', NULL, NULL, 'opt_out_applied', ?)",
+            [state.now, f"{why}: removed {removed} contacts and tags of {people_n} people who opted out"],
         )
     return removed
 

@@ -97,6 +97,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> dict:
         "reasons": reasons,
         "by_source": by_source,
         "reason_totals": {r: sum(d.get(r, 0) for d in by_source.values()) for r in reasons},
+        "details": _quarantine_details(con, files),
         "unmapped": sorted(unmapped, key=lambda u: (u[0], u[1], -u[3]))[:500],
         "unmapped_total": len(unmapped),
         "unmapped_cumulative": _cumulative_unmapped(con),
@@ -106,8 +107,26 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> dict:
         "heatmaps": heatmaps,
         "gap_rule": RULE,
         "persons": _persons(con),
+        "unattached_team": cfg.teams.unattached,
         "warnings": _warnings(files),
     }
+
+
+DETAILS_SHOWN = 60
+
+
+def _quarantine_details(con, files) -> dict:
+    """This run's quarantine grouped by source, reason and detail (the field and its masked
+    value), largest first: the DETAILS_SHOWN biggest groups, and how many rows the rest hold."""
+    batches = [f.batch_id for f in files if getattr(f, "batch_id", None)]
+    if not batches:
+        return {"rows": [], "more_groups": 0, "more_rows": 0}
+    groups = con.execute("""
+        SELECT source, reason, coalesce(detail, '') AS detail, count(*) AS n FROM quarantine
+        WHERE batch_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY ALL ORDER BY n DESC, source, reason, detail""",
+                         [batches]).fetchall()
+    rest = groups[DETAILS_SHOWN:]
+    return {"rows": groups[:DETAILS_SHOWN], "more_groups": len(rest), "more_rows": sum(g[3] for g in rest)}
 
 
 def _persons(con) -> dict:
@@ -115,9 +134,15 @@ def _persons(con) -> dict:
         SELECT count(*), count(*) FILTER (WHERE opted_out), count(*) FILTER (WHERE team_id IS NULL),
                count(*) FILTER (WHERE imd_decile IS NULL AND NOT opted_out),
                count(*) FILTER (WHERE ethnicity_group = 'Not stated'),
-               count(DISTINCT team_id)
+               count(DISTINCT team_id),
+               count(*) FILTER (WHERE team_assigned_by = 'lsoa'),
+               count(*) FILTER (WHERE team_assigned_by = 'unattached'),
+               count(*) FILTER (WHERE practice_id IS NULL),
+               count(*) FILTER (WHERE sex = 'not_known')
         FROM persons""").fetchone()
-    return dict(zip(("total", "opted_out", "no_team", "no_imd", "ethnicity_not_stated", "teams"), row, strict=True))
+    keys = ("total", "opted_out", "no_team", "no_imd", "ethnicity_not_stated", "teams", "team_by_lsoa",
+            "team_unattached", "no_practice", "sex_not_known")
+    return dict(zip(keys, row, strict=True))
 
 
 def _warnings(files) -> list[str]:

@@ -25,8 +25,14 @@ MASKED = {"nhs_number": MASK, "birth_date": "(removed)", "postcode": "(removed)"
 VOCAB = {"service": SERVICES, "status": STATUSES, "mode": MODES, "tag": TAGS, "sex": SEXES,
           "ethnicity_group": ETHNICITY_GROUPS, "opted_out": ("true", "false"),
           "author_role": AUTHOR_ROLES}
-# Coded fields whose unknown values reject the row; the others are counted and left empty.
-REJECTING = {"service", "status", "tag", "sex"}
+# Coded fields whose unknown values reject the row; the others are counted and left empty (sex:
+# kept as "not_known", so nobody is dropped for it).
+REJECTING = {"service", "status", "tag"}
+# Codes every source understands without a `values` block: sex "not known", "not specified" and
+# "indeterminate" as the NHS Data Dictionary (person stated gender: 0, 9, X) and HL7 v2 (U) write them.
+BUILT_IN = {"sex": dict.fromkeys(("U", "u", "X", "x", "0", "9", "I", "unknown", "not known", "not specified",
+                                  "indeterminate", "Unknown", "Not known", "Not specified", "Indeterminate"),
+                                 "not_known")}
 
 
 @dataclass
@@ -81,8 +87,10 @@ class Input:
     out_of_scope: int = 0
     system_prefix: str = ""  # FHIR: the pseudonym namespace of patient references
     fingerprint: Fingerprint | None = None
-    required: tuple[str, ...] | None = None  # persons fields that must be present (None: sex)
+    path: Path | None = None  # the file (a CSV), for messages that must measure it
+    required: tuple[str, ...] | None = None  # persons fields that must be present, beyond the identifier
     extra_unmapped: dict[str, dict[str, int]] = field(default_factory=dict)  # found by the reader
+    formats: dict[str, str] = field(default_factory=dict)  # field → its own strptime format
 
 
 def tabular_input(source: Source, rel_sql: str, first_sql: str, fields: dict[str, str], **kw) -> Input:
@@ -90,7 +98,7 @@ def tabular_input(source: Source, rel_sql: str, first_sql: str, fields: dict[str
         kind=source.kind, table=source.table, relation=rel_sql, first_pass=first_sql, fields=fields,
         labels=dict(source.columns), values=source.values, defaults=source.defaults,
         timestamp_format=source.timestamp_format, date_format=source.date_format,
-        timezone=source.timezone, **kw,
+        timezone=source.timezone, formats=dict(source.formats), **kw,
     )
 
 
@@ -133,9 +141,11 @@ def field_text(f: str, inp: Input) -> str:
 
 
 def field_timestamp(f: str, inp: Input, fmt: str | None) -> str:
-    """The field as a naive TIMESTAMP in the warehouse's time zone; NULL when unparseable."""
+    """The field as a naive TIMESTAMP in the warehouse's time zone; NULL when unparseable.
+    `fmt` is the source's default format; the field's own (`formats`) wins."""
     if f not in inp.fields:
         return "NULL::TIMESTAMP"
+    fmt = inp.formats.get(f, fmt)
     typ = inp.fields[f].upper()
     col = f"r.{f}"
     if typ.startswith("TIMESTAMP WITH TIME ZONE"):
@@ -157,7 +167,7 @@ def code_map(inp: Input, f: str) -> dict[str, int]:
     """Source code → 1-based index into the field's vocabulary (0: known to mean 'no value')."""
     vocab = VOCAB[f]
     out = {v: i + 1 for i, v in enumerate(vocab)}
-    for src, dst in inp.values.get(f, {}).items():
+    for src, dst in [*BUILT_IN.get(f, {}).items(), *inp.values.get(f, {}).items()]:
         out[src] = 0 if dst == "" else vocab.index(dst) + 1
     return out
 
@@ -218,3 +228,16 @@ def masked_raw_sql(inp: Input) -> str:
     return " || '; ' || ".join(parts) if parts else "''"
 
 
+
+
+def detail_value_sql(inp: Input, f: str) -> str:
+    """SQL: `field: 'value'` for a quarantined row's detail, the value masked as in `raw`
+    (identifiers never shown, long digit runs removed) and '(blank)' when there is none."""
+    name = literal(f + ": ")
+    if f not in inp.fields:
+        return literal(f + ": (blank)")
+    text = f"r.{f}::VARCHAR"
+    if f in MASKED:
+        return f"{name} || CASE WHEN {text} IS NULL THEN '(blank)' ELSE {literal(MASKED[f])} END"
+    shown = without_numbers_sql(f"left({trim_sql(text)}, 60)")
+    return f"{name} || CASE WHEN coalesce({trim_sql(text)}, '') = '' THEN '(blank)' ELSE '''' || {shown} || '''' END"

@@ -60,8 +60,10 @@ class IngestResult:
     opt_out_list: dict[str, int] = field(default_factory=dict)
     report_md: Path | None = None
     report_html: Path | None = None
+    team_assigned: dict[str, int] = field(default_factory=dict)  # people placed by 'lsoa' / 'unattached'
     started_at: datetime = field(default_factory=datetime.now)
     seconds: float = 0.0
+    now: datetime | None = None  # the clock dates were checked against
 
     def total(self, attr: str) -> int:
         return sum(getattr(f, attr) for f in self.files)
@@ -95,6 +97,8 @@ class IngestResult:
             "opted_out_persons": self.opted_out_persons,
             "opt_out_list": self.opt_out_list,
             "persons_from_other_identifier": self.total("other_identifier"),
+            "persons_team_assigned": self.team_assigned,
+            "clock": self.now.isoformat(sep=" ") if self.now else None,
             "errors": [f"{f.file}: {f.error}" for f in self.failed],
             "report": str(self.report_md) if self.report_md else None,
             "report_html": str(self.report_html) if self.report_html else None,
@@ -111,12 +115,14 @@ def ingest(
     wait_seconds: float | None = None,
     only: list[str] | None = None,
     report: bool = True,
+    now: datetime | None = None,
 ) -> IngestResult:
     """Load every configured source (or those named in `only`) into the warehouse.
 
     Files that cannot be read at all (wrong delimiter, missing columns, not text…) are reported
     as failed with a one-line reason; the other files still load. Returns counts per file, and
-    the paths of the data-quality report.
+    the paths of the data-quality report. `now` fixes the clock dates are checked against
+    (default `[ingest] now`, else the wall clock).
     """
     t0 = time.perf_counter()
     names = list(cfg.sources) if only is None else only
@@ -129,7 +135,8 @@ def ingest(
     result = IngestResult([])
     wait = cfg.ingest.wait_seconds if wait_seconds is None else wait_seconds
     with connect(cfg.warehouse, wait_seconds=wait) as con, ThreadPoolExecutor(1) as hasher:
-        run = RunState(con, cfg, key)
+        run = RunState(con, cfg, key, now)
+        result.now = run.now
         # Fingerprint files in the background, in load order, while earlier files load.
         prints = {f.path: hasher.submit(fingerprint, f.path) for f in plan if f.path and not f.not_read}
         result.opt_out_list = apply_opt_out_list(run)
@@ -152,6 +159,8 @@ def ingest(
                     listed[k] += result.opt_out_list[k]
                 result.opt_out_list = listed
         result.opted_out_persons = int(scalar(con, "SELECT count(*) FROM persons WHERE opted_out"))
+        result.team_assigned = dict(con.sql("SELECT team_assigned_by, count(*) FROM persons WHERE team_assigned_by "
+                                            "IS NOT NULL GROUP BY ALL ORDER BY 1").fetchall())
         result.seconds = time.perf_counter() - t0
         if report:
             if progress:

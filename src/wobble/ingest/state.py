@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import duckdb
 
 from wobble.core.config import Config
@@ -14,12 +17,24 @@ from wobble.ingest.identifiers import (
 from wobble.ingest.optout import read_opt_out_list
 from wobble.ingest.reader import first_line
 
+LONDON = ZoneInfo("Europe/London")
+
+
+def run_clock(cfg: Config, now: datetime | None = None) -> datetime:
+    """The run's clock as London wall-clock time: `now` (from `--now`), else `[ingest] now`, else
+    the wall clock. With a fixed clock, ingest is a pure function of its files and that clock."""
+    fixed = now or cfg.ingest.now
+    if fixed is None:
+        return datetime.now(LONDON).replace(tzinfo=None, microsecond=0)
+    return fixed.astimezone(LONDON).replace(tzinfo=None) if fixed.tzinfo else fixed
+
 
 class RunState:
-    """One ingest run over one warehouse connection."""
+    """One ingest run over one warehouse connection, at one clock (`now`, London wall-clock)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, cfg: Config, key: bytes):
+    def __init__(self, con: duckdb.DuckDBPyConnection, cfg: Config, key: bytes, now: datetime | None = None):
         self.con, self.cfg = con, cfg
+        self.now = run_clock(cfg, now)
         con.execute(f"SET memory_limit = {literal(cfg.ingest.memory_limit)}")
         if cfg.ingest.threads:
             con.execute(f"SET threads = {int(cfg.ingest.threads)}")
@@ -34,7 +49,7 @@ class RunState:
     def _load_lookups(self) -> None:
         lk = self.cfg.lookups
         specs = (("lsoa_imd", ("lsoa", "imd_decile")), ("practice_team", ("practice", "team_id")),
-                 ("postcode_lsoa", ("postcode", "lsoa")))
+                 ("postcode_lsoa", ("postcode", "lsoa")), ("lsoa_team", ("lsoa", "team_id")))
         for name, cols in specs:
             path = getattr(lk, name)
             self.con.execute(f"DROP TABLE IF EXISTS lookup_{name}")

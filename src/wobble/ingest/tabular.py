@@ -88,10 +88,23 @@ def open_csv(con, source: Source, path: Path, fp: Fingerprint) -> Input:
     inp.line_sql = ("(_ord + 1 + coalesce((SELECT max(n) FROM rejects WHERE rejects.a < _ord + 1), 0))")
     inp.rejects = "rejects"
     inp.fingerprint = fp
+    inp.path = path
     return inp
 
 
-def csv_rejects(con, source: Source, fp: Fingerprint) -> None:
+def longest_line(path: Path) -> int:
+    """The longest line of a file, in bytes (read in chunks: the line may be huge)."""
+    longest = current = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            parts = chunk.split(b"\n")
+            for part in parts[:-1]:
+                longest, current = max(longest, current + len(part)), 0
+            current += len(parts[-1])
+    return max(longest, current)
+
+
+def csv_rejects(con, source: Source, fp: Fingerprint, path: Path | None = None) -> None:
     """Turn DuckDB's reject tables into `rejects` (one row per malformed line); raise for the
     faults that make the whole file untrustworthy."""
     con.execute("""
@@ -110,10 +123,11 @@ def csv_rejects(con, source: Source, fp: Fingerprint) -> None:
         )
     if "LINE SIZE OVER MAXIMUM" in faults:
         line = faults["LINE SIZE OVER MAXIMUM"]
-        size = scalar(con, "SELECT max(octet_length(encode(csv_line))) FROM rejects WHERE line = ?", [line])
+        # DuckDB keeps only the start of an over-long line, so measure it in the file itself
+        size = longest_line(path) if path else 0
         raise WobbleError(
-            f"line {line} is longer than the {source.max_line_bytes:,}-byte limit (about "
-            f"{(size or 0) / 1e6:.1f} MB or more): a field holding a whole document, or a quote "
+            f"line {line} is longer than the {source.max_line_bytes:,}-byte limit (the longest line is "
+            f"{size / 1e6:.1f} MB): a field holding a whole document, or a quote "
             "never closed? Raise max_line_bytes in the source block if such fields are expected"
         )
     last = scalar(con, "SELECT max(line) FROM rejects")

@@ -17,7 +17,7 @@ from wobble.ingest.identifiers import (
     nhs_valid_sql,
     without_numbers_sql,
 )
-from wobble.ingest.reader import BLANKS, Input, code_map, masked_raw_sql
+from wobble.ingest.reader import BLANKS, Input, code_map, detail_value_sql, masked_raw_sql
 from wobble.ingest.state import RunState
 
 # ---------------------------------------------------------------------------------------------
@@ -145,12 +145,24 @@ REASONS = (
 REASON_INDEX = {r: i for i, r in enumerate(REASONS)}
 
 
-def _reason_sql(checks: list[tuple[str, str]]) -> str:
-    arms = " ".join(f"WHEN {cond} THEN {REASON_INDEX[reason]}" for reason, cond in checks)
+# A check: (reason, SQL condition, the field it is about or None). Several checks may share a
+# reason; the first that holds gives the row its reason and its `detail` (the field and value).
+Check = tuple[str, str, str | None]
+
+
+def _reason_sql(checks: list[Check]) -> str:
+    arms = " ".join(f"WHEN {cond} THEN {REASON_INDEX[reason]}" for reason, cond, _ in checks)
     return f"(CASE {arms} END)::UTINYINT"
 
 
-def stage(con, inp: Input, columns: dict[str, str], checks: list[tuple[str, str]], joins: str) -> None:
+def _detail_sql(inp: Input, checks: list[Check]) -> str:
+    """SQL: for a failing row, which field failed and its value (masked as in `raw`). Only
+    evaluated for rows with a reason, so rows that pass pay nothing for it."""
+    arms = " ".join(f"WHEN {cond} THEN {detail_value_sql(inp, f)}" for _, cond, f in checks if f)
+    return f"(CASE {arms} END)" if arms else "NULL::VARCHAR"
+
+
+def stage(con, inp: Input, columns: dict[str, str], checks: list[Check], joins: str) -> None:
     """Create `staged`: one row per row that parsed, with `columns`, the first failing reason
     (index into REASONS, NULL when the row passes) and, for failing rows only, the masked row.
 
@@ -159,6 +171,7 @@ def stage(con, inp: Input, columns: dict[str, str], checks: list[tuple[str, str]
     """
     computed = ", ".join(f"{expr} AS _c_{name}" for name, expr in columns.items())
     reason = _reason_sql(checks).replace("@", "_c_")
+    detail = _detail_sql(inp, checks).replace("@", "_c_")
     keep = ", ".join(f"_c_{name} AS {name}" for name in columns)
     # The file's rows stream through; the joined tables are small and must be the hash join's
     # build side, whatever DuckDB estimates the file's size to be.
@@ -167,7 +180,8 @@ def stage(con, inp: Input, columns: dict[str, str], checks: list[tuple[str, str]
         CREATE OR REPLACE TEMP TABLE staged AS
         SELECT _ord, {keep}, _reason AS reason,
                CASE WHEN _reason IS NOT NULL AND _reason <> {REASON_INDEX['opted_out']}
-                    THEN {masked_raw_sql(inp)} END AS raw
+                    THEN {masked_raw_sql(inp)} END AS raw,
+               CASE WHEN _reason IS NOT NULL THEN {detail} END AS detail
         FROM (SELECT *, {reason} AS _reason
               FROM (SELECT r.*, {computed} FROM {inp.relation} r {joins}) r) r""")
     con.execute("RESET disabled_optimizers")
@@ -176,7 +190,7 @@ def stage(con, inp: Input, columns: dict[str, str], checks: list[tuple[str, str]
 SUSPECT_BITS = 1 << 23  # the suspects filter: 1 MB, about one false alarm in 250 per 30,000 suspects
 
 
-def stage_parallel(con, inp: Input, columns: dict[str, str], checks: list[tuple[str, str]]) -> None:
+def stage_parallel(con, inp: Input, columns: dict[str, str], checks: list[Check]) -> None:
     """Create `staged` for a contacts or tags file in one parallel pass, without joins.
 
     Like `stage`, but the reasons that depend on who the row is about (invalid NHS number, not
@@ -189,6 +203,7 @@ def stage_parallel(con, inp: Input, columns: dict[str, str], checks: list[tuple[
     keep = [k for k in (*keys, "professional") if k in inp.fields]
     computed = ", ".join(f"{expr} AS _c_{name}" for name, expr in columns.items())
     reason = _reason_sql(checks).replace("@", "_c_")
+    detail = _detail_sql(inp, checks).replace("@", "_c_")
     cols = ", ".join([*(f"_c_{name} AS {name}" for name in columns), *keep])
     hashed = f"hash({', '.join('r.' + k for k in keys)})"
     suspect = f"coalesce(get_bit(getvariable('wobble_suspects'), ({hashed} % {SUSPECT_BITS})::INTEGER) = 1, false)"
@@ -197,7 +212,8 @@ def stage_parallel(con, inp: Input, columns: dict[str, str], checks: list[tuple[
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE staged_t AS
         SELECT {'' if ordered else '_ord, '}{cols}, _reason AS reason,
-               CASE WHEN _reason IS NOT NULL OR {suspect} THEN {masked_raw_sql(inp)} END AS raw
+               CASE WHEN _reason IS NOT NULL OR {suspect} THEN {masked_raw_sql(inp)} END AS raw,
+               CASE WHEN _reason IS NOT NULL THEN {detail} END AS detail
         FROM (SELECT *, {reason} AS _reason
               FROM (SELECT r.*, {computed} FROM {source} r) r) r""")
     con.execute(f"CREATE OR REPLACE TEMP VIEW staged AS SELECT {'rowid + 1 AS _ord, ' if ordered else ''}* "
@@ -226,6 +242,8 @@ def settle_identity(con, inp: Input) -> None:
                           WHEN ids.status = 2 THEN {r['person_not_found']}
                           WHEN ids.status = 3 THEN {r['opted_out']}
                           ELSE {r['missing_field']} END,
+            detail = CASE WHEN staged_t.reason IS NOT NULL THEN staged_t.detail
+                          WHEN ids.status = 4 THEN 'identifier: (blank)' END,
             raw = CASE WHEN staged_t.reason IS NULL AND ids.status = 3 THEN NULL ELSE staged_t.raw END
         FROM ids WHERE {ids_match(inp, 'ids', 'staged_t')} AND ids.status <> 0""")
     lost = scalar(con, f"""SELECT count(*) FROM staged_t WHERE raw IS NULL AND reason IS NOT NULL
@@ -245,7 +263,7 @@ def bad_rows(con, inp: Input) -> None:
             FROM {inp.rejects}"""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE bad AS
-        SELECT {inp.line_sql} AS line, {reasons}[reason + 1] AS reason, NULL::VARCHAR AS detail, raw
+        SELECT {inp.line_sql} AS line, {reasons}[reason + 1] AS reason, detail, raw
         FROM staged WHERE reason IS NOT NULL
         {rejects}""")
 

@@ -31,7 +31,7 @@ from wobble.lists import rows as row_parts
 from wobble.lists.outcomes import last_outcomes, summarise, summary_sentence
 from wobble.lists.reasons import list_reasons
 from wobble.lists.recent import CAPACITY, SECTION, event_sentences, recent_crisis
-from wobble.lists.score import score
+from wobble.lists.score import coverage, score
 from wobble.lists.views import change_label, from_json, list_header, person_view, write_csv
 from wobble.models.approve import Approval, require_approval
 from wobble.models.spec import load_spec
@@ -57,6 +57,7 @@ class PublishResult:
     seconds: float = 0.0
     score_seconds: float = 0.0
     with_change_reason: float | None = None  # share of the capacity part with a reason about change
+    coverage: dict = field(default_factory=dict)  # registered adults scored (wobble.lists.score.coverage)
 
     def summary(self) -> dict:
         return {
@@ -65,7 +66,7 @@ class PublishResult:
             "approved_by": self.approval.approved_by, "scored": self.scored,
             "lists": [{"team": t.team, "rows": t.rows, "recent_crisis": t.recent_crisis, "csv": str(t.csv),
                        "html": str(t.html)} for t in self.lists],
-            "with_change_reason": self.with_change_reason,
+            "with_change_reason": self.with_change_reason, "coverage": self.coverage,
             "score_seconds": round(self.score_seconds, 2), "seconds": round(self.seconds, 2),
         }
 
@@ -132,13 +133,14 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
         tags = row_parts.recent_tags(con, as_of)
         sparks = row_parts.sparklines(con, as_of)
         person_caveats = row_parts.person_caveats(con, as_of)
-        team_caveats = row_parts.team_caveats(con, as_of)
+        team_caveats = row_parts.team_caveats(con, as_of, cfg.teams.unattached, cfg.teams.unattached_owner)
         previous = row_parts.previous_risks(con, model, as_of)
         published_at = _published_at(con, model, version, as_of)
         rows = _assemble(listed, recent, reasons, tags, sparks, person_caveats, team_caveats, previous,
                          model, version, approval, published_at)
         context = _context(con, rows, team_caveats, as_of, model, version, published_at)
         outcomes = last_outcomes(con, as_of, "_listed_ids")
+        covered = coverage(con, spec, model, str(version), as_of)
         with transaction(con):
             key = [as_of, model, str(version)]
             con.execute("DELETE FROM huddle_lists WHERE as_of = ? AND model_name = ? AND model_version = ?", key)
@@ -150,7 +152,7 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
                 con.unregister("_rows")
     capacity_reasons = rows.filter(pl.col("section") == CAPACITY)["reasons"].to_list()
     result = PublishResult(model, str(version), as_of, approval, scored=scored.scored,
-                           score_seconds=scored.seconds,
+                           score_seconds=scored.seconds, coverage=covered,
                            with_change_reason=round(sum(any(r.get("about_change") for r in json.loads(x))
                                                         for x in capacity_reasons) / len(capacity_reasons), 4))
     out = cfg.outputs / "lists" / as_of.isoformat()

@@ -57,8 +57,9 @@ def spark_months(as_of: date) -> int:
 
 def person_caveats(con, as_of: date) -> dict[str, list[str]]:
     df = con.sql("""
-        SELECT f.person_id, f.days_registered, f.days_since_contact
-        FROM feature_snapshots f WHERE f.as_of = ? AND f.person_id IN (SELECT person_id FROM _listed_ids)
+        SELECT f.person_id, f.days_registered, f.days_since_contact, p.practice_id, p.team_assigned_by
+        FROM feature_snapshots f JOIN persons p USING (person_id)
+        WHERE f.as_of = ? AND f.person_id IN (SELECT person_id FROM _listed_ids)
     """, params=[as_of]).pl()
     out: dict[str, list[str]] = {}
     for r in df.iter_rows(named=True):  # one per listed person
@@ -68,17 +69,30 @@ def person_caveats(con, as_of: date) -> dict[str, list[str]]:
             notes.append(f"registered {weeks} week{'s' if weeks > 1 else ''} ago: little history")
         if r["days_since_contact"] is None:
             notes.append("no contacts on record: the data may not see this person at all")
+        if r["team_assigned_by"]:
+            notes.append(team_caveat(r["practice_id"], r["team_assigned_by"]))
         out[r["person_id"]] = notes
     return out
 
 
-def team_caveats(con, as_of: date) -> dict[str, list[str]]:
+def team_caveat(practice_id: str | None, assigned_by: str) -> str:
+    """Why a person is on this team's list although no practice put them there."""
+    why = "no GP practice on record" if practice_id is None else "their GP practice is in no team"
+    how = "placed by where they live" if assigned_by == "lsoa" else "listed with the unattached team"
+    return f"{why}: {how}; check who should follow them up"
+
+
+def team_caveats(con, as_of: date, unattached: str | None = None, owner: str | None = None) -> dict[str, list[str]]:
     """Per team, a sentence for each run of months in the last year when one of its usual data feeds
-    went quiet (by the rule of `wobble.features.feeds`)."""
+    went quiet (by the rule of `wobble.features.feeds`); for the unattached team, who its list goes to."""
     out: dict[str, list[str]] = {}
     for span in quiet_spans(feed_months(con, as_of)):
         out.setdefault(span["team_id"], []).append(
             gap_sentence(span) + ": those contacts may be missing from the reasons")
+    if unattached:
+        goes_to = f"this list goes to {owner}" if owner else "no owner is configured ([teams] unattached_owner)"
+        out.setdefault(unattached, []).insert(
+            0, f"people with no practice or team found (homeless people among them): {goes_to}")
     return out
 
 

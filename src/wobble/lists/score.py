@@ -21,7 +21,7 @@ from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal
 from wobble.core.warehouse import connect, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
-from wobble.models.cohort import snapshot_filter_sql
+from wobble.models.cohort import eligible_sql, snapshot_filter_sql
 from wobble.models.explain import change_reasons
 from wobble.models.spec import load_spec
 from wobble.models.tracking import load_version
@@ -140,3 +140,37 @@ def write_scores(con, model: str, version: str, as_of: date, scores: pl.DataFram
         )
         con.unregister("_scores")
         con.unregister("_expl")
+
+
+ADULT_AGE = 18
+
+
+def coverage(con, spec, model: str, version: str, as_of: date) -> dict:
+    """Who the lists can see: registered adults without an opt-out (alive and registered before
+    `as_of`) who were scored, as a share of all of them. Those the model's own cohort rules leave
+    out on purpose (a recent crisis: the list's other part; too short a history) are counted
+    apart; `unaccounted` (neither scored nor left out by a rule: an administrative gap) must be 0.
+    """
+    day = date_literal(as_of)
+    row = con.execute(f"""
+        WITH base AS (
+            SELECT p.*, s.person_id IS NOT NULL AS scored, {eligible_sql(spec, day)} AS eligible
+            FROM persons p
+            LEFT JOIN (SELECT DISTINCT person_id FROM scores WHERE model_name = ? AND model_version = ?
+                       AND as_of = {day}) s USING (person_id)
+            WHERE NOT p.opted_out AND (p.registered_on IS NULL OR p.registered_on < {day})
+              AND (p.died_on IS NULL OR p.died_on >= {day}) AND year({day}) - p.birth_year >= {ADULT_AGE})
+        SELECT count(*), count(*) FILTER (WHERE scored),
+               count(*) FILTER (WHERE NOT scored AND NOT coalesce(eligible, false)),
+               count(*) FILTER (WHERE NOT scored AND coalesce(eligible, false)),
+               count(*) FILTER (WHERE scored AND team_assigned_by IS NOT NULL),
+               count(*) FILTER (WHERE scored AND sex = 'not_known')
+        FROM base""", [model, str(version)]).fetchone()
+    adults, scored, by_rule, unaccounted, placed, sex_unknown = (int(v) for v in row)
+    return {
+        "registered_adults": adults, "scored": scored,
+        "scored_share": round(scored / adults, 4) if adults else None,
+        "left_out_by_cohort_rules": by_rule, "unaccounted": unaccounted,
+        "accounted_share": round((scored + by_rule) / adults, 4) if adults else None,
+        "scored_without_a_practice_team": placed, "scored_with_sex_not_known": sex_unknown,
+    }

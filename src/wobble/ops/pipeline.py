@@ -75,6 +75,7 @@ def stage_publish(cfg: Config, model: str, version: str | None, as_of: date, sum
         if graded is not None:
             s["graded_by_truth"] = graded
     summary.data["lists"] = summary.data["stages"]["publish"]["lists"]
+    summary.data["coverage"] = summary.data["stages"]["publish"]["coverage"]
     return summary.data["stages"]["publish"]
 
 
