@@ -190,3 +190,18 @@ def tiny_trained(tmp_path_factory, tiny_world):
     work = copy_tree(tiny_world, tmp_path_factory.mktemp("tiny_trained") / "w")
     cfg = load_config(work / "wobble.toml")
     return cfg, train(cfg, "crisis_90d", key=TEST_KEY.encode())
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium from scripts/get_browser.py (`make browser`): fails, never skips, when there is none."""
+    get_browser = load_script(ROOT / "scripts" / "get_browser.py")
+    path = get_browser.find_browser()
+    if path is None:
+        pytest.fail(get_browser.HELP, pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(path), args=get_browser.LAUNCH_ARGS)
+        yield b
+        b.close()

@@ -1,7 +1,8 @@
 """In headless Chromium: a team opens its list, records an outcome and sees it; axe-core finds no WCAG 2.2 AA
 violation on the list and review pages; other teams and scripts are refused; pages reflow and print on A4.
 
-Debian's `chromium` must be installed (`.ci/run` installs it): without it these tests fail, never skip.
+A Chromium must be at hand (`make browser`, which `make test` runs, installs one): without it these tests fail,
+never skip.
 The review server runs as `wobble review serve` on 127.0.0.1 and a free port.
 """
 
@@ -14,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -22,24 +22,8 @@ from conftest import HOSTILE, ROOT
 
 from wobble.review.tokens import create_token
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 WCAG_22_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa",
                                                     "best-practice"]}}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is not installed at /usr/bin/chromium (apt-get install -y chromium; "
-                    ".ci/run installs it): the browser tests must run, not skip", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _free_port() -> int:
