@@ -194,5 +194,15 @@ def test_the_list_prints_on_a4(browser, server, tmp_path):
     boxes = set(re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", data))
     assert boxes and all(abs(float(w) - 595.9) < 2 and abs(float(h) - 842.9) < 2 for w, h in boxes)
     pages = len(re.findall(rb"/Type /Page\b", data))
-    assert 2 <= pages <= 12, pages  # 20 people, two to a page after the first
+    assert 2 <= pages <= 20, pages  # 20 people, two to a page after the first, then the compact crisis part
+    # Every printed page carries the running header and footer (CSS page margin boxes) and the marking.
+    from pypdf import PdfReader
+
+    texts = [pg.extract_text() for pg in PdfReader(str(pdf)).pages]
+    date_text = f"{server.as_of.day} {server.as_of:%B %Y}"
+    for n, text in enumerate(texts, start=1):
+        assert f"Team T01: list of {date_text}" in text, (n, text[:200])
+        assert f"page {n} of {len(texts)}" in text and "OFFICIAL-SENSITIVE: personal data" in text, (n, text[:200])
+    body = " ".join(texts)
+    assert "wobble review serve" not in body and "wobble outcome" not in body  # no commands for clinicians
     context.close()
