@@ -205,3 +205,18 @@ def browser():
         b = p.chromium.launch(executable_path=str(path), args=get_browser.LAUNCH_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="session")
+def monitored(monitor_world) -> dict[str, Path]:
+    """The matured demo copy, monitored: its list, card, latest data-quality report and monitoring report (HTML)."""
+    from wobble.core.config import load_config
+    from wobble.ops.monitor import monitor
+
+    config, _ = monitor_world
+    cfg = load_config(config)
+    result = monitor(cfg, model=cfg.wobble.models[0])
+    out = cfg.outputs
+    return {"list": next((out / "lists").glob("*/T01.html")), "card": next((out / "cards").glob("*.html")),
+            "data-quality report": sorted((out / "reports").glob("data-quality-*.html"))[-1],
+            "monitoring report": Path(result.report_html)}

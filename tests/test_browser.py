@@ -1,5 +1,6 @@
 """In headless Chromium: a team opens its list, records an outcome and sees it; axe-core finds no WCAG 2.2 AA
-violation on the list and review pages; other teams and scripts are refused; pages reflow and print on A4.
+violation on the list and review pages, the model card, the data-quality report and the monitoring report; other
+teams and scripts are refused; pages reflow and print on A4 with a running header and footer on every page.
 
 A Chromium must be at hand (`make browser`, which `make test` runs, installs one): without it these tests fail,
 never skip.
@@ -152,6 +153,33 @@ def test_axe_finds_no_accessibility_violations(browser, server):
     # The hostile tag and note never became script, here where JavaScript runs.
     assert page.locator("script").count() == 0 and watch.dialogs == []
     assert watch.outside(server.url) == []
+    context.close()
+
+
+def test_axe_finds_no_violations_on_the_card_and_the_reports(browser, monitored):
+    """The model card, the data-quality report and the monitoring report (static files, as a reader opens them),
+    with the static list again from the matured copy; the person page is checked above through the review pages."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    context = browser.new_context()
+    page = context.new_page()
+    results = {}
+    for name in ("card", "data-quality report", "monitoring report", "list"):
+        page.goto(monitored[name].as_uri())
+        results[name] = Axe().run(page, options=WCAG_22_AA)
+    failures = {name: r.generate_report() for name, r in results.items() if r.violations_count}
+    assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
+    # The data-quality report's wide tables scroll by keyboard: Tab reaches each one.
+    page.goto(monitored["data-quality report"].as_uri())
+    regions = page.locator("div.scroll[role=region]").count()
+    reached = set()
+    for _ in range(regions + 40):
+        page.keyboard.press("Tab")
+        label = page.evaluate("document.activeElement.getAttribute('role') === 'region' ? "
+                              "document.activeElement.getAttribute('aria-label') : null")
+        if label:
+            reached.add(label)
+    assert regions and len(reached) == regions
     context.close()
 
 
