@@ -18,6 +18,18 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
+# Tests that need one of these worlds (a 10,000- or 20,000-person demo, a Prefect server) are `slow`: `make
+# test-fast` (-m "not slow") leaves them out; `make test` and CI run everything.
+SLOW_FIXTURES = {"world20k", "ingested", "demo_run", "monitor_world", "drifted_world", "published_copy", "monitored",
+                 "prefect_harness", "harness"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
     monkeypatch.setenv("WOBBLE_PSEUDONYM_KEY", TEST_KEY)

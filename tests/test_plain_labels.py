@@ -74,12 +74,12 @@ def human_text(html: str) -> str:
 
 
 def find_codes(text: str, names=None) -> list[str]:
-    """Each code name in `text`, with a little context: '… (contacts_365d): more …'."""
+    """Each code name in `text`, with a little context: 'contacts_365d: … (contacts_365d): more …'."""
     names = names or code_names()
     out = []
     for m in re.finditer(r"(?<![\w/.-])[a-z][a-z0-9_]*(?![\w/-])", text):
         if m.group() in names:
-            out.append(text[max(0, m.start() - 40): m.end() + 20].replace("\n", " "))
+            out.append(f"{m.group()}: …" + text[max(0, m.start() - 40): m.end() + 20].replace("\n", " ") + "…")
     return out
 
 
@@ -88,7 +88,7 @@ def test_the_scanner_finds_code_names_outside_analyst_blocks_only():
             "<img alt='ae_attendance per month'><style>.opted_out{}</style>"
             "<details class='x for-analysts'><summary>For analysts</summary><code>crisis_90d</code><br>"
             "<p>opted_out</p></details><p>wobble/models/crisis_90d.yml</p>")
-    found = [re.search(r"[a-z0-9]+_[a-z0-9_]+|\bgp\b", f).group() for f in find_codes(human_text(html))]
+    found = [f.split(":")[0] for f in find_codes(human_text(html))]
     assert found == ["contacts_365d", "gp", "ae_attendance"]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import numpy as np
+
 from wobble.core.vocab import TAG_LABELS, role_label
 from wobble.features.feeds import feed_months, gap_sentence, quiet_spans
 
@@ -53,8 +55,6 @@ def spark_bounds(as_of: date) -> list[date]:
 
 def sparklines(con, as_of: date) -> dict[str, list[int]]:
     """Per listed person, attended contacts known before the as-of date in each of the 12 months before it."""
-    import numpy as np
-
     edges = spark_bounds(as_of)
     df = con.sql("""
         SELECT person_id, occurred_at::DATE AS day, count(*) AS n
