@@ -64,14 +64,21 @@ def _install(step: str) -> bool:
         env = dict(os.environ)
         commands = [[sys.executable, "-m", "playwright", "install", "chromium"]]
     for cmd in commands:
-        print("get_browser: " + " ".join(cmd[-4:] if step == PLAYWRIGHT else cmd), flush=True)
+        print("get_browser: " + " ".join(["python", *cmd[1:]] if step == PLAYWRIGHT else cmd), flush=True)
         proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               timeout=1800)
         if proc.returncode:
-            tail = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-            print(f"get_browser: {step} failed: {tail[:200]}", flush=True)
+            print(f"get_browser: {step} failed: {_reason(proc.stderr)}", flush=True)
             return False
     return True
+
+
+def _reason(stderr: str) -> str:
+    """The line of an installer's error output that says what went wrong: one naming an error, else the last
+    line with words in it (Playwright ends its report with a lone '}')."""
+    lines = [ln.strip() for ln in stderr.splitlines() if sum(c.isalpha() for c in ln) >= 3]
+    named = [ln for ln in lines if "error" in ln.lower() or ln.startswith("E:")]
+    return ((named or lines or ["(no message)"])[0 if named else -1])[:200]
 
 
 def ensure_browser() -> Path | None:

@@ -67,3 +67,10 @@ def test_a_failing_apt_get_is_reported_and_counts_as_failed(monkeypatch, capsys,
     out = capsys.readouterr().out
     assert "apt-get failed: E: Unable to locate package chromium" in out
 
+
+
+def test_the_reason_given_is_the_line_that_names_the_error():
+    playwright = "Downloading Chromium\nError: getaddrinfo ENOTFOUND cdn.playwright.dev\n    at foo\n{\n  code: 1\n}\n"
+    assert gb._reason(playwright) == "Error: getaddrinfo ENOTFOUND cdn.playwright.dev"
+    assert gb._reason("Reading lists\nE: Unable to locate package chromium\n") == "E: Unable to locate package chromium"
+    assert gb._reason("}\n") == "(no message)"
