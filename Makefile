@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: help install demo test bench lint clean
+.PHONY: help install browser demo test test-fast bench lint clean
 
 help: ## List every target with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,14 @@ install: $(STAMP) ## Create .venv (if missing) and install wobble with its test 
 demo: $(STAMP) ## Run the whole pipeline on a synthetic population (PERSONS=20000 SEED=7, in data/demo)
 	$(BIN)/wobble demo --persons $(PERSONS) --seed $(SEED) --workdir data/demo
 
-test: $(STAMP) ## Run the whole test suite
+browser: $(STAMP) ## Find or install a headless Chromium for the browser tests (apt-get as root, else Playwright's)
+	$(BIN)/python scripts/get_browser.py
+
+test: $(STAMP) browser ## Run the whole test suite, browser tests included
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) browser ## The quick subset for development (tests not marked slow; under 3 minutes)
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP) ## Time synth and each stage at BENCH_PERSONS people (default 1,000,000); peak memory too
 	$(BIN)/python scripts/bench.py --persons $(BENCH_PERSONS)

@@ -2,8 +2,9 @@
 
     python scripts/screenshots.py --config data/demo/wobble.toml --out docs/img [--team T01]
 
-Uses Debian's chromium (/usr/bin/chromium). Creates a short-lived review token for the team (revoked
-at the end), serves the review page on a free local port, and writes list.png and person.png.
+Uses the Chromium `make browser` finds or installs (scripts/get_browser.py). Creates a short-lived review
+token for the team (revoked at the end), serves the review page on a free local port,
+and writes list.png and person.png.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,6 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import uvicorn
+    from get_browser import LAUNCH_ARGS, find_browser  # scripts/ is on the path when run as a script
     from playwright.sync_api import sync_playwright
 
     from wobble.core.config import load_config
@@ -51,7 +50,10 @@ def main() -> None:
         time.sleep(0.1)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            path = find_browser()
+            if path is None:
+                raise SystemExit("no Chromium: run `make browser` first")
+            browser = p.chromium.launch(executable_path=str(path), args=LAUNCH_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 1400})
             page.goto((cfg.outputs / "lists" / ref.as_of.isoformat() / f"{args.team}.html").as_uri())
             page.screenshot(path=str(out / "list.png"))

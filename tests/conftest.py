@@ -18,6 +18,18 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
+# Tests that need one of these worlds (a 10,000- or 20,000-person demo, a Prefect server) are `slow`: `make
+# test-fast` (-m "not slow") leaves them out; `make test` and CI run everything.
+SLOW_FIXTURES = {"world20k", "ingested", "demo_run", "monitor_world", "drifted_world", "published_copy", "monitored",
+                 "prefect_harness", "harness"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
     monkeypatch.setenv("WOBBLE_PSEUDONYM_KEY", TEST_KEY)
@@ -190,3 +202,33 @@ def tiny_trained(tmp_path_factory, tiny_world):
     work = copy_tree(tiny_world, tmp_path_factory.mktemp("tiny_trained") / "w")
     cfg = load_config(work / "wobble.toml")
     return cfg, train(cfg, "crisis_90d", key=TEST_KEY.encode())
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium from scripts/get_browser.py (`make browser`): fails, never skips, when there is none."""
+    get_browser = load_script(ROOT / "scripts" / "get_browser.py")
+    path = get_browser.find_browser()
+    if path is None:
+        pytest.fail(get_browser.HELP, pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(path), args=get_browser.LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def monitored(monitor_world) -> dict[str, Path]:
+    """The matured demo copy, monitored: its list, card, latest data-quality report and monitoring report (HTML)."""
+    from wobble.core.config import load_config
+    from wobble.ops.monitor import monitor
+
+    config, _ = monitor_world
+    cfg = load_config(config)
+    result = monitor(cfg, model=cfg.wobble.models[0])
+    out = cfg.outputs
+    return {"list": next((out / "lists").glob("*/T01.html")), "card": next((out / "cards").glob("*.html")),
+            "data-quality report": sorted((out / "reports").glob("data-quality-*.html"))[-1],
+            "monitoring report": Path(result.report_html)}

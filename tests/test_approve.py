@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from conftest import TEST_KEY, run_wobble
 
@@ -54,6 +57,11 @@ def test_approval_is_recorded_in_the_warehouse_and_mlflow_and_sets_the_champion(
     tags = client(cfg).get_model_version("crisis_90d", result.model_version).tags
     assert tags["approved_by"] == a.approved_by and tags["approval_demo"] == "false"
     assert champion(cfg, "crisis_90d") == result.model_version
+    # The card is re-rendered at once, so whoever reads it next sees the approval, not "not approved".
+    card = json.loads(proc.stdout)["outputs"]["model_card"]
+    text = Path(card).read_text(encoding="utf-8")
+    assert "**Status: approved** by Dr A Example, Clinical Safety Officer" in text and "not approved" not in text
+    assert "Status: approved" in Path(card).with_suffix(".html").read_text(encoding="utf-8")
 
 
 def test_approving_needs_a_name_and_a_real_version(tiny_trained):

@@ -23,7 +23,8 @@ def test_card_renders_for_a_tiny_world_with_every_section(tiny_trained):
     html = unescape(result.card_html.read_text())
     for section in SECTIONS:
         assert f">{section}</h" in html, section
-    for phrase in ("Status: not approved", "wobble approve --model crisis_90d --version 1",
+    for phrase in ("Status: not approved", "wobble approve --model crisis_90d --version 1", "**Verdict:**",
+                   "**The board should conclude:**", "Flagged subgroups", "| 8c |", "| 9c |",
                    "skill ratio", "Precision", "Number needed to evaluate", "Alerts per 1,000 people per week",
                    "false negative rate", "observed / expected", "Expected calibration error",
                    "share of crisis days preceded by a listing", "✎ to complete", "H1", "27c"):
@@ -122,3 +123,50 @@ def test_numbers_that_round_to_zero_carry_no_sign():
     assert fmt(-0.0001) == "0.000" and fmt(-0.002) == "-0.002" and fmt(-0.0004, "pp") == "0.0 points"
     assert fmt_est({"value": -0.001, "low": -0.0021, "high": -0.0001}) == "-0.001 (-0.002 to 0.000)"
     assert fmt(None) == "n/a"
+
+
+def _est(value, low, high) -> dict:
+    return {"value": value, "low": low, "high": high}
+
+
+def _ev(precision_diff, auroc_diff, flags=()) -> dict:
+    """The parts of an evaluation the verdict reads: this model and the baseline, their paired differences, and
+    subgroups with `flags` [(attribute, group, metric, value, interval excludes the reference)]."""
+    scorer = {"precision_at_capacity": _est(0.41, 0.15, 0.6), "auroc": _est(0.68, 0.6, 0.76)}
+    base = {"precision_at_capacity": _est(0.34, 0.04, 0.6), "auroc": _est(0.61, 0.52, 0.71)}
+    subgroups = [{"attribute": a, "group": g, "flags": [{"metric": m, "value": v, "interval_excludes_reference": c}]}
+                 for a, g, m, v, c in flags]
+    return {"scorers": {"model": scorer, "baseline": base}, "subgroups": subgroups,
+            "differences": {"baseline": {"precision_at_capacity": precision_diff, "auroc": auroc_diff}}}
+
+
+@pytest.mark.parametrize(("precision", "auroc", "words"), [
+    (_est(0.075, -0.24, 0.24), _est(0.066, 0.013, 0.124), ["7.5 points (-24.0 to 24.0 points) (no clear difference)",
+                                                           "0.066 (0.013 to 0.124) (better)",
+                                                           "cannot show that its lists"]),
+    (_est(0.1, 0.02, 0.2), _est(0.05, 0.01, 0.09), ["(better). On AUROC", "does better than a plain count-based list"]),
+    (_est(-0.1, -0.2, -0.02), _est(0.0, -0.03, 0.03), ["(worse)", "does worse than a plain count-based baseline at "
+                                                       "the list's job. Do not approve"]),
+    (_est(0.01, -0.05, 0.07), _est(-0.01, -0.04, 0.02), ["cannot show that it does better", "Do not approve it for"]),
+])
+def test_at_a_glance_opens_with_a_verdict_against_the_baseline(precision, auroc, words):
+    from wobble.models.card import _glance
+
+    verdict, flagged = _glance(_ev(precision, auroc))
+    assert verdict.startswith("**Verdict:** At the list's job, precision at the team's capacity, 41.0% ")
+    assert "against 34.0% for a plain count-based baseline" in verdict and "0.680 against 0.610" in verdict
+    for w in words:
+        assert w in verdict, w
+    assert flagged == "**Flagged subgroups:** none beyond the spec's tolerances."
+
+
+def test_at_a_glance_names_the_flagged_subgroups():
+    from wobble.models.card import _glance
+
+    ev = _ev(_est(0.0, -0.1, 0.1), _est(0.0, -0.1, 0.1),
+             [("ethnicity_group", "Asian", "observed_to_expected", 1.47, False),
+              ("age_band", "40-64", "auroc", 0.477, True)])
+    flagged = _glance(ev)[1]
+    assert "clearly: Age band 40-64 (AUROC 0.477)" in flagged
+    assert "Perhaps by chance (the interval includes everyone's figure): Ethnicity group Asian " \
+           "(observed/expected 1.470)" in flagged

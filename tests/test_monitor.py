@@ -49,6 +49,41 @@ def _fingerprint(config):
     return tables, versions
 
 
+def _feature(name, psi, level, unit="days"):
+    return {"feature": name, "description": f"the {name.replace('_', ' ')}", "unit": unit, "psi": psi, "level": level,
+            "ref_mean": 150.0, "cur_mean": 170.0}
+
+
+def _team(team, features, feed_gap):
+    return {"team": team, "judged": True, "level": "ok", "psi": 0.004, "ref_mean": 0.05, "cur_mean": 0.05,
+            "feed_gap": feed_gap, "features": features}
+
+
+def test_one_signal_has_one_level_and_the_text_agrees_with_the_tables():
+    """A shift seen only in a team whose feed went quiet and resumed is a watch everywhere, never an act overall
+    and a watch in the team; a shift also in another team stays an act; figures read as the tables print them."""
+    from types import SimpleNamespace
+
+    from wobble.ops.monitor.drift import _drift_findings
+
+    m = SimpleNamespace(psi_watch=0.1, psi_act=0.25)
+    drift = {"score": {"psi": 0.004, "level": "ok", "ref_mean": 0.05, "cur_mean": 0.05},
+             "features": [_feature("days_since_social_care", 0.39, "act"), _feature("contacts_90d", 0.3, "act",
+                                                                                     "contacts")],
+             "teams": [_team("T01", [_feature("days_since_social_care", 0.39, "act")], "resumed"),
+                       _team("T02", [_feature("contacts_90d", 0.3, "act", "contacts")], "none")]}
+    findings = _drift_findings(drift, m)
+    levels = {}
+    for f in findings:
+        for name in ("days since social care", "contacts 90d"):
+            if f"the {name} (PSI" in f.what:
+                levels.setdefault(name, set()).add(f.level)
+    assert levels == {"days since social care": {"watch"}, "contacts 90d": {"act"}}
+    assert drift["features"][0]["level"] == "watch" and drift["teams"][0]["features"][0]["level"] == "watch"
+    text = " ".join(f.what for f in findings)
+    assert "PSI 0.390: average 150.00 days → 170.00 days" in text and "PSI 0.004" in text and "PSI 0.00)" not in text
+
+
 def test_a_world_without_drift_is_not_flagged(monitor_world):
     from wobble.core.config import load_config
     from wobble.ops.monitor import monitor

@@ -130,12 +130,23 @@ def test_choosing_reasons_for_everyone_at_once_matches_the_reference():
 
 
 def test_sparkline_is_an_svg_with_words():
-    values = [0, 1, 2, 3, 0, 0, 5, 1, 0, 0, 2, 4, 1]
+    values = [1, 2, 3, 0, 0, 5, 1, 0, 0, 2, 4, 1]
     svg = sparkline_svg(values, date(2026, 11, 23))
     assert svg.startswith("<svg") and 'role="img"' in svg and "<title>" in svg and "<script" not in svg
-    assert "Attended contacts per month: Nov 2025 0, Dec 2025 1," in svg and "Nov 2026 1" in svg
-    assert spark_caption(values, date(2026, 11, 23)) == "19 in all; most in May 2026 (5); 1 so far in Nov 2026."
-    assert spark_caption([0] * 12, date(2026, 11, 2)) == "No contacts in the last 12 months."
+    assert "12 months to the list's date: Dec 2025 1, Jan 2026 2," in svg and "Nov 2026 1" in svg
+    assert svg.count(" 20") == 12 * 2  # twelve months named, in the label and the title
+    assert spark_caption(values, date(2026, 11, 23)) == "19 in the 12 months to 22 Nov 2026; most in the month to " \
+        "May 2026 (5)."
+    assert spark_caption([0] * 12, date(2026, 11, 2)) == "No attended contacts in the 12 months to the list's date."
+
+
+@pytest.mark.parametrize("as_of", [date(2026, 11, 23), date(2024, 3, 1), date(2025, 3, 31), date(2024, 2, 29)])
+def test_the_sparklines_twelve_months_are_the_reasons_last_365_days(as_of):
+    from wobble.lists.rows import spark_bounds
+
+    edges = spark_bounds(as_of)
+    assert len(edges) == 13 and edges[-1] == as_of and (as_of - edges[0]).days == 365
+    assert all(a < b for a, b in zip(edges, edges[1:], strict=False))
 
 
 def _page(cfg, as_of, team):
@@ -153,7 +164,7 @@ def test_the_page_says_what_it_is_and_where_it_came_from(published_copy):
     html = _text(raw)
     for words in ("For discussion, not a decision", "not a ranking of anyone's worth",
                   "What do we know that the data doesn't?", "Demonstration only",
-                  "Rising need, before crisis care (early_warning_90d, version 1)", "Approved by", "wobble demo on",
+                  "Rising need, before crisis care, version 1", "Approved by", "wobble demo on",
                   "Rising need — not in crisis care", "Recently in crisis — check a plan exists",
                   "Data last updated", "GP 22 Nov 2026", "social care 22 Nov 2026", "List of", "23 November 2026",
                   "no earlier list for this team", "Last huddle outcome", "Attended contacts per month"):
@@ -175,6 +186,16 @@ def test_the_page_says_what_it_is_and_where_it_came_from(published_copy):
     assert [c[0] for c in context] == ["T01", "T02"]
     assert {d["system"] for d in json.loads(context[0][1])} == {"GP", "hospital", "community health",
                                                                "social care", "housing"}
+
+
+def test_the_sparkline_counts_what_the_reasons_count(published_copy):
+    """A listed person's 12 months sum to their attended contacts in the last year (`contacts_365d`)."""
+    cfg, as_of, _ = published_copy
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        rows = con.execute("SELECT l.sparkline, f.contacts_365d FROM huddle_lists l JOIN feature_snapshots f "
+                           "USING (person_id, as_of) WHERE l.as_of = ?", [as_of]).fetchall()
+    assert rows and all(len(json.loads(s)) == 12 for s, _ in rows)
+    assert [sum(json.loads(s)) for s, _ in rows] == [n for _, n in rows]
 
 
 def test_outcomes_show_on_the_next_list(published_copy, tmp_path):

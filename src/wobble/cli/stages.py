@@ -230,7 +230,7 @@ def approve(
     st = stage_approve(cfg, model, version, by, note, demo, summary)
     _finish(summary, cfg.outputs, as_json,
             [f"{model} version {version} approved by {st['approved_by']} at {st['approved_at']}; "
-             "it is now the champion"])
+             "it is now the champion", f"model card, re-rendered with the approval: {st['model_card']}"])
 
 
 @app.command()

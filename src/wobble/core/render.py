@@ -16,6 +16,9 @@ from importlib.resources import files
 
 import jinja2
 import markdown
+import markupsafe
+
+from wobble.core.vocab import reason_label, system_label
 
 _TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
 _ENTITY = re.compile(r"&(?=#|[A-Za-z][A-Za-z0-9]*;)")
@@ -46,6 +49,13 @@ def day_text(d: date | datetime | str, *, short: bool = False) -> str:
     return f"{d.day} {d:%b %Y}" if short else f"{d.day} {d:%B %Y}"
 
 
+def css_string(value) -> markupsafe.Markup:
+    """A value as a quoted CSS string inside a `<style>` element (where HTML entities are not decoded): quotes,
+    backslashes, line breaks and '<' escaped as CSS escapes, so nothing can close the string or the element."""
+    text = "".join(f"\\{ord(c):x} " if c in '"\\<>\n\r' else c for c in str(value))
+    return markupsafe.Markup(f'"{text}"')
+
+
 def markdown_cell(value) -> str:
     """A value inside a Markdown table cell: no pipe or line break can end the cell."""
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -62,6 +72,9 @@ ENV = jinja2.Environment(
 )
 ENV.filters["day"] = lambda d: day_text(d, short=True)
 ENV.filters["cell"] = markdown_cell
+ENV.filters["system"] = system_label  # a source system's plain name: 'hospital' for 'acute'
+ENV.filters["reason"] = reason_label  # a quarantine reason's plain words
+ENV.filters["css_string"] = css_string
 
 
 def template_text(name: str) -> str:
@@ -76,5 +89,7 @@ def render(template: str, **context) -> str:
 
 def markdown_to_html(text: str, *, toc: bool = False) -> str:
     """Markdown written by a `*.md.j2` template, as an HTML fragment; links to scripts disarmed."""
-    html = markdown.markdown(text, extensions=["tables", "toc"] if toc else ["tables"])
+    # md_in_html: Markdown inside `<details class="for-analysts" markdown="1">` blocks (code names, commands)
+    exts = ["tables", "md_in_html", *(["toc"] if toc else [])]
+    html = markdown.markdown(text, extensions=exts)
     return _SCRIPT_LINK.sub(r"\1#", html)

@@ -87,6 +87,18 @@ AUTHOR_ROLES: tuple[str, ...] = (
     "link_worker",
 )
 
+# How a page names an author role: "GP", "district nurse".
+ROLE_LABELS: dict[str, str] = {r: "GP" if r == "gp" else r.replace("_", " ") for r in AUTHOR_ROLES}
+
+# How a report names a quarantine reason (`quarantine.reason`; the codes are `ingest.validate.REASONS`).
+REASON_LABELS: dict[str, str] = {
+    "malformed_line": "malformed line", "missing_field": "a required field missing",
+    "entered_in_error": "entered in error", "invalid_nhs_number": "NHS number not valid",
+    "impossible_date": "impossible date", "unknown_code": "code not in the mapping",
+    "person_not_found": "person not registered", "opted_out": "opted out of data sharing",
+    "duplicate": "duplicate",
+}
+
 # What a huddle decided about a listed person (`huddle_outcomes.outcome`).
 OUTCOMES: tuple[str, ...] = (
     "discussed_no_action",
@@ -146,6 +158,16 @@ def tag_polarity(tag: str) -> str:
 def system_label(system: str) -> str:
     """'hospital' for 'acute'; a system outside the vocabulary by its own name, spaced."""
     return SYSTEM_LABELS.get(system, system.replace("_", " "))
+
+
+def role_label(role: str | None) -> str:
+    """'GP' for 'gp', 'district nurse' for 'district_nurse'; 'unknown role' when missing."""
+    return ROLE_LABELS.get(role, role.replace("_", " ")) if role else "unknown role"
+
+
+def reason_label(reason: str) -> str:
+    """'opted out of data sharing' for 'opted_out'; an unknown reason by its own name, spaced."""
+    return REASON_LABELS.get(reason, reason.replace("_", " "))
 
 
 def system_name(system: str) -> str:

@@ -20,8 +20,9 @@ identifiers (codes that look like NHS numbers are masked).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -50,6 +51,9 @@ def write_report(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> tuple[P
     out.mkdir(parents=True, exist_ok=True)
     stem = f"data-quality-{result.started_at:%Y%m%dT%H%M%S}"
     md_path, html_path = out / f"{stem}.md", out / f"{stem}.html"
+    data["status"] = status(data)
+    data["change"] = change_since(_previous_facts(out, stem), data["status"]["facts"])
+    (out / f"{stem}.json").write_text(json.dumps(data["status"]["facts"], indent=1), encoding="utf-8")
     markdown = render("quality.md.j2", **data)
     md_path.write_text(markdown, encoding="utf-8")
     html_path.write_text(render("quality.html.j2", **data), encoding="utf-8")
@@ -127,6 +131,56 @@ def _quarantine_details(con, files) -> dict:
                          [batches]).fetchall()
     rest = groups[DETAILS_SHOWN:]
     return {"rows": groups[:DETAILS_SHOWN], "more_groups": len(rest), "more_rows": sum(g[3] for g in rest)}
+
+
+FACTS = (  # what the status line judges and the next run compares: key, how a reader names it
+    ("files_failed", "files that failed"), ("rows_loaded", "rows loaded"), ("rows_quarantined", "rows quarantined"),
+    ("unmapped_codes", "unmapped codes"), ("gaps", "team-month feed gaps"), ("warnings", "things worth a look"),
+    ("persons", "people in the warehouse"),
+)
+
+
+def status(data: dict) -> dict:
+    """The report's one-line verdict: 'problem' when a file failed, 'look' when a feed went quiet, codes are
+    unmapped, something is worth a look or over 5% of rows were quarantined; else 'ok'. With the facts it
+    judged (kept beside the report as JSON, for the next run's comparison)."""
+    s = data["summary"]
+    facts = {"started": data["started"], "files_failed": s["files_failed"], "rows_loaded": s["rows_loaded"],
+             "rows_quarantined": s["rows_quarantined"], "unmapped_codes": data["unmapped_total"],
+             "gaps": len(data["gaps"]), "warnings": len(data["warnings"]), "persons": data["persons"]["total"]}
+    share = s["rows_quarantined"] / s["rows_in"] if s["rows_in"] else 0.0
+    issues = [f"{facts[k]:,} {label}" for k, label in FACTS if k in ("files_failed", "gaps", "unmapped_codes",
+                                                                        "warnings") and facts[k]]
+    if share > 0.05:
+        issues.append(f"{100 * share:.1f}% of rows quarantined")
+    level = "problem" if facts["files_failed"] else "look" if issues else "ok"
+    words = {"problem": "Problem: a file could not be loaded", "look": "Needs a look",
+             "ok": "All well: every file loaded, no feed went quiet, every code mapped"}[level]
+    return {"level": level, "text": words + (f" ({'; '.join(issues)})." if issues else "."), "facts": facts}
+
+
+def _previous_facts(out: Path, stem: str) -> dict | None:
+    """The facts of the latest earlier report in the folder, if any."""
+    earlier = sorted(p for p in out.glob("data-quality-*.json") if p.stem < stem)
+    if not earlier:
+        return None
+    try:
+        return json.loads(earlier[-1].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def change_since(before: dict | None, now: dict) -> dict:
+    """Each fact now against the last run's: 'rows quarantined: 806 → 812 (+6)'."""
+    if before is None:
+        return {"since": None, "lines": ["No earlier data-quality report in this folder: this is the first run."]}
+    lines = []
+    for key, label in FACTS:
+        a, b = before.get(key), now[key]
+        if a is None:
+            continue
+        lines.append(f"{label}: {a:,} → {b:,} ({b - a:+,})" if a != b else f"{label}: {b:,} (unchanged)")
+    return {"since": before.get("started"), "lines": lines}
 
 
 def _persons(con) -> dict:
@@ -218,13 +272,23 @@ def _coverage(con) -> tuple[dict, list[Gap], dict[str, list[str]]]:
     gaps = [Gap(r["source_system"], r["team_id"], r["month"].strftime("%Y-%m"), int(r["records"]),
                 int(round(r["usual"] * r["covered"]))) for r in frame.filter(pl.col("quiet")).iter_rows(named=True)]
     cells: dict[tuple[str, str], dict[str, int]] = {}
-    months: dict[str, list[str]] = {}
     for r in frame.sort("source_system", "month", "team_id").iter_rows(named=True):
         key = r["month"].strftime("%Y-%m")
         cells.setdefault((r["source_system"], r["team_id"]), {})[key] = int(r["records"])
-        if key not in months.setdefault(r["source_system"], []):
-            months[r["source_system"]].append(key)
+    # Every month from the first to the last has a column, for every system: a month in which a feed sent
+    # nothing (an outage) is a column of zeros, never a missing column.
+    every = _month_keys(frame["month"].min(), frame["month"].max()) if frame.height else []
+    months = {system: every for system, _ in cells}
     return cells, sorted(gaps, key=lambda g: (g.source_system, g.team_id, g.month)), months
+
+
+def _month_keys(first: date, last: date) -> list[str]:
+    """'2026-01', '2026-02', … from first's month to last's, every month once."""
+    out, (y, m) = [], (first.year, first.month)
+    while (y, m) <= (last.year, last.month):
+        out.append(f"{y}-{m:02d}")
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
 
 
 def _prefect_artifact(markdown: str) -> None:

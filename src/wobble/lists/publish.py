@@ -235,7 +235,7 @@ def _assemble(listed, recent, reasons, tags, sparks, person_caveats, team_caveat
             "rank": r["rank"], "age_band": r["age_band"],
             "recent_tags": json.dumps(tags.get(pid, [])),
             "caveats": json.dumps(person_caveats.get(pid, []) + team_caveats.get(r["team_id"], [])),
-            "sparkline": json.dumps(sparks.get(pid, [0] * row_parts.spark_months(listed["as_of"][0]))),
+            "sparkline": json.dumps(sparks.get(pid, [0] * row_parts.SPARK_MONTHS)),
             "model_name": model, "model_version": str(version), "demo": approval.demo,
             "published_at": published_at,
         }

@@ -6,9 +6,11 @@ person) and returns plain values keyed by person (or, for the team's data gaps, 
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
-from wobble.core.vocab import TAG_LABELS
+import numpy as np
+
+from wobble.core.vocab import TAG_LABELS, role_label
 from wobble.features.feeds import feed_months, gap_sentence, quiet_spans
 
 
@@ -24,35 +26,48 @@ def recent_tags(con, as_of: date) -> dict[str, list[dict]]:
     for r in df.iter_rows(named=True):  # at most six per listed person
         out.setdefault(r["person_id"], []).append({
             "tag": TAG_LABELS.get(r["tag"], r["tag"]), "polarity": r["polarity"],
-            "role": (r["author_role"] or "unknown role").replace("_", " "),
+            "role": role_label(r["author_role"]),
             "date": r["day"].isoformat(),
         })
     return out
 
 
-def spark_start(as_of: date) -> date:
-    """The first month a sparkline shows: the same month a year before the as-of date."""
-    return date(as_of.year - 1, as_of.month, 1)
+SPARK_MONTHS = 12
+SPARK_DAYS = 365  # the window of the reasons' "in the last year" (`contacts_365d`), so the totals agree
+
+
+def _months_back(d: date, k: int) -> date:
+    """The same day k months before d (the month's last day where that month is shorter)."""
+    y, m = divmod(d.year * 12 + d.month - 1 - k, 12)
+    m += 1
+    last = (date(y + m // 12, m % 12 + 1, 1) - timedelta(days=1)).day
+    return date(y, m, min(d.day, last))
+
+
+def spark_bounds(as_of: date) -> list[date]:
+    """The 13 edges of the sparkline's 12 months, each [edge i, edge i+1): months ending on the as-of date's
+    day, the first clipped to start 365 days back, so the 12 sum to the reasons' count for the last year.
+    E.g. as of 23 Nov 2026: 23 Nov 2025, 23 Dec 2025, …, 23 Nov 2026."""
+    edges = [_months_back(as_of, SPARK_MONTHS - i) for i in range(SPARK_MONTHS + 1)]
+    edges[0] = max(edges[0], as_of - timedelta(days=SPARK_DAYS))
+    return edges
 
 
 def sparklines(con, as_of: date) -> dict[str, list[int]]:
-    start = spark_start(as_of)
+    """Per listed person, attended contacts known before the as-of date in each of the 12 months before it."""
+    edges = spark_bounds(as_of)
     df = con.sql("""
-        SELECT person_id, date_diff('month', ?::DATE, date_trunc('month', occurred_at)::DATE) AS m,
-               count(*) AS n
+        SELECT person_id, occurred_at::DATE AS day, count(*) AS n
         FROM contacts WHERE recorded_at < ? AND occurred_at >= ? AND occurred_at < ? AND status = 'attended'
           AND person_id IN (SELECT person_id FROM _listed_ids)
         GROUP BY ALL
-    """, params=[start, as_of, start, as_of]).pl()
-    months = spark_months(as_of)
+    """, params=[as_of, edges[0], as_of]).pl()
+    month = np.searchsorted(np.array(edges[1:-1], dtype="datetime64[D]"),
+                            df["day"].to_numpy().astype("datetime64[D]"), side="right")
     out: dict[str, list[int]] = {}
-    for r in df.iter_rows(named=True):  # at most 13 per listed person
-        out.setdefault(r["person_id"], [0] * months)[min(int(r["m"]), months - 1)] = int(r["n"])
+    for pid, k, n in zip(df["person_id"].to_list(), month.tolist(), df["n"].to_list(), strict=True):
+        out.setdefault(pid, [0] * SPARK_MONTHS)[k] += int(n)
     return out
-
-
-def spark_months(as_of: date) -> int:
-    return 12 + (1 if as_of.day > 1 else 0)
 
 
 def person_caveats(con, as_of: date) -> dict[str, list[str]]:

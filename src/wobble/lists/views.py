@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from wobble.core.config import Config
 from wobble.core.render import day_text
-from wobble.lists.rows import spark_start
+from wobble.lists.rows import SPARK_MONTHS, spark_bounds
 from wobble.models.approve import Approval
 
 PROMPT = "What do we know that the data doesn't?"
@@ -132,35 +132,33 @@ def person_view(row: dict, spec, last_outcome: dict | None, team_caveats: list[s
 
 
 def _month_labels(n: int, as_of: date) -> list[str]:
-    start = spark_start(as_of)
-    labels = []
-    for k in range(n):
-        y, m = start.year + (start.month - 1 + k) // 12, (start.month - 1 + k) % 12 + 1
-        labels.append(date(y, m, 1).strftime("%b %Y"))
-    return labels
+    """Each sparkline month by the month it ends in: 'Dec 2025' for 23 Nov to 22 Dec 2025."""
+    ends = [e - timedelta(days=1) for e in spark_bounds(as_of)[1:]]
+    return [e.strftime("%b %Y") for e in ends][:n]
 
 
 def spark_caption(values: list[int], as_of: date) -> str:
-    """The sparkline's facts in words: the busiest month and this month so far."""
-    labels = _month_labels(len(values), as_of)
-    top = max(range(len(values)), key=lambda i: (values[i], i)) if values else 0
+    """The sparkline's facts in words: the year's total (the reasons' "in the last year") and the busiest month."""
+    values = values[-SPARK_MONTHS:]  # lists published before the 12 months were aligned held 13
     total = sum(values)
     if total == 0:
-        return "No contacts in the last 12 months."
-    text = f"{total} in all; most in {labels[top]} ({values[top]})"
-    if len(values) > 12:
-        text += f"; {values[-1]} so far in {labels[-1]}"
-    return text + "."
+        return "No attended contacts in the 12 months to the list's date."
+    labels = _month_labels(len(values), as_of)
+    top = max(range(len(values)), key=lambda i: (values[i], i))
+    last_day = day_text(as_of - timedelta(days=1), short=True)
+    return f"{total} in the 12 months to {last_day}; most in the month to {labels[top]} ({values[top]})."
 
 
 def sparkline_svg(values: list[int], as_of: date, *, width: int = 160, height: int = 32) -> str:
     """An inline SVG polyline with a text alternative naming every month; no script, no requests."""
+    values = values[-SPARK_MONTHS:]
     n = len(values)
     top = max(values) or 1
     step = width / max(1, n - 1)
     pts = " ".join(f"{i * step:.1f},{height - 3 - (v / top) * (height - 6):.1f}" for i, v in enumerate(values))
     labels = _month_labels(n, as_of)
-    label = "Attended contacts per month: " + ", ".join(f"{m} {v}" for m, v in zip(labels, values, strict=True))
+    label = "Attended contacts per month, in the 12 months to the list's date: " + ", ".join(
+        f"{m} {v}" for m, v in zip(labels, values, strict=True))
     return (
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{label}"><title>{label}</title>'

@@ -16,7 +16,7 @@ import base64
 import json
 import math
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -24,6 +24,7 @@ import yaml
 from wobble.core.config import Config
 from wobble.core.errors import WobbleError
 from wobble.core.render import markdown_to_html, render, template_text
+from wobble.core.vocab import system_label
 from wobble.core.warehouse import connect
 from wobble.models import figures as fig
 from wobble.models.spec import ModelSpec, TimeSplit
@@ -120,6 +121,80 @@ def _verdict(diff: dict | None, higher_is_better: bool = True) -> str:
     return "no clear difference (the interval includes zero)"
 
 
+def _side(diff: dict | None) -> int | None:
+    """+1 when a paired difference's interval is above zero, -1 below, 0 when it includes zero; None if missing."""
+    if not diff or not _ok(diff.get("low")):
+        return None
+    return 1 if diff["low"] > 0 else -1 if diff["high"] < 0 else 0
+
+
+CONCLUSIONS = {  # (precision at capacity, AUROC) sides → what the board should conclude
+    (1, 1): "it does better than a plain count-based list at the list's job; the board can weigh approval on the "
+            "rest of this card (fairness, data, hazards).",
+    (1, 0): "its lists hold more people who go on to have the outcome than a count-based list; its overall "
+            "ranking is not clearly better. Weigh approval on the rest of this card.",
+    (0, 1): "it ranks people better overall, but this test period cannot show that its lists, at the team's "
+            "capacity, are better than a plain count-based list. Approve it, if at all, for what the rest of "
+            "this card shows (reasons, what its lists hold), not for proven gain at the list's job.",
+    (0, 0): "this test period cannot show that it does better than a plain count-based baseline. Do not approve "
+            "it for its performance; approve it, if at all, for what else this card shows, or ask for a longer "
+            "test period.",
+}
+
+
+def _glance(ev: dict) -> list[str]:
+    """The verdict that opens 'At a glance': this model against the count baseline at the list's job (precision
+    at capacity) and on AUROC, with the paired intervals, what the board should conclude, and the flagged
+    subgroups by name."""
+    m, base = ev["scorers"]["model"], ev["scorers"]["baseline"]
+    diff = ev["differences"].get("baseline", {})
+    prec, auroc = diff.get("precision_at_capacity"), diff.get("auroc")
+    sides = (_side(prec), _side(auroc))
+
+    def said(side):
+        return {1: "better", -1: "worse", 0: "no clear difference", None: "not estimated"}[side]
+
+    facts = (f"At the list's job, precision at the team's capacity, {fmt(m['precision_at_capacity']['value'], 'pct')}"
+             f" of the people it lists went on to have the outcome, against "
+             f"{fmt(base['precision_at_capacity']['value'], 'pct')} for a plain count-based baseline: a paired "
+             f"difference of {fmt_est(prec, 'pp')} ({said(sides[0])}). On AUROC, {fmt(m['auroc']['value'])} "
+             f"against {fmt(base['auroc']['value'])}: {fmt_est(auroc)} ({said(sides[1])}).")
+    if None in sides:
+        conclusion = "the comparison with the baseline could not be estimated: do not approve it on performance."
+    elif -1 in sides:
+        worse = " and ".join(n for n, side in zip(("at the list's job", "on AUROC"), sides, strict=True)
+                             if side == -1)
+        conclusion = (f"it does worse than a plain count-based baseline {worse}. Do not approve it unless the rest "
+                      "of this card gives a reason that outweighs this.")
+    else:
+        conclusion = CONCLUSIONS[sides]
+    lines = [f"**Verdict:** {facts} **The board should conclude:** {conclusion}"]
+    names = {"auroc": "AUROC", "observed_to_expected": "observed/expected", "fnr_at_capacity": "missed",
+             "fpr_at_capacity": "false positives"}
+    kinds = {"fnr_at_capacity": "pct", "fpr_at_capacity": "pct2"}
+    clear, unsure = [], []
+    for g in ev["subgroups"]:
+        for sure, bucket in ((True, clear), (False, unsure)):
+            fs = [f for f in g["flags"] if bool(f["interval_excludes_reference"]) == sure]
+            if fs:
+                bucket.append(f"{ATTRIBUTE_LABELS.get(g['attribute'], g['attribute'])} {g['group']} ("
+                              + ", ".join(f"{names[f['metric']]} {fmt(f['value'], kinds.get(f['metric'], 'num'))}"
+                                          for f in fs) + ")")
+    if clear or unsure:
+        lines.append("**Flagged subgroups** (beyond the spec's tolerances; see [Subgroups](#subgroups)): "
+                     + (f"clearly: {'; '.join(clear)}" if clear else "none clearly")
+                     + (f". Perhaps by chance (the interval includes everyone's figure): {'; '.join(unsure)}"
+                        if unsure else "") + ".")
+    else:
+        lines.append("**Flagged subgroups:** none beyond the spec's tolerances.")
+    return lines
+
+
+def plural(n: int, one: str, many: str) -> str:
+    """'1 subgroup differs', '3 subgroups differ'."""
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def _flag_text(f: dict) -> str:
     names = {"auroc": "AUROC", "observed_to_expected": "observed/expected", "fnr_at_capacity": "false negative rate",
              "fpr_at_capacity": "false positive rate"}
@@ -155,9 +230,14 @@ def _deprivation(ev: dict, threshold: int) -> dict | None:
     if not rows:
         return None
     most = next((g for g in rows if g["group"] == "1"), None)
+    shares = _listed_against_outcomes(rows)
     if most is None:
-        return {"answer": "Cannot tell from this test period: no one in it lives in the most deprived fifth of "
-                          "areas.", "lines": [], "table": _deprivation_table(rows), "rows": rows}
+        present = sorted(g["group"] for g in rows if g["group"] != "unknown")
+        return {"answer": "Cannot tell from this test period: its people live only in areas of deprivation "
+                          f"{'quintile' if len(present) == 1 else 'quintiles'} {' and '.join(present) or 'unknown'} "
+                          "(the neighbourhoods this area covers), none "
+                          "in the most deprived fifth of areas in England.",
+                "lines": shares, "table": _deprivation_table(rows), "rows": rows}
     overall = ev["scorers"]["model"]
     rep = {g["group"]: g for g in ev["data"]["representation"]["groups"] if g["attribute"] == "imd_quintile"}
     lines = []
@@ -202,7 +282,19 @@ def _deprivation(ev: dict, threshold: int) -> dict | None:
     else:
         answer = "Gaps beyond tolerance were found for people in the most deprived areas: " + "; ".join(
             _flag_text(f) for f in flags) + "."
-    return {"answer": answer, "lines": lines, "table": _deprivation_table(rows), "rows": rows}
+    return {"answer": answer, "lines": lines + shares, "table": _deprivation_table(rows), "rows": rows}
+
+
+def _listed_against_outcomes(rows: list[dict]) -> list[str]:
+    """Each quintile's share of the people listed beside its share of those who had the outcome: a list fair to
+    an area lists it about as often as its people have the outcome."""
+    parts = [f"quintile {g['group']}: {fmt(g['share_of_listed'], 'pct')} of those listed against "
+             f"{fmt(g['share_of_outcomes'], 'pct')} of those who had the outcome"
+             for g in rows if g["group"] != "unknown" and _ok(g["share_of_listed"]) and _ok(g["share_of_outcomes"])]
+    if not parts:
+        return []
+    return ["Listed against outcomes, by deprivation quintile: " + "; ".join(parts) + ". A quintile listed much "
+            "more (or less) often than its share of outcomes is over- (or under-) listed for this target."]
 
 
 def _deprivation_table(rows: list[dict]) -> list[dict]:
@@ -227,7 +319,7 @@ def _shap_words(shap: dict) -> list[str]:
         d = shap["direction"].get(f, 0)
         how = ("more of it raises the estimated risk" if d > 0 else "more of it lowers the estimated risk"
                if d < 0 else "its effect goes both ways")
-        words.append(f"**{desc}** (`{f}`): {how}.")
+        words.append(f"**{desc}**: {how}.")
     families = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in shap["families"].items())
     return [families, *words]
 
@@ -269,7 +361,7 @@ def build_view(*, spec: ModelSpec, evaluation: dict, version: str | None, run_id
         "nne_at_capacity": fmt(m["nne_at_capacity"]["value"], "num1"),
         "calibration_slope": fmt_est(m["calibration_slope"]),
         "alerts": fmt(m["alerts_per_1000_per_week"]["value"], "num1"),
-        "systems": ", ".join(s["system"] for s in data["systems"]) or "no systems",
+        "systems": ", ".join(system_label(s["system"]) for s in data["systems"]) or "no systems",
         "sources": ", ".join(s["source"] for s in data["sources"]) or "no sources recorded",
         "flags": len([f for g in ev["subgroups"] for f in g["flags"]]), "clear_flags": clear_flags,
         "threshold": thr, "completeness_gaps": len(data["completeness"]["gaps"]),
@@ -285,7 +377,10 @@ def build_view(*, spec: ModelSpec, evaluation: dict, version: str | None, run_id
         "verdict": _verdict, "fmt": fmt, "fmt_est": fmt_est, "fmt_count": fmt_count, "ok": _ok,
         "anchor": _anchor, "tol": spec.fairness_tolerance, "rendered_at": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "attribute_labels": ATTRIBUTE_LABELS, "thinnest": _thinnest(data["representation"]),
-        "lists": _lists_view(ev.get("lists")),
+        "lists": _lists_view(ev.get("lists")), "glance": _glance(ev), "plural": plural,
+        "label": lambda f: ev["shap"].get("descriptions", {}).get(f, f),
+        "shap_top": list(ev["shap"]["features"].items())[:15],
+        "lead_end": max(split.test) + timedelta(days=spec.target.horizon_days),
     }
 
 
@@ -330,6 +425,14 @@ def _split_dates(s: dict) -> dict:
             "last_label_date": d(s["last_label_date"]), "data_end": d(s["data_end"])}
 
 
+def _short(text: str, width: int = 66) -> str:
+    """A feature's description cut to fit a plot's axis: whole words, the brackets' asides dropped."""
+    text = re.sub(r"\s*\([^)]*\)", "", text).strip()
+    if len(text) <= width:
+        return text
+    return text[: text.rfind(" ", 0, width - 1)].rstrip(",;:") + "…"
+
+
 def _anchor(title: str) -> str:
     """The id Python-Markdown's toc extension (and GitHub) give a heading."""
     slug = re.sub(r"[^\w\s-]", "", title.lower()).strip()
@@ -356,7 +459,8 @@ def write_card(cfg: Config, *, spec: ModelSpec, evaluation: dict, version: str |
         paths["deprivation"] = fig.deprivation_figure(imd, out / f"{stem}-deprivation.png")
     if shap_sample is not None:
         contrib, X = shap_sample
-        paths["shap"] = fig.shap_figure(contrib, X, ev["training"]["features"], out / f"{stem}-shap.png")
+        names = [_short(ev["shap"].get("descriptions", {}).get(f, f)) for f in ev["training"]["features"]]
+        paths["shap"] = fig.shap_figure(contrib, X, names, out / f"{stem}-shap.png")
     elif (out / f"{stem}-shap.png").exists():
         paths["shap"] = out / f"{stem}-shap.png"
     approvals = _approvals(cfg, spec.name, version)

@@ -124,7 +124,7 @@ def evaluate(
         "subgroups": _subgroups(rows, groups, point, est, flagged, threshold, tolerance),
         "lead_time": {name: {k: est(("lead", name, k)).to_dict() for k in point["lead"][name]}
                       | {"events": int(lead.person.size)} for name in lead_prep} if lead else None,
-        "curves": _curves(rows, scorers, bins),
+        "curves": _curves(rows, scorers, bins, {name: cap.listed() for name, (_, _, cap) in prepared.items()}),
     }
     if "oracle" in point:
         out["skill_ratio"] = est((), lambda d: (d["model"]["auroc"] - 0.5) / (d["oracle"]["auroc"] - 0.5)).to_dict()
@@ -221,14 +221,20 @@ def _lead_stats(prep: tuple, counts: np.ndarray) -> dict[str, float]:
     return {"share_preceded_by_listing": share, "median_days": median, "q1_days": q1, "q3_days": q3}
 
 
-def _curves(rows: EvaluationRows, scorers: list[Scorer], bins: int, points: int = 200) -> dict:
-    """Calibration bins and ROC points (at most `points` per scorer) for the card's figures."""
+def _curves(rows: EvaluationRows, scorers: list[Scorer], bins: int, listed: dict[str, np.ndarray],
+            points: int = 200) -> dict:
+    """Calibration bins and ROC points (at most `points` per scorer) for the card's figures; with each scorer's
+    calibration, one more point for the rows it listed at capacity (`listed`: a mask per scorer), whose risks
+    lie above most tenths'."""
     out: dict = {"calibration": {}, "roc": {}}
     for s in scorers:
         ok = np.isfinite(s.prob) & np.isfinite(s.rank)
         if not ok.any():
             continue
         out["calibration"][s.name] = calibration_curve(rows.y[ok], s.prob[ok], bins=bins)
+        on_list = ok & listed[s.name]
+        if on_list.any():
+            out["calibration"][s.name]["listed"] = calibration_curve(rows.y[on_list], s.prob[on_list], bins=1)
         fpr, tpr = Ranking(rows.y[ok], s.rank[ok]).roc_curve()
         keep = np.unique(np.linspace(0, fpr.size - 1, min(points, fpr.size)).round().astype(int))
         out["roc"][s.name] = {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}

@@ -40,9 +40,16 @@ def calibration_figure(curves: dict, path: Path) -> Path:
         ax.errorbar(pred, obs, yerr=err, marker="o", ms=4, capsize=2, lw=1.2, color=COLOURS[name],
                     label=LABELS[name])
         top = max(top, pred.max(), np.array(c["high"]).max())
+        listed = c.get("listed")  # the people each list held: their risks run above the top tenth's mean
+        if listed and listed.get("predicted"):
+            lp, lo = listed["predicted"][0], listed["observed"][0]
+            ax.errorbar([lp], [lo], yerr=[[lo - listed["low"][0]], [listed["high"][0] - lo]], marker="s", ms=7,
+                        capsize=3, lw=0, elinewidth=1.2, mfc="white", color=COLOURS[name],
+                        label=f"{LABELS[name]}: people listed at capacity")
+            top = max(top, lp, listed["high"][0])
     top = min(1.0, top * 1.05 + 0.01)
     ax.plot([0, top], [0, top], ls="--", color="#555555", lw=1, label="perfect calibration")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="predicted risk (mean in each tenth of people)",
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="predicted risk (mean in each tenth of people, and of those listed)",
            ylabel="observed rate", title="Calibration on the test period")
     ax.legend(frameon=False, fontsize=8, loc="upper left")
     fig.tight_layout()

@@ -217,7 +217,7 @@ def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share
     if crisis_fit is not None:
         crisis_score = crisis_fit.predict(rows.select(cat.predictors).to_numpy().astype(np.float64))
         lists["crisis_now"] = listed(rows, crisis_score, cap)
-        notes["crisis_now"] = (f"every adult, ranked by {crisis_spec.name} ({crisis_spec.title.lower()}), "
+        notes["crisis_now"] = (f"every adult, ranked by the crisis model ({crisis_spec.title.lower()}), "
                                "fitted on the same training dates and people")
     truth = need_phases(cfg, key, as_ofs)
     if truth is not None:

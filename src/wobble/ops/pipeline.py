@@ -18,6 +18,7 @@ from wobble.features import build_features
 from wobble.ingest import ingest
 from wobble.lists.publish import publish
 from wobble.models.approve import approve, champion
+from wobble.models.card import rerender
 from wobble.models.grading import grade_published
 from wobble.models.train import train
 from wobble.ops.monitor import monitor, monitor_or_flag
@@ -59,8 +60,13 @@ def stage_train(cfg: Config, model: str, key: bytes | None, summary: RunSummary,
 
 def stage_approve(cfg: Config, model: str, version: str, by: str, note: str, demo: bool,
                   summary: RunSummary) -> dict:
+    """Record the approval, then re-render the version's card so its status shows it."""
     with summary.stage("approve") as s:
         s.update(approve(cfg, model=model, version=version, by=by, note=note, demo=demo).summary())
+        _, md, html = rerender(cfg, model, version)
+        s.update({"model_card": str(md), "model_card_html": str(html)})
+    summary.output("model_card", md)
+    summary.output("model_card_html", html)
     return summary.data["stages"]["approve"]
 
 

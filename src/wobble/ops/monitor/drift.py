@@ -15,7 +15,7 @@ from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal, in_dates
 from wobble.core.warehouse import scalar
 from wobble.features.feeds import RULE, feed_months, feed_status, gap_sentence, quiet_spans
-from wobble.ops.monitor.findings import Finding, num, pct
+from wobble.ops.monitor.findings import Finding, avg, pct, psi_text
 
 PSI_FLOOR = 1e-4
 DECILES = [i / 10 for i in range(1, 10)]
@@ -80,7 +80,8 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
             bins = sorted(set(h_ref) | set(h_cur))
             psi = _psi(np.array([h_ref.get(b, 0) for b in bins], float),
                        np.array([h_cur.get(b, 0) for b in bins], float))
-            rows.append({"feature": f, "description": _description(cat, f), "psi": round(psi, 4),
+            rows.append({"feature": f, "description": _description(cat, f), "unit": _unit(cat, f),
+                         "psi": round(psi, 4),
                          "level": _level(psi, m), "ref_mean": mean_ref, "cur_mean": mean_cur,
                          "ref_missing": miss_ref, "cur_missing": miss_cur})
         return sorted(rows, key=lambda r: -r["psi"])
@@ -103,6 +104,13 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
             "teams": teams, "feed_rule": RULE,
             "feed_gaps": [{"team": s["team_id"], "text": gap_sentence(s), "status": gaps.get(s["team_id"], "none")}
                           for s in quiet_spans(feeds)]}
+
+
+def _unit(cat, feature: str) -> str:
+    try:
+        return cat.get(feature).unit
+    except KeyError:
+        return "?"
 
 
 def _description(cat, feature: str) -> str:
@@ -142,13 +150,31 @@ def _score_drift(con, features, ref, cur, n_ref, n_cur, booster, calibrator, m) 
             "teams": teams}
 
 
+def _one_level_per_signal(drift: dict) -> None:
+    """A shift whose cause is known and over is a watch everywhere it shows, never an act in one place and a
+    watch in another: inputs that moved in judged teams only where a feed went quiet and has since resumed
+    (scores held) are 'watch' in those teams' rows and in the overall table (marked `resumed_gap`)."""
+    judged = [t for t in drift["teams"] if t.get("judged")]
+    resumed = [t for t in judged if t["level"] == "ok" and t.get("feed_gap") == "resumed"]
+    for t in resumed:
+        for f in t["features"]:
+            f["level"] = "watch" if f["level"] == "act" else f["level"]
+    others = [t for t in judged if t not in resumed]
+    for f in drift["features"]:
+        where = [t for t in judged if any(g["feature"] == f["feature"] for g in t["features"])]
+        if f["level"] == "act" and where and all(t in resumed for t in where) \
+                and not any(t in others for t in where):
+            f["level"], f["resumed_gap"] = "watch", [t["team"] for t in where]
+
+
 def _drift_findings(drift: dict, m) -> list[Finding]:
+    _one_level_per_signal(drift)
     out = []
     s = drift["score"]
     if s["level"] != "ok":
         out.append(Finding(
             s["level"], "drift",
-            f"The risk scores have shifted since the training window: PSI {s['psi']:.2f} "
+            f"The risk scores have shifted since the training window: PSI {psi_text(s['psi'])} "
             f"(average risk {pct(s['ref_mean'])} then, {pct(s['cur_mean'])} now).",
             "The model now sees a population unlike the one it learned from, so its risks may no longer "
             "be calibrated. Look at the features below to see what moved; ask whether a source changed "
@@ -159,9 +185,9 @@ def _drift_findings(drift: dict, m) -> list[Finding]:
             continue
         moved = "; ".join(_moved(f) for f in t["features"][:3])
         n = len(t["features"])
-        head = (f"the risk scores shifted (PSI {t['psi']:.2f}, average risk {pct(t['ref_mean'])} then, "
+        head = (f"the risk scores shifted (PSI {psi_text(t['psi'])}, average risk {pct(t['ref_mean'])} then, "
                 f"{pct(t['cur_mean'])} now)" if t["level"] != "ok" else
-                f"{n} input{'s' if n > 1 else ''} shifted though the risk scores held (PSI {t['psi']:.2f})")
+                f"{n} input{'s' if n > 1 else ''} shifted though the risk scores held (PSI {psi_text(t['psi'])})")
         text = f"In team {t['team']}, {head}" + (f"; the inputs that moved most there: {moved}" if moved else "")
         if t["level"] == "ok" and t.get("feed_gap") == "resumed":
             # The scores held and the cause is known and over: its lists already carry the caveat.
@@ -183,16 +209,20 @@ def _drift_findings(drift: dict, m) -> list[Finding]:
         listed = "; ".join(_moved(f) for f in moved[:5])
         more = f"; and {len(moved) - 5} more" if len(moved) > 5 else ""
         bound = m.psi_act if level == "act" else m.psi_watch
+        gap_teams = sorted({t for f in moved for t in f.get("resumed_gap", [])})
+        known = (f" Some moved only in team{'s' if len(gap_teams) > 1 else ''} {', '.join(gap_teams)}, whose feed "
+                 "went quiet earlier in the year and has since resumed: a watch, not an act." if gap_teams else "")
         out.append(Finding(
             level, "drift",
             f"{len(moved)} model input{'s' if len(moved) > 1 else ''} shifted by a PSI of {bound} or more: "
             f"{listed}{more}.",
             "Inputs that move this much change who reaches the top of the lists. Check whether the change "
-            "is real (people's needs) or in the data (recording, coding, late or missing extracts)."))
+            "is real (people's needs) or in the data (recording, coding, late or missing extracts)." + known))
     return out
 
 
 def _moved(f: dict) -> str:
-    return f"{f['description']} (PSI {f['psi']:.2f}: average {num(f['ref_mean'])} → {num(f['cur_mean'])})"
+    u = f.get("unit", "")
+    return f"{f['description']} (PSI {psi_text(f['psi'])}: average {avg(f['ref_mean'], u)} → {avg(f['cur_mean'], u)})"
 
 

@@ -28,3 +28,20 @@ def num(v: float | None, digits: int = 2) -> str:
     return f"{v:,.{digits}f}"
 
 
+
+
+def avg(v: float | None, unit: str) -> str:
+    """An average with its unit, as the catalogue names it: '153.82 days', '2.10 times usual', '12.5% yes'
+    (a yes/no flag, whose unit is empty, averages to the share that is yes), '40.0%' (a share)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if unit == "share":
+        return pct(v)
+    if not unit:
+        return f"{pct(v)} yes"
+    return f"{num(v)} {unit}"
+
+
+def psi_text(v: float) -> str:
+    """A PSI as the report's tables print it (three decimals), so the text and the tables agree."""
+    return f"{v:.3f}"

@@ -1,0 +1,62 @@
+"""The data-quality report opens with an overall status line and the change since the last run; every month has
+a column; its wide tables scroll by keyboard."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from conftest import TEST_KEY, copy_tree
+
+from wobble.ingest.quality import change_since, status
+
+
+def _data(**over) -> dict:
+    summary = {"files_failed": 0, "rows_loaded": 1000, "rows_quarantined": 10, "rows_in": 1010}
+    summary.update(over.pop("summary", {}))
+    return {"started": "05 December 2026 06:30", "summary": summary, "unmapped_total": 0, "gaps": [],
+            "warnings": [], "persons": {"total": 300}, **over}
+
+
+def test_the_status_line_judges_the_run():
+    assert status(_data())["level"] == "ok"
+    assert status(_data())["text"].startswith("All well: every file loaded")
+    look = status(_data(gaps=[object(), object()], unmapped_total=3))
+    assert look["level"] == "look" and "2 team-month feed gaps" in look["text"] and "3 unmapped codes" in look["text"]
+    assert status(_data(summary={"rows_quarantined": 100}))["level"] == "look"  # 9.9% quarantined
+    failed = status(_data(summary={"files_failed": 1}))
+    assert failed["level"] == "problem" and failed["text"].startswith("Problem: a file could not be loaded")
+
+
+def test_the_change_since_the_last_run_is_each_fact_before_and_after():
+    before = status(_data())["facts"]
+    now = status(_data(summary={"rows_quarantined": 16}, gaps=[object()]))["facts"]
+    change = change_since(before, now)
+    assert change["since"] == "05 December 2026 06:30"
+    assert "rows quarantined: 10 → 16 (+6)" in change["lines"] and "team-month feed gaps: 0 → 1 (+1)" in change["lines"]
+    assert "rows loaded: 1,000 (unchanged)" in change["lines"]
+    assert change_since(None, now)["lines"] == ["No earlier data-quality report in this folder: this is the first run."]
+
+
+def test_a_second_run_compares_with_the_first_and_every_table_scrolls_by_keyboard(tiny_world, tmp_path):
+    from wobble.core.config import load_config
+    from wobble.ingest import ingest
+
+    work = copy_tree(tiny_world, tmp_path / "w")
+    cfg = load_config(work / "wobble.toml")
+    first = sorted((cfg.outputs / "reports").glob("data-quality-*.json"))
+    second = ingest(cfg, key=TEST_KEY.encode())  # nothing new: every file skipped
+    md, html = second.report_md.read_text(), second.report_html.read_text()
+    assert re.search(r"^\*\*Status: (All well|Needs a look|Problem)", md, re.M)
+    assert "## Since the last run" in md and "Compared with the ingest run started" in md
+    assert re.search(r"^- rows loaded: [\d,]+ → 0 \(-[\d,]+\)$", md, re.M)  # all new then, nothing new now
+    assert first and json.loads(first[-1].read_text())["rows_loaded"] > 0
+    # Every wide table's wrapper takes the keyboard focus and is named, so it can be scrolled without a mouse.
+    wrappers = re.findall(r'<div class="scroll"[^>]*>', html)
+    assert wrappers and all('tabindex="0"' in w and 'role="region"' in w and "aria-label=" in w for w in wrappers)
+    # Every month from the first to the last has a column in every system's month table.
+    heads = re.findall(r"rows by team and month</caption>\s*<thead><tr>(.*?)</tr>", html, re.S)
+    months = [re.findall(r">(\d{4}-\d\d)<", h) for h in heads]
+    assert months and all(m == months[0] for m in months)
+    ym = [(int(m[:4]), int(m[5:])) for m in months[0]]
+    assert all((b[0] * 12 + b[1]) - (a[0] * 12 + a[1]) == 1 for a, b in zip(ym, ym[1:], strict=False))
