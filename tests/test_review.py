@@ -7,12 +7,13 @@ import hashlib
 from pathlib import Path
 
 from conftest import HOSTILE, TEST_KEY, run_wobble
-from reviewkit import audit_since, backend, bearer, client, form_value, last_seq, outcomes, review  # noqa: F401
+from reviewkit import audit_since, bearer, client, form_value, last_seq, outcomes
 from sqlalchemy import select
 
 from wobble.core.servicedb import TOKENS
 from wobble.review.tokens import create_token, revoke_tokens
 
+pytest_plugins = ["reviewkit"]  # the `review` fixture: once on SQLite, once on PostgreSQL
 ENV = {"WOBBLE_PSEUDONYM_KEY": TEST_KEY}
 
 
