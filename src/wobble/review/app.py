@@ -75,11 +75,10 @@ class _Review:
               team_id: str | None = None, person_id: str | None = None, detail: str | None = None,
               scope: dict | None = None) -> None:
         scope = scope if scope is not None else request.scope
-        headers = dict(scope.get("headers") or [])
+        agent = next((v for k, v in scope.get("headers") or [] if k == b"user-agent"), b"")  # the first one
         audit.record(self.db, actor=session.actor if session else "anonymous", action=action, result=result,
                      team_id=team_id or (session.team_id if session else None), person_id=person_id,
-                     source=client_address(scope),
-                     user_agent=headers.get(b"user-agent", b"").decode("latin-1") or None, detail=detail)
+                     source=client_address(scope), user_agent=agent.decode("latin-1") or None, detail=detail)
 
     def refuse_early(self, scope: dict, status: int, reason: str) -> None:
         """The guard's refusals (413, 429), audited before the request reaches the app."""
