@@ -20,7 +20,7 @@ from reviewkit import UA, audit_since, bearer, client, form_value, last_seq, out
 from sqlalchemy import text
 
 from wobble.core.servicedb import SESSIONS, service_db
-from wobble.review.app import create_app
+from wobble.review.app import create_app, serving
 
 pytest_plugins = ["reviewkit"]  # the `review` fixture: once on SQLite, once on PostgreSQL
 ENV = {"WOBBLE_PSEUDONYM_KEY": TEST_KEY}
@@ -162,25 +162,6 @@ def test_notes_holding_numbers_or_control_characters_are_refused(review, note):
 
 
 # 6. No size limit: a 300 MB form was read into memory, then answered 401.
-def _served(cfg):
-    """The app on a real socket (uvicorn in a thread): (port, stop)."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-
-    def stop():
-        server.should_exit = True
-        thread.join(10)
-    return port, stop
-
-
 def _send_body(port: int, path: str, headers: str, chunks: int, chunk: bytes) -> tuple[int, str]:
     """Send a POST's body chunk by chunk until the server answers or drops us: (chunks sent, its answer)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -206,16 +187,13 @@ def test_a_large_body_is_refused_before_parsing_or_sign_in(review):
     r = client(review.cfg).post(url, content=b"note=" + b"x" * 1_000_000,
                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 413  # not 401: nothing was parsed or authenticated
-    port, stop = _served(review.cfg)
-    try:
+    with serving(review.cfg) as port:
         form = "Content-Type: application/x-www-form-urlencoded\r\n"
         sent, answer = _send_body(port, url, form + "Content-Length: 300000000\r\n", 4800, b"x" * 65536)
         assert answer.startswith("HTTP/1.1 413") and sent < 100  # answered from the header: 300 MB never sent
         chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)  # chunked: no length to go by, counted as it comes
         sent, answer = _send_body(port, url, form + "Transfer-Encoding: chunked\r\n", 4800, chunk)
         assert sent < 100, sent  # at most a few socket buffers of 64 KiB, not 300 MB
-    finally:
-        stop()
     rows = audit_since(review.db, start)
     assert [r["result"] for r in rows] == ["refused 413"] * 3
 

@@ -21,6 +21,11 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI, Form, Request
@@ -322,6 +327,26 @@ def _add_lists(app: FastAPI, r: _Review) -> None:
 def _set_cookie(request: Request, response: Response, name: str, value: str) -> None:
     response.set_cookie(name, value, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
+
+
+@contextmanager
+def serving(cfg: Config) -> Iterator[int]:
+    """The app on 127.0.0.1 and a free port, in a background thread, for scripts and tests: yields the port."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def serve(cfg: Config, *, host: str = "127.0.0.1", port: int = 8765) -> None:
