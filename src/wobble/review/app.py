@@ -175,8 +175,11 @@ def _add_handlers(app: FastAPI, r: _Review) -> None:
 
     @app.exception_handler(_Refusal)
     async def refused(request: Request, exc: _Refusal):
-        await anyio.to_thread.run_sync(lambda: r.audit(request, action=exc.action, result=exc.result,
-                                                       session=exc.session, team_id=exc.team_id))
+        try:
+            await anyio.to_thread.run_sync(lambda: r.audit(request, action=exc.action, result=exc.result,
+                                                           session=exc.session, team_id=exc.team_id))
+        except ServiceBusy:  # the refusal stands; the log says its row could not be written
+            log.warning("audit row not written (database busy): %s %s", exc.action, exc.result)
         response = r.page("review_message.html.j2", exc.status, title=exc.title, message=exc.message,
                           sign_in=exc.status == 401)
         if exc.status == 401:

@@ -92,6 +92,14 @@ def verify(db: ServiceDB, *, batch: int = 5000) -> ChainCheck:
                 return ChainCheck(n)
 
 
+def _cell(value) -> str:
+    """A CSV cell a spreadsheet will not run: a user agent starting "=" is text, not a formula."""
+    if value is None:
+        return ""
+    value = str(value)
+    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+
+
 def export(db: ServiceDB, out: Path) -> int:
     """Write the audit log as CSV (every field and both hashes); returns how many rows."""
     out = Path(out)
@@ -101,6 +109,6 @@ def export(db: ServiceDB, out: Path) -> int:
         w = csv.writer(f)
         w.writerow([*FIELDS, "prev_hash", "row_hash"])
         for r in conn.execute(select(AUDIT).order_by(AUDIT.c.seq)).mappings():  # streamed, in order
-            w.writerow([r[c] if r[c] is not None else "" for c in (*FIELDS, "prev_hash", "row_hash")])
+            w.writerow([_cell(r[c]) for c in (*FIELDS, "prev_hash", "row_hash")])
             n += 1
     return n
