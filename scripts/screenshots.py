@@ -10,9 +10,6 @@ and writes list.png and person.png.
 from __future__ import annotations
 
 import argparse
-import socket
-import threading
-import time
 from pathlib import Path
 
 
@@ -23,33 +20,22 @@ def main() -> None:
     ap.add_argument("--team", default="T01")
     args = ap.parse_args()
 
-    import uvicorn
     from get_browser import LAUNCH_ARGS, find_browser  # scripts/ is on the path when run as a script
     from playwright.sync_api import sync_playwright
 
     from wobble.core.config import load_config
-    from wobble.core.warehouse import connect
-    from wobble.lists.outcomes import current_list, list_rows
-    from wobble.review.app import create_app
-    from wobble.review.tokens import create_token, revoke_tokens
+    from wobble.review.app import serving
+    from wobble.review.records import current_list, people
+    from wobble.review.tokens import create_token, db_of, revoke_tokens
 
     cfg = load_config(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with connect(cfg.warehouse) as con:
-        ref = current_list(con, args.team)
-        person = list_rows(con, ref)["person_id"][0]
+    ref = current_list(db_of(cfg), args.team)
+    person = people(db_of(cfg), ref)[0]["person_id"]
     token_id, token = create_token(cfg, args.team, created_by="scripts/screenshots.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.1)
     try:
-        with sync_playwright() as p:
+        with serving(cfg) as port, sync_playwright() as p:
             path = find_browser()
             if path is None:
                 raise SystemExit("no Chromium: run `make browser` first")
@@ -64,8 +50,6 @@ def main() -> None:
             page.screenshot(path=str(out / "person.png"), full_page=True)
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         revoke_tokens(cfg, args.team, revoked_by="scripts/screenshots.py", token_id=token_id)
     print(f"written: {out / 'list.png'}, {out / 'person.png'}")
 

@@ -83,10 +83,10 @@ def _sign_in(page, server, team="T01"):
 
 
 def _outcomes(cfg) -> int:
-    import duckdb
+    from wobble.review.records import count_outcomes
+    from wobble.review.tokens import db_of
 
-    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
-        return con.execute("SELECT count(*) FROM huddle_outcomes").fetchall()[0][0]
+    return count_outcomes(db_of(cfg))
 
 
 def test_a_team_opens_its_list_records_an_outcome_and_sees_it(browser, server):
@@ -194,7 +194,7 @@ def test_another_teams_people_stay_hidden_in_the_browser(browser, server):
         text = page.inner_text("body")
         assert not any(p in text for p in server.t02), url
     page.goto(server.url + "/teams/T02")
-    assert "Your access token is for team T01" in page.inner_text("main")
+    assert "You are signed in for team T01" in page.inner_text("main")
     context.close()
 
 
