@@ -27,6 +27,7 @@ SOURCE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (
             "nhs_number", "birth_year", "birth_date", "sex", "ethnicity_group", "imd_decile",
             "lsoa", "postcode", "practice_id", "team_id", "opted_out", "died_on", "registered_on",
+            "forename", "surname",  # identity only: read into the vault, never the warehouse
         ),
         ("nhs_number", "sex"),
     ),
@@ -205,6 +206,17 @@ class Dask(_Strict):
         return v or None
 
 
+class VaultSettings(_Strict):
+    """The identity vault (`wobble.core.vault`): where it lives and where its key comes from.
+
+    The key is an environment variable, else a key file with mode 0600; never in this file.
+    """
+
+    path: Path = Path("data/vault/identities.vault")
+    key_env: str = "WOBBLE_VAULT_KEY"
+    key_file: Path | None = None
+
+
 class Config(_Strict):
     """The parsed `wobble.toml`, with paths made absolute against `root`."""
 
@@ -217,6 +229,7 @@ class Config(_Strict):
     teams: Teams = Teams()
     monitor: Monitor = Monitor()
     dask: Dask = Dask()
+    vault: VaultSettings | None = None  # no [vault] block: no identities are kept at all
 
     def path(self, p: Path | str) -> Path:
         p = Path(p)
