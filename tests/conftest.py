@@ -168,6 +168,16 @@ def published_copy(demo_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1 for the session (tests/pgserver.py); it fails, never skips."""
+    from pgserver import PostgresServer
+
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """A 3,000-person world (one team), ingested: a folder with world/, wobble.toml and the warehouse.
 

@@ -20,8 +20,10 @@ from wobble.cli.main import (
 )
 
 review_app = typer.Typer(help="The review page: serve it, and manage each team's access token.")
+audit_app = typer.Typer(help="The review service's audit log: check its hash chain, or export it.")
 outcome_app = typer.Typer(help="Huddle outcomes: record a decision, or summarise them.")
 app.add_typer(review_app, name="review")
+review_app.add_typer(audit_app, name="audit")
 app.add_typer(outcome_app, name="outcome")
 ByOpt = Annotated[str, typer.Option("--by", help="Who does this, for the audit log (name and role).")]
 
@@ -36,9 +38,12 @@ def review_serve(
     """Serve the review page: teams read their list and record outcomes."""
     from wobble.core.config import load_config
     from wobble.review.app import serve
+    from wobble.review.tokens import db_of
 
     cfg = load_config(config)
-    err.print(f"review page on http://{host}:{port}/ (Ctrl+C to stop)", highlight=False, soft_wrap=True)
+    db = db_of(cfg)  # opened (and made) now, so a wrong URL is one line before the server starts
+    err.print(f"review page on http://{host}:{port}/ (Ctrl+C to stop); database {db.safe_url}", highlight=False,
+              soft_wrap=True)
     serve(cfg, host=host, port=port)
 
 
@@ -47,13 +52,15 @@ def review_serve(
 def review_token(
     team: Annotated[str, typer.Option(help="The team the token opens.")],
     by: ByOpt = "data team",
+    scope: Annotated[str, typer.Option(help="record (read lists, record outcomes) or read (lists only).")] = "record",
+    days: Annotated[int | None, typer.Option(help="Days until it expires (default [review] token_days).")] = None,
     config: ConfigOpt = Path("wobble.toml"),
 ) -> None:
     """Create an access token for one team; it is shown once and stored only as a hash."""
     from wobble.core.config import load_config
     from wobble.review.tokens import create_token
 
-    token_id, token = create_token(load_config(config), team, created_by=by)
+    token_id, token = create_token(load_config(config), team, created_by=by, scope=scope, days=days)
     sys.stdout.write(token + "\n")
     err.print(f"token {token_id} for team {team}: give it to the team privately; it is not shown again. "
               f"Revoke with `wobble review revoke --team {team}`.", highlight=False, soft_wrap=True)
@@ -75,6 +82,37 @@ def review_revoke(
     err.print(f"revoked {n} token(s) for team {team}", highlight=False)
 
 
+@audit_app.command("verify")
+@friendly
+def audit_verify(config: ConfigOpt = Path("wobble.toml")) -> None:
+    """Check the audit log's hash chain from its first row; exit 1 naming the first row that does not fit."""
+    from wobble.core.config import load_config
+    from wobble.review.audit import verify
+    from wobble.review.tokens import db_of
+
+    check = verify(db_of(load_config(config)))
+    if not check.ok:
+        err.print(f"audit log tampered with at row {check.first_bad}: {check.reason} "
+                  f"({check.rows} rows before it are intact)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    err.print(f"audit log intact: {check.rows} rows, hash chain verified", highlight=False)
+
+
+@audit_app.command("export")
+@friendly
+def audit_export(
+    out: Annotated[Path, typer.Option(help="The CSV file to write.")],
+    config: ConfigOpt = Path("wobble.toml"),
+) -> None:
+    """Write the audit log as CSV, for information-governance review."""
+    from wobble.core.config import load_config
+    from wobble.review.audit import export
+    from wobble.review.tokens import db_of
+
+    n = export(db_of(load_config(config)), out)
+    err.print(f"{n} audit rows written to {out}", highlight=False, soft_wrap=True)
+
+
 @outcome_app.command("record")
 @friendly
 def outcome_record(
@@ -89,15 +127,16 @@ def outcome_record(
     as_json: JsonOpt = False,
 ) -> None:
     """Record what the huddle decided for one person on a team's list."""
+    import getpass
+
     from wobble.core.config import load_config
-    from wobble.core.warehouse import connect
-    from wobble.lists.outcomes import record_outcome
+    from wobble.review.records import record_outcome
+    from wobble.review.tokens import db_of
 
     cfg = load_config(config)
-    with connect(cfg.warehouse, wait_seconds=10) as con:
-        result = record_outcome(con, team_id=team, person_id=person, outcome=outcome, note=note,
-                                recorded_by=by, actor=f"{by.strip()} (command line)",
-                                as_of=_date(as_of) if as_of else None)
+    result = record_outcome(db_of(cfg), team_id=team, person_id=person, outcome=outcome, note=note,
+                            recorded_by=by, actor=f"{getpass.getuser()} (command line)",
+                            as_of=_date(as_of) if as_of else None, source="command line").outcome
     if as_json:
         sys.stdout.write(json.dumps(result.summary(), indent=2) + "\n")
     err.print(f"recorded: {outcome} for {person} on team {team}'s list of {result.as_of}", highlight=False,
@@ -119,9 +158,11 @@ def outcome_summary(
     from wobble.core.vocab import OUTCOME_LABELS
     from wobble.core.warehouse import connect
     from wobble.lists.outcomes import summarise
+    from wobble.lists.service import pull_outcomes
 
     cfg = load_config(config)
-    with connect(cfg.warehouse, read_only=True) as con:
+    with connect(cfg.warehouse, wait_seconds=10) as con:
+        pull_outcomes(cfg, con)  # decisions recorded on the review page since the last run
         rows = summarise(con, team_id=team, as_of=_date(as_of) if as_of else None)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")

@@ -268,6 +268,34 @@ class SignIn(_Strict):
         return v
 
 
+class Review(_Strict):
+    """The review service (README, "Deploying the review service"): its own database, and its limits.
+
+    `database_url`: SQLAlchemy URL; default a SQLite file beside the warehouse (`review.sqlite`, WAL);
+    a trust's deployment uses PostgreSQL (`postgresql+psycopg://user@host/db`). `public_origin`: the
+    scheme, host and port browsers use (`https://huddle.example.nhs.uk`), for the Origin check behind
+    a proxy that rewrites Host.
+    """
+
+    database_url: str | None = None
+    public_origin: str | None = None
+    max_body_bytes: int = Field(default=16_384, ge=1024, le=10_000_000)
+    session_idle_minutes: int = Field(default=30, ge=1)
+    session_hours: int = Field(default=12, ge=1)         # absolute: a session ends this long after sign-in
+    token_days: int = Field(default=180, ge=1)           # a team or machine token expires after this
+    requests_per_minute: int = Field(default=300, ge=1)  # per source address
+    sign_in_failures: int = Field(default=5, ge=1)       # this many failures from one address ...
+    lockout_minutes: int = Field(default=15, ge=1)       # ... lock sign-in from it this long
+    busy_seconds: float = Field(default=2.0, gt=0, le=30)  # wait this long for a write, then answer 503
+
+    @field_validator("public_origin")
+    @classmethod
+    def _origin(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+$", v):
+            raise ValueError(f"{v!r} is not an origin (scheme://host[:port], no path), e.g. https://huddle.example")
+        return v
+
+
 class Config(_Strict):
     """The parsed `wobble.toml`, with paths made absolute against `root`."""
 
@@ -282,6 +310,7 @@ class Config(_Strict):
     dask: Dask = Dask()
     vault: VaultSettings | None = None  # no [vault] block: no identities are kept at all
     sign_in: SignIn | None = None  # no [sign_in] block: team tokens only, nobody can reveal identities
+    review: Review = Review()
 
     def path(self, p: Path | str) -> Path:
         p = Path(p)
@@ -290,6 +319,11 @@ class Config(_Strict):
     @property
     def warehouse(self) -> Path:
         return self.path(self.paths.warehouse)
+
+    @property
+    def review_database(self) -> str:
+        """The review service's database URL: `[review] database_url`, else SQLite beside the warehouse."""
+        return self.review.database_url or f"sqlite:///{self.warehouse.parent / 'review.sqlite'}"
 
     @property
     def mlflow_dir(self) -> Path:

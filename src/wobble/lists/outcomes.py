@@ -1,10 +1,11 @@
 """Huddle outcomes: what each team decided about the people on its list, reported back.
 
-Reads `huddle_lists` (who was on which team's list at which as-of); writes `huddle_outcomes`
-(one row per recorded decision: the team, the as-of of the list it belongs to, the person, the
-outcome, an optional short note, who recorded it and when) and `audit_log` (one row per view or
-decision, from the review page and the CLI alike). `summarise` reports decisions back per list:
-how many listed people were discussed and the decisions by kind.
+Reads `huddle_lists` and `huddle_outcomes` (one row per recorded decision: the team, the as-of of
+the list it belongs to, the person, the outcome, an optional short note, who recorded it and when).
+Decisions are recorded in the review service's own database (`wobble.review.records`) and come
+back to `huddle_outcomes` at the next publish. `summarise` reports decisions back per list: how
+many listed people were discussed and the decisions by kind. `check_outcome` is the one check of
+what may be recorded, for the page and the command line alike.
 
 A decision can only be recorded for someone on that team's list. A note is refused when it
 holds anything that looks like an NHS number or a phone number: free text stays out of the
@@ -14,38 +15,25 @@ warehouse except for these short, checked notes.
 from __future__ import annotations
 
 import re
-import uuid
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 
-import polars as pl
-
 from wobble.core.errors import WobbleError
 from wobble.core.vocab import OUTCOME_LABELS, OUTCOMES
-from wobble.core.warehouse import transaction
 from wobble.ingest.identifiers import is_valid_nhs_number
 
 NOTE_MAX_CHARS = 300
 NAME_MAX_CHARS = 80
-# A digit, then digits with at most two separators between them: "0161 496 0000", "(0161) 496-0000",
-# "+44 7700 900123", "943 476 5919". Dates ("12/03/2026", "12.03.2026") stop at eight digits.
-_NUMBER_RUN = re.compile(r"\+?\d(?:[ .\-()]{0,2}\d)+")
-_NHS_LAYOUT = re.compile(r"\d{3}[ -]?\d{3}[ -]?\d{4}")
+# A digit, then digits with at most two characters that are neither letters nor digits between them,
+# whatever they are: "0161 496 0000", "(0161) 496-0000", "+44 7700 900123", "943/476/5919",
+# "943_476_5919", "9 4 3 4 7 6 5 9 1 9". Dates ("12/03/2026", "12.03.2026") stop at eight digits.
+_NUMBER_RUN = re.compile(r"\d(?:[\W_]{0,2}\d)+")
+_NHS_LAYOUT = re.compile(r"\d{3}[\W_]{0,2}\d{3}[\W_]{0,2}\d{4}")
 
 
 class OutcomeRefused(WobbleError):
     """An outcome that cannot be recorded as given; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class ListRef:
-    """One published list: a team's people at an as-of date from one model version."""
-
-    team_id: str
-    as_of: date
-    model_name: str
-    model_version: str
-    published_at: datetime
 
 
 @dataclass(frozen=True)
@@ -68,8 +56,8 @@ class Outcome:
 def identifier_in(text: str) -> str | None:
     """What identifier `text` seems to hold ("an NHS number", "a phone number"), or None.
 
-    Any run of nine or more digits (spaces, dots, hyphens and brackets allowed between them) is
-    taken as one: better to ask someone to rephrase than to store a number that identifies a person.
+    Any run of nine or more digits (up to two separators of any kind between them) is taken as one:
+    better to ask someone to rephrase than to store a number that identifies a person.
     """
     for m in _NUMBER_RUN.finditer(text):
         run = m.group()
@@ -82,12 +70,22 @@ def identifier_in(text: str) -> str | None:
     return None
 
 
+def _plain(label: str, text: str | None) -> str:
+    """Line breaks and tabs become spaces; any other control or format character is refused (a NUL,
+    a right-to-left override, a zero-width space: none belongs in a short note)."""
+    text = re.sub(r"[\r\n\t]+", " ", text or "")
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co")), None)
+    if bad is not None:
+        raise OutcomeRefused(f"the {label} holds a control character (U+{ord(bad):04X}); type it again as plain text")
+    return text.strip()
+
+
 def check_outcome(outcome: str, note: str | None, recorded_by: str) -> tuple[str, str | None, str]:
     """The cleaned (outcome, note, recorded_by), or OutcomeRefused saying what to change."""
     if outcome not in OUTCOMES:
-        raise OutcomeRefused(f"unknown outcome {outcome!r}; choose one of: {', '.join(OUTCOMES)}")
-    note = (note or "").strip() or None
-    recorded_by = (recorded_by or "").strip()
+        raise OutcomeRefused(f"unknown outcome {str(outcome)[:40]!r}; choose one of: {', '.join(OUTCOMES)}")
+    note = _plain("note", note) or None
+    recorded_by = _plain("name", recorded_by)
     if not recorded_by:
         raise OutcomeRefused("say who is recording the outcome (a name or role)")
     if len(recorded_by) > NAME_MAX_CHARS:
@@ -102,75 +100,6 @@ def check_outcome(outcome: str, note: str | None, recorded_by: str) -> tuple[str
                 "(the list already identifies the person by pseudonym): remove the number and try again"
             )
     return outcome, note, recorded_by
-
-
-def audit(con, *, actor: str, action: str, team_id: str | None = None, person_id: str | None = None,
-          detail: str | None = None) -> None:
-    """One row in `audit_log`: who did what, to which team's list and person, and when."""
-    con.execute("INSERT INTO audit_log (logged_at, actor, team_id, person_id, action, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?)", [datetime.now(), actor, team_id, person_id, action, detail])
-
-
-def current_list(con, team_id: str, as_of: date | None = None) -> ListRef | None:
-    """The team's latest published list (at `as_of` if given): the most recently published version."""
-    where, params = "team_id = ?", [team_id]
-    if as_of is not None:
-        where, params = where + " AND as_of = ?", params + [as_of]
-    rows = con.execute(f"""
-        SELECT as_of, model_name, model_version, max(published_at) AS published_at FROM huddle_lists
-        WHERE {where} GROUP BY ALL ORDER BY as_of DESC, published_at DESC, model_version DESC LIMIT 1
-    """, params).fetchall()  # fetchall: a half-read result would block this connection
-    return ListRef(team_id, *rows[0]) if rows else None
-
-
-def list_rows(con, ref: ListRef, person_id: str | None = None) -> pl.DataFrame:
-    """The rows of one published list in rank order (or the one row for `person_id`)."""
-    extra, params = "", [ref.team_id, ref.as_of, ref.model_name, ref.model_version]
-    if person_id is not None:
-        extra, params = " AND person_id = ?", params + [person_id]
-    return con.sql(
-        "SELECT * FROM huddle_lists WHERE team_id = ? AND as_of = ? AND model_name = ? AND model_version = ?"
-        f"{extra} ORDER BY section <> 'capacity', rank", params=params).pl()
-
-
-def record_outcome(con, *, team_id: str, person_id: str, outcome: str, note: str | None, recorded_by: str,
-                   actor: str, as_of: date | None = None) -> Outcome:
-    """Record one decision for a person on the team's list (the latest list unless `as_of` is given)."""
-    outcome, note, recorded_by = check_outcome(outcome, note, recorded_by)
-    ref = current_list(con, team_id, as_of)
-    if ref is None:
-        when = f" at {as_of}" if as_of else ""
-        raise OutcomeRefused(f"team {team_id} has no published list{when}: see `wobble publish`")
-    if list_rows(con, ref, person_id).height == 0:
-        raise OutcomeRefused(f"person {person_id} is not on team {team_id}'s list of {ref.as_of}")
-    result = Outcome(uuid.uuid4().hex, team_id, ref.as_of, person_id, outcome, note, recorded_by, datetime.now())
-    with transaction(con):
-        con.execute("INSERT INTO huddle_outcomes (outcome_id, team_id, as_of, person_id, outcome, note, "
-                    "recorded_by, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [result.outcome_id, team_id, ref.as_of, person_id, outcome, note, recorded_by,
-                     result.recorded_at])
-        audit(con, actor=actor, action="record_outcome", team_id=team_id, person_id=person_id,
-              detail=f"{outcome} for the list of {ref.as_of}" + (" (with a note)" if note else ""))
-    return result
-
-
-def list_decisions(con, ref: ListRef) -> dict[str, dict]:
-    """{person_id: the team's latest decision for them on this list}."""
-    df = con.sql("""
-        SELECT person_id, as_of, outcome, note, recorded_by, recorded_at FROM huddle_outcomes
-        WHERE team_id = ? AND as_of = ?
-        QUALIFY row_number() OVER (PARTITION BY person_id ORDER BY recorded_at DESC, outcome_id DESC) = 1
-    """, params=[ref.team_id, ref.as_of]).pl()
-    return {r["person_id"]: _outcome_view(r) for r in df.iter_rows(named=True)}
-
-
-def outcome_history(con, team_id: str, person_id: str) -> list[dict]:
-    """Every decision this team recorded for this person, newest first."""
-    df = con.sql("""
-        SELECT as_of, outcome, note, recorded_by, recorded_at FROM huddle_outcomes
-        WHERE team_id = ? AND person_id = ? ORDER BY recorded_at DESC, outcome_id DESC
-    """, params=[team_id, person_id]).pl()
-    return [_outcome_view(r) for r in df.iter_rows(named=True)]
 
 
 def last_outcomes(con, before: date, ids_table: str | None = None) -> dict[tuple[str, str], dict]:

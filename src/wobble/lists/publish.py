@@ -7,6 +7,9 @@ gaps, the last huddle's summary) and, per team, a CSV and a self-contained HTML 
 `<outputs>/lists/<as_of>/`. Run inside a Prefect flow, it also leaves a table and a Markdown
 artifact. Nothing here acts on a person: each row is a prompt for the team's conversation.
 Publishing the same as-of with the same model again changes nothing.
+
+The review service has its own database (`wobble.lists.service`): publish first brings back the
+outcomes recorded there, and ends by pushing every team's list into it in one transaction.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from wobble.lists.outcomes import last_outcomes, summarise, summary_sentence
 from wobble.lists.reasons import list_reasons
 from wobble.lists.recent import CAPACITY, SECTION, event_sentences, recent_crisis
 from wobble.lists.score import score
+from wobble.lists.service import pull_outcomes, push_lists
 from wobble.lists.views import change_label, from_json, list_header, person_view, write_csv
 from wobble.models.approve import Approval, require_approval
 from wobble.models.spec import load_spec
@@ -138,6 +142,7 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
         rows = _assemble(listed, recent, reasons, tags, sparks, person_caveats, team_caveats, previous,
                          model, version, approval, published_at)
         context = _context(con, rows, team_caveats, as_of, model, version, published_at)
+        pull_outcomes(cfg, con)  # decisions recorded on the review page since the last run
         outcomes = last_outcomes(con, as_of, "_listed_ids")
         with transaction(con):
             key = [as_of, model, str(version)]
@@ -163,12 +168,18 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
     return PreparedLists(result, rows, contexts, pages, t0)
 
 
-def write_team_page(page: TeamPage) -> TeamList:
-    """One team's page (HTML) and CSV."""
+def team_views(page: TeamPage) -> tuple[dict, list[dict]]:
+    """(the facts above one team's list, each listed person as the page shows them)."""
     people = [person_view(r, page.spec, page.outcomes.get(r["person_id"]), page.team_caveats)
               for r in page.rows]
     capacity, recent = sum(p["section"] == CAPACITY for p in people), sum(p["section"] == SECTION for p in people)
-    header = list_header(page.cfg, page.context, page.spec, page.approval, capacity, recent)
+    return list_header(page.cfg, page.context, page.spec, page.approval, capacity, recent), people
+
+
+def write_team_page(page: TeamPage) -> TeamList:
+    """One team's page (HTML) and CSV."""
+    header, people = team_views(page)
+    capacity, recent = header["people"], header["recent"]
     write_csv(page.csv, people, page.approval.demo)
     page.html.write_text(render("list.html.j2", h=header, people=people), encoding="utf-8")
     return TeamList(page.team, capacity, page.csv, page.html, recent)
@@ -179,6 +190,8 @@ def finish_lists(lists: PreparedLists, written: list[TeamList]) -> PublishResult
     if sorted(t.team for t in written) != [p.team for p in lists.pages]:
         raise WobbleError("a team's list page was not written")
     result = lists.result
+    if lists.pages:  # the review service's copy, in one transaction of its database
+        push_lists(lists.pages[0].cfg, [(page.context, *team_views(page)) for page in lists.pages])
     result.lists = sorted(written, key=lambda t: t.team)
     result.seconds = time.perf_counter() - lists.started
     if in_prefect_run():

@@ -1,6 +1,16 @@
-"""Access tokens for the review page: one team each, shown once, stored only as a SHA-256.
+"""Access to the review service: team tokens for scripts, server-side sessions for browsers.
 
-Reads and writes `review_tokens`; every token created or revoked is a row in `audit_log`.
+Reads and writes `service_tokens` (one row per token: its team, scope and expiry, and only its
+SHA-256) and `service_sessions` (one row per sign-in) in the review database. Every token made
+or revoked is a row in the audit log.
+
+A browser's cookie holds a random session id, never a token; the server keeps its SHA-256 with
+who signed in (user id, display name, role, team), when, and when it ends: after
+`session_idle_minutes` unused, or `session_hours` after signing in, whichever comes first, or at
+sign-out. A team token signs in as the team (user id `token:<id>`, role `team`); individual
+sign-in (OpenID Connect) opens the same kind of session for a person through `open_session`.
+Scripts may send a token as `Authorization: Bearer …`; a token has a scope (`read`: lists only;
+`record`: outcomes too) and expires after `token_days`.
 """
 
 from __future__ import annotations
@@ -8,70 +18,134 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import timedelta
 
-from wobble.core.config import Config
+from sqlalchemy import select
+
+from wobble.core.config import Config, Review
 from wobble.core.errors import WobbleError
-from wobble.core.warehouse import connect
-from wobble.lists.outcomes import audit
+from wobble.core.servicedb import SESSIONS, TOKENS, ServiceDB, iso, now_utc, service_db
+from wobble.review import audit
+from wobble.review.records import teams
 
 TOKEN_PREFIX = "wbt_"
+SCOPES = ("read", "record")
 
 
 def token_hash(token: str) -> str:
-    """SHA-256 of a token: tokens are 256 random bits, so a fast hash is enough to store them."""
+    """SHA-256 of a token or session id: both are 256 random bits, so a fast hash is enough to store them."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def create_token(cfg: Config, team_id: str, *, created_by: str) -> tuple[str, str]:
+def db_of(cfg: Config) -> ServiceDB:
+    return service_db(cfg.review_database, busy_seconds=cfg.review.busy_seconds)
+
+
+def create_token(cfg: Config, team_id: str, *, created_by: str, scope: str = "record",
+                 days: int | None = None) -> tuple[str, str]:
     """A new access token for one team: (token_id, token). Only its hash is stored."""
-    created_by = created_by.strip() or "unknown"
-    with connect(cfg.warehouse, wait_seconds=10) as con:
-        teams = [r[0] for r in con.execute(
-            "SELECT DISTINCT team_id FROM persons WHERE team_id IS NOT NULL UNION "
-            "SELECT DISTINCT team_id FROM huddle_lists ORDER BY 1").fetchall()]
-        if team_id not in teams:
-            known = ", ".join(teams[:20]) + (" …" if len(teams) > 20 else "")
-            raise WobbleError(f"no team {team_id!r} in the warehouse (teams: {known or 'none yet'})")
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token_id = secrets.token_hex(4)
-        con.execute("INSERT INTO review_tokens VALUES (?, ?, ?, ?, ?, NULL)",
-                    [token_id, team_id, token_hash(token), datetime.now(), created_by])
-        audit(con, actor=created_by, action="create_token", team_id=team_id, detail=f"token {token_id}")
+    if scope not in SCOPES:
+        raise WobbleError(f"unknown scope {scope!r}: read or record")
+    created_by = created_by.strip()[:80] or "unknown"
+    db = db_of(cfg)
+    known = teams(db)
+    if team_id not in known:
+        shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
+        raise WobbleError(f"no team {team_id!r} has a published list "
+                          f"(teams: {shown or 'none yet: run wobble publish'})")
+    token, token_id, now = TOKEN_PREFIX + secrets.token_urlsafe(32), secrets.token_hex(4), now_utc()
+    with db.write() as conn:
+        conn.execute(TOKENS.insert().values(
+            token_id=token_id, team_id=team_id, token_hash=token_hash(token), scope=scope, created_at=iso(now),
+            created_by=created_by, expires_at=iso(now + timedelta(days=days or cfg.review.token_days))))
+        audit.append(conn, actor=f"{created_by} (command line)", action="create_token", result="done",
+                     team_id=team_id, detail=f"token {token_id}, scope {scope}")
     return token_id, token
 
 
 def revoke_tokens(cfg: Config, team_id: str, *, revoked_by: str, token_id: str | None = None) -> int:
-    """Revoke a team's live tokens (only `token_id`, if given); returns how many."""
-    only, params = ("AND token_id = ?", [team_id, token_id]) if token_id else ("", [team_id])
-    with connect(cfg.warehouse, wait_seconds=10) as con:
-        (n,), = con.execute(f"SELECT count(*) FROM review_tokens WHERE team_id = ? {only} AND revoked_at IS NULL",
-                            params).fetchall()
-        con.execute(f"UPDATE review_tokens SET revoked_at = ? WHERE team_id = ? {only} AND revoked_at IS NULL",
-                    [datetime.now(), *params])
-        audit(con, actor=revoked_by.strip() or "unknown", action="revoke_tokens", team_id=team_id,
-              detail=f"{n} token(s)" + (f": {token_id}" if token_id else ""))
-    return int(n)
+    """Revoke a team's live tokens (only `token_id`, if given) and end their sessions; returns how many."""
+    live = (TOKENS.c.team_id == team_id) & TOKENS.c.revoked_at.is_(None)
+    if token_id:
+        live &= TOKENS.c.token_id == token_id
+    now = iso(now_utc())
+    with db_of(cfg).write() as conn:
+        ids = [t for (t,) in conn.execute(select(TOKENS.c.token_id).where(live))]
+        conn.execute(TOKENS.update().where(live).values(revoked_at=now))
+        if ids:
+            conn.execute(SESSIONS.update().where(SESSIONS.c.user_id.in_([f"token:{t}" for t in ids]),
+                                                 SESSIONS.c.ended_at.is_(None)).values(ended_at=now))
+        audit.append(conn, actor=f"{revoked_by.strip()[:80] or 'unknown'} (command line)", action="revoke_tokens",
+                     result="done", team_id=team_id,
+                     detail=f"{len(ids)} token(s)" + (f": {token_id}" if token_id else ""))
+    return len(ids)
 
 
 @dataclass(frozen=True)
 class Session:
+    """Who a request acts as: a signed-in session (cookie) or a token (Bearer header)."""
+
+    user_id: str
+    display_name: str
+    role: str
     team_id: str
-    token_id: str
-    token_hash: str
-    from_cookie: bool
+    scope: str
+    session_hash: str | None = None  # None: a Bearer token, no session
+    csrf: str | None = None
+
+    @property
+    def from_cookie(self) -> bool:
+        return self.session_hash is not None
 
     @property
     def actor(self) -> str:
-        return f"review token {self.token_id}"
+        return self.display_name if self.user_id.startswith("token:") else f"{self.display_name} ({self.user_id})"
 
 
-def session_for(con, token: str | None, from_cookie: bool) -> Session | None:
+def token_identity(db: ServiceDB, token: str | None) -> Session | None:
+    """The team a live, unexpired token opens, or None."""
     if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
-    h = token_hash(token)
-    rows = con.execute("SELECT team_id, token_id FROM review_tokens WHERE token_hash = ? AND revoked_at IS NULL",
-                       [h]).fetchall()
-    return Session(rows[0][0], rows[0][1], h, from_cookie) if rows else None
+    with db.read() as conn:
+        r = conn.execute(select(TOKENS).where(TOKENS.c.token_hash == token_hash(token), TOKENS.c.revoked_at.is_(None),
+                                              TOKENS.c.expires_at > iso(now_utc()))).mappings().first()
+    if r is None:
+        return None
+    return Session(f"token:{r['token_id']}", f"team {r['team_id']} token {r['token_id']}", "team", r["team_id"],
+                   r["scope"])
 
 
+def open_session(db: ServiceDB, settings: Review, who: Session, *, auth: str = "token") -> str:
+    """Start a server-side session for `who`; returns the session id for the cookie (not stored)."""
+    sid, now = secrets.token_urlsafe(32), now_utc()
+    with db.write() as conn:
+        conn.execute(SESSIONS.insert().values(
+            session_hash=token_hash(sid), user_id=who.user_id, display_name=who.display_name, role=who.role,
+            team_id=who.team_id, auth=auth, scope=who.scope, csrf=secrets.token_hex(32), created_at=iso(now),
+            last_seen_at=iso(now), expires_at=iso(now + timedelta(hours=settings.session_hours))))
+    return sid
+
+
+def session_for(db: ServiceDB, settings: Review, sid: str | None) -> Session | None:
+    """The live session a cookie's id names (not ended, not idle too long, not past its end), or None."""
+    if not sid or len(sid) > 100:
+        return None
+    now = now_utc()
+    with db.read() as conn:
+        r = conn.execute(select(SESSIONS).where(
+            SESSIONS.c.session_hash == token_hash(sid), SESSIONS.c.ended_at.is_(None),
+            SESSIONS.c.expires_at > iso(now),
+            SESSIONS.c.last_seen_at > iso(now - timedelta(minutes=settings.session_idle_minutes)))).mappings().first()
+    if r is None:
+        return None
+    if r["last_seen_at"] < iso(now - timedelta(seconds=60)):  # at most one write a minute per session
+        with db.write() as conn:
+            conn.execute(SESSIONS.update().where(SESSIONS.c.session_hash == r["session_hash"])
+                         .values(last_seen_at=iso(now)))
+    return Session(r["user_id"], r["display_name"], r["role"], r["team_id"], r["scope"], r["session_hash"], r["csrf"])
+
+
+def end_session(db: ServiceDB, session_hash: str) -> None:
+    with db.write() as conn:
+        conn.execute(SESSIONS.update().where(SESSIONS.c.session_hash == session_hash, SESSIONS.c.ended_at.is_(None))
+                     .values(ended_at=iso(now_utc())))
