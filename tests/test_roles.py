@@ -47,6 +47,7 @@ def test_only_clinicians_of_the_team_reveal_listed_people_with_a_reason():
     for user in (MEMBER, AUDITOR, ANALYST, MACHINE):
         assert not can_reveal(user, "T01", on_list=True, reason=REASON), user
     assert "not a clinician of team T02" in can_reveal(CLIN, "T02", on_list=True, reason=REASON).why
+    assert can_reveal(ANALYST, "T01", on_list=True, reason=REASON).why == "an analyst may not see identities"
     assert "break-glass" in can_reveal(CLIN, "T01", on_list=False, reason=REASON).why
     assert not can_reveal(CLIN, "T01", on_list=True, reason="curiosity")
     assert not can_reveal(CLIN, "T01", on_list=True, reason="")

@@ -19,7 +19,7 @@ is a `Decision` the caller writes to the audit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 TEAM_MEMBER, CLINICIAN, TEAM_LEAD, AUDITOR, ANALYST = "team_member", "clinician", "team_lead", "auditor", "analyst"
 ROLE_NAMES = {TEAM_MEMBER: "team member", CLINICIAN: "clinician (direct care)", TEAM_LEAD: "team lead",
@@ -63,14 +63,19 @@ class Decision:
     allowed: bool
     why: str
     flagged: bool = False  # a break-glass reveal: allowed, and marked for review
-    extra: dict = field(default_factory=dict)
+    code: str = ""  # a refusal in one or two words, for the audit's result ("refused 403: role")
 
     def __bool__(self) -> bool:
         return self.allowed
 
 
-def _deny(why: str) -> Decision:
-    return Decision(False, why)
+def _deny(why: str, code: str) -> Decision:
+    return Decision(False, why, code=code)
+
+
+def _a(role: str) -> str:
+    name = ROLE_NAMES.get(role, role)
+    return ("an " if name[0] in "aeiou" else "a ") + name
 
 
 def can_read_list(user: User, team: str) -> Decision:
@@ -80,15 +85,15 @@ def can_read_list(user: User, team: str) -> Decision:
     if user.role in _TEAM_ROLES and team in user.teams:
         return Decision(True, "own team")
     if user.role == AUDITOR:
-        return _deny("auditors read the audit, not the lists")
-    return _deny(f"not a member of team {team}")
+        return _deny("auditors read the audit, not the lists", "role")
+    return _deny(f"not a member of team {team}", "other team")
 
 
 def can_record_outcome(user: User, team: str) -> Decision:
     """Record what the huddle decided about a person on the team's list."""
     if user.role in _TEAM_ROLES and team in user.teams:
         return Decision(True, "own team")
-    return _deny("only the team's own members record its decisions")
+    return _deny("only the team's own members record its decisions", "role")
 
 
 def can_reveal(user: User, team: str, *, on_list: bool, reason: str, break_glass: bool = False) -> Decision:
@@ -98,21 +103,21 @@ def can_reveal(user: User, team: str, *, on_list: bool, reason: str, break_glass
     `on_list`: whether the person is on that team's current list.
     """
     if user.machine:
-        return _deny("machine tokens never see identities")
+        return _deny("machine tokens never see identities", "machine token")
     if user.role not in _DIRECT_CARE:
-        return _deny(f"a {ROLE_NAMES.get(user.role, user.role)} may not see identities")
+        return _deny(f"{_a(user.role)} may not see identities", "role")
     if break_glass:
         if reason not in BREAK_GLASS_REASONS:
-            return _deny("break-glass needs a reason from the list")
+            return _deny("break-glass needs a reason from the list", "reason")
         if not user.teams:
-            return _deny("break-glass is for clinicians of a team")
+            return _deny("break-glass is for clinicians of a team", "no team")
         return Decision(True, "break-glass", flagged=True)
     if reason not in REVEAL_REASONS:
-        return _deny("a reason from the list is needed")
+        return _deny("a reason from the list is needed", "reason")
     if team not in user.teams:
-        return _deny(f"not a clinician of team {team}")
+        return _deny(f"not a clinician of team {team}", "other team")
     if not on_list:
-        return _deny(f"not on team {team}'s list (break-glass is the way, with a reason)")
+        return _deny(f"not on team {team}'s list (break-glass is the way, with a reason)", "not listed")
     return Decision(True, "direct care, own team's list")
 
 
@@ -120,11 +125,11 @@ def can_manage_tokens(user: User, team: str) -> Decision:
     """Create or revoke the team's machine tokens."""
     if user.role == TEAM_LEAD and team in user.teams and not user.machine:
         return Decision(True, "team lead")
-    return _deny("only the team's lead manages its machine tokens")
+    return _deny("only the team's lead manages its machine tokens", "role")
 
 
 def can_read_audit(user: User) -> Decision:
     """Read the audit log (pseudonyms, actions and results: no identities, no free text)."""
     if user.role == AUDITOR and not user.machine:
         return Decision(True, "auditor")
-    return _deny("only auditors read the audit")
+    return _deny("only auditors read the audit", "role")
