@@ -13,15 +13,13 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, copy_tree
 from oidc_provider import Provider
 from reviewkit import audit_since, last_seq
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, wait_healthy
 from test_reveal import SECRET, provider_users
 
 from wobble.core.config import load_config
@@ -66,7 +64,7 @@ team_claim = "wobble_teams"
                                    "--config", str(config)], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
-            _wait(url, server)
+            wait_healthy(url, server)
             cfg = load_config(config)
             db = service_db(cfg.review_database)
             listed = {t: [p["person_id"] for p in records.people(db, records.current_list(db, t))]
@@ -75,20 +73,6 @@ team_claim = "wobble_teams"
         finally:
             server.terminate()
             server.wait(timeout=10)
-
-
-def _wait(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                assert r.read() == b"ok"
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"wobble review serve did not start: {server.communicate()[1][-2000:]}")
-            time.sleep(0.2)
 
 
 def _sign_in(chromium, served, who: str):

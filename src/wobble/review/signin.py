@@ -22,29 +22,16 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import Column, String, Table, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from wobble.core.servicedb import META, ServiceDB, iso, now_utc
+from wobble.core.servicedb import NONCES, SIGNINS, ServiceDB, iso, now_utc
 from wobble.review.guard import client_address
 from wobble.review.oidc import OIDCClient, Pending, SignInError, UsedNonces, user_from_claims
 from wobble.review.records import teams
 from wobble.review.roles import User, can_record_outcome
 from wobble.review.tokens import Session, open_session
 
-SIGNINS = Table(
-    "service_signins", META,
-    Column("state_hash", String(64), primary_key=True),
-    Column("nonce", String(64), nullable=False),
-    Column("code_verifier", String(128), nullable=False),
-    Column("team", String(64), nullable=False),
-    Column("started_at", String(40), nullable=False),
-)
-NONCES = Table(
-    "service_nonces", META,
-    Column("nonce_hash", String(64), primary_key=True),
-    Column("until", String(40), nullable=False),
-)
 PENDING_SECONDS = 600  # a sign-in must come back from the provider within this
 _TEAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -85,7 +72,6 @@ class SignInFlow:
     def __init__(self, review, refusal: type[Exception]):
         self.r, self.refusal = review, refusal
         settings = review.cfg.sign_in
-        META.create_all(review.db.engine, tables=[SIGNINS, NONCES])  # (publish may have made the rest)
         self.client = OIDCClient(settings, nonces=DBNonces(review.db))
 
     def start(self, team: str = "") -> Response:
