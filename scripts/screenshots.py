@@ -29,17 +29,15 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from wobble.core.config import load_config
-    from wobble.core.warehouse import connect
-    from wobble.lists.outcomes import current_list, list_rows
     from wobble.review.app import create_app
-    from wobble.review.tokens import create_token, revoke_tokens
+    from wobble.review.records import current_list, people
+    from wobble.review.tokens import create_token, db_of, revoke_tokens
 
     cfg = load_config(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with connect(cfg.warehouse) as con:
-        ref = current_list(con, args.team)
-        person = list_rows(con, ref)["person_id"][0]
+    ref = current_list(db_of(cfg), args.team)
+    person = people(db_of(cfg), ref)[0]["person_id"]
     token_id, token = create_token(cfg, args.team, created_by="scripts/screenshots.py")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

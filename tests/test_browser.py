@@ -103,10 +103,10 @@ def _sign_in(page, server, team="T01"):
 
 
 def _outcomes(cfg) -> int:
-    import duckdb
+    from wobble.review.records import count_outcomes
+    from wobble.review.tokens import db_of
 
-    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
-        return con.execute("SELECT count(*) FROM huddle_outcomes").fetchall()[0][0]
+    return count_outcomes(db_of(cfg))
 
 
 def test_a_team_opens_its_list_records_an_outcome_and_sees_it(browser, server):

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wobble.core.warehouse import connect
-from wobble.lists.outcomes import record_outcome
 from wobble.lists.publish import publish
 from wobble.lists.reasons import (
     MAX_REASONS,
@@ -27,6 +26,8 @@ from wobble.lists.reasons import (
     reason_sentence,
 )
 from wobble.lists.views import BANDS, band, change_label, risk_phrase, spark_caption, sparkline_svg
+from wobble.review.records import record_outcome
+from wobble.review.tokens import db_of
 
 
 def _feature(description, unit):
@@ -182,10 +183,10 @@ def test_outcomes_show_on_the_next_list(published_copy, tmp_path):
     with connect(cfg.warehouse) as con:
         top = [r[0] for r in con.execute("SELECT person_id FROM huddle_lists WHERE team_id = 'T01' AND as_of = ? "
                                          "AND section = 'capacity' ORDER BY rank LIMIT 3", [as_of]).fetchall()]
-        for pid, outcome, note in zip(top, ["referred_on", "outreach_agreed", "deferred"],
-                                      ["to the falls clinic", None, None], strict=True):
-            record_outcome(con, team_id="T01", person_id=pid, outcome=outcome, note=note, recorded_by="Nurse B",
-                           actor="test")
+    for pid, outcome, note in zip(top, ["referred_on", "outreach_agreed", "deferred"],
+                                  ["to the falls clinic", None, None], strict=True):  # on the review page
+        record_outcome(db_of(cfg), team_id="T01", person_id=pid, outcome=outcome, note=note, recorded_by="Nurse B",
+                       actor="test")
     nxt = as_of + timedelta(weeks=1)
     result = publish(cfg, model="early_warning_90d", version="1", as_of=nxt)
     assert [t.team for t in result.lists] == ["T01", "T02"]
@@ -278,11 +279,10 @@ def test_recently_in_crisis_stays_until_the_huddle_records_an_outcome(demo_run, 
     assert not capacity & set(now)
     # an outcome on the earlier list ends the follow-up; a deferral does not
     decided, deferred = sorted(carried)[:2] if len(carried) > 1 else (sorted(carried)[0], None)
-    with connect(cfg.warehouse) as con:
-        for pid, outcome in ((decided, "already_supported"), (deferred, "deferred")):
-            if pid:
-                record_outcome(con, team_id=now[pid][3], person_id=pid, outcome=outcome, note=None,
-                               recorded_by="Nurse A", actor="test", as_of=before)
+    for pid, outcome in ((decided, "already_supported"), (deferred, "deferred")):
+        if pid:
+            record_outcome(db_of(cfg), team_id=now[pid][3], person_id=pid, outcome=outcome, note=None,
+                           recorded_by="Nurse A", actor="test", as_of=before)
     publish(cfg, model=model, version="1", as_of=as_of)
     again = part(as_of)
     assert decided not in again and (deferred is None or deferred in again)

@@ -8,18 +8,20 @@ from datetime import date, datetime
 import pytest
 from conftest import ROOT, run_wobble
 
+from wobble.core.config import load_config
 from wobble.core.vocab import OUTCOMES
 from wobble.core.warehouse import connect
 from wobble.lists.outcomes import (
     OutcomeRefused,
     check_outcome,
-    current_list,
     identifier_in,
     last_outcomes,
-    record_outcome,
     summarise,
     summary_sentence,
 )
+from wobble.lists.service import pull_outcomes, push_lists
+from wobble.review.records import current_list, record_outcome
+from wobble.review.tokens import db_of
 
 D1, D2 = date(2026, 11, 16), date(2026, 11, 23)
 
@@ -32,6 +34,12 @@ D1, D2 = date(2026, 11, 16), date(2026, 11, 23)
     ("mobile +44 7700 900123", "a phone number"),
     ("(0161) 496-0000", "a phone number"),
     ("07700900123", "a phone number"),
+    ("943/476/5919", "an NHS number"),                 # any separator between the groups
+    ("943_476_5919", "an NHS number"),
+    ("943,476,5919", "an NHS number"),
+    ("9 4 3 4 7 6 5 9 1 9", "an NHS number"),
+    ("943 / 476 / 5919", "an NHS number"),             # laid out 3-3-4, however split
+    ("0161\u00a0496\u00a00000", "a phone number"),     # a no-break space is a separator too
     ("seen on 12/03/2026 and 15.03.2026 - 3 visits", None),
     ("owes £1,250 in rent arrears; 2 falls in 30 days", None),
     ("home visit at 10:30, room 12", None),
@@ -45,11 +53,14 @@ def test_check_outcome_refuses_what_it_must():
     assert check_outcome("referred_on", "  to falls clinic ", " Nurse B ") == ("referred_on", "to falls clinic",
                                                                               "Nurse B")
     assert check_outcome("deferred", "   ", "GP")[1] is None
+    assert check_outcome("deferred", "line one\r\nline two", "GP")[1] == "line one line two"
     for args, words in [(("escalated", None, "GP"), "unknown outcome"),
                         (("deferred", None, "  "), "who is recording"),
                         (("deferred", "x" * 301, "GP"), "301 characters"),
                         (("deferred", "call 07700 900123", "GP"), "phone number"),
-                        (("deferred", None, "GP 943 476 5919"), "name looks like it holds an NHS number")]:
+                        (("deferred", None, "GP 943 476 5919"), "name looks like it holds an NHS number"),
+                        (("deferred", "ok\x00", "GP"), "control character"),
+                        (("deferred", "fine", "GP\u202e"), "control character")]:
         with pytest.raises(OutcomeRefused, match=words):
             check_outcome(*args)
 
@@ -67,44 +78,60 @@ def small_warehouse(tmp_path):
             "INSERT INTO huddle_lists (team_id, as_of, person_id, rank, risk, model_name, model_version, demo, "
             "published_at) VALUES (?, ?, ?, ?, 0.5, 'm', ?, false, ?)", rows)
     (tmp_path / "wobble.toml").write_text('[paths]\nwarehouse = "w.duckdb"\noutputs = "out"\n')
+    lists: dict[tuple, list] = {}
+    for team, as_of, pid, _, version, published in rows:  # the same lists, pushed as publish does
+        lists.setdefault((team, as_of, version, published), []).append({"person_id": pid, "section": "capacity"})
+    push_lists(load_config(tmp_path / "wobble.toml"), [
+        ({"team_id": t, "as_of": d, "model_name": "m", "model_version": v, "published_at": p}, {}, views)
+        for (t, d, v, p), views in lists.items()])
     return path
 
 
-def _record(con, team, pid, outcome, as_of=None, note=None):
-    return record_outcome(con, team_id=team, person_id=pid, outcome=outcome, note=note, recorded_by="Nurse B",
+def _db(path):
+    return db_of(load_config(path.parent / "wobble.toml"))
+
+
+def _record(path, team, pid, outcome, as_of=None, note=None):
+    return record_outcome(_db(path), team_id=team, person_id=pid, outcome=outcome, note=note, recorded_by="Nurse B",
                           actor="test", as_of=as_of)
 
 
 def test_the_current_list_is_the_latest_as_of_and_version(small_warehouse):
-    with connect(small_warehouse) as con:
-        ref = current_list(con, "A")
-        assert (ref.as_of, ref.model_version) == (D2, "2")
-        assert current_list(con, "A", D1).as_of == D1
-        assert current_list(con, "C") is None
+    db = _db(small_warehouse)
+    ref = current_list(db, "A")
+    assert (ref.as_of, ref.list_id) == (D2, "A|2026-11-23|m|2")
+    assert current_list(db, "A", D1).as_of == D1
+    assert current_list(db, "C") is None
 
 
 def test_decisions_only_for_people_on_the_teams_list(small_warehouse):
+    with pytest.raises(OutcomeRefused, match="not on team A's list"):
+        _record(small_warehouse, "A", "q1", "deferred")       # team B's person
+    with pytest.raises(OutcomeRefused, match="not on team A's list"):
+        _record(small_warehouse, "A", "p3", "deferred")       # dropped from version 2 of the 23 Nov list
+    with pytest.raises(OutcomeRefused, match="no published list"):
+        _record(small_warehouse, "C", "p1", "deferred")
     with connect(small_warehouse) as con:
-        with pytest.raises(OutcomeRefused, match="not on team A's list"):
-            _record(con, "A", "q1", "deferred")       # team B's person
-        with pytest.raises(OutcomeRefused, match="not on team A's list"):
-            _record(con, "A", "p3", "deferred")       # dropped from version 2 of the 23 Nov list
-        with pytest.raises(OutcomeRefused, match="no published list"):
-            _record(con, "C", "p1", "deferred")
+        assert pull_outcomes(load_config(small_warehouse.parent / "wobble.toml"), con) == 0
         assert con.execute("SELECT count(*) FROM huddle_outcomes").fetchall() == [(0,)]
 
 
 def test_summaries_count_the_latest_decision_per_person(small_warehouse):
+    _record(small_warehouse, "A", "p1", "referred_on", D1)
+    _record(small_warehouse, "A", "p2", "deferred", D1)
+    _record(small_warehouse, "A", "p1", "outreach_agreed")          # 23 Nov
+    _record(small_warehouse, "A", "p2", "deferred")
+    _record(small_warehouse, "A", "p2", "not_a_concern", note="known to district nurses")  # latest for p2 wins
+    _record(small_warehouse, "B", "q1", "data_problem")
+    cfg = load_config(small_warehouse.parent / "wobble.toml")
     with connect(small_warehouse) as con:
-        _record(con, "A", "p1", "referred_on", D1)
-        _record(con, "A", "p2", "deferred", D1)
-        _record(con, "A", "p1", "outreach_agreed")          # 23 Nov
-        _record(con, "A", "p2", "deferred")
-        _record(con, "A", "p2", "not_a_concern", note="known to district nurses")  # latest for p2 wins
-        _record(con, "B", "q1", "data_problem")
+        assert pull_outcomes(cfg, con) == 6
+        assert pull_outcomes(cfg, con) == 0  # the next run brings back nothing twice
         rows = {(s["team_id"], s["as_of"]): s for s in summarise(con)}
         earlier = last_outcomes(con, D2)
-        audit = con.execute("SELECT count(*) FROM audit_log WHERE action = 'record_outcome'").fetchall()
+    with _db(small_warehouse).read() as conn:
+        audit = conn.exec_driver_sql("SELECT count(*) FROM service_audit WHERE action = 'record_outcome' "
+                                     "AND result = 'recorded'").all()
     # by hand: A 16 Nov: 3 listed, p1 referred on, p2 deferred → 1 discussed
     assert rows[("A", "2026-11-16")] == {
         "team_id": "A", "as_of": "2026-11-16", "listed": 3, "recorded": 2, "discussed": 1,
@@ -137,11 +164,16 @@ def test_cli_records_refuses_and_summarises(small_warehouse):
     assert summary.returncode == 0, summary.stderr
     latest = json.loads(summary.stdout)[-1]
     assert (latest["as_of"], latest["discussed"], latest["by_kind"]) == ("2026-11-23", 1, {"outreach_agreed": 1})
-    with connect(small_warehouse) as con:
+    with connect(small_warehouse) as con:  # the summary brought the decision back to the warehouse
         assert con.execute("SELECT note, recorded_by FROM huddle_outcomes").fetchall() == [
             ("<b>call</b> this week", "Dr C (GP)")]
-        assert con.execute("SELECT actor FROM audit_log WHERE action = 'record_outcome'").fetchall() == [
-            ("Dr C (GP) (command line)",)]
+    with _db(small_warehouse).read() as conn:
+        rows = conn.exec_driver_sql("SELECT actor, result, detail, source FROM service_audit "
+                                    "WHERE action = 'record_outcome' ORDER BY seq").all()
+    assert [r[1] for r in rows] == ["recorded", "refused", "refused", "refused"]  # refusals are audited too
+    assert all(r[0].endswith("(command line)") and r[3] == "command line" for r in rows)
+    assert [r[2] for r in rows[1:]] == ["identifier in note", "not on the list", "unknown outcome"]
+    assert "07700" not in str(rows) and "<b>" not in str(rows)
 
 
 def test_readme_lists_the_outcomes_and_shows_the_pages():

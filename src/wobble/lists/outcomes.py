@@ -29,7 +29,8 @@ NAME_MAX_CHARS = 80
 # whatever they are: "0161 496 0000", "(0161) 496-0000", "+44 7700 900123", "943/476/5919",
 # "943_476_5919", "9 4 3 4 7 6 5 9 1 9". Dates ("12/03/2026", "12.03.2026") stop at eight digits.
 _NUMBER_RUN = re.compile(r"\d(?:[\W_]{0,2}\d)+")
-_NHS_LAYOUT = re.compile(r"\d{3}[\W_]{0,2}\d{3}[\W_]{0,2}\d{4}")
+# Laid out 3-3-4 like an NHS number, with up to three separator characters between groups ("943 / 476 / 5919").
+_NHS_LAYOUT = re.compile(r"(?<!\d)\d{3}[\W_]{0,3}\d{3}[\W_]{0,3}\d{4}(?!\d)")
 
 
 class OutcomeRefused(WobbleError):
@@ -67,7 +68,7 @@ def identifier_in(text: str) -> str | None:
         if len(digits) == 10 and (is_valid_nhs_number(digits) or _NHS_LAYOUT.fullmatch(run)):
             return "an NHS number"
         return "a phone number"
-    return None
+    return "an NHS number" if _NHS_LAYOUT.search(text) else None
 
 
 def _plain(label: str, text: str | None) -> str:

@@ -120,6 +120,7 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
     scored = scored or score(cfg, model=model, version=version, as_of=as_of)
     cat = load_catalogue(cfg.features_dir)
     with connect(cfg.warehouse) as con:
+        pull_outcomes(cfg, con)  # decisions recorded on the review page since the last run
         listed = _listed(con, cfg, model, version, as_of)
         if listed.height == 0:
             raise WobbleError(f"no one to list at {as_of}")
@@ -142,7 +143,6 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
         rows = _assemble(listed, recent, reasons, tags, sparks, person_caveats, team_caveats, previous,
                          model, version, approval, published_at)
         context = _context(con, rows, team_caveats, as_of, model, version, published_at)
-        pull_outcomes(cfg, con)  # decisions recorded on the review page since the last run
         outcomes = last_outcomes(con, as_of, "_listed_ids")
         with transaction(con):
             key = [as_of, model, str(version)]
