@@ -26,6 +26,7 @@ SECRET = "review-test-client-secret-0123"
 USERS = {"alice": {"name": "Alice Clinician", "teams": ["T01"], "role": "clinician"},
          "bob": {"name": "Bob Clinician", "teams": ["T02"], "role": "clinician"},
          "mo": {"name": "Mo Member", "teams": ["T01"], "role": "team_member"},
+         "lee": {"name": "Lee Lead", "teams": ["T01"], "role": "team_lead"},
          "ann": {"name": "Ann Analyst", "teams": [], "role": "analyst"},
          "aud": {"name": "Al Auditor", "teams": [], "role": "auditor"}}
 
@@ -192,3 +193,21 @@ def test_a_replayed_callback_is_refused_and_audited(site):
     assert again.status_code == 403 and "already used" in again.text
     assert [r["result"] for r in audit_since(site.db, seq)] == ["refused 403: sign-in"]
     assert c.get("/login", params={"token": 1}).status_code == 200  # team tokens still sign in
+
+
+def test_the_team_lead_manages_machine_tokens_which_never_see_identities(site):
+    lee = signed_in(site, "lee")
+    assert "/teams/T01/tokens" in lee.get("/teams/T01").text
+    page = lee.get("/teams/T01/tokens")
+    assert page.status_code == 200
+    made = lee.post("/teams/T01/tokens", data={"csrf": form_value(page.text), "scope": "read", "days": "7"})
+    token = re.search(r'<code id="new-token">([^<]+)</code>', made.text).group(1)
+    script = TestClient(create_app(site.cfg), follow_redirects=False,
+                        headers={"Authorization": f"Bearer {token}", "User-Agent": UA})
+    assert script.get("/teams/T01").status_code == 200
+    pid = site.listed["T01"][0]
+    assert script.post(f"/teams/T01/people/{pid}/reveal", data={"reason": "huddle"}).status_code == 403
+    assert signed_in(site, "alice").get("/teams/T01/tokens").status_code == 403
+    token_id = re.search(r"New token (\w+)", made.text).group(1)
+    lee.post("/teams/T01/tokens", data={"csrf": form_value(page.text), "token_id": token_id})
+    assert script.get("/teams/T01").status_code == 401

@@ -33,6 +33,7 @@ from wobble.core.vocab import OUTCOME_LABELS, OUTCOMES
 from wobble.lists.outcomes import OutcomeRefused, summary_sentence
 from wobble.review import audit, records
 from wobble.review.guard import Guard, Limits, client_address
+from wobble.review.machine import add_token_routes
 from wobble.review.reveal import add_reveal_routes, reveal_context
 from wobble.review.roles import can_read_list, can_record_outcome
 from wobble.review.signin import add_sign_in_routes, user_of
@@ -178,6 +179,7 @@ def create_app(cfg: Config) -> Guard:
     _add_sign_in(app, r)
     _add_lists(app, r)
     add_reveal_routes(app, r, _Refusal)
+    add_token_routes(app, r, _Refusal)
     return Guard(app, settings=cfg.review, limits=r.limits, refuse=r.refuse_early)
 
 

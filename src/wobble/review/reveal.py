@@ -29,7 +29,7 @@ from wobble.core.errors import WobbleError
 from wobble.core.vault import Identity, open_vault
 from wobble.review import audit, records
 from wobble.review.guard import client_address
-from wobble.review.roles import BREAK_GLASS_REASONS, REVEAL_REASONS, Decision, can_reveal
+from wobble.review.roles import BREAK_GLASS_REASONS, REVEAL_REASONS, Decision, can_manage_tokens, can_reveal
 from wobble.review.signin import user_of
 from wobble.review.tokens import Session
 
@@ -42,7 +42,8 @@ def reveal_context(session: Session) -> dict:
     user = user_of(session)
     allowed = can_reveal(user, session.team_id, on_list=True, reason=next(iter(REVEAL_REASONS)))
     return {"reveal_reasons": list(REVEAL_REASONS.items()) if allowed else None,
-            "viewer": None if user.machine else user.name}
+            "viewer": None if user.machine else user.name,
+            "manage_tokens": bool(can_manage_tokens(user, session.team_id))}
 
 
 class Revealer:
