@@ -9,9 +9,6 @@ at the end), serves the review page on a free local port, and writes list.png an
 from __future__ import annotations
 
 import argparse
-import socket
-import threading
-import time
 from pathlib import Path
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -25,11 +22,10 @@ def main() -> None:
     ap.add_argument("--team", default="T01")
     args = ap.parse_args()
 
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     from wobble.core.config import load_config
-    from wobble.review.app import create_app
+    from wobble.review.app import serving
     from wobble.review.records import current_list, people
     from wobble.review.tokens import create_token, db_of, revoke_tokens
 
@@ -39,16 +35,8 @@ def main() -> None:
     ref = current_list(db_of(cfg), args.team)
     person = people(db_of(cfg), ref)[0]["person_id"]
     token_id, token = create_token(cfg, args.team, created_by="scripts/screenshots.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.1)
     try:
-        with sync_playwright() as p:
+        with serving(cfg) as port, sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 1400})
             page.goto((cfg.outputs / "lists" / ref.as_of.isoformat() / f"{args.team}.html").as_uri())
@@ -60,8 +48,6 @@ def main() -> None:
             page.screenshot(path=str(out / "person.png"), full_page=True)
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         revoke_tokens(cfg, args.team, revoked_by="scripts/screenshots.py", token_id=token_id)
     print(f"written: {out / 'list.png'}, {out / 'person.png'}")
 

@@ -187,7 +187,7 @@ def test_another_teams_people_stay_hidden_in_the_browser(browser, server):
         text = page.inner_text("body")
         assert not any(p in text for p in server.t02), url
     page.goto(server.url + "/teams/T02")
-    assert "Your access token is for team T01" in page.inner_text("main")
+    assert "You are signed in for team T01" in page.inner_text("main")
     context.close()
 
 

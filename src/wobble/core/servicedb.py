@@ -122,8 +122,8 @@ AUDIT = Table(
     Column("actor", String(200), nullable=False),
     Column("team_id", String(64)),
     Column("person_id", String(64)),  # a pseudonym on the team's list, never what was typed
-    Column("action", String(40), nullable=False),
-    Column("result", String(40), nullable=False),
+    Column("action", String(80), nullable=False),
+    Column("result", String(80), nullable=False),
     Column("source", String(64)),
     Column("user_agent", String(200)),
     Column("detail", String(200)),  # fixed wording: no identifiers, no free text

@@ -21,6 +21,11 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI, Form, Request
@@ -79,11 +84,10 @@ class _Review:
               team_id: str | None = None, person_id: str | None = None, detail: str | None = None,
               scope: dict | None = None) -> None:
         scope = scope if scope is not None else request.scope
-        headers = dict(scope.get("headers") or [])
+        agent = next((v for k, v in scope.get("headers") or [] if k == b"user-agent"), b"")  # the first one
         audit.record(self.db, actor=session.actor if session else "anonymous", action=action, result=result,
                      team_id=team_id or (session.team_id if session else None), person_id=person_id,
-                     source=client_address(scope),
-                     user_agent=headers.get(b"user-agent", b"").decode("latin-1") or None, detail=detail)
+                     source=client_address(scope), user_agent=agent.decode("latin-1") or None, detail=detail)
 
     def refuse_early(self, scope: dict, status: int, reason: str) -> None:
         """The guard's refusals (413, 429), audited before the request reaches the app."""
@@ -188,8 +192,11 @@ def _add_handlers(app: FastAPI, r: _Review) -> None:
 
     @app.exception_handler(_Refusal)
     async def refused(request: Request, exc: _Refusal):
-        await anyio.to_thread.run_sync(lambda: r.audit(request, action=exc.action, result=exc.result,
-                                                       session=exc.session, team_id=exc.team_id))
+        try:
+            await anyio.to_thread.run_sync(lambda: r.audit(request, action=exc.action, result=exc.result,
+                                                           session=exc.session, team_id=exc.team_id))
+        except ServiceBusy:  # the refusal stands; the log says its row could not be written
+            log.warning("audit row not written (database busy): %s %s", exc.action, exc.result)
         response = r.page("review_message.html.j2", exc.status, title=exc.title, message=exc.message,
                           sign_in=exc.status == 401)
         if exc.status == 401:
@@ -339,6 +346,26 @@ def _add_lists(app: FastAPI, r: _Review) -> None:
 def _set_cookie(request: Request, response: Response, name: str, value: str) -> None:
     response.set_cookie(name, value, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
+
+
+@contextmanager
+def serving(cfg: Config) -> Iterator[int]:
+    """The app on 127.0.0.1 and a free port, in a background thread, for scripts and tests: yields the port."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def serve(cfg: Config, *, host: str = "127.0.0.1", port: int = 8765) -> None:

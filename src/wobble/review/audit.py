@@ -49,8 +49,8 @@ def append(conn: Connection, *, actor: str, action: str, result: str, team_id: s
     last = conn.execute(select(AUDIT.c.seq, AUDIT.c.row_hash).order_by(AUDIT.c.seq.desc()).limit(1)).first()
     seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
     row = {"seq": seq, "logged_at": iso(now_utc()), "actor": _clean(actor, 200) or "unknown",
-           "team_id": _clean(team_id, 64), "person_id": _clean(person_id, 64), "action": action,
-           "result": result, "source": _clean(source, 64), "user_agent": _clean(user_agent, 200),
+           "team_id": _clean(team_id, 64), "person_id": _clean(person_id, 64), "action": _clean(action, 80),
+           "result": _clean(result, 80), "source": _clean(source, 64), "user_agent": _clean(user_agent, 200),
            "detail": _clean(detail, 200)}
     conn.execute(AUDIT.insert().values(**row, prev_hash=prev, row_hash=row_hash(prev, row)))
     return seq
@@ -92,6 +92,14 @@ def verify(db: ServiceDB, *, batch: int = 5000) -> ChainCheck:
                 return ChainCheck(n)
 
 
+def _cell(value) -> str:
+    """A CSV cell a spreadsheet will not run: a user agent starting "=" is text, not a formula."""
+    if value is None:
+        return ""
+    value = str(value)
+    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+
+
 def export(db: ServiceDB, out: Path) -> int:
     """Write the audit log as CSV (every field and both hashes); returns how many rows."""
     out = Path(out)
@@ -101,6 +109,6 @@ def export(db: ServiceDB, out: Path) -> int:
         w = csv.writer(f)
         w.writerow([*FIELDS, "prev_hash", "row_hash"])
         for r in conn.execute(select(AUDIT).order_by(AUDIT.c.seq)).mappings():  # streamed, in order
-            w.writerow([r[c] if r[c] is not None else "" for c in (*FIELDS, "prev_hash", "row_hash")])
+            w.writerow([_cell(r[c]) for c in (*FIELDS, "prev_hash", "row_hash")])
             n += 1
     return n
