@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, copy_tree
 from oidc_provider import Provider
 from reviewkit import audit_since, last_seq
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, wait_healthy
+from test_browser import CHROMIUM, CHROMIUM_ARGS, WCAG_22_AA, _free_port, wait_healthy
 from test_reveal import SECRET, provider_users
 
 from wobble.core.config import load_config
@@ -82,6 +82,13 @@ def _sign_in(chromium, served, who: str):
     return page
 
 
+def _no_axe_violations(page, name: str) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    result = Axe().run(page, options=WCAG_22_AA)
+    assert result.violations_count == 0, (name, result.generate_report()[:3000])
+
+
 def test_sign_in_reveal_print_and_refuse(chromium, served):
     page = _sign_in(chromium, served, "alice")
     assert page.url == served.url + "/teams/T01", page.url
@@ -95,6 +102,7 @@ def test_sign_in_reveal_print_and_refuse(chromium, served):
     page.get_by_role("button", name="Show who this is").click()
     shown = page.locator(f"#who-{pid}").inner_text()
     assert who.nhs_number_spaced in shown and who.name in shown
+    _no_axe_violations(page, "person page with the identity shown")
 
     page.goto(served.url + "/teams/T01")
     page.locator("#reason-print").select_option("huddle")
@@ -106,8 +114,12 @@ def test_sign_in_reveal_print_and_refuse(chromium, served):
     watermark = page.locator(".watermark")
     assert "Alice Clinician" in watermark.inner_text() and watermark.evaluate(
         "e => getComputedStyle(e).position") == "fixed"
+    _no_axe_violations(page, "print view")
     page.emulate_media(media="print")
     assert "Alice Clinician" in page.locator("#watermark-line").inner_text()
+    page.emulate_media(media="screen")
+    page.goto(served.url + "/break-glass")
+    _no_axe_violations(page, "break-glass form")
 
     # Another team's clinician: refused, and the refusal is audited.
     seq = last_seq(served.db)
