@@ -38,4 +38,4 @@ def vault_check(config: ConfigOpt = Path("wobble.toml")) -> None:
     from wobble.core.vault import open_vault
 
     vault = open_vault(load_config(config))
-    sys.stdout.write(json.dumps({"path": str(vault.path), "people": len(vault), **vault.meta}) + "\n")
+    sys.stdout.write(json.dumps({"path": str(vault.path), **vault.meta, "people": len(vault)}) + "\n")

@@ -79,7 +79,7 @@ class SignInFlow:
         try:
             url, pending = self.client.begin()
         except SignInError as exc:
-            raise self.refusal(503, "Sign-in is not available", str(exc), action="sign_in",
+            raise self.refusal(503, "Sign-in is not available", _sentence(exc), action="sign_in",
                                result="refused 503: provider") from None
         with self.r.db.write() as conn:
             conn.execute(delete(SIGNINS).where(SIGNINS.c.started_at < _ago(PENDING_SECONDS)))
@@ -119,7 +119,7 @@ class SignInFlow:
             user = user_from_claims(self.client.settings, self.client.complete(pending, code=code, state=state))
         except SignInError as exc:
             r.limits.failed(address)
-            raise self.refusal(403, "Sign-in refused", str(exc)[0].upper() + str(exc)[1:] + ".",
+            raise self.refusal(403, "Sign-in refused", _sentence(exc),
                                action="sign_in", result="refused 403: sign-in") from None
         team = team if team in user.teams else (user.teams[0] if user.teams else "")
         who = Session(user.sub, user.name, user.role, team,
@@ -128,6 +128,11 @@ class SignInFlow:
         r.audit(request, action="sign_in", result="signed in", session=who, detail=f"role {user.role}")
         response = RedirectResponse(f"/teams/{team}" if team else "/me", status_code=303)
         return sid, response
+
+
+def _sentence(exc: Exception) -> str:
+    text = str(exc)
+    return text[:1].upper() + text[1:] + "."
 
 
 def _ago(seconds: float) -> str:
