@@ -152,3 +152,18 @@ def test_a_stolen_warehouse_and_vault_without_the_key_reveal_nothing(tiny_world,
     assert scan_for([work / "world/raw/gp/registrations.csv"], numbers, also=names)
     with pytest.raises(VaultError):
         Vault(cfg.path(cfg.vault.path), b"guess-" * 8)
+
+
+def test_an_unreadable_register_leaves_the_vault_as_it_was(tiny_world, tmp_path):
+    from wobble.ingest import ingest
+
+    work = copy_tree(tiny_world, tmp_path / "w")
+    cfg = load_config(work / "wobble.toml")
+    before = cfg.path(cfg.vault.path).read_bytes()
+    register = work / "world/raw/gp/registrations.csv"
+    register.unlink()  # (the world is linked: replace the link, not the shared file)
+    register.write_bytes(b"\x00\x01binary\xff" * 100)
+    result = ingest(cfg, key=TEST_KEY.encode(), report=False)
+    assert result.summary()["files_failed"] == 1
+    assert result.vault["kept_previous"] and "registrations.csv" in result.vault["error"]
+    assert cfg.path(cfg.vault.path).read_bytes() == before

@@ -13,18 +13,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import duckdb
+
+from wobble.core.errors import WobbleError
 from wobble.core.vault import Identity, vault_path, write_vault
 from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
-from wobble.ingest.reader import field_text, field_timestamp, fingerprint
+from wobble.ingest.reader import field_text, field_timestamp, fingerprint, first_line
 from wobble.ingest.state import RunState
 from wobble.ingest.validate import first_pass, ids_join
 
 
 def build_vault(run: RunState, vault_key: bytes) -> dict:
-    """Rebuild the identity vault from the register files; returns its path, people and sources."""
+    """Rebuild the identity vault from the register files; returns its path, people and sources.
+
+    When a register file cannot be read (ingest reports it as failed), the vault is left as it
+    was rather than rebuilt without that file's people, and the result says so.
+    """
     cfg, con = run.cfg, run.con
     people: dict[str, Identity] = {}
     read: list[str] = []
+    path = vault_path(cfg)
     for f in plan_files(cfg, list(cfg.sources)):
         is_register = f.source.table == "persons" or (f.source.kind == "fhir" and f.fhir_type == "Patient")
         if f.path is None or not is_register:
@@ -36,14 +44,15 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
             first_pass(run, inp, [], None)
             people.update(_identities(run, inp))  # later files win, as later lines do
             read.append(display_path(cfg, f.path))
-        except OSError:
-            continue  # ingest itself reported the file as failed
+        except (OSError, WobbleError, duckdb.Error) as exc:
+            why = first_line(exc) if isinstance(exc, duckdb.Error) else str(exc)
+            return {"path": display_path(cfg, path), "people": None, "register_files": len(read),
+                    "kept_previous": True, "error": f"{display_path(cfg, f.path)}: {why}"}
         finally:
             drop_temp(con)
     keep = {r[0] for r in con.execute(
         "SELECT person_id FROM persons WHERE NOT opted_out "
         "AND person_id NOT IN (SELECT person_id FROM opt_out_ids)").fetchall()}
-    path = vault_path(cfg)
     n = write_vault(path, vault_key, ((p, i) for p, i in sorted(people.items()) if p in keep),
                     source=", ".join(read))
     return {"path": display_path(cfg, path), "people": n, "register_files": len(read)}
