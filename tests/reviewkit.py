@@ -41,8 +41,8 @@ def review(request, backend, published_copy, tmp_path_factory):
     else:
         url = request.getfixturevalue("postgres").database(f"review_{name}")
     source = service_db(cfg.review_database)
-    cfg = with_review(cfg, database_url=url, busy_seconds=1.0)
-    db = service_db(url, busy_seconds=1.0)
+    cfg = with_review(cfg, database_url=url, busy_seconds=2.0)
+    db = service_db(url, busy_seconds=2.0)
     with source.read() as src, db.write() as dst:
         for table in (LISTS, PEOPLE):
             dst.execute(table.insert(), [dict(r) for r in src.execute(select(table)).mappings()])

@@ -17,6 +17,7 @@ PostgreSQL (psycopg 3) for a trust's deployment. A write that cannot start withi
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -169,6 +170,7 @@ class ServiceDB:
 
     def __init__(self, url: str, *, busy_seconds: float = 2.0):
         self.url, self.busy_seconds = url, busy_seconds
+        self._writer = threading.Lock()
         self.sqlite = url.startswith("sqlite")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
@@ -215,12 +217,20 @@ class ServiceDB:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction: all of it commits, or none (ServiceBusy if the lock did not come in time)."""
+        """A write transaction: all of it commits, or none (ServiceBusy if the lock did not come in time).
+
+        SQLite: this process's writers queue on a lock of their own first; SQLite's busy handler
+        polls with growing sleeps, which is left to writers in other processes (a publish, the CLI)."""
+        if self.sqlite and not self._writer.acquire(timeout=self.busy_seconds):
+            raise ServiceBusy("the review database is busy: nothing was written; try again in a moment")
         try:
             with self.engine.connect().execution_options(wobble_write=True) as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
             raise _busy_or_error(exc) from None
+        finally:
+            if self.sqlite:
+                self._writer.release()
 
     def dispose(self) -> None:
         self.engine.dispose()
