@@ -12,10 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_KEY = "test-key-0123456789abcdef"
+TEST_VAULT_KEY = "test-vault-key-0123456789abcdef-not-the-pseudonym-key"
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# the identity vault's key (the demo config has a [vault] block); session fixtures ingest too
+os.environ.setdefault("WOBBLE_VAULT_KEY", TEST_VAULT_KEY)
 
 
 # Tests that need one of these worlds (a 10,000- or 20,000-person demo, a Prefect server) are `slow`: `make

@@ -33,6 +33,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen) -> None:
+    """Wait (up to a minute) until `wobble review serve` answers /healthz; fail with its stderr if it died."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                assert r.read() == b"ok"
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"wobble review serve did not start: {proc.communicate()[1][-2000:]}")
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def server(published_copy):
     cfg, as_of, pid = published_copy
@@ -43,17 +58,7 @@ def server(published_copy):
                              "--config", str(cfg.root / "wobble.toml")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                assert r.read() == b"ok"
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"wobble review serve did not start: {proc.communicate()[1][-2000:]}")
-            time.sleep(0.2)
+    wait_healthy(url, proc)
     with __import__("duckdb").connect(str(cfg.warehouse), read_only=True) as con:
         other = con.execute("SELECT person_id FROM huddle_lists WHERE team_id = 'T02'").fetchall()
     yield SimpleNamespace(url=url, tokens=tokens, cfg=cfg, as_of=as_of, pid=pid, t02=[r[0] for r in other],

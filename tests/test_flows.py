@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -162,3 +163,25 @@ def test_artifact_text_reads_the_stage_summaries(tmp_path):
     richer.write_text("# Completeness by source and team\n")
     assert "Completeness by source and team" in tasks.quality_markdown({**s, "quality_report": str(richer)})
     assert tasks._key("monitoring-report", "crisis_90d") == "monitoring-report-crisis-90d"
+
+
+def test_prefect_artifacts_and_logs_name_nobody(demo_run, prefect_harness):
+    """No NHS number or name from the demo's register in any Prefect artifact or log of a weekly run."""
+    import polars as pl
+    from ingest_kit import source_nhs_numbers
+
+    work, proc = demo_run
+    as_of = json.loads(proc.stdout)["stages"]["publish"]["as_of"]
+    state = _flows("weekly").weekly(config=str(work / "wobble.toml"), as_of=as_of, return_state=True)
+    assert state.name in ("Completed", "Flagged")
+    numbers = source_nhs_numbers(work / "world")
+    reg = pl.read_csv(work / "world/raw/gp/registrations.csv", infer_schema=False)
+    names = {f"{f} {s}" for f, s in zip(reg["Forename"], reg["Surname"], strict=True)}
+    with _client() as c:
+        texts = [json.dumps(a.data, default=str) + (a.description or "") for a in c.read_artifacts()]
+        texts += [log.message for log in c.read_logs()]
+    assert len(texts) > 5 and any("T01" in t for t in texts)  # artifacts and logs were read
+    blob = "\n".join(texts)
+    digits = {m.replace(" ", "").replace("-", "") for m in re.findall(r"\d{3}[ -]?\d{3}[ -]?\d{4}", blob)}
+    assert not digits & numbers
+    assert not [n for n in names if n in blob]

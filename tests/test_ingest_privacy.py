@@ -23,17 +23,18 @@ def test_a_full_demo_writes_no_raw_identifier_anywhere(demo_run):
     assert len(numbers) > 10_000  # every registered person, plus invalid and unknown numbers
     reg = pl.read_csv(work / "world/raw/gp/registrations.csv", infer_schema=False)
     postcodes = tuple(sorted(set(reg["Postcode"].to_list())))
+    names = tuple(sorted({f"{f} {s}" for f, s in zip(reg["Forename"], reg["Surname"], strict=True)}))
     files = _written(work)
     kinds = {p.suffix for p in files}
-    assert {".duckdb", ".db", ".json", ".html", ".csv", ".md"} <= kinds, kinds  # a real demo's outputs
-    hits = scan_for(files, numbers, also=(*postcodes, "Visited; noted"))
+    assert {".duckdb", ".db", ".json", ".html", ".csv", ".md", ".vault"} <= kinds, kinds  # a real demo's outputs
+    hits = scan_for(files, numbers, also=(*postcodes, *names, "Visited; noted"))
     assert hits == {}
     console = {"stdout": proc.stdout, "stderr": proc.stderr}
     for name, text in console.items():
         tmp = work / f".console-{name}.txt"
         tmp.write_text(text)
         try:
-            assert scan_for([tmp], numbers) == {}, name
+            assert scan_for([tmp], numbers, also=names) == {}, name
         finally:
             tmp.unlink()
 

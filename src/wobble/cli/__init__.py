@@ -5,7 +5,7 @@
 commands that need them, so `wobble --help` stays fast.
 """
 
-from wobble.cli import flows, review, stages  # noqa: F401  (each adds its commands to the app)
+from wobble.cli import flows, review, stages, vault  # noqa: F401  (each adds its commands to the app)
 from wobble.cli.main import app, main
 
 __all__ = ["app", "main"]

@@ -27,6 +27,7 @@ SOURCE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (
             "nhs_number", "birth_year", "birth_date", "sex", "ethnicity_group", "imd_decile",
             "lsoa", "postcode", "practice_id", "team_id", "opted_out", "died_on", "registered_on",
+            "forename", "surname",  # identity only: read into the vault, never the warehouse
         ),
         ("nhs_number", "sex"),
     ),
@@ -218,6 +219,68 @@ class Dask(_Strict):
         return v or None
 
 
+class VaultSettings(_Strict):
+    """The identity vault (`wobble.core.vault`): where it lives and where its key comes from.
+
+    The key is an environment variable, else a key file with mode 0600; never in this file.
+    """
+
+    path: Path = Path("data/vault/identities.vault")
+    key_env: str = "WOBBLE_VAULT_KEY"
+    key_file: Path | None = None
+
+
+ROLES = ("team_member", "clinician", "team_lead", "auditor", "analyst")
+
+
+class LocalUser(_Strict):
+    """A user's wobble role and teams, kept here rather than in the identity provider's claims."""
+
+    role: Literal["team_member", "clinician", "team_lead", "auditor", "analyst"]
+    teams: list[str] = Field(default_factory=list)
+    name: str | None = None
+
+
+class SignIn(_Strict):
+    """Individual sign-in with OpenID Connect (NHS CIS2, Entra ID, Keycloak): README, "Sign-in".
+
+    The client secret comes from the environment variable `client_secret_env`, never this file.
+    Role and teams come from `users` (by the ID token's `sub`) when the user is listed there, else
+    from the claims `role_claim` and `team_claim` (a dotted path; lists are flattened), their
+    values translated by `role_map` and `team_map` (values not in a map are used as they are).
+    """
+
+    issuer: str
+    client_id: str
+    client_secret_env: str = "WOBBLE_OIDC_CLIENT_SECRET"
+    redirect_url: str
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile"])
+    token_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256"])
+    name_claim: str = "name"
+    role_claim: str | None = None
+    team_claim: str | None = None
+    role_map: dict[str, str] = Field(default_factory=dict)
+    team_map: dict[str, str] = Field(default_factory=dict)
+    users: dict[str, LocalUser] = Field(default_factory=dict)
+    leeway_seconds: int = Field(default=60, ge=0, le=300)
+
+    @field_validator("issuer", "redirect_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://\S+$", v):
+            raise ValueError(f"{v!r} is not a URL")
+        return v
+
+    @field_validator("role_map")
+    @classmethod
+    def _roles(cls, v: dict[str, str]) -> dict[str, str]:
+        for claim, role in v.items():
+            if role not in ROLES:
+                raise ValueError(f"role_map.{claim}: {role!r} is not a wobble role ({', '.join(ROLES)})")
+        return v
+
+
 class Review(_Strict):
     """The review service (README, "Deploying the review service"): its own database, and its limits.
 
@@ -258,6 +321,8 @@ class Config(_Strict):
     teams: Teams = Teams()
     monitor: Monitor = Monitor()
     dask: Dask = Dask()
+    vault: VaultSettings | None = None  # no [vault] block: no identities are kept at all
+    sign_in: SignIn | None = None  # no [sign_in] block: team tokens only, nobody can reveal identities
     review: Review = Review()
 
     def path(self, p: Path | str) -> Path:

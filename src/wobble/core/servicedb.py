@@ -6,7 +6,8 @@ the page's view of them ready to show), and outcomes recorded here (`service_out
 per decision) go back to the warehouse's `huddle_outcomes` at the next publish. It also holds the
 service's access tokens (`service_tokens`, hashes only), server-side sessions (`service_sessions`,
 one row per sign-in, keyed by the hash of the cookie's session id) and its audit log
-(`service_audit`, one row per request decision, hash-chained: `wobble.review.audit`).
+(`service_audit`, one row per request decision, hash-chained: `wobble.review.audit`), and
+OpenID Connect sign-ins in flight and used nonces (`service_signins`, `service_nonces`).
 
 One code path (SQLAlchemy Core) for both engines: SQLite in WAL mode by default (readers never
 wait for the writer; one writer at a time, `BEGIN IMMEDIATE`, waiting `busy_timeout`), and
@@ -99,6 +100,21 @@ SESSIONS = Table(
     Column("last_seen_at", String(40), nullable=False),
     Column("expires_at", String(40), nullable=False),  # absolute expiry
     Column("ended_at", String(40)),
+)
+# OpenID Connect sign-in (wobble.review.signin): a sign-in in flight, keyed by the SHA-256 of its
+# state and used once; and each accepted ID token nonce (its SHA-256) until the token expires.
+SIGNINS = Table(
+    "service_signins", META,
+    Column("state_hash", String(64), primary_key=True),
+    Column("nonce", String(64), nullable=False),
+    Column("code_verifier", String(128), nullable=False),
+    Column("team", String(64), nullable=False),
+    Column("started_at", String(40), nullable=False),
+)
+NONCES = Table(
+    "service_nonces", META,
+    Column("nonce_hash", String(64), primary_key=True),
+    Column("until", String(40), nullable=False),
 )
 AUDIT = Table(
     "service_audit", META,

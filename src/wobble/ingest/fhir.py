@@ -245,6 +245,9 @@ def _patient_fields(system: str) -> dict[str, str]:
         "sex": _s("$.gender"),
         "ethnicity_group": f"coalesce({uk}, {us})",
         "postcode": _s("$.address[0].postalCode"),
+        # identity only: read into the vault, never the warehouse
+        "forename": _s("$.name[0].given[0]"),
+        "surname": _s("$.name[0].family"),
         "practice_id": f"coalesce({practices}[1].identifier.value, "
                        f"regexp_extract({practices}[1].reference, '[^/]+$'))",
         "died_on": f"left({_s('$.deceasedDateTime')}, 10)",
@@ -490,7 +493,8 @@ _LABELS = {"patient_ref": "subject", "nhs_number": "identifier(nhs-number)", "al
            "record_id": "id", "occurred_at": "period.start", "recorded_at": "recorded",
            "service": "serviceType/type/class", "professional": "participant", "tag": "code",
            "birth_date": "birthDate", "sex": "gender", "ethnicity_group": "ethnicity",
-           "postcode": "address.postalCode", "practice_id": "generalPractitioner",
+           "postcode": "address.postalCode", "forename": "name.given", "surname": "name.family",
+           "practice_id": "generalPractitioner",
            "died_on": "deceasedDateTime"}
 
 

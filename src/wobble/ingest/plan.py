@@ -7,8 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
+
 from wobble.core.config import Config, Source
-from wobble.ingest.fhir import TABLE_OF, fhir_files
+from wobble.core.errors import WobbleError
+from wobble.ingest.fhir import TABLE_OF, fhir_files, read_fhir
+from wobble.ingest.reader import Fingerprint, Input
+from wobble.ingest.tabular import open_csv, open_parquet
 
 TABLE_ORDER = {"persons": 0, "contacts": 1, "tags": 2}
 
@@ -56,3 +61,24 @@ def display_path(cfg: Config, path: Path) -> str:
     return str(path)
 
 
+_TEMP_TABLES = ("staged", "staged_t", "ids", "ids0", "cand", "seen", "staff", "codes", "dups", "existing",
+                "incoming", "bad", "newly_out", "rej_errors", "rej_scans", "rejects", "fhir_rows", "fhir_lines",
+                "fhir_json")
+
+
+def drop_temp(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the temp tables and views one file's load leaves behind."""
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
+    for t in _TEMP_TABLES:
+        con.execute(f"DROP {'VIEW' if t in views else 'TABLE'} IF EXISTS {t}")
+
+
+def open_input(con, cfg: Config, source: Source, path: Path, fp: Fingerprint) -> Input:
+    """The file read as contract fields, by the reader its kind needs."""
+    if source.kind == "fhir":
+        return read_fhir(con, cfg, source, path, fp)
+    if fp.size == 0:
+        raise WobbleError("the file is empty")
+    if source.kind == "parquet":
+        return open_parquet(con, source, path)
+    return open_csv(con, source, path, fp)

@@ -20,6 +20,7 @@ WAREHOUSE_TZ = "Europe/London"  # stored times are this zone's wall-clock time
 MASK = "**********"
 # Fields whose values are identifiers: masked or removed in quarantined rows.
 MASKED = {"nhs_number": MASK, "birth_date": "(removed)", "postcode": "(removed)",
+           "forename": "(removed)", "surname": "(removed)",
            "professional": "(masked)", "alt_id": "(masked)", "patient_ref": "(masked)"}
 # Coded fields: the vocabulary each maps into.
 VOCAB = {"service": SERVICES, "status": STATUSES, "mode": MODES, "tag": TAGS, "sex": SEXES,

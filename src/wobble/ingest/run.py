@@ -40,15 +40,15 @@ import duckdb
 
 from wobble.core.config import Config, Source
 from wobble.core.errors import WobbleError
+from wobble.core.vault import vault_key
 from wobble.core.warehouse import connect, scalar
-from wobble.ingest.fhir import read_fhir
+from wobble.ingest.identity import build_vault
 from wobble.ingest.load import Batch, FileResult, load_activity, load_persons
 from wobble.ingest.optout import apply_opt_out_list
-from wobble.ingest.plan import display_path, plan_files
+from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
 from wobble.ingest.quality import write_report
-from wobble.ingest.reader import Fingerprint, Input, fingerprint, first_line
+from wobble.ingest.reader import Fingerprint, fingerprint, first_line
 from wobble.ingest.state import RunState
-from wobble.ingest.tabular import open_csv, open_parquet
 
 
 @dataclass
@@ -61,6 +61,7 @@ class IngestResult:
     report_md: Path | None = None
     report_html: Path | None = None
     team_assigned: dict[str, int] = field(default_factory=dict)  # people placed by 'lsoa' / 'unattached'
+    vault: dict | None = None  # the identity vault's path and people, when [vault] is configured
     started_at: datetime = field(default_factory=datetime.now)
     seconds: float = 0.0
     now: datetime | None = None  # the clock dates were checked against
@@ -102,6 +103,7 @@ class IngestResult:
             "errors": [f"{f.file}: {f.error}" for f in self.failed],
             "report": str(self.report_md) if self.report_md else None,
             "report_html": str(self.report_html) if self.report_html else None,
+            "vault": self.vault,
             "rows_per_second": round(rows / self.seconds) if self.seconds else None,
             "seconds": round(self.seconds, 2),
         }
@@ -132,6 +134,7 @@ def ingest(
     if unknown:
         raise WobbleError(f"no source named {unknown[0]!r} in the config")
     plan = plan_files(cfg, names)
+    v_key = vault_key(cfg) if cfg.vault is not None else None  # refuse before loading anything
     result = IngestResult([])
     wait = cfg.ingest.wait_seconds if wait_seconds is None else wait_seconds
     with connect(cfg.warehouse, wait_seconds=wait) as con, ThreadPoolExecutor(1) as hasher:
@@ -161,6 +164,10 @@ def ingest(
         result.opted_out_persons = int(scalar(con, "SELECT count(*) FROM persons WHERE opted_out"))
         result.team_assigned = dict(con.sql("SELECT team_assigned_by, count(*) FROM persons WHERE team_assigned_by "
                                             "IS NOT NULL GROUP BY ALL ORDER BY 1").fetchall())
+        if v_key is not None:
+            if progress:
+                progress("identity vault")
+            result.vault = build_vault(run, v_key)
         result.seconds = time.perf_counter() - t0
         if report:
             if progress:
@@ -197,28 +204,6 @@ def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) 
         return FileResult(name, rel, "failed", table=batch.table, error=first_line(exc),
                           seconds=time.perf_counter() - t0)
     finally:
-        _drop_temp(run.con)
+        drop_temp(run.con)
     result.seconds = time.perf_counter() - t0
     return result
-
-
-_TEMP_TABLES = ("staged", "staged_t", "ids", "ids0", "cand", "seen", "staff", "codes", "dups", "existing",
-                "incoming", "bad", "newly_out", "rej_errors", "rej_scans", "rejects", "fhir_rows", "fhir_lines",
-                "fhir_json")
-
-
-def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
-    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
-    for t in _TEMP_TABLES:
-        con.execute(f"DROP {'VIEW' if t in views else 'TABLE'} IF EXISTS {t}")
-
-
-def open_input(con, cfg: Config, source: Source, path: Path, fp: Fingerprint) -> Input:
-    """The file read as contract fields, by the reader its kind needs."""
-    if source.kind == "fhir":
-        return read_fhir(con, cfg, source, path, fp)
-    if fp.size == 0:
-        raise WobbleError("the file is empty")
-    if source.kind == "parquet":
-        return open_parquet(con, source, path)
-    return open_csv(con, source, path, fp)

@@ -23,6 +23,7 @@ from wobble.models.grading import grade_published
 from wobble.models.train import train
 from wobble.ops.monitor import monitor, monitor_or_flag
 from wobble.synth import demo_config, demo_key, synth
+from wobble.synth.demo import demo_vault_key
 
 Say = Callable[[str], None]
 
@@ -132,6 +133,8 @@ def run_demo(workdir: Path, persons: int, seed: int, summary: RunSummary, say: S
         say(note)
         summary.set("key_note", note)
     key = pseudonym_key(cfg)
+    if vault_note := demo_vault_key(workdir, cfg.vault.key_env):
+        say(vault_note)
     stage_ingest(cfg, key, summary, say)
     model = cfg.wobble.models[0]
     result = stage_train(cfg, model, key, summary, say)

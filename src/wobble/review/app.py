@@ -38,6 +38,10 @@ from wobble.core.vocab import OUTCOME_LABELS, OUTCOMES
 from wobble.lists.outcomes import OutcomeRefused, summary_sentence
 from wobble.review import audit, records
 from wobble.review.guard import Guard, Limits, client_address
+from wobble.review.machine import add_token_routes
+from wobble.review.reveal import add_reveal_routes, reveal_context
+from wobble.review.roles import can_read_list, can_record_outcome
+from wobble.review.signin import add_sign_in_routes, user_of
 from wobble.review.tokens import Session, end_session, open_session, session_for, token_identity
 
 SESSION_COOKIE = "wobble_session"
@@ -119,7 +123,8 @@ class _Review:
                            "and send it again.", action=action, result="refused 403: csrf", session=session)
 
     def the_list(self, session: Session, team_id: str, action: str) -> records.ServedList:
-        if team_id != session.team_id:
+        # a team token opens its own team only; a signed-in person what their role allows (roles.py)
+        if team_id != session.team_id if session.role == "team" else not can_read_list(user_of(session), team_id):
             raise _Refusal(403, "Not your team's list",
                            f"You are signed in for team {session.team_id}. That cannot open another team's "
                            "list or anyone on it.", action=action, result="refused 403: other team", session=session)
@@ -139,14 +144,23 @@ class _Review:
 
     def person_page(self, session: Session, ref: records.ServedList, person: dict, *, status: int = 200,
                     error: str | None = None, form: dict | None = None, saved: bool = False,
-                    nonce: str | None = None) -> Response:
+                    nonce: str | None = None, **extra) -> Response:
         pid = person["person_id"]
         return self.page("review_person.html.j2", status, h=ref.header, p=person,
                          now=records.decisions(self.db, ref).get(pid),
                          history=records.history(self.db, ref.team_id, pid),
                          outcomes=[(o, OUTCOME_LABELS[o]) for o in OUTCOMES], csrf=session.csrf or "",
                          team=ref.team_id, as_of=ref.as_of.isoformat(), error=error, form=form or {}, saved=saved,
-                         nonce=nonce or secrets.token_urlsafe(16))
+                         nonce=nonce or secrets.token_urlsafe(16), **reveal_context(session), **extra)
+
+    def team_view(self, session: Session, ref: records.ServedList, *, people: list[dict], **extra) -> Response:
+        """A team's list page (with identities, after a reveal)."""
+        decided = records.decisions(self.db, ref)
+        progress = records.progress(people, decided)
+        header = {**ref.header, "people": sum(p["section"] == "capacity" for p in people)}
+        return self.page("review_team.html.j2", h=header, people=people, decided=decided,
+                         progress=summary_sentence(progress) if progress["recorded"] else None,
+                         csrf=session.csrf or "", team=ref.team_id, **reveal_context(session), **extra)
 
 
 def _route(path: str) -> str:
@@ -165,8 +179,11 @@ def create_app(cfg: Config) -> Guard:
     r = _Review(cfg)
     app.state.review = r
     _add_handlers(app, r)
+    r.oidc = add_sign_in_routes(app, r, _Refusal, _set_cookie) if cfg.sign_in is not None else None
     _add_sign_in(app, r)
     _add_lists(app, r)
+    add_reveal_routes(app, r, _Refusal)
+    add_token_routes(app, r, _Refusal)
     return Guard(app, settings=cfg.review, limits=r.limits, refuse=r.refuse_early)
 
 
@@ -220,7 +237,9 @@ def _add_sign_in(app: FastAPI, r: _Review) -> None:
         return RedirectResponse(f"/teams/{session.team_id}" if session else "/login", status_code=303)
 
     @app.get("/login")
-    def login_form(request: Request) -> Response:
+    def login_form(request: Request, token: int = 0, team: str = "") -> Response:
+        if r.oidc is not None and not token:  # individual sign-in; ?token=1 for a team token
+            return r.oidc.start(team)
         nonce = secrets.token_urlsafe(16)
         response = r.page("review_login.html.j2", csrf=nonce, error=None)
         _set_cookie(request, response, LOGIN_COOKIE, nonce)
@@ -275,13 +294,8 @@ def _add_lists(app: FastAPI, r: _Review) -> None:
         session = r.authenticate(request, "view_list")
         ref = r.the_list(session, team_id, "view_list")
         people = records.people(r.db, ref)
-        decided = records.decisions(r.db, ref)
-        progress = records.progress(people, decided)
         r.audit(request, action="view_list", result="shown", session=session, detail=f"list of {ref.as_of}")
-        header = {**ref.header, "people": sum(p["section"] == "capacity" for p in people)}
-        return r.page("review_team.html.j2", h=header, people=people, decided=decided,
-                      progress=summary_sentence(progress) if progress["recorded"] else None,
-                      csrf=session.csrf or "", team=team_id)
+        return r.team_view(session, ref, people=people)
 
     @app.get("/teams/{team_id}/people/{person_id}")
     def person_page(request: Request, team_id: str, person_id: str, saved: int = 0) -> Response:
@@ -300,9 +314,11 @@ def _add_lists(app: FastAPI, r: _Review) -> None:
         ref = r.the_list(session, team_id, "record_outcome")
         r.check_post(request, session, csrf, "record_outcome")
         person = r.person_of(session, ref, person_id, "record_outcome")
-        if session.scope != "record":
+        if session.scope != "record" or (session.role != "team" and not can_record_outcome(user_of(session), team_id)):
             raise _Refusal(403, "Read only", "This access token may read lists but not record outcomes.",
                            action="record_outcome", result="refused 403: read-only token", session=session)
+        if session.role != "team":  # a signed-in person: recorded by who they are, not what they type
+            recorded_by = session.display_name
         form = {"outcome": outcome, "note": note, "recorded_by": recorded_by}
         nonce = nonce[:64] or None
         if as_of and as_of != ref.as_of.isoformat():

@@ -42,7 +42,7 @@ def db_of(cfg: Config) -> ServiceDB:
 
 
 def create_token(cfg: Config, team_id: str, *, created_by: str, scope: str = "record",
-                 days: int | None = None) -> tuple[str, str]:
+                 days: int | None = None, via: str = "command line") -> tuple[str, str]:
     """A new access token for one team: (token_id, token). Only its hash is stored."""
     if scope not in SCOPES:
         raise WobbleError(f"unknown scope {scope!r}: read or record")
@@ -58,12 +58,13 @@ def create_token(cfg: Config, team_id: str, *, created_by: str, scope: str = "re
         conn.execute(TOKENS.insert().values(
             token_id=token_id, team_id=team_id, token_hash=token_hash(token), scope=scope, created_at=iso(now),
             created_by=created_by, expires_at=iso(now + timedelta(days=days or cfg.review.token_days))))
-        audit.append(conn, actor=f"{created_by} (command line)", action="create_token", result="done",
+        audit.append(conn, actor=f"{created_by} ({via})", action="create_token", result="done",
                      team_id=team_id, detail=f"token {token_id}, scope {scope}")
     return token_id, token
 
 
-def revoke_tokens(cfg: Config, team_id: str, *, revoked_by: str, token_id: str | None = None) -> int:
+def revoke_tokens(cfg: Config, team_id: str, *, revoked_by: str, token_id: str | None = None,
+                  via: str = "command line") -> int:
     """Revoke a team's live tokens (only `token_id`, if given) and end their sessions; returns how many."""
     live = (TOKENS.c.team_id == team_id) & TOKENS.c.revoked_at.is_(None)
     if token_id:
@@ -75,7 +76,7 @@ def revoke_tokens(cfg: Config, team_id: str, *, revoked_by: str, token_id: str |
         if ids:
             conn.execute(SESSIONS.update().where(SESSIONS.c.user_id.in_([f"token:{t}" for t in ids]),
                                                  SESSIONS.c.ended_at.is_(None)).values(ended_at=now))
-        audit.append(conn, actor=f"{revoked_by.strip()[:80] or 'unknown'} (command line)", action="revoke_tokens",
+        audit.append(conn, actor=f"{revoked_by.strip()[:80] or 'unknown'} ({via})", action="revoke_tokens",
                      result="done", team_id=team_id,
                      detail=f"{len(ids)} token(s)" + (f": {token_id}" if token_id else ""))
     return len(ids)

@@ -7,6 +7,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+from wobble.core.vault import new_key_file
 from wobble.synth.population import ETHNIC_CODES
 from wobble.synth.sources import CODES, SOURCES
 from wobble.synth.world import WORLD_START, WORLD_WEEKS
@@ -43,6 +44,11 @@ def demo_config(world: str = "world", *, seed: int = 7, capacity: int = 20) -> s
         "[teams]",
         f"default_capacity = {capacity}",
         "",
+        "[vault]  # the identity vault: NHS number, name, date of birth, postcode, encrypted",
+        'path = "vault/identities.vault"',
+        'key_env = "WOBBLE_VAULT_KEY"',
+        'key_file = ".wobble_vault_key"  # used when WOBBLE_VAULT_KEY is not set; mode 0600',
+        "",
     ]
     eth_values = {code: group for group, codes in ETHNIC_CODES.items() for code in codes}
     eth_values["Z"] = "Not stated"
@@ -66,6 +72,16 @@ def demo_config(world: str = "world", *, seed: int = 7, capacity: int = 20) -> s
             lines += [f"{_toml_str(k)} = {_toml_str(v)}" for k, v in mapping.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def demo_vault_key(workdir: Path, env_var: str) -> str | None:
+    """Make the demo's vault key file (random, mode 0600) unless the key is in the environment or
+    the file exists; returns a sentence saying so when it was made."""
+    path = workdir / ".wobble_vault_key"
+    if os.environ.get(env_var) or path.exists():
+        return None
+    new_key_file(path)
+    return f"{env_var} is not set: made a random identity vault key in {path} (mode 0600)"
 
 
 def demo_key(workdir: Path, env_var: str, seed: int) -> tuple[bytes, str | None]:

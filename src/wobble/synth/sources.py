@@ -238,7 +238,9 @@ SOURCES = (
      {"date_format": "%d/%m/%Y"},
      {"nhs_number": "NHSNumber", "birth_date": "DateOfBirth", "sex": "Gender",
       "ethnicity_group": "EthnicCategory", "lsoa": "LSOA11", "practice_id": "PracticeCode",
-      "opted_out": "NationalOptOut", "died_on": "DateOfDeath", "registered_on": "RegistrationDate"}),
+      "opted_out": "NationalOptOut", "died_on": "DateOfDeath", "registered_on": "RegistrationDate",
+      # identity, for the vault only (it never reaches the warehouse)
+      "forename": "Forename", "surname": "Surname", "postcode": "Postcode"}),
     ("gp_appointments", "contacts", "gp", "csv", "gp/appointments_*.csv",
      {"timestamp_format": "%d/%m/%Y %H:%M"},
      {"nhs_number": "NHSNumber", "record_id": "AppointmentID", "occurred_at": "AppointmentDate",

@@ -1,0 +1,74 @@
+"""The identity vault's build: the register's identity columns → `wobble.core.vault`, never the warehouse.
+
+Reads every configured register file (a `persons` source, or a FHIR export's Patient file) once
+more at the end of each ingest, and keeps, per person registered in the warehouse and not opted
+out, the identity fields the source maps: `nhs_number`, `forename`, `surname`, `birth_date`,
+`postcode`. The last line for a person wins, as when the register loads. The rows go from DuckDB
+straight to Python and into the encrypted vault; they are never written to a warehouse table.
+The vault is rebuilt whole each time, so a person who opts out, or leaves the register, is gone
+from it after the next ingest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import duckdb
+
+from wobble.core.errors import WobbleError
+from wobble.core.vault import Identity, vault_path, write_vault
+from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
+from wobble.ingest.reader import field_text, field_timestamp, fingerprint, first_line
+from wobble.ingest.state import RunState
+from wobble.ingest.validate import first_pass, ids_join
+
+
+def build_vault(run: RunState, vault_key: bytes) -> dict:
+    """Rebuild the identity vault from the register files; returns its path, people and sources.
+
+    When a register file cannot be read (ingest reports it as failed), the vault is left as it
+    was rather than rebuilt without that file's people, and the result says so.
+    """
+    cfg, con = run.cfg, run.con
+    people: dict[str, Identity] = {}
+    read: list[str] = []
+    path = vault_path(cfg)
+    for f in plan_files(cfg, list(cfg.sources)):
+        is_register = f.source.table == "persons" or (f.source.kind == "fhir" and f.fhir_type == "Patient")
+        if f.path is None or not is_register:
+            continue
+        try:
+            inp = open_input(con, cfg, f.source, f.path, fingerprint(f.path))
+            if inp.table != "persons" or "nhs_number" not in inp.fields:
+                continue
+            first_pass(run, inp, [], None)
+            people.update(_identities(run, inp))  # later files win, as later lines do
+            read.append(display_path(cfg, f.path))
+        except (OSError, WobbleError, duckdb.Error) as exc:
+            why = first_line(exc) if isinstance(exc, duckdb.Error) else str(exc)
+            return {"path": display_path(cfg, path), "people": None, "register_files": len(read),
+                    "kept_previous": True, "error": f"{display_path(cfg, f.path)}: {why}"}
+        finally:
+            drop_temp(con)
+    keep = {r[0] for r in con.execute(
+        "SELECT person_id FROM persons WHERE NOT opted_out "
+        "AND person_id NOT IN (SELECT person_id FROM opt_out_ids)").fetchall()}
+    n = write_vault(path, vault_key, ((p, i) for p, i in sorted(people.items()) if p in keep),
+                    source=", ".join(read))
+    return {"path": display_path(cfg, path), "people": n, "register_files": len(read)}
+
+
+def _identities(run: RunState, inp) -> Iterator[tuple[str, Identity]]:
+    """(person_id, identity) for each valid registered row of the file, the last line per person."""
+    birth = (f"strftime(({field_timestamp('birth_date', inp, inp.date_format)})::DATE, '%Y-%m-%d')"
+             if "birth_date" in inp.fields else "NULL")
+    cols = {"nhs_number": "ids.nhs", "forename": field_text("forename", inp), "surname": field_text("surname", inp),
+            "birth_date": birth, "postcode": f"upper({field_text('postcode', inp)})"}
+    sel = ", ".join(f"{sql} AS {name}" for name, sql in cols.items())
+    cur = run.con.execute(f"""
+        SELECT ids.person_id, {sel} FROM {inp.relation} r {ids_join(inp)}
+        WHERE ids.status = 0 AND ids.person_id IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY ids.person_id ORDER BY r._ord DESC) = 1""")
+    while rows := cur.fetchmany(50_000):
+        for pid, *values in rows:
+            yield pid, Identity(**dict(zip(cols, values, strict=True)))
