@@ -24,12 +24,21 @@ os.environ.setdefault("WOBBLE_VAULT_KEY", TEST_VAULT_KEY)
 # Tests that need one of these worlds (a 10,000- or 20,000-person demo, a Prefect server) are `slow`: `make
 # test-fast` (-m "not slow") leaves them out; `make test` and CI run everything.
 SLOW_FIXTURES = {"world20k", "ingested", "demo_run", "monitor_world", "drifted_world", "published_copy", "monitored",
-                 "prefect_harness", "harness"}
+                 "prefect_harness", "harness", "prefect_server", "twice"}
+# ... and these, each over 15 s on two cores (`--durations`): many generated worlds, several trainings, worker pools.
+SLOW_TESTS = {"test_compiled_sql_matches_the_slow_reference",
+              "test_records_known_only_after_the_as_of_date_change_nothing",
+              "test_snapshots_for_many_dates_equal_snapshots_one_date_at_a_time",
+              "test_worker_processes_do_not_change_the_world",
+              "test_buckets_rebuild_the_single_machine_snapshots_and_a_missing_bucket_is_an_error",
+              "test_escalation_trains_evaluates_and_gets_a_card_through_the_same_code",
+              "test_dates_parse_as_python_reads_them_or_are_quarantined",
+              "test_any_file_fails_in_one_line_or_reconciles"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
 
 

@@ -16,6 +16,7 @@ import base64
 import json
 import math
 import re
+import textwrap
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -425,12 +426,11 @@ def _split_dates(s: dict) -> dict:
             "last_label_date": d(s["last_label_date"]), "data_end": d(s["data_end"])}
 
 
-def _short(text: str, width: int = 66) -> str:
-    """A feature's description cut to fit a plot's axis: whole words, the brackets' asides dropped."""
+def _short(text: str, width: int = 36) -> str:
+    """A feature's description for a plot's axis: the brackets' asides dropped, on at most two lines of whole
+    words, cut with '…' beyond them."""
     text = re.sub(r"\s*\([^)]*\)", "", text).strip()
-    if len(text) <= width:
-        return text
-    return text[: text.rfind(" ", 0, width - 1)].rstrip(",;:") + "…"
+    return textwrap.fill(text, width=width, max_lines=2, placeholder=" …")
 
 
 def _anchor(title: str) -> str:

@@ -90,7 +90,7 @@ def shap_figure(contrib: np.ndarray, X: np.ndarray, features: list[str], path: P
     np.random.set_state(np.random.RandomState(0).get_state())
     try:
         shap.summary_plot(contrib, X, feature_names=features, show=False, max_display=max_display,
-                          plot_size=(7.5, 0.32 * max_display + 1.5), color_bar_label="feature value")
+                          plot_size=(9.5, 0.5 * max_display + 1.5), color_bar_label="feature value")
     finally:
         np.random.set_state(state)
     fig = plt.gcf()
