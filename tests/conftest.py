@@ -189,11 +189,11 @@ def published_copy(demo_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
+def postgres():
     """A real PostgreSQL server on 127.0.0.1 for the session (tests/pgserver.py); it fails, never skips."""
-    from pgserver import PostgresServer
+    from pgserver import PostgresServer, data_folder
 
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server = PostgresServer(data_folder())
     yield server
     server.stop()
 

@@ -173,11 +173,14 @@ def scan_for(paths: list[Path], needles: set[str], also: tuple[str, ...] = ()) -
     import zipfile
 
     rx = re.compile(_NUMBER)
+    # one pass over each text for all the plain strings (a hundred names: one `in` each was 10x slower)
+    also_rx = re.compile("|".join(re.escape(s) for s in sorted(set(also), key=len, reverse=True))) if also else None
     hits: dict[str, list[str]] = {}
 
     def check(name: str, text: str) -> None:
         got = {m.replace(" ", "").replace("-", "") for m in rx.findall(text)} & needles
-        got |= {s for s in also if s in text}
+        if also_rx is not None:
+            got |= set(also_rx.findall(text))
         if got:
             hits.setdefault(name, []).extend(sorted(got)[:5])
 

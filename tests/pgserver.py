@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def data_folder() -> Path:
+    """A new folder directly under the system's temporary folder: not under pytest's, which each pytest run
+    (any run, as root) makes private again, cutting off the server's unprivileged user."""
+    return Path(tempfile.mkdtemp(prefix="wobble-postgres-"))
 
 
 def _as_unprivileged(folder: Path) -> str | None:
