@@ -4,7 +4,7 @@ shows identities with a watermark of the viewer's name and the time; another tea
 refused (403) and the refusal is in the audit.
 
 The review server runs as `wobble review serve` (with a `[sign_in]` block) on 127.0.0.1; the
-provider is tests/oidc_provider.py on another loopback port. Debian's `chromium` must be installed.
+provider is tests/oidc_provider.py on another loopback port. The browser is the suite's (`make browser`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, copy_tree
 from oidc_provider import Provider
 from reviewkit import audit_since, last_seq
-from test_browser import CHROMIUM, CHROMIUM_ARGS, WCAG_22_AA, _free_port, wait_healthy
+from test_browser import WCAG_22_AA, _free_port, wait_healthy
 from test_reveal import SECRET, provider_users
 
 from wobble.core.config import load_config
@@ -29,16 +29,9 @@ from wobble.review import records
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)",
-                    pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+def chromium(browser):
+    """The suite's headless Chromium (conftest's `browser`: `make browser` finds or installs it)."""
+    return browser
 
 
 @pytest.fixture(scope="module")
