@@ -226,9 +226,12 @@ def tiny_trained(tmp_path_factory, tiny_world):
     return cfg, train(cfg, "crisis_90d", key=TEST_KEY.encode())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium from scripts/get_browser.py (`make browser`): fails, never skips, when there is none."""
+    """Headless Chromium from scripts/get_browser.py (`make browser`): fails, never skips, when there is none.
+
+    Per module, not per session: Playwright's sync API keeps an event loop on the main thread while it
+    runs, and Prefect, seeing it, would hand later tests coroutines instead of results."""
     get_browser = load_script(ROOT / "scripts" / "get_browser.py")
     path = get_browser.find_browser()
     if path is None:
