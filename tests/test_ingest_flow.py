@@ -44,4 +44,6 @@ def test_the_report_is_a_prefect_artifact_inside_a_flow(harness, tmp_path):
     assert artifacts, "no data-quality artifact"
     assert artifacts[0].type == "markdown"
     assert artifacts[0].data == Path(report).read_text()
-    assert "invalid_nhs_number" in artifacts[0].data
+    from wobble.core.vocab import reason_label
+
+    assert reason_label("invalid_nhs_number") in artifacts[0].data

@@ -14,6 +14,7 @@ from ingest_kit import NOTES_HEADER, VISITS_HEADER, csv_text, numbers, project, 
 
 from wobble.core.config import load_config
 from wobble.core.errors import ConfigError
+from wobble.core.vocab import reason_label
 from wobble.ingest import ingest
 
 KEY = TEST_KEY.encode()
@@ -138,8 +139,10 @@ def test_quarantine_detail_names_the_field_and_value_and_the_report_groups_by_it
         (6, "missing_field", "service: (blank)"), (7, "missing_field", "nhs_number: (blank)"),
         (8, "impossible_date", "recorded_at: '2025-03-01 10:00'")]
     report = result.report_md.read_text()
-    assert "| visits | unknown_code | service: 'XRAY' | 2 |" in report
-    assert "| visits | missing_field | nhs_number: (blank) | 1 |" in report
+    # the report names each reason in plain words, from the one vocabulary
+    assert f"| visits | {reason_label('unknown_code')} | service: 'XRAY' | 2 |" in report
+    assert f"| visits | {reason_label('missing_field')} | nhs_number: (blank) | 1 |" in report
+    assert "unknown_code" not in report
     assert a not in report
 
 
