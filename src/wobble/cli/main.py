@@ -136,8 +136,10 @@ def _list_lines(st: dict) -> list[str]:
                      f"{_pct(c.get('crisis_contact_30d'))} with a crisis contact in the last 30 days")
     if (cov := st.get("coverage")) and cov.get("registered_adults"):
         lines.append(f"coverage: {cov['scored']:,} of {cov['registered_adults']:,} registered adults without an "
-                     f"opt-out scored ({100 * cov['scored_share']:.1f}%); left out by the model's cohort rules "
-                     f"{cov['left_out_by_cohort_rules']:,}, unaccounted {cov['unaccounted']:,}")
+                     f"opt-out scored ({100 * cov['scored_share']:.1f}%), unaccounted {cov['unaccounted']:,}; "
+                     f"not ranked by the model's cohort rules: {cov['not_ranked'].get('recent_crisis', 0):,} "
+                     f"with a recent crisis (the lists' other part), {cov['not_ranked'].get('short_history', 0):,} "
+                     f"registered under a year")
     if len(st["lists"]) > 10:
         lines.append(f"  … and {len(st['lists']) - 10} more in {Path(st['lists'][0]['html']).parent}")
     return lines

@@ -99,8 +99,9 @@ CREATE TABLE IF NOT EXISTS scores (
     team_id          VARCHAR,
     risk             DOUBLE NOT NULL,
     team_percentile  DOUBLE,
-    team_rank        INTEGER NOT NULL,
-    list_rank        INTEGER
+    team_rank        INTEGER,           -- within the model's cohort; blank for people a cohort rule leaves out
+    list_rank        INTEGER,
+    cohort_rule      VARCHAR            -- the rule leaving the person out of the cohort (models.cohort)
 );
 CREATE TABLE IF NOT EXISTS explanations (
     model_name       VARCHAR NOT NULL,
@@ -223,6 +224,8 @@ def connect(
 # (and loses a NOT NULL a column no longer has) the first time it is opened for writing.
 MIGRATIONS = (
     "ALTER TABLE scores ADD COLUMN IF NOT EXISTS list_rank INTEGER",
+    "ALTER TABLE scores ADD COLUMN IF NOT EXISTS cohort_rule VARCHAR",
+    "ALTER TABLE scores ALTER COLUMN team_rank DROP NOT NULL",
     "ALTER TABLE huddle_lists ADD COLUMN IF NOT EXISTS section VARCHAR DEFAULT 'capacity'",
     "ALTER TABLE huddle_lists ALTER COLUMN risk DROP NOT NULL",
     "ALTER TABLE persons ADD COLUMN IF NOT EXISTS team_assigned_by VARCHAR",

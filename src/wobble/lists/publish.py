@@ -143,7 +143,10 @@ def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=
         published_at = _published_at(con, model, version, as_of)
         rows = _assemble(listed, recent, reasons, tags, sparks, person_caveats, team_caveats, previous,
                          model, version, approval, published_at)
-        context = _context(con, rows, team_caveats, as_of, model, version, published_at)
+        # said above the list, not on each person's row: it is about people who are not on it
+        unranked = row_parts.unranked_caveats(con, spec, version, as_of)
+        above = {t: team_caveats.get(t, []) + unranked.get(t, []) for t in set(team_caveats) | set(unranked)}
+        context = _context(con, rows, above, as_of, model, version, published_at)
         outcomes = last_outcomes(con, as_of, "_listed_ids")
         covered = coverage(con, spec, model, str(version), as_of)
         with transaction(con):

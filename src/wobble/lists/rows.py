@@ -12,6 +12,7 @@ import numpy as np
 
 from wobble.core.vocab import TAG_LABELS, role_label
 from wobble.features.feeds import feed_months, gap_sentence, quiet_spans
+from wobble.models.cohort import SHORT_HISTORY
 
 
 def recent_tags(con, as_of: date) -> dict[str, list[dict]]:
@@ -109,6 +110,21 @@ def team_caveats(con, as_of: date, unattached: str | None = None, owner: str | N
         out.setdefault(unattached, []).insert(
             0, f"people with no practice or team found (homeless people among them): {goes_to}")
     return out
+
+
+def unranked_caveats(con, spec, version: str, as_of: date) -> dict[str, list[str]]:
+    """Per team, a sentence on the people scored but kept off the model's (`spec`) ranking because
+    they registered too recently for it to know their usual level (`scores.cohort_rule`)."""
+    days = spec.cohort.min_registered_days or 0
+    span = "a year" if days == 365 else f"{days // 365} years" if days % 365 == 0 else f"{days} days"
+    rows = con.execute("""
+        SELECT team_id, count(*) FROM scores
+        WHERE model_name = ? AND model_version = ? AND as_of = ? AND cohort_rule = ?
+        GROUP BY team_id ORDER BY team_id""", [spec.name, str(version), as_of, SHORT_HISTORY]).fetchall()
+    return {team: [f"{n:,} {'person' if n == 1 else 'people'} registered less than {span} ago "
+                   f"{'is' if n == 1 else 'are'} not ranked: without {span} of history the model cannot "
+                   "tell a rise from their usual level. Who among them does the team know?"]
+            for team, n in rows}
 
 
 def previous_risks(con, model: str, as_of: date) -> dict[str, float]:

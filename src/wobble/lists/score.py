@@ -21,7 +21,7 @@ from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal
 from wobble.core.warehouse import connect, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
-from wobble.models.cohort import eligible_sql, snapshot_filter_sql
+from wobble.models.cohort import RECENT_CRISIS, SHORT_HISTORY, age_sql, cohort_rule_sql
 from wobble.models.explain import change_reasons
 from wobble.models.spec import load_spec
 from wobble.models.tracking import load_version
@@ -70,46 +70,56 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
 
 
 def cohort_frame_sql(spec, features: list[str], as_of: date) -> str:
-    """The snapshot rows a model scores at `as_of`: its cohort's, ordered by person."""
+    """The snapshot rows a model scores at `as_of`, ordered by person: everyone of its ages, with
+    `cohort_rule`, the rule that keeps a person off its ranking (NULL: in the cohort, ranked)."""
+    day = date_literal(as_of)
     return f"""
-        SELECT person_id, team_id, {', '.join(features)} FROM feature_snapshots f
-        WHERE as_of = {date_literal(as_of)} AND {snapshot_filter_sql(spec, 'f')}
-        ORDER BY person_id"""
+        SELECT f.person_id, f.team_id, {cohort_rule_sql(spec, day, 'p')} AS cohort_rule,
+               {', '.join(f'f.{c}' for c in features)}
+        FROM feature_snapshots f JOIN persons p USING (person_id)
+        WHERE f.as_of = {day} AND {age_sql(spec, day, 'p')}
+        ORDER BY f.person_id"""
 
 
 def score_rows(cfg: Config, spec, cat, frame: pl.DataFrame, features: list[str], booster, calibrator
                ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(scores, explanations) for whole teams' rows of `frame` (person_id, team_id, features, by person).
+    """(scores, explanations) for whole teams' rows of `frame` (person_id, team_id, cohort_rule,
+    features, by person).
 
-    Scores: one row per person (risk, team_percentile, team_rank by score, and list_rank: the place
-    on the team's list, blank when not listed); explanations: one row per listed person and
-    feature. A team lists its capacity's worth of its highest scores; a model whose spec asks for a
-    reason about change lists only people with one (`explain.change_reasons`), so its explanations
-    are computed for three times the capacity's worth, the people who can reach the list. Every
+    Scores: one row per person (risk, cohort_rule, and for people in the cohort, whose cohort_rule
+    is blank: team_percentile and team_rank by score among them, and list_rank, the place on the
+    team's list, blank when not listed); explanations: one row per listed person and feature.
+    A team lists its capacity's worth of its highest scores; a model whose spec asks for a reason
+    about change lists only people with one (`explain.change_reasons`), so its explanations are
+    computed for three times the capacity's worth, the people who can reach the list. Every
     figure is within a team, so a team scored alone gets exactly what it gets beside the others.
     """
     X = frame.select(features).to_numpy().astype(np.float64)
     raw = booster.predict(X)
-    scores = frame.select("person_id", "team_id").with_columns(
-        pl.Series("risk", calibrator.predict(raw)), pl.Series("_raw", raw)
-    ).with_columns(
+    scored = frame.select("person_id", "team_id", "cohort_rule").with_columns(
+        pl.Series("risk", calibrator.predict(raw)), pl.Series("_raw", raw)).with_row_index("_i")
+    # people a cohort rule leaves out are scored (nobody is silently unseen) but not ranked: the
+    # model's figures, and the team's list, are about its cohort
+    scores = scored.filter(pl.col("cohort_rule").is_null()).with_columns(
         # share of the team with a lower risk: "higher than 98 in 100 people in this team"
         ((pl.col("risk").rank("min").over("team_id") - 1) / pl.len().over("team_id")).alias("team_percentile"),
         # rank by the uncalibrated score: isotonic calibration ties people the model separates
         pl.col("_raw").rank("ordinal", descending=True).over("team_id").cast(pl.Int32).alias("team_rank"),
-    ).with_row_index("_i")
+    )
     gate = spec.listing.require_change_reason
     teams = scores["team_id"].unique().sort().to_list()
     capacity = pl.DataFrame({"team_id": teams, "_cap": [cfg.teams.capacity_for(t) for t in teams]},
                             schema={"team_id": pl.String, "_cap": pl.Int64})
     near = scores.join(capacity, on="team_id").filter(pl.col("team_rank") <= pl.col("_cap") * (3 if gate else 1))
     idx = near["_i"].to_numpy()
-    contrib = booster.predict(X[idx], pred_contrib=True)[:, :-1]
+    contrib = (booster.predict(X[idx], pred_contrib=True)[:, :-1] if idx.size
+               else np.zeros((0, len(features))))
     ok = change_reasons(contrib, X[idx], features, cat) >= 0 if gate else np.ones(idx.size, bool)
     ranks = (near.with_columns(pl.Series("_ok", ok)).filter("_ok")
              .with_columns(pl.col("team_rank").rank("ordinal").over("team_id").cast(pl.Int32).alias("list_rank"))
              .filter(pl.col("list_rank") <= pl.col("_cap")).select("_i", "list_rank"))
-    scores = scores.join(ranks, on="_i", how="left", maintain_order="left")
+    scores = scored.join(scores.select("_i", "team_percentile", "team_rank"), on="_i", how="left",
+                         maintain_order="left").join(ranks, on="_i", how="left", maintain_order="left")
     keep = np.isin(idx, ranks["_i"].to_numpy())
     expl = pl.DataFrame({
         "person_id": np.repeat(frame["person_id"].to_numpy()[idx[keep]], len(features)),
@@ -117,7 +127,8 @@ def score_rows(cfg: Config, spec, cat, frame: pl.DataFrame, features: list[str],
         "value": X[idx[keep]].ravel(),
         "contribution": contrib[keep].ravel(),
     }, schema={"person_id": pl.String, "feature": pl.String, "value": pl.Float64, "contribution": pl.Float64})
-    return scores.select("person_id", "team_id", "risk", "team_percentile", "team_rank", "list_rank"), expl
+    return scores.select("person_id", "team_id", "risk", "team_percentile", "team_rank", "list_rank",
+                         "cohort_rule"), expl
 
 
 def write_scores(con, model: str, version: str, as_of: date, scores: pl.DataFrame, expl: pl.DataFrame) -> None:
@@ -130,8 +141,8 @@ def write_scores(con, model: str, version: str, as_of: date, scores: pl.DataFram
         con.register("_expl", expl)
         con.execute(
             "INSERT INTO scores (model_name, model_version, as_of, person_id, team_id, risk, team_percentile, "
-            "team_rank, list_rank) SELECT ?, ?, ?, person_id, team_id, risk, team_percentile, team_rank, list_rank "
-            "FROM _scores",
+            "team_rank, list_rank, cohort_rule) SELECT ?, ?, ?, person_id, team_id, risk, team_percentile, "
+            "team_rank, list_rank, cohort_rule FROM _scores",
             params,
         )
         con.execute(
@@ -147,30 +158,35 @@ ADULT_AGE = 18
 
 def coverage(con, spec, model: str, version: str, as_of: date) -> dict:
     """Who the lists can see: registered adults without an opt-out (alive and registered before
-    `as_of`) who were scored, as a share of all of them. Those the model's own cohort rules leave
-    out on purpose (a recent crisis: the list's other part; too short a history) are counted
-    apart; `unaccounted` (neither scored nor left out by a rule: an administrative gap) must be 0.
+    `as_of`) who were scored, as a share of all of them (`scored_share`: 1.0 when nobody is
+    missing). Of the scored, those a cohort rule keeps off the model's ranking are counted by rule
+    (`not_ranked`: a recent crisis, on the list's other part; under a year registered). Of the
+    unscored, `outside_model_ages` is the model's own choice; `unaccounted` (an administrative
+    gap) must be 0.
     """
     day = date_literal(as_of)
+    rules = (RECENT_CRISIS, SHORT_HISTORY)
     row = con.execute(f"""
         WITH base AS (
-            SELECT p.*, s.person_id IS NOT NULL AS scored, {eligible_sql(spec, day)} AS eligible
+            SELECT p.*, s.person_id IS NOT NULL AS scored, s.cohort_rule, {age_sql(spec, day, 'p')} AS of_age
             FROM persons p
-            LEFT JOIN (SELECT DISTINCT person_id FROM scores WHERE model_name = ? AND model_version = ?
-                       AND as_of = {day}) s USING (person_id)
+            LEFT JOIN (SELECT person_id, any_value(cohort_rule) AS cohort_rule FROM scores
+                       WHERE model_name = ? AND model_version = ? AND as_of = {day} GROUP BY person_id) s
+              USING (person_id)
             WHERE NOT p.opted_out AND (p.registered_on IS NULL OR p.registered_on < {day})
               AND (p.died_on IS NULL OR p.died_on >= {day}) AND year({day}) - p.birth_year >= {ADULT_AGE})
-        SELECT count(*), count(*) FILTER (WHERE scored),
-               count(*) FILTER (WHERE NOT scored AND NOT coalesce(eligible, false)),
-               count(*) FILTER (WHERE NOT scored AND coalesce(eligible, false)),
+        SELECT count(*), count(*) FILTER (WHERE scored), count(*) FILTER (WHERE scored AND cohort_rule IS NULL),
+               {", ".join(f"count(*) FILTER (WHERE scored AND cohort_rule = '{r}')" for r in rules)},
+               count(*) FILTER (WHERE NOT scored AND NOT coalesce(of_age, false)),
+               count(*) FILTER (WHERE NOT scored AND coalesce(of_age, false)),
                count(*) FILTER (WHERE scored AND team_assigned_by IS NOT NULL),
                count(*) FILTER (WHERE scored AND sex = 'not_known')
         FROM base""", [model, str(version)]).fetchone()
-    adults, scored, by_rule, unaccounted, placed, sex_unknown = (int(v) for v in row)
+    adults, scored, ranked, *by_rule, by_age, unaccounted, placed, sex_unknown = (int(v) for v in row)
     return {
         "registered_adults": adults, "scored": scored,
         "scored_share": round(scored / adults, 4) if adults else None,
-        "left_out_by_cohort_rules": by_rule, "unaccounted": unaccounted,
-        "accounted_share": round((scored + by_rule) / adults, 4) if adults else None,
+        "ranked": ranked, "not_ranked": dict(zip(rules, by_rule, strict=True)),
+        "outside_model_ages": by_age, "unaccounted": unaccounted,
         "scored_without_a_practice_team": placed, "scored_with_sex_not_known": sex_unknown,
     }

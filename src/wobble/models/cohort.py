@@ -101,21 +101,45 @@ def _rise_label_sql(spec: ModelSpec, rows: str) -> str:
         FROM {rows} r {' '.join(joins)}"""
 
 
+def age_sql(spec: ModelSpec, as_of: str, person: str = "p") -> str:
+    """SQL: the person (`person`: their `persons` row) is of the model's ages at the date `as_of` (SQL)."""
+    return f"year({as_of}) - {person}.birth_year BETWEEN {spec.cohort.min_age} AND {spec.cohort.max_age}"
+
+
+# The cohort rules a person of the model's ages can be left out of its ranking by (scores.cohort_rule)
+RECENT_CRISIS, SHORT_HISTORY = "recent_crisis", "short_history"
+
+
+def _rules(spec: ModelSpec, as_of: str, person: str) -> list[tuple[str, str]]:
+    """(rule, SQL: the rule leaves the person out at `as_of`) for each cohort rule the spec asks for."""
+    c, rules = spec.cohort, []
+    if c.no_crisis_days:
+        rules.append((RECENT_CRISIS, f"""EXISTS (
+            SELECT 1 FROM contacts x WHERE x.person_id = {person}.person_id AND x.service IN {in_list(CRISIS_SERVICES)}
+              AND x.recorded_at < {as_of} AND x.occurred_at < {as_of}
+              AND x.occurred_at >= {as_of} - INTERVAL {c.no_crisis_days} DAY)"""))
+    if c.min_registered_days:  # an unknown registration date does not exclude
+        rules.append((SHORT_HISTORY, f"coalesce({person}.registered_on > {as_of} - INTERVAL "
+                                     f"{c.min_registered_days} DAY, false)"))
+    return rules
+
+
+def cohort_rule_sql(spec: ModelSpec, as_of: str, person: str = "p") -> str:
+    """SQL: the first cohort rule that leaves the person (`person`: their `persons` row) out of the
+    model's cohort at the date `as_of` (SQL), or NULL when they are in it: `recent_crisis`, a crisis
+    contact known in the last `no_crisis_days` (they are on the list's other part); `short_history`,
+    registered less than `min_registered_days` (their usual level is not known yet). Ages are a
+    separate rule (`age_sql`)."""
+    arms = " ".join(f"WHEN {cond} THEN '{rule}'" for rule, cond in _rules(spec, as_of, person))
+    return f"CASE {arms} END" if arms else "NULL::VARCHAR"
+
+
 def eligible_sql(spec: ModelSpec, as_of: str, person: str = "p") -> str:
     """SQL: the person (`person`: their `persons` row) is in the model's cohort at the date `as_of`
     (SQL), beyond what every cohort asks (`features.cohort_sql`: registered, alive, not opted out):
-    their age, and, where the spec asks, no crisis contact known in the last `no_crisis_days` and
-    registered at least `min_registered_days` (an unknown registration date does not exclude)."""
-    c = spec.cohort
-    conds = [f"year({as_of}) - {person}.birth_year BETWEEN {c.min_age} AND {c.max_age}"]
-    if c.min_registered_days:
-        conds.append(f"coalesce({person}.registered_on <= {as_of} - INTERVAL {c.min_registered_days} DAY, true)")
-    if c.no_crisis_days:
-        conds.append(f"""NOT EXISTS (
-            SELECT 1 FROM contacts x WHERE x.person_id = {person}.person_id AND x.service IN {in_list(CRISIS_SERVICES)}
-              AND x.recorded_at < {as_of} AND x.occurred_at < {as_of}
-              AND x.occurred_at >= {as_of} - INTERVAL {c.no_crisis_days} DAY)""")
-    return " AND ".join(conds)
+    of its ages, and left out by none of its cohort rules (`cohort_rule_sql`)."""
+    return " AND ".join([age_sql(spec, as_of, person)]
+                        + [f"NOT {cond}" for _rule, cond in _rules(spec, as_of, person)])
 
 
 def snapshot_filter_sql(spec: ModelSpec, snapshots: str = "feature_snapshots") -> str:

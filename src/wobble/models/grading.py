@@ -294,7 +294,7 @@ def grade_published(cfg, key: bytes | None, model: str, version: str, as_of: dat
             WHERE h.model_name = ? AND h.model_version = ? AND h.as_of = ?""",
             params=[as_of, as_of, as_of, model, str(version), as_of]).pl()
         cohort = con.sql("""SELECT person_id, team_id, list_rank IS NOT NULL AS listed FROM scores
-                            WHERE model_name = ? AND model_version = ? AND as_of = ?""",
+                            WHERE model_name = ? AND model_version = ? AND as_of = ? AND cohort_rule IS NULL""",
                          params=[model, str(version), as_of]).pl()
     phase = truth.select("person_id", "phase", "excess")
     out = {}

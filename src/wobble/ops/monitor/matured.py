@@ -54,7 +54,8 @@ def _matured_rows(con, spec, version: str, as_ofs: list[date]) -> pl.DataFrame:
     """One row per person scored at the matured lists: risk, outcome, listed or not, fairness groups."""
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _matured AS
         SELECT s.person_id, s.as_of, s.team_id, s.risk FROM scores s
-        WHERE s.model_name = ? AND s.model_version = ? AND s.as_of IN {in_dates(as_ofs)}""", [spec.name, version])
+        WHERE s.model_name = ? AND s.model_version = ? AND s.as_of IN {in_dates(as_ofs)}
+          AND s.cohort_rule IS NULL""", [spec.name, version])
     attrs = ", ".join(f"{sql} AS {a}" for a, sql in attributes_sql("m.as_of").items())
     return con.sql(f"""
         SELECT m.person_id, m.as_of, m.team_id, m.risk, l.label::INTEGER AS label,
