@@ -170,9 +170,8 @@ def coverage(con, spec, model: str, version: str, as_of: date) -> dict:
         WITH base AS (
             SELECT p.*, s.person_id IS NOT NULL AS scored, s.cohort_rule, {age_sql(spec, day, 'p')} AS of_age
             FROM persons p
-            LEFT JOIN (SELECT person_id, any_value(cohort_rule) AS cohort_rule FROM scores
-                       WHERE model_name = ? AND model_version = ? AND as_of = {day} GROUP BY person_id) s
-              USING (person_id)
+            LEFT JOIN (SELECT person_id, cohort_rule FROM scores  -- one row per person
+                       WHERE model_name = ? AND model_version = ? AND as_of = {day}) s USING (person_id)
             WHERE NOT p.opted_out AND (p.registered_on IS NULL OR p.registered_on < {day})
               AND (p.died_on IS NULL OR p.died_on >= {day}) AND year({day}) - p.birth_year >= {ADULT_AGE})
         SELECT count(*), count(*) FILTER (WHERE scored), count(*) FILTER (WHERE scored AND cohort_rule IS NULL),

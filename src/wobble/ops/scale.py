@@ -217,8 +217,8 @@ def load_model(cfg: Config, model: str, version: str) -> ScoringModel:
 def export_teams(cfg: Config, model: ScoringModel, as_of: date) -> TeamRows:
     """The model's scoring rows at `as_of` (its cohort's ages), one Parquet file per team.
 
-    Grain: one row per person in the cohort at `as_of` (person_id, team_id, the model's features),
-    in `teams/team=<k>.parquet`, k the team's place in sorted order.
+    Grain: one row per person of the model's ages at `as_of` (person_id, team_id, cohort_rule, the
+    model's features), in `teams/team=<k>.parquet`, k the team's place in sorted order.
     """
     spec = load_spec(cfg.models_dir, model.name)
     folder = _run_folder(cfg, "scores", as_of)
