@@ -48,11 +48,40 @@ def run(cmd: list[str], env: dict, ok: tuple[int, ...] = (0,)) -> tuple[float, f
     return seconds, usage.ru_maxrss / 1024 / 1024, data  # ru_maxrss is in KiB on Linux
 
 
+def peers(work: Path, as_of: date, env: dict, record, results: list[dict]) -> None:
+    """The peers step: the warehouse's contacts exported to Parquet, then a polars and a pandas
+    analyst's 62 window columns for `as_of` (scripts/peers.py), each in its own process, and their
+    times set beside wobble's whole feature catalogue at that date when this run measured it."""
+    import duckdb
+
+    contacts = work / "contacts.parquet"
+    t0 = time.perf_counter()
+    con = duckdb.connect(str(work / "warehouse.duckdb"), read_only=True)
+    try:
+        con.execute(f"COPY (SELECT person_id, occurred_at, recorded_at, service, status FROM contacts) "
+                    f"TO '{contacts}' (FORMAT parquet)")
+        n = con.execute("SELECT count(*) FROM contacts").fetchone()[0]
+    finally:
+        con.close()
+    print(f"peers: {n:,} contacts exported to Parquet in {time.perf_counter() - t0:.1f} s", flush=True)
+    ours = next((r for r in results if r["stage"] == "features x1"), None)
+    for impl in ("polars", "pandas"):
+        out = work / f"peer_{impl}.parquet"
+        s, m, _ = run([sys.executable, str(ROOT / "scripts" / "peers.py"), "--contacts", str(contacts),
+                       "--as-of", as_of.isoformat(), "--impl", impl, "--out", str(out)], env)
+        note = "62 columns"
+        if ours:
+            note += f"; wobble's features take {ours['seconds'] / s:.2f}x its time, {ours['peak_gb'] / m:.2f}x its peak"
+        record(f"peer {impl}", s, m, n, note)
+        out.unlink(missing_ok=True)
+    contacts.unlink()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--persons", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--stages", default="synth,ingest,features1,features13,train,approve,publish,monitor")
+    ap.add_argument("--stages", default="synth,ingest,features1,peers,features13,train,approve,publish,monitor")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="Folder for the config, warehouse and results (default data/bench/<persons>); "
                          "an existing warehouse there is reused by stages after ingest")
@@ -84,7 +113,7 @@ def main() -> None:
         results.append({"stage": stage, "seconds": round(seconds, 1), "peak_gb": round(peak, 2),
                         "rows": rows, "rows_per_second": round(rows / seconds) if rows else None,
                         "note": note})
-        line = f"{stage:12s} {seconds:8.1f} s  {peak:6.2f} GB"
+        line = f"{stage:26s} {seconds:8.1f} s  {peak:6.2f} GB"
         if rows:
             line += f"  {rows:,} rows  {rows / seconds:,.0f} rows/s"
         print(line + (f"  {note}" if note else ""), flush=True)
@@ -94,10 +123,13 @@ def main() -> None:
                             "--out", str(work / "world"), "--json"], env)
         st = d.get("stages", {}).get("synth", {})
         record("synth", s, m, st.get("contacts"), f"{st.get('persons', 0):,} people")
+    from wobble.core.config import load_config
     from wobble.synth import demo_config
+    from wobble.synth.demo import demo_vault_key
     from wobble.synth.world import WORLD_START, WORLD_WEEKS
 
     cfg.write_text(demo_config("world", seed=args.seed))
+    demo_vault_key(work, load_config(cfg).vault.key_env)  # ingest fills the identity vault
     end = WORLD_START + timedelta(weeks=WORLD_WEEKS)
     if "ingest" in stages:
         wh = work / "warehouse.duckdb"
@@ -108,7 +140,12 @@ def main() -> None:
         record("ingest", s, m, st.get("rows_in"), f"loaded {st.get('rows_loaded', 0):,}")
     if "features1" in stages:
         s, m, d = run(py + ["features", "--as-of", end.isoformat(), "--config", str(cfg), "--json"], env)
-        record("features x1", s, m, d.get("stages", {}).get("features", {}).get("rows"))
+        st = d.get("stages", {}).get("features", {})
+        spent = sorted(st.get("timings", {}).items(), key=lambda kv: -kv[1])
+        record("features x1", s, m, st.get("rows"), f"{st.get('features')} features; "
+               + ", ".join(f"{k} {v:.1f} s" for k, v in spent[:6]))
+    if "peers" in stages:
+        peers(work, end, env, record, results)
     if "features13" in stages:
         dates = [(end - timedelta(weeks=k)).isoformat() for k in range(13)]
         cmd = py + ["features", "--config", str(cfg), "--json"]
@@ -116,16 +153,18 @@ def main() -> None:
             cmd += ["--as-of", x]
         s, m, d = run(cmd, env)
         record("features x13", s, m, d.get("stages", {}).get("features", {}).get("rows"))
-    version = None
-    if "train" in stages:
-        s, m, d = run(py + ["train", "--config", str(cfg), "--max-train-dates", "4", "--json"], env)
-        tr = d.get("stages", {}).get("train", {})
-        version = tr.get("model_version")
-        record("train", s, m, tr.get("rows_train"), f"AUROC {tr.get('metrics', {}).get('auroc')}")
-    if "approve" in stages and version:
-        s, m, _ = run(py + ["approve", "--model", "crisis_90d", "--version", version, "--by", "bench",
-                            "--demo", "--config", str(cfg)], env)
-        record("approve", s, m)
+    for model in load_config(cfg).wobble.models:  # the weekly run's models, as `wobble demo` trains them
+        version = None
+        if "train" in stages:
+            s, m, d = run(py + ["train", "--model", model, "--config", str(cfg), "--max-train-dates", "4",
+                                "--json"], env)
+            tr = d.get("stages", {}).get("train", {})
+            version = tr.get("model_version")
+            record(f"train {model}", s, m, tr.get("rows_train"), f"AUROC {tr.get('metrics', {}).get('auroc')}")
+        if "approve" in stages and version:
+            s, m, _ = run(py + ["approve", "--model", model, "--version", version, "--by", "bench",
+                                "--demo", "--config", str(cfg)], env)
+            record(f"approve {model}", s, m)
     if "publish" in stages:
         s, m, d = run(py + ["publish", "--config", str(cfg), "--as-of", end.isoformat(), "--json"], env)
         pub = d.get("stages", {}).get("publish", {})

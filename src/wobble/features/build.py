@@ -8,7 +8,7 @@ rows at those dates in one transaction.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import polars as pl
@@ -38,10 +38,15 @@ class FeaturesResult:
     columns: int
     seconds: float
     batches: int = 1
+    # where the seconds went: `shared` tables, `read` (records into the passes' windows; inside the
+    # blocks when one pass reads them itself), each block of the query by its name, `final` (the
+    # select over the blocks) and `write` (inserting the rows and the commit)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {"as_ofs": [d.isoformat() for d in self.as_ofs], "rows": self.rows,
-                "features": self.columns, "batches": self.batches, "seconds": round(self.seconds, 2)}
+                "features": self.columns, "batches": self.batches, "seconds": round(self.seconds, 2),
+                "timings": {k: round(v, 2) for k, v in self.timings.items()}}
 
 
 def compute_snapshots(con, cat: Catalogue, as_ofs: list[date], *, shared: bool = False) -> pl.DataFrame:
@@ -123,20 +128,27 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
         # the snapshots: a temp table dropped inside a transaction is kept until it ends, and a
         # dozen passes' worth of them filled memory and spilled gigabytes to disk.
         work = con.cursor()
+        timings = dict.fromkeys(("shared", "read", "write"), 0.0)
         try:
+            t = time.perf_counter()
             shared_tables(work, as_ofs)
+            timings["shared"] = time.perf_counter() - t
             if windowed:
+                t = time.perf_counter()
                 window_tables(work, cat, as_ofs, systems, len(passes))
+                timings["read"] = time.perf_counter() - t
             with transaction(con):
                 prepare_snapshots(con, compile_sql(cat, as_ofs, systems), as_ofs)
                 for group in passes:
                     _run_pass(work, con, compile_steps(cat, as_ofs, systems, shared=True, group=group,
-                                                       people=people, windowed=windowed))
-                rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
-                                   f"WHERE as_of IN (SELECT unnest({dates(as_ofs)}))")
+                                                       people=people, windowed=windowed), timings)
+                t = time.perf_counter()
+            timings["write"] += time.perf_counter() - t  # the commit
+            rows = scalar(con, f"SELECT count(*) FROM feature_snapshots "
+                               f"WHERE as_of IN (SELECT unnest({dates(as_ofs)}))")
         finally:
             work.close()
-    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, len(passes))
+    return FeaturesResult(as_ofs, int(rows), len(cat.features), time.perf_counter() - t0, len(passes), timings)
 
 
 BATCH_ROWS = 1_600_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
@@ -155,7 +167,7 @@ def _passes(people: int, n_dates: int) -> list[tuple[int, int] | None]:
     return [None] if groups <= 1 else [(k, groups) for k in range(groups)]
 
 
-def _run_pass(work, con, steps: tuple[list[tuple[str, str, str]], str]) -> None:
+def _run_pass(work, con, steps: tuple[list[tuple[str, str, str]], str], timings: dict[str, float]) -> None:
     """Insert one pass's rows into `feature_snapshots` on `con`, computed on `work` (another
     connection to the same warehouse): each block of `compile_steps` first made a temp table of
     its own (named as its CTE, so it shadows a table of the warehouse for the queries after it,
@@ -165,16 +177,23 @@ def _run_pass(work, con, steps: tuple[list[tuple[str, str, str]], str]) -> None:
     people × 13 dates, ran out of memory at 4 GB; block by block DuckDB knows each table's size,
     and only one block's working memory is live at a time. The final rows are fetched whole
     (about 700 bytes a row) rather than streamed: a stream is computed and inserted on one
-    thread, and took a third longer."""
+    thread, and took a third longer. Adds the seconds of each block, the final select and the
+    insert (`write`) to `timings`."""
     blocks, final = steps
     for name, _, body in blocks:
+        t = time.perf_counter()
         work.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {body}")
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+    t = time.perf_counter()
     rows = work.sql(final).to_arrow_table()
+    timings["final"] = timings.get("final", 0.0) + time.perf_counter() - t
     for name, _, _ in blocks:
         work.execute(f"DROP TABLE temp.{name}")
     # not `register`: a view dropped inside a transaction, and the Arrow table it holds, are
     # kept until the transaction ends (a gigabyte a pass at 1,000,000 people × 13 dates)
+    t = time.perf_counter()
     con.from_arrow(rows).insert_into("feature_snapshots")
+    timings["write"] += time.perf_counter() - t
 
 
 def prepare_snapshots(con, sql: str, as_ofs: list[date]) -> None:
