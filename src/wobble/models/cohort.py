@@ -178,17 +178,20 @@ def held_out_share(con, spec: ModelSpec, split: TimeSplit) -> float:
     return min(s.test_share_of_people, s.max_test_people / people) if people else s.test_share_of_people
 
 
-def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share: float | None = None
-              ) -> pl.DataFrame:
+def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share: float | None = None, *,
+              test: bool = True, draws: str | None = None) -> pl.DataFrame:
     """Training rows (training dates, training people) and test rows (test dates, test people).
 
     Columns: person_id, as_of, team_id, part ('train' | 'test'), person_draw (a number in [0, 1)
     per person, independent of the test split: below validation_share means the validation
     slice), team_cohort (the team's whole cohort that week), the feature columns,
-    label, and the fairness attributes.
+    label, and the fairness attributes. `test=False` leaves out the test rows; `draws`, SQL over
+    `person_draw`, keeps only the rows it is true of (a sample read without reading the rest).
     """
     share = held_out_share(con, spec, split) if share is None else share
-    cols = ", ".join(f"s.{c}" for c in columns)
+    cols = "".join(f", s.{c}" for c in columns)
+    test_rows = f"OR (s.as_of IN (SELECT unnest({dates(split.test)})) AND s.b_test < {share})" if test else ""
+    sample = f"AND ({draws.replace('person_draw', 's.b_val')})" if draws else ""
     q = f"""
         CREATE OR REPLACE TEMP TABLE _rows AS
         WITH teams AS (
@@ -203,10 +206,9 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
         )
         SELECT s.person_id, s.as_of, s.team_id,
                CASE WHEN s.as_of IN (SELECT unnest({dates(split.test)})) THEN 'test' ELSE 'train' END AS part,
-               s.b_val AS person_draw, s.team_cohort, {cols}
+               s.b_val AS person_draw, s.team_cohort{cols}
         FROM s
-        WHERE (s.as_of IN (SELECT unnest({dates(split.train)})) AND s.b_test >= {share})
-           OR (s.as_of IN (SELECT unnest({dates(split.test)})) AND s.b_test < {share})
+        WHERE ((s.as_of IN (SELECT unnest({dates(split.train)})) AND s.b_test >= {share}) {test_rows}) {sample}
     """
     con.execute(q)
     return con.sql(f"""

@@ -52,13 +52,12 @@ def fit_lightgbm(spec: ModelSpec, X: np.ndarray, y: np.ndarray, draw: np.ndarray
     fit_one = partial(_fit_one_dask, dask) if dask else _fit_one
     est = spec.estimator
     vs = est.validation_share
-    n_fit = max(1, int((draw >= vs).sum()))
 
     def people(share: float) -> tuple[np.ndarray, np.ndarray]:
-        return (draw >= vs) & (draw < vs + (1 - vs) * share), draw < vs * share
+        (lo, hi), (_, val_hi) = _draw_ranges(vs, share)
+        return (draw >= lo) & (draw < hi), draw < val_hi
 
-    fit_share = min(1.0, est.max_rows / n_fit)
-    search_share = min(fit_share, est.search_rows / n_fit)
+    fit_share, search_share = _shares(est, draw)
     options = [{**est.params, **overrides} for overrides in [{}] + list(est.search)]
     candidates, models = [], []
     if len(options) > 1:
@@ -80,6 +79,27 @@ def fit_lightgbm(spec: ModelSpec, X: np.ndarray, y: np.ndarray, draw: np.ndarray
                            "best_iteration": final.best_iteration, "seconds": seconds, "rows": int(fit_rows.sum())}]
     return Fit(final.booster, final.best_iteration, options[chosen], chosen, candidates,
                search_share if len(options) > 1 else fit_share, fit_share, val_rows)
+
+
+def _shares(est, draw: np.ndarray) -> tuple[float, float]:
+    """The shares of fitting people the kept model fits on (at most `max_rows` rows) and the
+    candidates are compared on (at most `search_rows`)."""
+    n_fit = max(1, int((draw >= est.validation_share).sum()))
+    fit_share = min(1.0, est.max_rows / n_fit)
+    return fit_share, min(fit_share, est.search_rows / n_fit)
+
+
+def _draw_ranges(vs: float, share: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The person draws [lo, hi) that fit and that validate, for a share of people."""
+    return (vs, vs + (1 - vs) * share), (0.0, vs * share)
+
+
+def sample_sql(spec: ModelSpec, draw: np.ndarray) -> str:
+    """SQL over `person_draw`: true of exactly the rows a one-candidate `fit_lightgbm` of `spec`
+    would use from training rows with these draws, so they can be read alone."""
+    (lo, hi), (_, val_hi) = _draw_ranges(spec.estimator.validation_share, _shares(spec.estimator, draw)[0])
+    return (f"(person_draw < '{val_hi!r}'::DOUBLE "
+            f"OR (person_draw >= '{lo!r}'::DOUBLE AND person_draw < '{hi!r}'::DOUBLE))")
 
 
 @dataclass

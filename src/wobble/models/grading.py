@@ -38,7 +38,7 @@ from wobble.core.warehouse import connect
 from wobble.features import cohort_sql
 from wobble.models.cohort import eligible_sql, held_out_people_sql, load_rows
 from wobble.models.explain import change_reasons
-from wobble.models.fit import fit_lightgbm
+from wobble.models.fit import fit_lightgbm, sample_sql
 from wobble.models.metrics import Capacity, person_counts, weighted_quantiles
 from wobble.models.spec import ModelSpec, TimeSplit, load_spec
 from wobble.models.truth import need_phases
@@ -262,11 +262,16 @@ def _fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSpl
 
 def _fit_comparator(con, cfg, crisis_spec: ModelSpec, split: TimeSplit, share: float, predictors: list[str]):
     """The crisis model fitted on this model's training dates and people, for comparison only (on
-    a sample of at most its search_rows rows: it ranks, it is not published)."""
-    frame = load_rows(con, crisis_spec, split, predictors, share).filter(pl.col("part") == "train")
+    a sample of at most its search_rows rows: it ranks, it is not published).
+
+    Only the sample's rows are read: the draws of every training row first, then the features of
+    the rows the fit will use (`sample_sql`), which it then takes whole."""
     est = crisis_spec.estimator.model_copy(update={"max_rows": est_rows(crisis_spec), "search": []})
     small = crisis_spec.model_copy(update={"estimator": est})
-    return fit_lightgbm(small, frame.select(predictors).to_numpy().astype(np.float64),
+    draws = load_rows(con, crisis_spec, split, [], share, test=False)["person_draw"].to_numpy()
+    frame = load_rows(con, crisis_spec, split, predictors, share, test=False, draws=sample_sql(small, draws))
+    whole = small.model_copy(update={"estimator": est.model_copy(update={"max_rows": max(1, frame.height)})})
+    return fit_lightgbm(whole, frame.select(predictors).to_numpy().astype(np.float64),
                         frame["label"].to_numpy().astype(int), frame["person_draw"].to_numpy(), predictors,
                         cfg.wobble.seed)
 
