@@ -236,3 +236,39 @@ def test_a_calibrator_pickled_before_the_stages_became_packages_still_loads():
     assert b"wobble.train" in blob
     loaded = load_pickle(io.BytesIO(blob))
     assert type(loaded) is _Calibrator and loaded.predict(np.array([0.9]))[0] == 1.0
+
+
+def test_a_sample_read_alone_fits_the_same_model():
+    """Training reads only the rows its fit uses (`sample_sql`) and says how many fitting rows there
+    were in all (`n_fit`): the trees must be those of a fit given every row."""
+    import polars as pl
+
+    from wobble.models.fit import fit_lightgbm, n_fitting, sample_sql
+
+    spec = load_spec(MODELS, "crisis_90d")
+    est = spec.estimator.model_copy(update={"max_rows": 3000, "search_rows": 1500,
+                                            "params": {**spec.estimator.params, "n_estimators": 40}})
+    spec = spec.model_copy(update={"estimator": est})
+    rng = np.random.default_rng(5)
+    n, k = 20_000, 6
+    person = rng.integers(0, 6000, n)
+    draw = rng.random(6000)[person]
+    X = rng.normal(size=(n, k))
+    y = (X[:, 0] + rng.normal(size=n) > 1.5).astype(int)
+    features = [f"f{i}" for i in range(k)]
+    monotone = {f: 0 for f in features}
+    spec = spec.model_copy(update={"estimator": spec.estimator.model_copy(update={"monotone": monotone})})
+    whole = fit_lightgbm(spec, X, y, draw, features, seed=7)
+    frame = pl.DataFrame({"person_draw": draw})  # noqa: F841 (read by name in the SQL)
+    kept = duckdb.sql(f"SELECT {sample_sql(spec, draw)} AS kept FROM frame").pl()["kept"].to_numpy()
+    assert 0 < kept.sum() < n / 2  # a real sample: most rows are not read
+    sampled = fit_lightgbm(spec, X[kept], y[kept], draw[kept], features, seed=7, n_fit=n_fitting(spec, draw))
+    def timeless(fit):
+        return [{k: v for k, v in c.items() if k != "seconds"} for c in fit.candidates]
+
+    assert timeless(whole) == timeless(sampled) and whole.chosen == sampled.chosen
+    assert whole.booster.model_to_string() == sampled.booster.model_to_string()
+    assert np.array_equal(X[whole.validation], X[kept][sampled.validation])  # the calibrator's rows too
+    # without n_fit the shares would be the sample's, and the rows used another set
+    other = fit_lightgbm(spec, X[kept], y[kept], draw[kept], features, seed=7)
+    assert other.candidates[0]["rows"] != whole.candidates[0]["rows"]

@@ -179,14 +179,15 @@ def held_out_share(con, spec: ModelSpec, split: TimeSplit) -> float:
 
 
 def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share: float | None = None, *,
-              test: bool = True, draws: str | None = None) -> pl.DataFrame:
+              test: bool = True, draws: str | None = None, draws_only: bool = False) -> pl.DataFrame:
     """Training rows (training dates, training people) and test rows (test dates, test people).
 
     Columns: person_id, as_of, team_id, part ('train' | 'test'), person_draw (a number in [0, 1)
     per person, independent of the test split: below validation_share means the validation
     slice), team_cohort (the team's whole cohort that week), the feature columns,
     label, and the fairness attributes. `test=False` leaves out the test rows; `draws`, SQL over
-    `person_draw`, keeps only the rows it is true of (a sample read without reading the rest).
+    `person_draw`, keeps only the training rows it is true of (a sample, read without reading the
+    rest); `draws_only` returns the person_draw column alone (cheap at any size).
     """
     share = held_out_share(con, spec, split) if share is None else share
     cols = "".join(f", s.{c}" for c in columns)
@@ -208,9 +209,11 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
                CASE WHEN s.as_of IN (SELECT unnest({dates(split.test)})) THEN 'test' ELSE 'train' END AS part,
                s.b_val AS person_draw, s.team_cohort{cols}
         FROM s
-        WHERE ((s.as_of IN (SELECT unnest({dates(split.train)})) AND s.b_test >= {share}) {test_rows}) {sample}
+        WHERE (s.as_of IN (SELECT unnest({dates(split.train)})) AND s.b_test >= {share} {sample}) {test_rows}
     """
     con.execute(q)
+    if draws_only:
+        return con.sql("SELECT person_draw FROM _rows").pl()
     return con.sql(f"""
         SELECT r.*, l.label, {', '.join(f'{sql} AS {a}' for a, sql in attributes_sql('r.as_of').items())}
         FROM _rows r JOIN ({label_sql(spec, '_rows')}) l USING (person_id, as_of)

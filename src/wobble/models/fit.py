@@ -40,7 +40,7 @@ class Fit:
 
 
 def fit_lightgbm(spec: ModelSpec, X: np.ndarray, y: np.ndarray, draw: np.ndarray, features: list[str],
-                 seed: int, dask: str | None = None) -> Fit:
+                 seed: int, dask: str | None = None, n_fit: int | None = None) -> Fit:
     """Fit each candidate setting with early stopping on the validation slice; keep the best.
 
     `draw` is each row's person draw in [0, 1): people below validation_share (vs) validate,
@@ -48,6 +48,8 @@ def fit_lightgbm(spec: ModelSpec, X: np.ndarray, y: np.ndarray, draw: np.ndarray
     fit, so both slices shrink together. The kept model fits at most `max_rows` rows; candidates
     are compared on at most `search_rows`, and the winner is refitted if they used fewer.
     With `dask` (a scheduler's address) each fit runs on that cluster (`_fit_one_dask`).
+    `n_fit`: how many fitting rows (draw ≥ vs) there are in all, when the rows given are only the
+    sample `sample_sql` read; the shares, and so the rows used, are then those of all the rows.
     """
     fit_one = partial(_fit_one_dask, dask) if dask else _fit_one
     est = spec.estimator
@@ -57,7 +59,7 @@ def fit_lightgbm(spec: ModelSpec, X: np.ndarray, y: np.ndarray, draw: np.ndarray
         (lo, hi), (_, val_hi) = _draw_ranges(vs, share)
         return (draw >= lo) & (draw < hi), draw < val_hi
 
-    fit_share, search_share = _shares(est, draw)
+    fit_share, search_share = _shares(est, n_fitting(spec, draw) if n_fit is None else n_fit)
     options = [{**est.params, **overrides} for overrides in [{}] + list(est.search)]
     candidates, models = [], []
     if len(options) > 1:
@@ -81,10 +83,10 @@ def fit_lightgbm(spec: ModelSpec, X: np.ndarray, y: np.ndarray, draw: np.ndarray
                search_share if len(options) > 1 else fit_share, fit_share, val_rows)
 
 
-def _shares(est, draw: np.ndarray) -> tuple[float, float]:
-    """The shares of fitting people the kept model fits on (at most `max_rows` rows) and the
-    candidates are compared on (at most `search_rows`)."""
-    n_fit = max(1, int((draw >= est.validation_share).sum()))
+def _shares(est, n_fit: int) -> tuple[float, float]:
+    """The shares of the `n_fit` fitting rows' people the kept model fits on (at most `max_rows`
+    rows) and the candidates are compared on (at most `search_rows`)."""
+    n_fit = max(1, n_fit)
     fit_share = min(1.0, est.max_rows / n_fit)
     return fit_share, min(fit_share, est.search_rows / n_fit)
 
@@ -94,10 +96,17 @@ def _draw_ranges(vs: float, share: float) -> tuple[tuple[float, float], tuple[fl
     return (vs, vs + (1 - vs) * share), (0.0, vs * share)
 
 
+def n_fitting(spec: ModelSpec, draw: np.ndarray) -> int:
+    """How many of the training rows with these draws fit (rather than validate): `fit_lightgbm`'s `n_fit`."""
+    return int((draw >= spec.estimator.validation_share).sum())
+
+
 def sample_sql(spec: ModelSpec, draw: np.ndarray) -> str:
-    """SQL over `person_draw`: true of exactly the rows a one-candidate `fit_lightgbm` of `spec`
-    would use from training rows with these draws, so they can be read alone."""
-    (lo, hi), (_, val_hi) = _draw_ranges(spec.estimator.validation_share, _shares(spec.estimator, draw)[0])
+    """SQL over `person_draw`: true of exactly the rows `fit_lightgbm` of `spec` would use from
+    training rows with these draws (every candidate's and the kept model's), so they can be read
+    alone and given to it with `n_fit`."""
+    (lo, hi), (_, val_hi) = _draw_ranges(spec.estimator.validation_share,
+                                         _shares(spec.estimator, n_fitting(spec, draw))[0])
     return (f"(person_draw < '{val_hi!r}'::DOUBLE "
             f"OR (person_draw >= '{lo!r}'::DOUBLE AND person_draw < '{hi!r}'::DOUBLE))")
 

@@ -38,7 +38,7 @@ from wobble.core.warehouse import connect
 from wobble.features import cohort_sql
 from wobble.models.cohort import eligible_sql, held_out_people_sql, load_rows
 from wobble.models.explain import change_reasons
-from wobble.models.fit import fit_lightgbm, sample_sql
+from wobble.models.fit import fit_lightgbm, n_fitting, sample_sql
 from wobble.models.metrics import Capacity, person_counts, weighted_quantiles
 from wobble.models.spec import ModelSpec, TimeSplit, load_spec
 from wobble.models.truth import need_phases
@@ -190,7 +190,7 @@ def burn_in(split: TimeSplit) -> list[date]:
 
 
 def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share: float, fit, features: list[str],
-                cat, train_df: pl.DataFrame) -> dict:
+                cat, train_df: pl.DataFrame, n_fit: int | None = None) -> dict:
     """This model's list beside today's crisis-now ranking, the best list the observable data allows
     and the truth-ranked list, on the test period (see the module docstring): {"lists": name →
     figures, "notes": what each list is, "truth": whether a synthetic truth graded them}."""
@@ -221,7 +221,7 @@ def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share
                                "fitted on the same training dates and people")
     truth = need_phases(cfg, key, as_ofs)
     if truth is not None:
-        best = _fit_best_observable(cfg, key, spec, split, train_df, features)
+        best = _fit_best_observable(cfg, key, spec, split, train_df, features, n_fit)
         if best is not None:
             lists["best"] = ranked(best)
             notes["best"] = ("the same features, cohort and gate, fitted on the hidden truth's rising phase at the "
@@ -246,9 +246,10 @@ def _gate(rows: pl.DataFrame, score: np.ndarray, X: np.ndarray, fit, features: l
 
 
 def _fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, train_df: pl.DataFrame,
-                         features: list[str]):
+                         features: list[str], n_fit: int | None):
     """This model's estimator fitted on the truth's rising phase instead of its target (synthetic
-    worlds only): what the observable data could give a list at best. None without enough rising."""
+    worlds only), on the same training rows (`n_fit`: as for `fit_lightgbm`): what the observable
+    data could give a list at best. None without enough rising."""
     truth = need_phases(cfg, key, split.train)
     if truth is None:
         return None
@@ -257,7 +258,7 @@ def _fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSpl
     if y.sum() < 5:
         return None
     return fit_lightgbm(spec, train_df.select(features).to_numpy().astype(np.float64), y.to_numpy().astype(int),
-                        train_df["person_draw"].to_numpy(), features, cfg.wobble.seed)
+                        train_df["person_draw"].to_numpy(), features, cfg.wobble.seed, n_fit=n_fit)
 
 
 def _fit_comparator(con, cfg, crisis_spec: ModelSpec, split: TimeSplit, share: float, predictors: list[str]):
@@ -265,15 +266,14 @@ def _fit_comparator(con, cfg, crisis_spec: ModelSpec, split: TimeSplit, share: f
     a sample of at most its search_rows rows: it ranks, it is not published).
 
     Only the sample's rows are read: the draws of every training row first, then the features of
-    the rows the fit will use (`sample_sql`), which it then takes whole."""
+    the rows the fit will use (`sample_sql`)."""
     est = crisis_spec.estimator.model_copy(update={"max_rows": est_rows(crisis_spec), "search": []})
     small = crisis_spec.model_copy(update={"estimator": est})
-    draws = load_rows(con, crisis_spec, split, [], share, test=False)["person_draw"].to_numpy()
+    draws = load_rows(con, crisis_spec, split, [], share, test=False, draws_only=True)["person_draw"].to_numpy()
     frame = load_rows(con, crisis_spec, split, predictors, share, test=False, draws=sample_sql(small, draws))
-    whole = small.model_copy(update={"estimator": est.model_copy(update={"max_rows": max(1, frame.height)})})
-    return fit_lightgbm(whole, frame.select(predictors).to_numpy().astype(np.float64),
+    return fit_lightgbm(small, frame.select(predictors).to_numpy().astype(np.float64),
                         frame["label"].to_numpy().astype(int), frame["person_draw"].to_numpy(), predictors,
-                        cfg.wobble.seed)
+                        cfg.wobble.seed, n_fit=n_fitting(small, draws))
 
 
 def est_rows(spec: ModelSpec) -> int:

@@ -39,7 +39,7 @@ from wobble.models.cohort import held_out_people_sql, held_out_share, load_rows
 from wobble.models.data_summary import summarise
 from wobble.models.evaluate import EvaluationRows, LeadEvents, evaluate
 from wobble.models.explain import shap_summary
-from wobble.models.fit import fit_calibrator, fit_lightgbm
+from wobble.models.fit import fit_calibrator, fit_lightgbm, n_fitting, sample_sql
 from wobble.models.grading import burn_in, grade_lists
 from wobble.models.metrics import Capacity
 from wobble.models.scorers import _champion, _scorers
@@ -102,14 +102,14 @@ def train(
     build_features(cfg, burn_in(split) + split.test, people=held_out_people_sql(share))
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
-    train_df, test_df = _examples(cfg, spec, split, features + (champ.features if champ else []), share)
+    train_df, test_df, n_fit = _examples(cfg, spec, split, features + (champ.features if champ else []), share)
     X = train_df.select(features).to_numpy().astype(np.float64)
     y = train_df["label"].to_numpy().astype(int)
     draw = train_df["person_draw"].to_numpy()
 
     say(f"LightGBM on up to {min(train_df.height, spec.estimator.max_rows):,} rows, "
         f"{len(spec.estimator.search) + 1} candidate(s)")
-    fit = fit_lightgbm(spec, X, y, draw, features, cfg.wobble.seed, dask=dask)
+    fit = fit_lightgbm(spec, X, y, draw, features, cfg.wobble.seed, dask=dask, n_fit=n_fit)
     val = fit.validation
     calibrator = fit_calibrator(spec.calibration, fit.predict(X[val]), y[val])
     say("baseline, oracle and champion")
@@ -126,7 +126,7 @@ def train(
     with connect(cfg.warehouse, read_only=True) as con:
         evaluation["data"] = summarise(con, spec, split, train_df, test_df)
     say("lists: this model's beside today's crisis-now ranking and the truth")
-    evaluation["lists"] = grade_lists(cfg, key, spec, split, share, fit, features, cat, train_df)
+    evaluation["lists"] = grade_lists(cfg, key, spec, split, share, fit, features, cat, train_df, n_fit)
     evaluation = _jsonable(evaluation)
     metrics = flat_metrics(evaluation)
     version = run_id = ""
@@ -175,11 +175,16 @@ def _spec(cfg: Config, model_name: str, max_train_dates: int | None):
 
 
 def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str], share: float):
-    """(training rows, test rows), `share` of people held out for test; or an error saying there
-    are too few rows to learn from."""
+    """(training rows, test rows, n_fit), `share` of people held out for test; or an error saying
+    there are too few rows to learn from.
+
+    The training rows are those the fit will use (`sample_sql`): at 1,000,000 people and 33 dates,
+    a million or so of 25 million, read without reading the rest; `n_fit` says how many fitting
+    rows there were in all, for `fit_lightgbm`."""
     columns = list(dict.fromkeys(features + spec.baseline.features))
     with connect(cfg.warehouse, read_only=True) as con:
-        frame = load_rows(con, spec, split, columns, share)
+        draws = load_rows(con, spec, split, [], share, test=False, draws_only=True)["person_draw"].to_numpy()
+        frame = load_rows(con, spec, split, columns, share, draws=sample_sql(spec, draws))
     train_df = frame.filter(pl.col("part") == "train")
     test_df = frame.filter(pl.col("part") == "test")
     if train_df.height < 200 or test_df["label"].sum() < 5 or train_df["label"].sum() < 5:
@@ -187,7 +192,7 @@ def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str
             f"too little data to train {spec.name}: {train_df.height} training rows with "
             f"{int(train_df['label'].sum())} outcomes, {int(test_df['label'].sum())} test outcomes"
         )
-    return train_df, test_df
+    return train_df, test_df, n_fitting(spec, draws)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
