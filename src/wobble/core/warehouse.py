@@ -184,6 +184,9 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+MEMORY_LIMIT = "4GB"  # per connection; a stage may set its own (ingest: its config's memory_limit)
+
+
 @contextmanager
 def connect(
     path: Path, *, read_only: bool = False, wait_seconds: float = 0.0
@@ -212,6 +215,9 @@ def connect(
             time.sleep(0.5)
     try:
         con.execute("SET enable_progress_bar = false")
+        # DuckDB would take 80% of the machine's memory and a weekly job shares it: beyond this
+        # limit it spills to disk (the training rows at 1,000,000 people took 20 GB without it)
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         if not read_only:
             con.execute(SCHEMA)
             _migrate(con)

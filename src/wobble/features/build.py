@@ -108,7 +108,7 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
     In passes of about BATCH_ROWS snapshot rows (see `_passes`), each over every date for a group
     of people chosen by a hash of `person_id`, so that weekly dates slide (see `_slide_sql`) and
     memory stays bounded at any size. Each pass runs its blocks one at a time (`_run_pass`).
-    DuckDB may use up to MEMORY_LIMIT and spills to disk beyond it.
+    DuckDB may use up to the warehouse's MEMORY_LIMIT and spills to disk beyond it.
     """
     if not as_ofs:
         raise WobbleError("give at least one as-of date")
@@ -118,7 +118,6 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
     with connect(cfg.warehouse, wait_seconds=wait_seconds) as con:
         if not scalar(con, "SELECT count(*) FROM persons"):
             raise WobbleError("the warehouse has no persons: run `wobble ingest` first")
-        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET preserve_insertion_order = false")  # rows are keyed; order is not needed
         n_people = scalar(con, f"SELECT count(*) FROM persons WHERE NOT opted_out AND ({people or 'true'})") or 1
         systems = source_systems(con)
@@ -154,7 +153,6 @@ def build_features(cfg: Config, as_ofs: list[date], *, wait_seconds: float = 0.0
 BATCH_ROWS = 1_600_000  # cohort rows (people × as-of dates) aggregated at once: bounds memory
 # (1,000,000 people at one date, or 100,000 at 13 weekly dates, peak near the 4 GB limit). At
 # 1,000,000 people × 13 dates, 8 passes ran faster than 11 (1.2 million rows) or 6 or 7 (spilling).
-MEMORY_LIMIT = "4GB"
 
 
 def _passes(people: int, n_dates: int) -> list[tuple[int, int] | None]:
