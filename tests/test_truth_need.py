@@ -255,6 +255,26 @@ def test_need_phases_reads_the_week_before_each_as_of(tiny_world):
     assert moved > 0
 
 
+def test_need_phases_of_some_people_are_their_rows_of_everyone(tiny_world):
+    """Grading reads the truth of its own people only: exactly their rows of the full read."""
+    from wobble.core.config import load_config
+    from wobble.models import truth
+
+    cfg = load_config(tiny_world / "wobble.toml")
+    key = TEST_KEY.encode()
+    as_ofs = [date(2026, 3, 2), date(2026, 8, 24)]
+    everyone = truth.need_phases(cfg, key, as_ofs)
+    some = everyone["person_id"].unique().sort().gather_every(7)
+    got = truth.need_phases(cfg, key, as_ofs, people=pl.concat([some, some, pl.Series(["not-a-person"])]))
+    order = ["person_id", "as_of"]
+    assert got.sort(order).equals(everyone.filter(pl.col("person_id").is_in(some.implode())).sort(order))
+    assert got["person_id"].n_unique() == some.len() > 100
+    risk = truth.crisis_risk(cfg, key, as_ofs, people=some)
+    assert risk.height > 0
+    assert risk.sort(order).equals(truth.crisis_risk(cfg, key, as_ofs).filter(
+        pl.col("person_id").is_in(some.implode())).sort(order))
+
+
 def test_need_phases_is_none_without_a_key(tiny_world):
     from wobble.core.config import load_config
     from wobble.models import truth

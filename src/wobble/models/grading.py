@@ -190,18 +190,23 @@ def burn_in(split: TimeSplit) -> list[date]:
 
 
 def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share: float, fit, features: list[str],
-                cat, train_df: pl.DataFrame, n_fit: int | None = None) -> dict:
+                cat, train_df: pl.DataFrame, X_train: np.ndarray, n_fit: int | None = None) -> dict:
     """This model's list beside today's crisis-now ranking, the best list the observable data allows
     and the truth-ranked list, on the test period (see the module docstring): {"lists": name →
-    figures, "notes": what each list is, "truth": whether a synthetic truth graded them}."""
+    figures, "notes": what each list is, "truth": whether a synthetic truth graded them}.
+
+    `train_df` (person_id, as_of, person_draw) and `X_train` (its `features`) are the model's
+    training rows, for the best-observable fit. The comparator and that fit come first, before the
+    grading rows are read, so their memory is not held at once."""
     crisis_spec = load_spec(cfg.models_dir, spec.compare_with) if spec.compare_with else None
     crisis_spec = crisis_spec.model_copy(update={"schedule": spec.schedule}) if crisis_spec else None
     columns = list(dict.fromkeys(features + (cat.predictors if crisis_spec else [])))
     as_ofs = burn_in(split) + split.test
+    best = _fit_best_observable(cfg, key, spec, split, train_df, X_train, features, n_fit)
     with connect(cfg.warehouse, read_only=True) as con:
+        crisis_fit = _fit_comparator(con, cfg, crisis_spec, split, share, cat.predictors) if crisis_spec else None
         rows = grading_rows(con, spec, as_ofs, share, columns)
         crises = first_crises(con, rows, spec.target.horizon_days)
-        crisis_fit = _fit_comparator(con, cfg, crisis_spec, split, share, cat.predictors) if crisis_spec else None
     graded = rows["as_of"].is_in(split.test).to_numpy()
     eligible = rows["eligible"].to_numpy()
     X = rows.select(features).to_numpy().astype(np.float64)
@@ -219,9 +224,8 @@ def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share
         lists["crisis_now"] = listed(rows, crisis_score, cap)
         notes["crisis_now"] = (f"every adult, ranked by the crisis model ({crisis_spec.title.lower()}), "
                                "fitted on the same training dates and people")
-    truth = need_phases(cfg, key, as_ofs)
+    truth = need_phases(cfg, key, as_ofs, people=rows["person_id"])
     if truth is not None:
-        best = _fit_best_observable(cfg, key, spec, split, train_df, features, n_fit)
         if best is not None:
             lists["best"] = ranked(best)
             notes["best"] = ("the same features, cohort and gate, fitted on the hidden truth's rising phase at the "
@@ -246,19 +250,19 @@ def _gate(rows: pl.DataFrame, score: np.ndarray, X: np.ndarray, fit, features: l
 
 
 def _fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, train_df: pl.DataFrame,
-                         features: list[str], n_fit: int | None):
+                         X: np.ndarray, features: list[str], n_fit: int | None):
     """This model's estimator fitted on the truth's rising phase instead of its target (synthetic
-    worlds only), on the same training rows (`n_fit`: as for `fit_lightgbm`): what the observable
-    data could give a list at best. None without enough rising."""
-    truth = need_phases(cfg, key, split.train)
+    worlds only), on the same training rows (`train_df`, `X` their features; `n_fit`: as for
+    `fit_lightgbm`): what the observable data could give a list at best. None without enough rising."""
+    truth = need_phases(cfg, key, split.train, people=train_df["person_id"])
     if truth is None:
         return None
     y = (train_df.select("person_id", "as_of").join(truth, on=["person_id", "as_of"], how="left",
                                                     maintain_order="left")["phase"] == "rising").fill_null(False)
     if y.sum() < 5:
         return None
-    return fit_lightgbm(spec, train_df.select(features).to_numpy().astype(np.float64), y.to_numpy().astype(int),
-                        train_df["person_draw"].to_numpy(), features, cfg.wobble.seed, n_fit=n_fit)
+    return fit_lightgbm(spec, X, y.to_numpy().astype(int), train_df["person_draw"].to_numpy(), features,
+                        cfg.wobble.seed, n_fit=n_fit)
 
 
 def _fit_comparator(con, cfg, crisis_spec: ModelSpec, split: TimeSplit, share: float, predictors: list[str]):

@@ -42,7 +42,7 @@ def _oracle_scores(cfg: Config, key: bytes | None, spec: ModelSpec, test_df: pl.
         return None, "the simulator's true risk is of a crisis within its horizon, not this target"
     if key is None:
         return None, "the pseudonymisation key was not given, so the truth cannot be matched to people"
-    risk = crisis_risk(cfg, key, sorted(set(test_df["as_of"].to_list())))
+    risk = crisis_risk(cfg, key, sorted(set(test_df["as_of"].to_list())), people=test_df["person_id"])
     if risk.height and int(risk["horizon_days"][0]) != t.horizon_days:
         return None, f"the simulator's true risk is over {int(risk['horizon_days'][0])} days, not {t.horizon_days}"
     joined = test_df.select("person_id", "as_of").join(risk.select("person_id", "as_of", "p_crisis"),

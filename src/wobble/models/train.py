@@ -102,8 +102,12 @@ def train(
     build_features(cfg, burn_in(split) + split.test, people=held_out_people_sql(share))
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
-    train_df, test_df, n_fit = _examples(cfg, spec, split, features + (champ.features if champ else []), share)
+    read = features + (champ.features if champ else [])
+    train_df, test_df, n_fit = _examples(cfg, spec, split, read, share)
     X = train_df.select(features).to_numpy().astype(np.float64)
+    # From here on X holds the features: the frame keeps only what else is read of it, so the
+    # features are not held twice (at 1,000,000 people, over a gigabyte each).
+    train_df = train_df.select(pl.exclude(sorted(set(read) - set(spec.baseline.features))))
     y = train_df["label"].to_numpy().astype(int)
     draw = train_df["person_draw"].to_numpy()
 
@@ -126,7 +130,7 @@ def train(
     with connect(cfg.warehouse, read_only=True) as con:
         evaluation["data"] = summarise(con, spec, split, train_df, test_df)
     say("lists: this model's beside today's crisis-now ranking and the truth")
-    evaluation["lists"] = grade_lists(cfg, key, spec, split, share, fit, features, cat, train_df, n_fit)
+    evaluation["lists"] = grade_lists(cfg, key, spec, split, share, fit, features, cat, train_df, X, n_fit)
     evaluation = _jsonable(evaluation)
     metrics = flat_metrics(evaluation)
     version = run_id = ""

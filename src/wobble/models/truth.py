@@ -26,43 +26,49 @@ def truth_file(cfg: Config, name: str) -> Path | None:
     return path if path is not None and path.exists() else None
 
 
-def _read(path: Path, sql: str) -> pl.DataFrame:
+def _read(path: Path, key: bytes, sql: str, people: pl.Series | None) -> pl.DataFrame:
+    """`sql` over the truth file `{file}`, its `nhs_number` replaced by `person_id`; only the rows of
+    `people` (person_ids) when given, so a grading of 50,000 people does not hold a million's truth."""
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     try:
-        return con.sql(sql.replace("{file}", f"read_parquet({literal(str(path))})")).pl()
+        source = f"read_parquet({literal(str(path))})"
+        nhs = con.sql(f"SELECT DISTINCT nhs_number FROM {source}").pl()["nhs_number"].to_list()
+        mapping = pl.DataFrame({"nhs_number": nhs, "person_id": pseudonymise_many(key, nhs)},
+                               schema={"nhs_number": pl.String, "person_id": pl.String})
+        if people is not None:
+            mapping = mapping.join(pl.DataFrame({"person_id": people.unique()}, schema={"person_id": pl.String}),
+                                   on="person_id", how="semi")
+        con.register("_people", mapping)
+        return con.sql(f"""SELECT p.person_id, t.* EXCLUDE (nhs_number)
+                           FROM ({sql.replace("{file}", source)}) t JOIN _people p USING (nhs_number)""").pl()
     finally:
         con.close()
 
 
-def _with_person_id(frame: pl.DataFrame, key: bytes) -> pl.DataFrame:
-    nhs = frame["nhs_number"].unique().to_list()
-    mapping = pl.DataFrame({"nhs_number": nhs, "person_id": pseudonymise_many(key, nhs)},
-                           schema={"nhs_number": pl.String, "person_id": pl.String})
-    return frame.join(mapping, on="nhs_number").drop("nhs_number")
-
-
-def need_phases(cfg: Config, key: bytes | None, as_ofs: list[date]) -> pl.DataFrame | None:
+def need_phases(cfg: Config, key: bytes | None, as_ofs: list[date],
+                people: pl.Series | None = None) -> pl.DataFrame | None:
     """(person_id, as_of, phase, excess): each person's phase of need in the week before each as-of
     date (the week a list at that date is graded on) and how far their need stood above their usual;
-    None when there is no truth or no key to match it."""
+    of `people` only when given; None when there is no truth or no key to match it."""
     path = truth_file(cfg, "need.parquet")
     if path is None or key is None:
         return None
     weeks = {d - timedelta(days=7): d for d in as_ofs}
-    frame = _read(path, f"""
+    frame = _read(path, key, f"""
         SELECT nhs_number, week_start, phase::VARCHAR AS phase, need - baseline AS excess FROM {{file}}
-        WHERE week_start IN (SELECT unnest({dates(sorted(weeks))}))""")
-    frame = frame.with_columns(pl.col("week_start").replace_strict(weeks, return_dtype=pl.Date).alias("as_of"))
-    return _with_person_id(frame.drop("week_start"), key)
+        WHERE week_start IN (SELECT unnest({dates(sorted(weeks))}))""", people)
+    return (frame.with_columns(pl.col("week_start").replace_strict(weeks, return_dtype=pl.Date).alias("as_of"))
+            .select("person_id", "as_of", "phase", "excess"))
 
 
-def crisis_risk(cfg: Config, key: bytes | None, as_ofs: list[date]) -> pl.DataFrame | None:
+def crisis_risk(cfg: Config, key: bytes | None, as_ofs: list[date],
+                people: pl.Series | None = None) -> pl.DataFrame | None:
     """(person_id, as_of, horizon_days, p_crisis): the simulator's own probability of a crisis within
-    its horizon at each as-of date; None when there is no truth or no key to match it."""
+    its horizon at each as-of date; of `people` only when given; None when there is no truth or no
+    key to match it."""
     path = truth_file(cfg, "risk.parquet")
     if path is None or key is None:
         return None
-    frame = _read(path, f"""SELECT nhs_number, as_of, horizon_days, p_crisis FROM {{file}}
-                            WHERE as_of IN (SELECT unnest({dates(sorted(set(as_ofs)))}))""")
-    return _with_person_id(frame, key)
+    return _read(path, key, f"""SELECT nhs_number, as_of, horizon_days, p_crisis FROM {{file}}
+                                WHERE as_of IN (SELECT unnest({dates(sorted(set(as_ofs)))}))""", people)
