@@ -565,10 +565,10 @@ def test_a_pass_that_fails_leaves_the_snapshots_as_they_were(own_copy, monkeypat
         before = con.sql("SELECT * FROM feature_snapshots ORDER BY as_of, person_id").pl()
     run_pass, done = features._run_pass, []
 
-    def fail_third(work, con, steps):
+    def fail_third(work, con, steps, timings):
         if len(done) == 2:
             raise RuntimeError("killed mid-run")
-        run_pass(work, con, steps)
+        run_pass(work, con, steps, timings)
         done.append(1)
 
     monkeypatch.setattr(features, "BATCH_ROWS", 8_000)
