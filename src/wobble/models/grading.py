@@ -190,37 +190,35 @@ def burn_in(split: TimeSplit) -> list[date]:
 
 
 def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share: float, fit, features: list[str],
-                cat, train_df: pl.DataFrame, X_train: np.ndarray, n_fit: int | None = None) -> dict:
+                cat, best=None) -> dict:
     """This model's list beside today's crisis-now ranking, the best list the observable data allows
     and the truth-ranked list, on the test period (see the module docstring): {"lists": name →
     figures, "notes": what each list is, "truth": whether a synthetic truth graded them}.
 
-    `train_df` (person_id, as_of, person_draw) and `X_train` (its `features`) are the model's
-    training rows, for the best-observable fit. The comparator and that fit come first, before the
-    grading rows are read, so their memory is not held at once."""
+    `best` is `fit_best_observable`'s fit (None: no truth), made by the caller before this, so the
+    training rows need not be held while the grading rows are. The comparator is fitted before
+    the grading rows are read, and the rows are scored in slices, for the same reason."""
     crisis_spec = load_spec(cfg.models_dir, spec.compare_with) if spec.compare_with else None
     crisis_spec = crisis_spec.model_copy(update={"schedule": spec.schedule}) if crisis_spec else None
     columns = list(dict.fromkeys(features + (cat.predictors if crisis_spec else [])))
     as_ofs = burn_in(split) + split.test
-    best = _fit_best_observable(cfg, key, spec, split, train_df, X_train, features, n_fit)
     with connect(cfg.warehouse, read_only=True) as con:
         crisis_fit = _fit_comparator(con, cfg, crisis_spec, split, share, cat.predictors) if crisis_spec else None
         rows = grading_rows(con, spec, as_ofs, share, columns)
         crises = first_crises(con, rows, spec.target.horizon_days)
     graded = rows["as_of"].is_in(split.test).to_numpy()
     eligible = rows["eligible"].to_numpy()
-    X = rows.select(features).to_numpy().astype(np.float64)
     cap = spec.capacity_per_team
     gate = spec.listing.require_change_reason
 
     def ranked(model) -> np.ndarray:
-        score = np.where(eligible, model.predict(X), -np.inf)
-        return listed(rows, _gate(rows, score, X, model, features, cat, cap) if gate else score, cap)
+        score = np.where(eligible, predict(model, rows, features), -np.inf)
+        return listed(rows, _gate(rows, score, model, features, cat, cap) if gate else score, cap)
 
     lists = {"model": ranked(fit)}
     notes = {"model": "its cohort, ranked by its score" + (", people with a reason about change only" if gate else "")}
     if crisis_fit is not None:
-        crisis_score = crisis_fit.predict(rows.select(cat.predictors).to_numpy().astype(np.float64))
+        crisis_score = predict(crisis_fit, rows, cat.predictors)
         lists["crisis_now"] = listed(rows, crisis_score, cap)
         notes["crisis_now"] = (f"every adult, ranked by the crisis model ({crisis_spec.title.lower()}), "
                                "fitted on the same training dates and people")
@@ -237,19 +235,27 @@ def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share
             "notes": notes, "truth": truth is not None, "burn_in_weeks": BURN_IN_WEEKS}
 
 
-def _gate(rows: pl.DataFrame, score: np.ndarray, X: np.ndarray, fit, features: list[str], cat, cap: int) -> np.ndarray:
+def predict(fit, rows: pl.DataFrame, columns: list[str], rows_at_once: int = 200_000) -> np.ndarray:
+    """`fit`'s prediction for each row of `rows` from its `columns`, a slice at a time: one row's
+    prediction does not depend on the others, and a million rows' float64 matrix is not held whole."""
+    return np.concatenate([fit.predict(rows.slice(i, rows_at_once).select(columns).to_numpy().astype(np.float64))
+                           for i in range(0, rows.height, rows_at_once)] or [np.zeros(0)])
+
+
+def _gate(rows: pl.DataFrame, score: np.ndarray, fit, features: list[str], cat, cap: int) -> np.ndarray:
     """`score` with −inf for people near the top of a list who have no reason about change: their
     contributions are computed for three times the list's places, so the cost grows with lists."""
     near = listed(rows, score, 3 * cap)
     idx = np.flatnonzero(near)
     if idx.size:
-        contrib = fit.booster.predict(X[idx], pred_contrib=True, num_iteration=fit.best_iteration)[:, :-1]
+        X = rows[idx].select(features).to_numpy().astype(np.float64)
+        contrib = fit.booster.predict(X, pred_contrib=True, num_iteration=fit.best_iteration)[:, :-1]
         score = score.copy()
-        score[idx[change_reasons(contrib, X[idx], features, cat) < 0]] = -np.inf
+        score[idx[change_reasons(contrib, X, features, cat) < 0]] = -np.inf
     return score
 
 
-def _fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, train_df: pl.DataFrame,
+def fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, train_df: pl.DataFrame,
                          X: np.ndarray, features: list[str], n_fit: int | None):
     """This model's estimator fitted on the truth's rising phase instead of its target (synthetic
     worlds only), on the same training rows (`train_df`, `X` their features; `n_fit`: as for
