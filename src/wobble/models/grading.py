@@ -256,7 +256,7 @@ def _gate(rows: pl.DataFrame, score: np.ndarray, fit, features: list[str], cat, 
 
 
 def fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, train_df: pl.DataFrame,
-                         X: np.ndarray, features: list[str], n_fit: int | None):
+                        X: np.ndarray, features: list[str], n_fit: int | None):
     """This model's estimator fitted on the truth's rising phase instead of its target (synthetic
     worlds only), on the same training rows (`train_df`, `X` their features; `n_fit`: as for
     `fit_lightgbm`): what the observable data could give a list at best. None without enough rising."""
