@@ -23,6 +23,7 @@ from wobble.core.warehouse import connect, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
 from wobble.models.cohort import RECENT_CRISIS, SHORT_HISTORY, age_sql, cohort_rule_sql
 from wobble.models.explain import change_reasons
+from wobble.models.fit import feature_matrix
 from wobble.models.spec import load_spec
 from wobble.models.tracking import load_version
 
@@ -94,7 +95,7 @@ def score_rows(cfg: Config, spec, cat, frame: pl.DataFrame, features: list[str],
     computed for three times the capacity's worth, the people who can reach the list. Every
     figure is within a team, so a team scored alone gets exactly what it gets beside the others.
     """
-    X = frame.select(features).to_numpy().astype(np.float64)
+    X = feature_matrix(frame, features)
     raw = booster.predict(X)
     scored = frame.select("person_id", "team_id", "cohort_rule").with_columns(
         pl.Series("risk", calibrator.predict(raw)), pl.Series("_raw", raw)).with_row_index("_i")

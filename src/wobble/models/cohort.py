@@ -179,13 +179,15 @@ def held_out_share(con, spec: ModelSpec, split: TimeSplit) -> float:
 
 
 def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share: float | None = None, *,
-              test: bool = True, draws: str | None = None, draws_only: bool = False) -> pl.DataFrame:
+              train: bool = True, test: bool = True, draws: str | None = None,
+              draws_only: bool = False) -> pl.DataFrame:
     """Training rows (training dates, training people) and test rows (test dates, test people).
 
     Columns: person_id, as_of, team_id, part ('train' | 'test'), person_draw (a number in [0, 1)
     per person, independent of the test split: below validation_share means the validation
     slice), team_cohort (the team's whole cohort that week), the feature columns,
-    label, and the fairness attributes. `test=False` leaves out the test rows; `draws`, SQL over
+    label, and the fairness attributes. `train=False` leaves out the training rows and
+    `test=False` the test rows, so each part can be read when it is needed; `draws`, SQL over
     `person_draw`, keeps only the training rows it is true of (a sample, read without reading the
     rest); `draws_only` returns the person_draw column alone (cheap at any size).
     """
@@ -193,6 +195,8 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
     cols = "".join(f", s.{c}" for c in columns)
     test_rows = f"OR (s.as_of IN (SELECT unnest({dates(split.test)})) AND s.b_test < {share})" if test else ""
     sample = f"AND ({draws.replace('person_draw', 's.b_val')})" if draws else ""
+    train_rows = (f"s.as_of IN (SELECT unnest({dates(split.train)})) AND s.b_test >= {share} {sample}"
+                  if train else "false")
     q = f"""
         CREATE OR REPLACE TEMP TABLE _rows AS
         WITH teams AS (
@@ -209,7 +213,7 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
                CASE WHEN s.as_of IN (SELECT unnest({dates(split.test)})) THEN 'test' ELSE 'train' END AS part,
                s.b_val AS person_draw, s.team_cohort{cols}
         FROM s
-        WHERE (s.as_of IN (SELECT unnest({dates(split.train)})) AND s.b_test >= {share} {sample}) {test_rows}
+        WHERE ({train_rows}) {test_rows}
     """
     con.execute(q)
     if draws_only:

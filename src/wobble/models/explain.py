@@ -8,21 +8,26 @@ are scored (`wobble.lists.score`), and a sample of test rows' here for the card'
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
+
+from wobble.models.fit import feature_matrix
 
 
-def shap_summary(booster, Xt: np.ndarray, features: list[str], cat, seed: int, iteration: int) -> dict:
-    """Mean |SHAP| per feature and family, and each feature's direction, on a sample of test rows.
+def shap_summary(booster, rows: pl.DataFrame, features: list[str], cat, seed: int, iteration: int) -> dict:
+    """Mean |SHAP| per feature and family, and each feature's direction, on a sample of test rows
+    (`rows`: one per test example, holding the `features`; only the sample's are made a matrix).
 
     TreeSHAP through LightGBM's own `pred_contrib` (exact for trees). Direction: the sign of the
     correlation between a feature's value and its contribution (+1: higher values raise risk).
     """
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(Xt.shape[0], size=min(5000, Xt.shape[0]), replace=False))
-    contrib = booster.predict(Xt[idx], pred_contrib=True, num_iteration=iteration)[:, :-1]
+    idx = np.sort(rng.choice(rows.height, size=min(5000, rows.height), replace=False))
+    Xs = feature_matrix(rows[idx], features)
+    contrib = booster.predict(Xs, pred_contrib=True, num_iteration=iteration)[:, :-1]
     mean_abs = np.abs(contrib).mean(axis=0)
     direction = []
     for j in range(len(features)):
-        x, c = Xt[idx, j], contrib[:, j]
+        x, c = Xs[:, j], contrib[:, j]
         ok = np.isfinite(x)
         r = np.corrcoef(x[ok], c[ok])[0, 1] if ok.sum() > 2 and x[ok].std() > 0 and c[ok].std() > 0 else 0.0
         direction.append(int(np.sign(r)) if np.isfinite(r) else 0)
@@ -37,7 +42,7 @@ def shap_summary(booster, Xt: np.ndarray, features: list[str], cat, seed: int, i
         "families": dict(sorted(fam.items(), key=lambda kv: -kv[1])),
         "direction": {features[j]: direction[j] for j in order},
         "rows": int(idx.size),
-        "sample": (contrib, Xt[idx]),
+        "sample": (contrib, Xs),
     }
 
 

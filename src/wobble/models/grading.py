@@ -38,7 +38,7 @@ from wobble.core.warehouse import connect
 from wobble.features import cohort_sql
 from wobble.models.cohort import eligible_sql, held_out_people_sql, load_rows
 from wobble.models.explain import change_reasons
-from wobble.models.fit import fit_lightgbm, n_fitting, sample_sql
+from wobble.models.fit import feature_matrix, fit_lightgbm, n_fitting, sample_sql
 from wobble.models.metrics import Capacity, person_counts, weighted_quantiles
 from wobble.models.spec import ModelSpec, TimeSplit, load_spec
 from wobble.models.truth import need_phases
@@ -48,20 +48,31 @@ NOT_IN_CRISIS_CARE_DAYS = 90
 BURN_IN_WEEKS = 8  # weekly lists before the test period, so a first listing there is not counted as one later
 
 
-def grading_rows(con, spec: ModelSpec, as_ofs: list[date], share: float, columns: list[str]) -> pl.DataFrame:
+def grading_rows(con, spec: ModelSpec, as_ofs: list[date], share: float, models: dict[str, tuple[object, list[str]]],
+                 rows_at_once: int = 200_000) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """Every adult (the spec's ages) at the dates `as_ofs` among held-out people, one row per person
     and date, by team and date: `team_cohort` (the team's adults that date), `eligible` (in this spec's
     cohort), `crisis_30d` / `crisis_90d` (a crisis contact known in the 30 / 90 days before),
-    `crisis_next` (one in the 90 days after), the snapshot `columns`, in a fixed order."""
+    `crisis_next` (one in the 90 days after), in a fixed order; and each of `models`' (name →
+    (model, its columns)) prediction for each row.
+
+    The rows are made and ordered without their snapshot columns; those are then read
+    `rows_at_once` rows at a time, in whatever order they come, scored and let go, each prediction
+    put at its row's place: every prediction is row-wise, and at 1,000,000 people sorting the
+    rows with their features filled DuckDB's four gigabytes."""
     c = spec.cohort
     adults = f"year(k.as_of) - p.birth_year BETWEEN {c.min_age} AND {c.max_age}"
     crises = f"service IN {in_list(CRISIS_SERVICES)}"
-    cols = ", ".join(f"f.{x}" for x in columns)
-    return con.sql(f"""
-        WITH k AS (
-            SELECT k.person_id, k.as_of, k.team_id, {eligible_sql(spec, 'k.as_of')} AS eligible, {adults} AS adult
-            FROM ({cohort_sql(dates(as_ofs))}) k JOIN persons p USING (person_id)),
-        teams AS (SELECT team_id, as_of, count(*) AS team_cohort FROM k WHERE adult GROUP BY ALL),
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _graded AS
+        WITH teams AS (
+            SELECT k.team_id, k.as_of, count(*) AS team_cohort
+            FROM ({cohort_sql(dates(as_ofs))}) k JOIN persons p USING (person_id) WHERE {adults} GROUP BY ALL),
+        -- the rules of the cohort read contacts: only held-out people's rows are asked them
+        k AS (
+            SELECT k.person_id, k.as_of, k.team_id, {eligible_sql(spec, 'k.as_of')} AS eligible
+            FROM ({cohort_sql(dates(as_ofs))}) k JOIN persons p USING (person_id)
+            WHERE {adults} AND {held_out_people_sql(share).replace('person_id', 'k.person_id')}),
         c AS (
             SELECT k.person_id, k.as_of,
                    bool_or(x.occurred_at >= k.as_of - INTERVAL 30 DAY AND x.occurred_at < k.as_of
@@ -70,14 +81,40 @@ def grading_rows(con, spec: ModelSpec, as_ofs: list[date], share: float, columns
                    bool_or(x.occurred_at >= k.as_of) AS crisis_next
             FROM k JOIN contacts x ON x.person_id = k.person_id AND x.{crises}
              AND x.occurred_at >= k.as_of - INTERVAL 90 DAY AND x.occurred_at < k.as_of + INTERVAL 90 DAY
-            WHERE k.adult GROUP BY ALL)
-        SELECT k.person_id, k.as_of, k.team_id, t.team_cohort, k.eligible,
+            GROUP BY ALL)
+        SELECT (row_number() OVER (ORDER BY k.as_of, k.team_id, k.person_id) - 1)::BIGINT AS _k,
+               k.person_id, k.as_of, k.team_id, t.team_cohort, k.eligible,
                coalesce(c.crisis_30d, false) AS crisis_30d, coalesce(c.crisis_90d, false) AS crisis_90d,
-               coalesce(c.crisis_next, false) AS crisis_next, {cols}
-        FROM k JOIN teams t USING (team_id, as_of) JOIN feature_snapshots f USING (person_id, as_of)
-        LEFT JOIN c USING (person_id, as_of)
-        WHERE k.adult AND {held_out_people_sql(share).replace('person_id', 'k.person_id')}
-        ORDER BY k.as_of, k.team_id, k.person_id""").pl()
+               coalesce(c.crisis_next, false) AS crisis_next
+        FROM k JOIN teams t USING (team_id, as_of) SEMI JOIN feature_snapshots f USING (person_id, as_of)
+        LEFT JOIN c USING (person_id, as_of)""")
+    try:
+        rows = con.sql("SELECT * EXCLUDE (_k) FROM _graded ORDER BY _k").pl()
+        scores = {name: np.zeros(rows.height) for name in models}
+        columns = list(dict.fromkeys(x for _, cols in models.values() for x in cols))
+        if models:
+            reader = con.sql(f"""SELECT g._k{''.join(f', f.{x}' for x in columns)}
+                                 FROM _graded g JOIN feature_snapshots f USING (person_id, as_of)""") \
+                .fetch_arrow_reader(rows_at_once)
+            for batch in reader:
+                frame = pl.from_arrow(batch)
+                at = frame["_k"].to_numpy()
+                for name, (model, cols) in models.items():
+                    scores[name][at] = model.predict(feature_matrix(frame, cols))
+    finally:
+        con.execute("DROP TABLE IF EXISTS _graded")
+    return rows, scores
+
+
+def _features_of(con, rows: pl.DataFrame, features: list[str]) -> np.ndarray:
+    """The snapshot `features` of each of `rows` (person_id, as_of), in their order."""
+    con.register("_wanted", rows.select("person_id", "as_of").with_row_index("_k"))
+    try:
+        frame = con.sql(f"""SELECT {', '.join(f'f.{x}' for x in features)} FROM _wanted w
+                            JOIN feature_snapshots f USING (person_id, as_of) ORDER BY w._k""").pl()
+    finally:
+        con.unregister("_wanted")
+    return feature_matrix(frame, features)
 
 
 def first_crises(con, rows: pl.DataFrame, horizon: int) -> pl.DataFrame:
@@ -190,65 +227,60 @@ def burn_in(split: TimeSplit) -> list[date]:
 
 
 def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share: float, fit, features: list[str],
-                cat, best=None) -> dict:
+                cat, best=None, comparator: tuple[ModelSpec, object] | None = None) -> dict:
     """This model's list beside today's crisis-now ranking, the best list the observable data allows
     and the truth-ranked list, on the test period (see the module docstring): {"lists": name →
     figures, "notes": what each list is, "truth": whether a synthetic truth graded them}.
 
-    `best` is `fit_best_observable`'s fit (None: no truth), made by the caller before this, so the
-    training rows need not be held while the grading rows are. The comparator is fitted before
-    the grading rows are read, and the rows are scored in slices, for the same reason."""
-    crisis_spec = load_spec(cfg.models_dir, spec.compare_with) if spec.compare_with else None
-    crisis_spec = crisis_spec.model_copy(update={"schedule": spec.schedule}) if crisis_spec else None
-    columns = list(dict.fromkeys(features + (cat.predictors if crisis_spec else [])))
+    `best` is `fit_best_observable`'s fit (None: no truth) and `comparator` `fit_comparator`'s
+    (None: none named), both made by the caller before this, so the rows they were fitted on need
+    not be held while the grading rows are; the grading rows are scored in slices for the same reason."""
+    crisis_spec, crisis_fit = comparator or (None, None)
     as_ofs = burn_in(split) + split.test
-    with connect(cfg.warehouse, read_only=True) as con:
-        crisis_fit = _fit_comparator(con, cfg, crisis_spec, split, share, cat.predictors) if crisis_spec else None
-        rows = grading_rows(con, spec, as_ofs, share, columns)
-        crises = first_crises(con, rows, spec.target.horizon_days)
-    graded = rows["as_of"].is_in(split.test).to_numpy()
-    eligible = rows["eligible"].to_numpy()
     cap = spec.capacity_per_team
     gate = spec.listing.require_change_reason
-
-    def ranked(model) -> np.ndarray:
-        score = np.where(eligible, predict(model, rows, features), -np.inf)
-        return listed(rows, _gate(rows, score, model, features, cat, cap) if gate else score, cap)
-
-    lists = {"model": ranked(fit)}
-    notes = {"model": "its cohort, ranked by its score" + (", people with a reason about change only" if gate else "")}
-    if crisis_fit is not None:
-        crisis_score = predict(crisis_fit, rows, cat.predictors)
-        lists["crisis_now"] = listed(rows, crisis_score, cap)
-        notes["crisis_now"] = (f"every adult, ranked by the crisis model ({crisis_spec.title.lower()}), "
-                               "fitted on the same training dates and people")
-    truth = need_phases(cfg, key, as_ofs, people=rows["person_id"])
-    if truth is not None:
+    with connect(cfg.warehouse, read_only=True) as con:
+        models = {"model": (fit, features)} | ({"crisis_now": (crisis_fit, cat.predictors)} if crisis_fit else {})
         if best is not None:
-            lists["best"] = ranked(best)
-            notes["best"] = ("the same features, cohort and gate, fitted on the hidden truth's rising phase at the "
-                             "training dates instead of the target: the best list the observable data allows")
-        lists["truth"] = listed(rows, truth_score(rows, truth, eligible), cap)
-        notes["truth"] = "the same cohort, people in a rising phase first, by how far their need stands above usual"
+            models["best"] = (best, features)
+        rows, scores = grading_rows(con, spec, as_ofs, share, models)
+        crises = first_crises(con, rows, spec.target.horizon_days)
+        graded = rows["as_of"].is_in(split.test).to_numpy()
+        eligible = rows["eligible"].to_numpy()
+
+        def ranked(name: str) -> np.ndarray:
+            score = np.where(eligible, scores[name], -np.inf)
+            return listed(rows, _gate(con, rows, score, models[name][0], features, cat, cap) if gate else score, cap)
+
+        lists = {"model": ranked("model")}
+        notes = {"model": "its cohort, ranked by its score"
+                          + (", people with a reason about change only" if gate else "")}
+        if crisis_fit is not None:
+            lists["crisis_now"] = listed(rows, scores["crisis_now"], cap)
+            notes["crisis_now"] = (f"every adult, ranked by the crisis model ({crisis_spec.title.lower()}), "
+                                   "fitted on the same training dates and people")
+        truth = need_phases(cfg, key, as_ofs, people=rows["person_id"])
+        if truth is not None:
+            if best is not None:
+                lists["best"] = ranked("best")
+                notes["best"] = ("the same features, cohort and gate, fitted on the hidden truth's rising phase at "
+                                 "the training dates instead of the target: the best list the observable data allows")
+            lists["truth"] = listed(rows, truth_score(rows, truth, eligible), cap)
+            notes["truth"] = ("the same cohort, people in a rising phase first, by how far their need stands "
+                              "above usual")
     return {"lists": figures(rows, lists, truth, crises, graded, replicates=spec.evaluation.bootstrap_replicates,
                              seed=cfg.wobble.seed, horizon=spec.target.horizon_days),
             "notes": notes, "truth": truth is not None, "burn_in_weeks": BURN_IN_WEEKS}
 
 
-def predict(fit, rows: pl.DataFrame, columns: list[str], rows_at_once: int = 200_000) -> np.ndarray:
-    """`fit`'s prediction for each row of `rows` from its `columns`, a slice at a time: one row's
-    prediction does not depend on the others, and a million rows' float64 matrix is not held whole."""
-    return np.concatenate([fit.predict(rows.slice(i, rows_at_once).select(columns).to_numpy().astype(np.float64))
-                           for i in range(0, rows.height, rows_at_once)] or [np.zeros(0)])
-
-
-def _gate(rows: pl.DataFrame, score: np.ndarray, fit, features: list[str], cat, cap: int) -> np.ndarray:
+def _gate(con, rows: pl.DataFrame, score: np.ndarray, fit, features: list[str], cat, cap: int) -> np.ndarray:
     """`score` with −inf for people near the top of a list who have no reason about change: their
-    contributions are computed for three times the list's places, so the cost grows with lists."""
+    contributions are computed for three times the list's places, so the cost grows with lists
+    (their features are read for them alone, from the warehouse `con`)."""
     near = listed(rows, score, 3 * cap)
     idx = np.flatnonzero(near)
     if idx.size:
-        X = rows[idx].select(features).to_numpy().astype(np.float64)
+        X = _features_of(con, rows[idx], features)
         contrib = fit.booster.predict(X, pred_contrib=True, num_iteration=fit.best_iteration)[:, :-1]
         score = score.copy()
         score[idx[change_reasons(contrib, X, features, cat) < 0]] = -np.inf
@@ -271,19 +303,26 @@ def fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSpli
                         cfg.wobble.seed, n_fit=n_fit)
 
 
-def _fit_comparator(con, cfg, crisis_spec: ModelSpec, split: TimeSplit, share: float, predictors: list[str]):
-    """The crisis model fitted on this model's training dates and people, for comparison only (on
-    a sample of at most its search_rows rows: it ranks, it is not published).
+def fit_comparator(cfg, spec: ModelSpec, split: TimeSplit, share: float, cat) -> tuple[ModelSpec, object] | None:
+    """(the crisis model's spec, its fit) for `spec.compare_with`, fitted on this model's training
+    dates and people, for comparison only (on a sample of at most its search_rows rows: it ranks,
+    it is not published); None when the spec names no model to compare with.
 
     Only the sample's rows are read: the draws of every training row first, then the features of
-    the rows the fit will use (`sample_sql`)."""
+    the rows the fit will use (`sample_sql`). `train` fits it before it reads its own rows, so
+    neither is held while the other is (at 1,000,000 people, DuckDB's reads took four gigabytes)."""
+    if not spec.compare_with:
+        return None
+    crisis_spec = load_spec(cfg.models_dir, spec.compare_with).model_copy(update={"schedule": spec.schedule})
     est = crisis_spec.estimator.model_copy(update={"max_rows": est_rows(crisis_spec), "search": []})
     small = crisis_spec.model_copy(update={"estimator": est})
-    draws = load_rows(con, crisis_spec, split, [], share, test=False, draws_only=True)["person_draw"].to_numpy()
-    frame = load_rows(con, crisis_spec, split, predictors, share, test=False, draws=sample_sql(small, draws))
-    return fit_lightgbm(small, frame.select(predictors).to_numpy().astype(np.float64),
-                        frame["label"].to_numpy().astype(int), frame["person_draw"].to_numpy(), predictors,
-                        cfg.wobble.seed, n_fit=n_fitting(small, draws))
+    predictors = cat.predictors
+    with connect(cfg.warehouse, read_only=True) as con:
+        draws = load_rows(con, crisis_spec, split, [], share, test=False, draws_only=True)["person_draw"].to_numpy()
+        frame = load_rows(con, crisis_spec, split, predictors, share, test=False, draws=sample_sql(small, draws))
+    return crisis_spec, fit_lightgbm(small, feature_matrix(frame, predictors), frame["label"].to_numpy().astype(int),
+                                     frame["person_draw"].to_numpy(), predictors, cfg.wobble.seed,
+                                     n_fit=n_fitting(small, draws))
 
 
 def est_rows(spec: ModelSpec) -> int:

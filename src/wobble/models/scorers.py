@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
 
 from wobble.core.config import Config
 from wobble.core.vocab import CRISIS_SERVICES
 from wobble.models.evaluate import Scorer
-from wobble.models.fit import fit_baseline
+from wobble.models.fit import fit_baseline, predict_rows
 from wobble.models.spec import ModelSpec
 from wobble.models.tracking import client, load_version
 from wobble.models.truth import crisis_risk, truth_file
@@ -20,7 +19,7 @@ from wobble.models.truth import crisis_risk, truth_file
 
 def _scorers(cfg, key, spec, fit, calibrator, train_df, test_df, features, champ):
     """The model and everything it is compared with, scored on the test rows; and the oracle's note."""
-    raw = fit.predict(test_df.select(features).to_numpy().astype(np.float64))
+    raw = predict_rows(fit, test_df, features)
     baseline = fit_baseline(train_df.select(spec.baseline.features).to_numpy(), train_df["label"].to_numpy())
     p_base = baseline.predict_proba(test_df.select(spec.baseline.features).to_numpy())[:, 1]
     scorers = [Scorer("model", raw, calibrator.predict(raw)), Scorer("baseline", p_base, p_base)]
@@ -28,7 +27,7 @@ def _scorers(cfg, key, spec, fit, calibrator, train_df, test_df, features, champ
     if oracle is not None:
         scorers.append(Scorer("oracle", oracle, oracle))
     if champ is not None:
-        raw_c = champ.booster.predict(test_df.select(champ.features).to_numpy().astype(np.float64))
+        raw_c = predict_rows(champ.booster, test_df, champ.features)
         scorers.append(Scorer("champion", raw_c, champ.calibrator.predict(raw_c)))
     return scorers, oracle_note
 

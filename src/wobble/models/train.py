@@ -39,8 +39,8 @@ from wobble.models.cohort import held_out_people_sql, held_out_share, load_rows
 from wobble.models.data_summary import summarise
 from wobble.models.evaluate import EvaluationRows, LeadEvents, evaluate
 from wobble.models.explain import shap_summary
-from wobble.models.fit import fit_calibrator, fit_lightgbm, n_fitting, sample_sql
-from wobble.models.grading import burn_in, fit_best_observable, grade_lists
+from wobble.models.fit import feature_matrix, fit_calibrator, fit_lightgbm, n_fitting, sample_sql
+from wobble.models.grading import burn_in, fit_best_observable, fit_comparator, grade_lists
 from wobble.models.metrics import Capacity
 from wobble.models.scorers import _champion, _scorers
 from wobble.models.spec import ModelSpec, TimeSplit, load_spec, timesplit
@@ -100,11 +100,13 @@ def train(
     # Only test people's rows are read at test dates (team sizes come from the registrations),
     # so only theirs are built: at 1,000,000 people, 50,000 rather than everyone.
     build_features(cfg, burn_in(split) + split.test, people=held_out_people_sql(share))
+    say("the crisis-now ranking the lists are compared with")
+    comparator = fit_comparator(cfg, spec, split, share, cat)
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
     read = features + (champ.features if champ else [])
-    train_df, test_df, n_fit = _examples(cfg, spec, split, read, share)
-    X = train_df.select(features).to_numpy().astype(np.float64)
+    train_df, n_fit = _examples(cfg, spec, split, read, share)
+    X = feature_matrix(train_df, features)
     # From here on X holds the features: the frame keeps only what else is read of it, so the
     # features are not held twice (at 1,000,000 people, over a gigabyte each).
     train_df = train_df.select(pl.exclude(sorted(set(read) - set(spec.baseline.features))))
@@ -116,6 +118,10 @@ def train(
     fit = fit_lightgbm(spec, X, y, draw, features, cfg.wobble.seed, dask=dask, n_fit=n_fit)
     val = fit.validation
     calibrator = fit_calibrator(spec.calibration, fit.predict(X[val]), y[val])
+    best = fit_best_observable(cfg, key, spec, split, train_df, X, features, n_fit)
+    del X  # the last fit is made: nothing after this is held beside it (at 1,000,000 people, 1.7 GB)
+    # the test rows are read only now, so they are not held during the fits (at 1,000,000 people, a gigabyte)
+    test_df = _test_rows(cfg, spec, split, read, share)
     say("baseline, oracle and champion")
     scorers, oracle_note = _scorers(cfg, key, spec, fit, calibrator, train_df, test_df, features, champ)
 
@@ -124,26 +130,25 @@ def train(
     evaluation.update(_training_facts(cfg, spec, split, share, champ, fit, train_df, y, features, dask),
                       oracle_note=oracle_note)
     say("SHAP summary")
-    shap = shap_summary(fit.booster, test_df.select(features).to_numpy().astype(np.float64), features, cat,
-                        cfg.wobble.seed, fit.best_iteration)
+    shap = shap_summary(fit.booster, test_df, features, cat, cfg.wobble.seed, fit.best_iteration)
     evaluation["shap"] = {k: v for k, v in shap.items() if k != "sample"}
     with connect(cfg.warehouse, read_only=True) as con:
         evaluation["data"] = summarise(con, spec, split, train_df, test_df)
+    rows_test, head = test_df.height, test_df.head(5)
+    del test_df  # the grading reads rows of its own (at 1,000,000 people the test rows were a gigabyte)
     say("lists: this model's beside today's crisis-now ranking and the truth")
-    best = fit_best_observable(cfg, key, spec, split, train_df, X, features, n_fit)
-    del X  # not needed again: the grading rows are read without it held (at 1,000,000 people, 1.4 GB)
-    evaluation["lists"] = grade_lists(cfg, key, spec, split, share, fit, features, cat, best)
+    evaluation["lists"] = grade_lists(cfg, key, spec, split, share, fit, features, cat, best, comparator)
     evaluation = _jsonable(evaluation)
     metrics = flat_metrics(evaluation)
     version = run_id = ""
     if register:
         say("MLflow")
         version, run_id, card_md, card_html = _log_to_mlflow(
-            cfg, spec, fit, calibrator, features, metrics, evaluation, split, test_df, shap["sample"])
+            cfg, spec, fit, calibrator, features, metrics, evaluation, split, head, shap["sample"])
     else:
         card_md, card_html = write_card(cfg, spec=spec, evaluation=evaluation, version=None,
                                         shap_sample=shap["sample"])
-    return TrainResult(spec.name, version, run_id, metrics, split, train_df.height, test_df.height, card_md,
+    return TrainResult(spec.name, version, run_id, metrics, split, train_df.height, rows_test, card_md,
                        card_html, shap["families"], time.perf_counter() - t0, evaluation)
 
 
@@ -181,8 +186,8 @@ def _spec(cfg: Config, model_name: str, max_train_dates: int | None):
 
 
 def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str], share: float):
-    """(training rows, test rows, n_fit), `share` of people held out for test; or an error saying
-    there are too few rows to learn from.
+    """(training rows, n_fit), `share` of people held out for test; or an error saying there are
+    too few rows to learn from.
 
     The training rows are those the fit will use (`sample_sql`): at 1,000,000 people and 33 dates,
     a million or so of 25 million, read without reading the rest; `n_fit` says how many fitting
@@ -190,15 +195,23 @@ def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str
     columns = list(dict.fromkeys(features + spec.baseline.features))
     with connect(cfg.warehouse, read_only=True) as con:
         draws = load_rows(con, spec, split, [], share, test=False, draws_only=True)["person_draw"].to_numpy()
-        frame = load_rows(con, spec, split, columns, share, draws=sample_sql(spec, draws))
-    train_df = frame.filter(pl.col("part") == "train")
-    test_df = frame.filter(pl.col("part") == "test")
-    if train_df.height < 200 or test_df["label"].sum() < 5 or train_df["label"].sum() < 5:
-        raise WobbleError(
-            f"too little data to train {spec.name}: {train_df.height} training rows with "
-            f"{int(train_df['label'].sum())} outcomes, {int(test_df['label'].sum())} test outcomes"
-        )
-    return train_df, test_df, n_fitting(spec, draws)
+        train_df = load_rows(con, spec, split, columns, share, test=False, draws=sample_sql(spec, draws))
+    if train_df.height < 200 or train_df["label"].sum() < 5:
+        raise WobbleError(f"too little data to train {spec.name}: {train_df.height} training rows with "
+                          f"{int(train_df['label'].sum())} outcomes")
+    return train_df, n_fitting(spec, draws)
+
+
+def _test_rows(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str], share: float) -> pl.DataFrame:
+    """The test rows (test dates, held-out people) with `features`; or an error if they hold too
+    few outcomes to evaluate on."""
+    columns = list(dict.fromkeys(features + spec.baseline.features))
+    with connect(cfg.warehouse, read_only=True) as con:
+        test_df = load_rows(con, spec, split, columns, share, train=False)
+    if test_df["label"].sum() < 5:
+        raise WobbleError(f"too little data to test {spec.name}: {test_df.height} test rows with "
+                          f"{int(test_df['label'].sum())} outcomes")
+    return test_df
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -303,7 +316,8 @@ def _jsonable(evaluation: dict) -> dict:
     return json.loads(json.dumps(evaluation, default=str))
 
 
-def _log_to_mlflow(cfg, spec, fit, calibrator, features, metrics, evaluation, split, test_df, shap_sample):
+def _log_to_mlflow(cfg, spec, fit, calibrator, features, metrics, evaluation, split, head, shap_sample):
+    """Log the run, register the model (`head`: a few test rows, its input example) and write its card."""
     import mlflow
     import mlflow.lightgbm
     from mlflow.models import infer_signature
@@ -326,7 +340,7 @@ def _log_to_mlflow(cfg, spec, fit, calibrator, features, metrics, evaluation, sp
         })
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_metrics(_subgroup_metrics(evaluation))
-        example = test_df.select(features).head(5).cast(pl.Float64).to_pandas()  # scoring passes doubles
+        example = head.select(features).cast(pl.Float64).to_pandas()  # scoring passes doubles
         signature = infer_signature(example, fit.predict(example.to_numpy(dtype=np.float64)))
         info = mlflow.lightgbm.log_model(
             fit.booster, name="model", signature=signature, input_example=example,

@@ -15,6 +15,7 @@ from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal, in_dates
 from wobble.core.warehouse import scalar
 from wobble.features.feeds import RULE, feed_months, feed_status, gap_sentence, quiet_spans
+from wobble.models.fit import feature_matrix
 from wobble.ops.monitor.findings import Finding, avg, pct, psi_text
 
 PSI_FLOOR = 1e-4
@@ -126,7 +127,7 @@ def _score_drift(con, features, ref, cur, n_ref, n_cur, booster, calibrator, m) 
     def risks(where: str, n: int) -> pl.DataFrame:
         frame = con.sql(f"SELECT team_id, {', '.join(features)} FROM feature_snapshots "
                         f"WHERE {where} AND {_person_sample(n)} ORDER BY as_of, person_id").pl()
-        X = frame.select(features).to_numpy().astype(np.float64)
+        X = feature_matrix(frame, features)
         return frame.select("team_id").with_columns(pl.Series("risk", calibrator.predict(booster.predict(X))))
 
     then, now = risks(ref, n_ref), risks(cur, n_cur)
