@@ -18,7 +18,7 @@ import polars as pl
 
 from wobble.core.config import Config
 from wobble.core.errors import WobbleError
-from wobble.core.sql import date_literal
+from wobble.core.sql import date_literal, in_list
 from wobble.core.warehouse import connect, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
 from wobble.models.cohort import RECENT_CRISIS, SHORT_HISTORY, age_sql, cohort_rule_sql
@@ -59,26 +59,57 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
             f"model {model} v{version} uses features no longer in the catalogue: {', '.join(missing)}; "
             "retrain it"
         )
+    parts = []
     with connect(cfg.warehouse, read_only=True) as con:
-        frame = con.sql(cohort_frame_sql(spec, features, as_of)).pl()
-    if frame.height == 0:
+        # whole teams at a time (every figure is within a team, so a team scored beside fewer
+        # others gets the same): at 5,000,000 people one frame of everyone took 10 GB
+        for teams in team_groups(con, as_of, SCORE_ROWS):
+            frame = con.sql(cohort_frame_sql(spec, features, as_of, teams)).pl()
+            if frame.height:
+                parts.append((frame.height, *score_rows(cfg, spec, cat, frame, features, booster, calibrator)))
+            del frame
+    scored = sum(n for n, _, _ in parts)
+    if scored == 0:
         raise WobbleError(f"nobody in the cohort at {as_of}")
-    scores, expl = score_rows(cfg, spec, cat, frame, features, booster, calibrator)
+    scores = pl.concat([s for _, s, _ in parts]).sort("person_id")  # one frame's order: by person
+    expl = pl.concat([e for _, _, e in parts])
     with connect(cfg.warehouse) as con:
         write_scores(con, model, str(version), as_of, scores, expl)
-    return ScoreResult(model, str(version), as_of, frame.height, expl.height // max(1, len(features)),
+    return ScoreResult(model, str(version), as_of, scored, expl.height // max(1, len(features)),
                        time.perf_counter() - t0)
 
 
-def cohort_frame_sql(spec, features: list[str], as_of: date) -> str:
-    """The snapshot rows a model scores at `as_of`, ordered by person: everyone of its ages, with
-    `cohort_rule`, the rule that keeps a person off its ranking (NULL: in the cohort, ranked)."""
+SCORE_ROWS = 1_200_000  # snapshot rows scored at once, in whole teams: one frame at 1,000,000 people
+
+
+def team_groups(con, as_of: date, rows: int) -> list[list[str] | None]:
+    """The teams with snapshots at `as_of`, in groups of whole teams of about `rows` snapshot rows
+    each, by team; [None] (everyone at once) when they all fit in one."""
+    sizes = con.sql(f"SELECT team_id, count(*) AS n FROM feature_snapshots WHERE as_of = {date_literal(as_of)} "
+                    "GROUP BY team_id ORDER BY team_id").fetchall()
+    if sum(n for _, n in sizes) <= rows:
+        return [None]
+    groups, current, size = [], [], 0
+    for team, n in sizes:
+        if current and size + n > rows:
+            groups.append(current)
+            current, size = [], 0
+        current.append(team)
+        size += n
+    return groups + [current]
+
+
+def cohort_frame_sql(spec, features: list[str], as_of: date, teams: list[str] | None = None) -> str:
+    """The snapshot rows a model scores at `as_of`, ordered by person: everyone of its ages (in
+    `teams`, or every team), with `cohort_rule`, the rule that keeps a person off its ranking
+    (NULL: in the cohort, ranked)."""
     day = date_literal(as_of)
+    within = f"AND f.team_id IN {in_list(teams)}" if teams is not None else ""
     return f"""
         SELECT f.person_id, f.team_id, {cohort_rule_sql(spec, day, 'p')} AS cohort_rule,
                {', '.join(f'f.{c}' for c in features)}
         FROM feature_snapshots f JOIN persons p USING (person_id)
-        WHERE f.as_of = {day} AND {age_sql(spec, day, 'p')}
+        WHERE f.as_of = {day} AND {age_sql(spec, day, 'p')} {within}
         ORDER BY f.person_id"""
 
 
