@@ -9,9 +9,11 @@ from datetime import date
 import polars as pl
 from conftest import TEST_KEY, copy_tree
 
+import wobble.lists.reasons as reasons_module
 import wobble.lists.score as score_module
 from wobble.core.config import load_config
 from wobble.core.warehouse import connect
+from wobble.features import load_catalogue
 
 
 def _tables(cfg, model: str, version: str, as_of: date) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -33,11 +35,18 @@ def test_scoring_a_team_at_a_time_gives_what_one_frame_gives(demo_run, tmp_path,
         teams = score_module.team_groups(con, as_of, 1)
     assert len(teams) == 2 and all(len(t) == 1 for t in teams)  # the demo's two teams, one a group
 
+    def reasons():  # the team's typical values (medians) are taken in the same groups
+        with connect(cfg.warehouse, read_only=True) as con:
+            return reasons_module.list_reasons(con, load_catalogue(cfg.features_dir), model, version, as_of,
+                                               change_first=True)
+
     whole = score_module.score(cfg, model=model, version=version, as_of=as_of)
-    one_frame = _tables(cfg, model, version, as_of)
+    one_frame, whole_reasons = _tables(cfg, model, version, as_of), reasons()
     monkeypatch.setattr(score_module, "SCORE_ROWS", 1)  # each team its own group
+    monkeypatch.setattr(reasons_module, "SCORE_ROWS", 1)
     grouped = score_module.score(cfg, model=model, version=version, as_of=as_of)
-    by_team = _tables(cfg, model, version, as_of)
+    by_team, team_reasons = _tables(cfg, model, version, as_of), reasons()
+    assert whole_reasons == team_reasons and len(whole_reasons) > 10
 
     assert grouped.scored == whole.scored > 1000 and grouped.explained == whole.explained > 0
     for a, b in zip(one_frame, by_team, strict=True):

@@ -13,8 +13,10 @@ from datetime import date
 
 import polars as pl
 
+from wobble.core.sql import in_list
 from wobble.features import Catalogue
 from wobble.features.language import window_phrase
+from wobble.lists.score import SCORE_ROWS, team_groups
 
 MAX_REASONS = 5
 MIN_REASONS = 3
@@ -215,10 +217,14 @@ def list_reasons(con, cat: Catalogue, model: str, version: str, as_of: date,
     def as_value(f: str) -> str:  # a days-since blank is "none in the last year": later than any
         return f"coalesce({f}, {NONE_YET})" if by_name[f].unit == "days" else f
 
-    typical = con.sql(
-        f"SELECT team_id, {', '.join(f'median({as_value(f)})::DOUBLE AS {f}' for f in feats)} "
-        "FROM feature_snapshots WHERE as_of = ? GROUP BY team_id", params=[as_of]
-    ).pl().unpivot(index="team_id", variable_name="feature", value_name="typical").with_columns(
+    # a median holds its group's values: whole teams at a time, as they are scored (at 5,000,000
+    # people every team's at once ran DuckDB out of memory)
+    medians = ', '.join(f'median({as_value(f)})::DOUBLE AS {f}' for f in feats)
+    typical = pl.concat([con.sql(
+        f"SELECT team_id, {medians} FROM feature_snapshots WHERE as_of = ? "
+        f"{'' if teams is None else f'AND team_id IN {in_list(teams)}'} GROUP BY team_id", params=[as_of]
+    ).pl() for teams in team_groups(con, as_of, SCORE_ROWS)]).unpivot(
+        index="team_id", variable_name="feature", value_name="typical").with_columns(
         pl.when(pl.col("typical") >= NONE_YET).then(float("inf")).otherwise(pl.col("typical")).alias("typical"))
     meta = pl.DataFrame({
         "feature": feats, "concern": [by_name[f].concern for f in feats],
