@@ -66,16 +66,15 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
         for teams in team_groups(con, as_of, SCORE_ROWS):
             frame = con.sql(cohort_frame_sql(spec, features, as_of, teams)).pl()
             if frame.height:
-                parts.append((frame.height, *score_rows(cfg, spec, cat, frame, features, booster, calibrator)))
+                parts.append(score_rows(cfg, spec, cat, frame, features, booster, calibrator))
             del frame
-    scored = sum(n for n, _, _ in parts)
-    if scored == 0:
+    if not parts:
         raise WobbleError(f"nobody in the cohort at {as_of}")
-    scores = pl.concat([s for _, s, _ in parts]).sort("person_id")  # one frame's order: by person
-    expl = pl.concat([e for _, _, e in parts])
+    scores = pl.concat([s for s, _ in parts]).sort("person_id")  # one frame's order: by person
+    expl = pl.concat([e for _, e in parts])
     with connect(cfg.warehouse) as con:
         write_scores(con, model, str(version), as_of, scores, expl)
-    return ScoreResult(model, str(version), as_of, scored, expl.height // max(1, len(features)),
+    return ScoreResult(model, str(version), as_of, scores.height, expl.height // max(1, len(features)),
                        time.perf_counter() - t0)
 
 
