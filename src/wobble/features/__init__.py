@@ -6,9 +6,16 @@ of `derived`) compiles to one query (`compile`) that `build` runs in passes; `fe
 rule for "a data feed went quiet" that every stage uses.
 """
 
-from wobble.features.build import FeaturesResult, build_features, compute_snapshots, dates_to_build, shared_tables
+from wobble.features.build import (
+    FeaturesResult,
+    build_features,
+    compute_snapshots,
+    dates_to_build,
+    dates_without_rows,
+    shared_tables,
+)
 from wobble.features.catalogue import Catalogue, Feature, catalogue_markdown, load_catalogue
 from wobble.features.compile import cohort_sql
 
 __all__ = ["Catalogue", "Feature", "FeaturesResult", "build_features", "catalogue_markdown", "cohort_sql",
-           "compute_snapshots", "dates_to_build", "load_catalogue", "shared_tables"]
+           "compute_snapshots", "dates_to_build", "dates_without_rows", "load_catalogue", "shared_tables"]

@@ -228,3 +228,14 @@ def dates_to_build(con, as_ofs: list[date]) -> list[date]:
     return [d for d in as_ofs if d not in complete]
 
 
+def dates_without_rows(con, as_ofs: list[date]) -> list[date]:
+    """Those of `as_ofs` with no snapshots at all. Training builds its training dates for the
+    people its fits read (a sample, at scale); a reader content with a sample of people at a
+    date, as drift's reference is, builds only the dates that have none."""
+    as_ofs = sorted(set(as_ofs))
+    if not as_ofs or not table_exists(con, "feature_snapshots"):
+        return as_ofs
+    present = {r[0] for r in con.execute(f"SELECT DISTINCT as_of FROM feature_snapshots "
+                                         f"WHERE as_of IN (SELECT unnest({dates(as_ofs)}))").fetchall()}
+    return [d for d in as_ofs if d not in present]
+

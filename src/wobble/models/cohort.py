@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 
 from wobble.core.sql import age_band_sql, dates, imd_quintile_sql, in_list
@@ -162,6 +163,20 @@ def team_cohorts_sql(spec: ModelSpec, as_ofs: list[date]) -> str:
         WHERE {eligible_sql(spec, 'k.as_of')}"""
 
 
+def training_draws(con, spec: ModelSpec, split: TimeSplit, share: float) -> np.ndarray:
+    """`person_draw` of every training row (training dates, training people, the model's cohort),
+    one per row in no order, from the registrations and contacts: the rows `load_rows` reads from
+    complete snapshots, without the snapshots, so train can choose whose snapshots to build."""
+    return con.sql(f"SELECT {_bucket(8)} AS person_draw FROM ({team_cohorts_sql(spec, split.train)}) "
+                   f"WHERE NOT ({held_out_people_sql(share)})").pl()["person_draw"].to_numpy()
+
+
+def drawn_people_sql(share: float, draws: str) -> str:
+    """SQL over `person_id`: a training person (not held out at `share`) whose draw meets `draws`
+    (SQL over `person_draw`, as `load_rows` takes it)."""
+    return f"NOT ({held_out_people_sql(share)}) AND ({draws.replace('person_draw', _bucket(8))})"
+
+
 def held_out_people_sql(share: float) -> str:
     """SQL over `person_id`: the person is held out for testing."""
     return f"{_bucket(0)} < {share}"
@@ -179,8 +194,7 @@ def held_out_share(con, spec: ModelSpec, split: TimeSplit) -> float:
 
 
 def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share: float | None = None, *,
-              train: bool = True, test: bool = True, draws: str | None = None,
-              draws_only: bool = False) -> pl.DataFrame:
+              train: bool = True, test: bool = True, draws: str | None = None) -> pl.DataFrame:
     """Training rows (training dates, training people) and test rows (test dates, test people).
 
     Columns: person_id, as_of, team_id, part ('train' | 'test'), person_draw (a number in [0, 1)
@@ -189,7 +203,7 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
     label, and the fairness attributes. `train=False` leaves out the training rows and
     `test=False` the test rows, so each part can be read when it is needed; `draws`, SQL over
     `person_draw`, keeps only the training rows it is true of (a sample, read without reading the
-    rest); `draws_only` returns the person_draw column alone (cheap at any size).
+    rest; `training_draws` gives every training row's draw without reading snapshots).
     """
     share = held_out_share(con, spec, split) if share is None else share
     cols = "".join(f", s.{c}" for c in columns)
@@ -216,8 +230,6 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
         WHERE ({train_rows}) {test_rows}
     """
     con.execute(q)
-    if draws_only:
-        return con.sql("SELECT person_draw FROM _rows").pl()
     return con.sql(f"""
         SELECT r.*, l.label, {', '.join(f'{sql} AS {a}' for a, sql in attributes_sql('r.as_of').items())}
         FROM _rows r JOIN ({label_sql(spec, '_rows')}) l USING (person_id, as_of)

@@ -117,6 +117,12 @@ def n_fitting(spec: ModelSpec, draw: np.ndarray) -> int:
     return int((draw >= spec.estimator.validation_share).sum())
 
 
+def samples_everyone(spec: ModelSpec, draw: np.ndarray) -> bool:
+    """True when `fit_lightgbm` of `spec` uses every training row with these draws (`sample_sql`
+    is then true of them all)."""
+    return _shares(spec.estimator, n_fitting(spec, draw))[0] >= 1.0
+
+
 def sample_sql(spec: ModelSpec, draw: np.ndarray) -> str:
     """SQL over `person_draw`: true of exactly the rows `fit_lightgbm` of `spec` would use from
     training rows with these draws (every candidate's and the kept model's), so they can be read

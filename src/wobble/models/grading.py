@@ -303,22 +303,29 @@ def fit_best_observable(cfg, key: bytes | None, spec: ModelSpec, split: TimeSpli
                         cfg.wobble.seed, n_fit=n_fit)
 
 
-def fit_comparator(cfg, spec: ModelSpec, split: TimeSplit, share: float, cat) -> tuple[ModelSpec, object] | None:
-    """(the crisis model's spec, its fit) for `spec.compare_with`, fitted on this model's training
-    dates and people, for comparison only (on a sample of at most its search_rows rows: it ranks,
-    it is not published); None when the spec names no model to compare with.
-
-    Only the sample's rows are read: the draws of every training row first, then the features of
-    the rows the fit will use (`sample_sql`). `train` fits it before it reads its own rows, so
-    neither is held while the other is (at 1,000,000 people, DuckDB's reads took four gigabytes)."""
+def comparator_spec(cfg, spec: ModelSpec) -> tuple[ModelSpec, ModelSpec] | None:
+    """(the crisis model's spec on this model's schedule, the same fitting at most its search_rows
+    rows) for `spec.compare_with`; None when the spec names no model to compare with. The
+    comparator ranks, it is not published: a sample is enough."""
     if not spec.compare_with:
         return None
     crisis_spec = load_spec(cfg.models_dir, spec.compare_with).model_copy(update={"schedule": spec.schedule})
     est = crisis_spec.estimator.model_copy(update={"max_rows": est_rows(crisis_spec), "search": []})
-    small = crisis_spec.model_copy(update={"estimator": est})
+    return crisis_spec, crisis_spec.model_copy(update={"estimator": est})
+
+
+def fit_comparator(cfg, compared: tuple[ModelSpec, ModelSpec] | None, split: TimeSplit, share: float, cat,
+                   draws: np.ndarray | None) -> tuple[ModelSpec, object] | None:
+    """(the crisis model's spec, its fit) for `compared` (`comparator_spec`), fitted on this model's
+    training dates and people; None without one. `draws`: its training rows' (`training_draws`).
+
+    Only the sample's rows are read (`sample_sql`). `train` fits it before it reads its own rows, so
+    neither is held while the other is (at 1,000,000 people, DuckDB's reads took four gigabytes)."""
+    if compared is None:
+        return None
+    crisis_spec, small = compared
     predictors = cat.predictors
     with connect(cfg.warehouse, read_only=True) as con:
-        draws = load_rows(con, crisis_spec, split, [], share, test=False, draws_only=True)["person_draw"].to_numpy()
         frame = load_rows(con, crisis_spec, split, predictors, share, test=False, draws=sample_sql(small, draws))
     return crisis_spec, fit_lightgbm(small, feature_matrix(frame, predictors), frame["label"].to_numpy().astype(int),
                                      frame["person_draw"].to_numpy(), predictors, cfg.wobble.seed,

@@ -35,12 +35,19 @@ from wobble.core.sql import date_literal, in_list
 from wobble.core.warehouse import connect
 from wobble.features import build_features, load_catalogue
 from wobble.models.card import write_card
-from wobble.models.cohort import held_out_people_sql, held_out_share, load_rows
+from wobble.models.cohort import drawn_people_sql, held_out_people_sql, held_out_share, load_rows, training_draws
 from wobble.models.data_summary import summarise
 from wobble.models.evaluate import EvaluationRows, LeadEvents, evaluate
 from wobble.models.explain import shap_summary
-from wobble.models.fit import feature_matrix, fit_calibrator, fit_lightgbm, n_fitting, sample_sql
-from wobble.models.grading import burn_in, fit_best_observable, fit_comparator, grade_lists
+from wobble.models.fit import (
+    feature_matrix,
+    fit_calibrator,
+    fit_lightgbm,
+    n_fitting,
+    sample_sql,
+    samples_everyone,
+)
+from wobble.models.grading import burn_in, comparator_spec, fit_best_observable, fit_comparator, grade_lists
 from wobble.models.metrics import Capacity
 from wobble.models.scorers import _champion, _scorers
 from wobble.models.spec import ModelSpec, TimeSplit, load_spec, timesplit
@@ -91,21 +98,27 @@ def train(
     t0 = time.perf_counter()
     say = progress or (lambda _m: None)
     spec, cat, features = _spec(cfg, model_name, max_train_dates)
+    compared = comparator_spec(cfg, spec)
     with connect(cfg.warehouse, read_only=True) as con:
         split = timesplit(spec.schedule, spec.target.horizon_days, data_end(con, cfg))
         share = held_out_share(con, spec, split)
-    say(f"features for {len(split.train)} training as-of dates, and {len(split.test)} test dates "
-        f"for the {share:.0%} of people held out")
-    build_features(cfg, split.train)
+        draws = training_draws(con, spec, split, share)
+        compared_draws = training_draws(con, compared[0], split, share) if compared else None
+    samples = [(spec, draws)] + ([(compared[1], compared_draws)] if compared else [])
+    people = _people_to_build(share, samples)
+    say(f"features for {len(split.train)} training as-of dates"
+        + (" for the training people the fits read" if people else "")
+        + f", and {len(split.test)} test dates for the {share:.0%} of people held out")
+    build_features(cfg, split.train, people=people)
     # Only test people's rows are read at test dates (team sizes come from the registrations),
     # so only theirs are built: at 1,000,000 people, 50,000 rather than everyone.
     build_features(cfg, burn_in(split) + split.test, people=held_out_people_sql(share))
     say("the crisis-now ranking the lists are compared with")
-    comparator = fit_comparator(cfg, spec, split, share, cat)
+    comparator = fit_comparator(cfg, compared, split, share, cat, compared_draws)
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
     read = features + (champ.features if champ else [])
-    train_df, n_fit = _examples(cfg, spec, split, read, share)
+    train_df, n_fit = _examples(cfg, spec, split, read, share, draws)
     X = feature_matrix(train_df, features)
     # From here on X holds the features: the frame keeps only what else is read of it, so the
     # features are not held twice (at 1,000,000 people, over a gigabyte each).
@@ -185,16 +198,28 @@ def _spec(cfg: Config, model_name: str, max_train_dates: int | None):
     return spec, cat, features
 
 
-def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str], share: float):
+def _people_to_build(share: float, samples: list[tuple[ModelSpec, np.ndarray]]) -> str | None:
+    """SQL over `person_id`: the training people whose rows at the training dates some fit reads,
+    for each (spec, its training rows' draws) in `samples` (this model and its comparator; see
+    `sample_sql`); None when the fits read every training person's, and so everyone's are built.
+
+    A fit reads at most `max_rows` rows: at 1,000,000 people and 33 training dates, a million of
+    25 million, so building the snapshots of the rest would be work nobody reads."""
+    if all(samples_everyone(s, d) for s, d in samples):
+        return None
+    return " OR ".join(f"({drawn_people_sql(share, sample_sql(s, d))})" for s, d in samples)
+
+
+def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str], share: float,
+              draws: np.ndarray):
     """(training rows, n_fit), `share` of people held out for test; or an error saying there are
-    too few rows to learn from.
+    too few rows to learn from. `draws`: every training row's (`training_draws`).
 
     The training rows are those the fit will use (`sample_sql`): at 1,000,000 people and 33 dates,
     a million or so of 25 million, read without reading the rest; `n_fit` says how many fitting
     rows there were in all, for `fit_lightgbm`."""
     columns = list(dict.fromkeys(features + spec.baseline.features))
     with connect(cfg.warehouse, read_only=True) as con:
-        draws = load_rows(con, spec, split, [], share, test=False, draws_only=True)["person_draw"].to_numpy()
         train_df = load_rows(con, spec, split, columns, share, test=False, draws=sample_sql(spec, draws))
     if train_df.height < 200 or train_df["label"].sum() < 5:
         raise WobbleError(f"too little data to train {spec.name}: {train_df.height} training rows with "

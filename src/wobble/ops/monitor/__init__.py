@@ -33,7 +33,7 @@ from wobble.core.errors import WobbleError
 from wobble.core.render import markdown_to_html, render
 from wobble.core.vocab import FAIRNESS_ATTRIBUTES
 from wobble.core.warehouse import connect
-from wobble.features import build_features, dates_to_build, load_catalogue
+from wobble.features import build_features, dates_to_build, dates_without_rows, load_catalogue
 from wobble.models.approve import champion
 from wobble.models.spec import load_spec
 from wobble.models.tracking import client, load_version
@@ -100,7 +100,9 @@ def monitor(cfg: Config, *, model: str | None = None, as_of: date | None = None)
         raise WobbleError(f"model {model} v{version} does not record its training as-of dates "
                           "(MLflow param train_as_ofs): retrain it with this version of wobble")
     with connect(cfg.warehouse, read_only=True) as con:
-        built = dates_to_build(con, [*train_as_ofs, as_of])
+        # drift's reference is a sample of the training dates' rows: training builds those dates
+        # for the people its fits read (at scale, a sample), which serves as well as everyone
+        built = sorted(set(dates_to_build(con, [as_of]) + dates_without_rows(con, train_as_ofs)))
     if built:
         build_features(cfg, built)
     cat = load_catalogue(cfg.features_dir)

@@ -36,11 +36,14 @@ def _level(psi: float, m) -> str:
 
 
 def _person_sample(n_rows: int, keep: int = SAMPLE_ROWS) -> str:
-    """A SQL filter keeping about `keep` of `n_rows`, by person: pseudonyms are uniform hex."""
+    """A SQL filter keeping about `keep` of `n_rows`, by person. By a digest of the pseudonym, not
+    its own digits: those split people into held-out and training, and into training's sample
+    (`wobble.models.cohort`), so the training dates can hold training people's rows alone, and
+    a cut on the same digits could keep none of them."""
     if n_rows <= keep:
         return "true"
     cut = max(1, int(16**6 * keep / n_rows))
-    return f"substr(person_id, 1, 6) < '{cut:06x}'"
+    return f"substr(md5(person_id), 1, 6) < '{cut:06x}'"
 
 
 def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m) -> dict:
