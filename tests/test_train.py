@@ -260,7 +260,7 @@ def test_a_sample_read_alone_fits_the_same_model():
     spec = spec.model_copy(update={"estimator": spec.estimator.model_copy(update={"monotone": monotone})})
     whole = fit_lightgbm(spec, X, y, draw, features, seed=7)
     frame = pl.DataFrame({"person_draw": draw})  # noqa: F841 (read by name in the SQL)
-    kept = duckdb.sql(f"SELECT {sample_sql(spec, draw)} AS kept FROM frame").pl()["kept"].to_numpy()
+    kept = duckdb.sql(f"SELECT {sample_sql(spec, n_fitting(spec, draw))} AS kept FROM frame").pl()["kept"].to_numpy()
     assert 0 < kept.sum() < n / 2  # a real sample: most rows are not read
     sampled = fit_lightgbm(spec, X[kept], y[kept], draw[kept], features, seed=7, n_fit=n_fitting(spec, draw))
     def timeless(fit):

@@ -2,7 +2,7 @@
 
 At scale a fit reads at most `max_rows` rows (`sample_sql`): at 1,000,000 people and 33 training
 dates, about one row in twenty. Which people those are follows from the registrations and
-contacts alone (`training_draws`), so train builds only their snapshots; the model, its card's
+contacts alone (`fitting_rows`), so train builds only their snapshots; the model, its card's
 figures and its lists must be those of a training that built everyone's.
 """
 

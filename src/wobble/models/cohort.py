@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import date
 
-import numpy as np
 import polars as pl
 
 from wobble.core.sql import age_band_sql, dates, imd_quintile_sql, in_list
 from wobble.core.vocab import CRISIS_SERVICES, SERVICES, UNKNOWN_GROUP
+from wobble.core.warehouse import scalar
 from wobble.features import cohort_sql
 from wobble.models.spec import ModelSpec, TimeSplit
 
@@ -33,8 +33,9 @@ def attributes_sql(as_of: str, person: str = "p") -> dict[str, str]:
 def label_sql(spec: ModelSpec, rows: str) -> str:
     """(person_id, as_of, label) for each row of `rows`: did the target happen in [as_of, as_of + horizon)?
 
-    Contacts are joined to the distinct as-of dates by time range first (cheap at any size),
-    then counted per person and date.
+    Contacts of the people in `rows` (a sample, at scale: every contact joins each as-of date whose
+    window holds it, a year's worth of dates) are joined to the distinct as-of dates by time range
+    first, then counted per person and date.
     """
     if spec.target.kind == "rise":
         return _rise_label_sql(spec, rows)
@@ -57,6 +58,7 @@ def label_sql(spec: ModelSpec, rows: str) -> str:
               ON c.occurred_at >= d.as_of - INTERVAL {prior} DAY
              AND c.occurred_at < d.as_of + INTERVAL {t.horizon_days} DAY
             WHERE c.service IN {in_list(t.services)} {status}
+              AND c.person_id IN (SELECT person_id FROM {rows})
             GROUP BY c.person_id, d.as_of
         )
         SELECT r.person_id, r.as_of, ({label})::INTEGER AS label
@@ -89,7 +91,7 @@ def _rise_label_sql(spec: ModelSpec, rows: str) -> str:
             FROM {table} x JOIN d
               ON x.{when} >= d.as_of - INTERVAL {hi} DAY AND x.{when} < d.as_of + INTERVAL {t.horizon_days} DAY
              AND NOT (x.{when} >= d.as_of - INTERVAL {lo - 1} DAY AND x.{when} < d.as_of)
-            WHERE {where}
+            WHERE {where} AND x.person_id IN (SELECT person_id FROM {rows})
             GROUP BY ALL)""")
         joins.append(f"LEFT JOIN m{k} USING (person_id, as_of)")
         after = f"coalesce(m{k}.after_n, 0)"
@@ -111,14 +113,20 @@ def age_sql(spec: ModelSpec, as_of: str, person: str = "p") -> str:
 RECENT_CRISIS, SHORT_HISTORY = "recent_crisis", "short_history"
 
 
+def _recent_crisis(spec: ModelSpec, contact: str, as_of: str) -> str:
+    """SQL: the contact (`contact`: a `contacts` row) is a crisis contact known before the date `as_of`
+    (SQL) and within the cohort's `no_crisis_days` before it: the `recent_crisis` rule's test."""
+    return (f"{contact}.service IN {in_list(CRISIS_SERVICES)} AND {contact}.recorded_at < {as_of} "
+            f"AND {contact}.occurred_at < {as_of} "
+            f"AND {contact}.occurred_at >= {as_of} - INTERVAL {spec.cohort.no_crisis_days} DAY")
+
+
 def _rules(spec: ModelSpec, as_of: str, person: str) -> list[tuple[str, str]]:
     """(rule, SQL: the rule leaves the person out at `as_of`) for each cohort rule the spec asks for."""
     c, rules = spec.cohort, []
     if c.no_crisis_days:
         rules.append((RECENT_CRISIS, f"""EXISTS (
-            SELECT 1 FROM contacts x WHERE x.person_id = {person}.person_id AND x.service IN {in_list(CRISIS_SERVICES)}
-              AND x.recorded_at < {as_of} AND x.occurred_at < {as_of}
-              AND x.occurred_at >= {as_of} - INTERVAL {c.no_crisis_days} DAY)"""))
+            SELECT 1 FROM contacts x WHERE x.person_id = {person}.person_id AND {_recent_crisis(spec, 'x', as_of)})"""))
     if c.min_registered_days:  # an unknown registration date does not exclude
         rules.append((SHORT_HISTORY, f"coalesce({person}.registered_on > {as_of} - INTERVAL "
                                      f"{c.min_registered_days} DAY, false)"))
@@ -135,12 +143,12 @@ def cohort_rule_sql(spec: ModelSpec, as_of: str, person: str = "p") -> str:
     return f"CASE {arms} END" if arms else "NULL::VARCHAR"
 
 
-def eligible_sql(spec: ModelSpec, as_of: str, person: str = "p") -> str:
+def eligible_sql(spec: ModelSpec, as_of: str, person: str = "p", but: tuple[str, ...] = ()) -> str:
     """SQL: the person (`person`: their `persons` row) is in the model's cohort at the date `as_of`
     (SQL), beyond what every cohort asks (`features.cohort_sql`: registered, alive, not opted out):
-    of its ages, and left out by none of its cohort rules (`cohort_rule_sql`)."""
+    of its ages, and left out by none of its cohort rules (`cohort_rule_sql`) but those in `but`."""
     return " AND ".join([age_sql(spec, as_of, person)]
-                        + [f"NOT {cond}" for _rule, cond in _rules(spec, as_of, person)])
+                        + [f"NOT {cond}" for rule, cond in _rules(spec, as_of, person) if rule not in but])
 
 
 def snapshot_filter_sql(spec: ModelSpec, snapshots: str = "feature_snapshots") -> str:
@@ -157,18 +165,26 @@ def _bucket(offset: int) -> str:
 def team_cohorts_sql(spec: ModelSpec, as_ofs: list[date]) -> str:
     """(person_id, team_id, as_of) of the model's cohort at each date, from the registrations and
     contacts: the same people as the snapshots' rows the model uses, without needing the snapshots."""
+    # `recent_crisis` as a set, not a test per row: at 5,000,000 people and 33 dates, DuckDB's
+    # plan for the test per (person, date) ran out of memory
+    crisis = (f"""ANTI JOIN (
+            SELECT DISTINCT x.person_id, a.as_of
+            FROM contacts x JOIN (SELECT unnest({dates(as_ofs)}) AS as_of) a ON {_recent_crisis(spec, 'x', 'a.as_of')}
+        ) r ON r.person_id = k.person_id AND r.as_of = k.as_of""" if spec.cohort.no_crisis_days else "")
     return f"""
         SELECT k.person_id, k.team_id, k.as_of
         FROM ({cohort_sql(dates(as_ofs))}) k JOIN persons p USING (person_id)
-        WHERE {eligible_sql(spec, 'k.as_of')}"""
+        {crisis}
+        WHERE {eligible_sql(spec, 'k.as_of', but=(RECENT_CRISIS,))}"""
 
 
-def training_draws(con, spec: ModelSpec, split: TimeSplit, share: float) -> np.ndarray:
-    """`person_draw` of every training row (training dates, training people, the model's cohort),
-    one per row in no order, from the registrations and contacts: the rows `load_rows` reads from
-    complete snapshots, without the snapshots, so train can choose whose snapshots to build."""
-    return con.sql(f"SELECT {_bucket(8)} AS person_draw FROM ({team_cohorts_sql(spec, split.train)}) "
-                   f"WHERE NOT ({held_out_people_sql(share)})").pl()["person_draw"].to_numpy()
+def fitting_rows(con, spec: ModelSpec, split: TimeSplit, share: float) -> int:
+    """How many training rows (training dates, training people, the model's cohort) fit rather than
+    validate (`models.fit.n_fitting`), counted from the registrations and contacts: what `load_rows`
+    would read from complete snapshots, without the snapshots, so train can choose whose to build."""
+    return int(scalar(con, f"SELECT count(*) FROM ({team_cohorts_sql(spec, split.train)}) "
+                           f"WHERE NOT ({held_out_people_sql(share)}) "
+                           f"AND {_bucket(8)} >= {spec.estimator.validation_share!r}") or 0)
 
 
 def drawn_people_sql(share: float, draws: str) -> str:
@@ -199,11 +215,11 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
 
     Columns: person_id, as_of, team_id, part ('train' | 'test'), person_draw (a number in [0, 1)
     per person, independent of the test split: below validation_share means the validation
-    slice), team_cohort (the team's whole cohort that week), the feature columns,
+    slice), team_cohort (the team's whole cohort that week; test rows only), the feature columns,
     label, and the fairness attributes. `train=False` leaves out the training rows and
     `test=False` the test rows, so each part can be read when it is needed; `draws`, SQL over
     `person_draw`, keeps only the training rows it is true of (a sample, read without reading the
-    rest; `training_draws` gives every training row's draw without reading snapshots).
+    rest; `fitting_rows` counts them without reading snapshots).
     """
     share = held_out_share(con, spec, split) if share is None else share
     cols = "".join(f", s.{c}" for c in columns)
@@ -211,16 +227,18 @@ def load_rows(con, spec: ModelSpec, split: TimeSplit, columns: list[str], share:
     sample = f"AND ({draws.replace('person_draw', 's.b_val')})" if draws else ""
     train_rows = (f"s.as_of IN (SELECT unnest({dates(split.train)})) AND s.b_test >= {share} {sample}"
                   if train else "false")
+    read = (split.train if train else []) + (split.test if test else [])
+    # team sizes for the test dates alone, the only rows that use them: each date's count reads
+    # everyone (at 5,000,000 people and 33 training dates, minutes)
+    teams = (f"SELECT team_id, as_of, count(*) AS team_cohort FROM ({team_cohorts_sql(spec, split.test)}) GROUP BY ALL"
+             if test else "SELECT NULL::VARCHAR AS team_id, NULL::DATE AS as_of, NULL::BIGINT AS team_cohort LIMIT 0")
     q = f"""
         CREATE OR REPLACE TEMP TABLE _rows AS
-        WITH teams AS (
-            SELECT team_id, as_of, count(*) AS team_cohort
-            FROM ({team_cohorts_sql(spec, split.train + split.test)}) GROUP BY ALL
-        ),
+        WITH teams AS ({teams}),
         s AS (
             SELECT f.*, t.team_cohort, {_bucket(0)} AS b_test, {_bucket(8)} AS b_val
-            FROM feature_snapshots f JOIN teams t USING (team_id, as_of)
-            WHERE as_of IN (SELECT unnest({dates(split.train + split.test)}))
+            FROM feature_snapshots f LEFT JOIN teams t USING (team_id, as_of)
+            WHERE as_of IN (SELECT unnest({dates(read)}))
               AND {snapshot_filter_sql(spec, 'f')}
         )
         SELECT s.person_id, s.as_of, s.team_id,

@@ -117,18 +117,18 @@ def n_fitting(spec: ModelSpec, draw: np.ndarray) -> int:
     return int((draw >= spec.estimator.validation_share).sum())
 
 
-def samples_everyone(spec: ModelSpec, draw: np.ndarray) -> bool:
-    """True when `fit_lightgbm` of `spec` uses every training row with these draws (`sample_sql`
-    is then true of them all)."""
-    return _shares(spec.estimator, n_fitting(spec, draw))[0] >= 1.0
+def samples_everyone(spec: ModelSpec, n_fit: int) -> bool:
+    """True when `fit_lightgbm` of `spec` uses every training row, of which `n_fit` fit (`n_fitting`):
+    `sample_sql` is then true of them all."""
+    return _shares(spec.estimator, n_fit)[0] >= 1.0
 
 
-def sample_sql(spec: ModelSpec, draw: np.ndarray) -> str:
+def sample_sql(spec: ModelSpec, n_fit: int) -> str:
     """SQL over `person_draw`: true of exactly the rows `fit_lightgbm` of `spec` would use from
-    training rows with these draws (every candidate's and the kept model's), so they can be read
-    alone and given to it with `n_fit`."""
+    training rows of which `n_fit` fit (`n_fitting`; every candidate's and the kept model's), so
+    they can be read alone and given to it with `n_fit`."""
     (lo, hi), (_, val_hi) = _draw_ranges(spec.estimator.validation_share,
-                                         _shares(spec.estimator, n_fitting(spec, draw))[0])
+                                         _shares(spec.estimator, n_fit)[0])
     return (f"(person_draw < '{val_hi!r}'::DOUBLE "
             f"OR (person_draw >= '{lo!r}'::DOUBLE AND person_draw < '{hi!r}'::DOUBLE))")
 

@@ -38,7 +38,7 @@ from wobble.core.warehouse import connect
 from wobble.features import cohort_sql
 from wobble.models.cohort import eligible_sql, held_out_people_sql, load_rows
 from wobble.models.explain import change_reasons
-from wobble.models.fit import feature_matrix, fit_lightgbm, n_fitting, sample_sql
+from wobble.models.fit import feature_matrix, fit_lightgbm, sample_sql
 from wobble.models.metrics import Capacity, person_counts, weighted_quantiles
 from wobble.models.spec import ModelSpec, TimeSplit, load_spec
 from wobble.models.truth import need_phases
@@ -315,9 +315,9 @@ def comparator_spec(cfg, spec: ModelSpec) -> tuple[ModelSpec, ModelSpec] | None:
 
 
 def fit_comparator(cfg, compared: tuple[ModelSpec, ModelSpec] | None, split: TimeSplit, share: float, cat,
-                   draws: np.ndarray | None) -> tuple[ModelSpec, object] | None:
+                   n_fit: int | None) -> tuple[ModelSpec, object] | None:
     """(the crisis model's spec, its fit) for `compared` (`comparator_spec`), fitted on this model's
-    training dates and people; None without one. `draws`: its training rows' (`training_draws`).
+    training dates and people; None without one. `n_fit`: its fitting rows (`fitting_rows`).
 
     Only the sample's rows are read (`sample_sql`). `train` fits it before it reads its own rows, so
     neither is held while the other is (at 1,000,000 people, DuckDB's reads took four gigabytes)."""
@@ -326,10 +326,10 @@ def fit_comparator(cfg, compared: tuple[ModelSpec, ModelSpec] | None, split: Tim
     crisis_spec, small = compared
     predictors = cat.predictors
     with connect(cfg.warehouse, read_only=True) as con:
-        frame = load_rows(con, crisis_spec, split, predictors, share, test=False, draws=sample_sql(small, draws))
+        frame = load_rows(con, crisis_spec, split, predictors, share, test=False, draws=sample_sql(small, n_fit))
     return crisis_spec, fit_lightgbm(small, feature_matrix(frame, predictors), frame["label"].to_numpy().astype(int),
                                      frame["person_draw"].to_numpy(), predictors, cfg.wobble.seed,
-                                     n_fit=n_fitting(small, draws))
+                                     n_fit=n_fit)
 
 
 def est_rows(spec: ModelSpec) -> int:

@@ -35,7 +35,7 @@ from wobble.core.sql import date_literal, in_list
 from wobble.core.warehouse import connect
 from wobble.features import build_features, load_catalogue
 from wobble.models.card import write_card
-from wobble.models.cohort import drawn_people_sql, held_out_people_sql, held_out_share, load_rows, training_draws
+from wobble.models.cohort import drawn_people_sql, fitting_rows, held_out_people_sql, held_out_share, load_rows
 from wobble.models.data_summary import summarise
 from wobble.models.evaluate import EvaluationRows, LeadEvents, evaluate
 from wobble.models.explain import shap_summary
@@ -43,7 +43,6 @@ from wobble.models.fit import (
     feature_matrix,
     fit_calibrator,
     fit_lightgbm,
-    n_fitting,
     sample_sql,
     samples_everyone,
 )
@@ -102,9 +101,9 @@ def train(
     with connect(cfg.warehouse, read_only=True) as con:
         split = timesplit(spec.schedule, spec.target.horizon_days, data_end(con, cfg))
         share = held_out_share(con, spec, split)
-        draws = training_draws(con, spec, split, share)
-        compared_draws = training_draws(con, compared[0], split, share) if compared else None
-    samples = [(spec, draws)] + ([(compared[1], compared_draws)] if compared else [])
+        n_fit = fitting_rows(con, spec, split, share)
+        compared_fit = fitting_rows(con, compared[1], split, share) if compared else None
+    samples = [(spec, n_fit)] + ([(compared[1], compared_fit)] if compared else [])
     people = _people_to_build(share, samples)
     say(f"features for {len(split.train)} training as-of dates"
         + (" for the training people the fits read" if people else "")
@@ -114,11 +113,11 @@ def train(
     # so only theirs are built: at 1,000,000 people, 50,000 rather than everyone.
     build_features(cfg, burn_in(split) + split.test, people=held_out_people_sql(share))
     say("the crisis-now ranking the lists are compared with")
-    comparator = fit_comparator(cfg, compared, split, share, cat, compared_draws)
+    comparator = fit_comparator(cfg, compared, split, share, cat, compared_fit)
     champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
     read = features + (champ.features if champ else [])
-    train_df, n_fit = _examples(cfg, spec, split, read, share, draws)
+    train_df = _examples(cfg, spec, split, read, share, n_fit)
     X = feature_matrix(train_df, features)
     # From here on X holds the features: the frame keeps only what else is read of it, so the
     # features are not held twice (at 1,000,000 people, over a gigabyte each).
@@ -198,9 +197,9 @@ def _spec(cfg: Config, model_name: str, max_train_dates: int | None):
     return spec, cat, features
 
 
-def _people_to_build(share: float, samples: list[tuple[ModelSpec, np.ndarray]]) -> str | None:
+def _people_to_build(share: float, samples: list[tuple[ModelSpec, int]]) -> str | None:
     """SQL over `person_id`: the training people whose rows at the training dates some fit reads,
-    for each (spec, its training rows' draws) in `samples` (this model and its comparator; see
+    for each (spec, its fitting rows: `fitting_rows`) in `samples` (this model and its comparator; see
     `sample_sql`); None when the fits read every training person's, and so everyone's are built.
 
     A fit reads at most `max_rows` rows: at 1,000,000 people and 33 training dates, a million of
@@ -211,20 +210,19 @@ def _people_to_build(share: float, samples: list[tuple[ModelSpec, np.ndarray]]) 
 
 
 def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str], share: float,
-              draws: np.ndarray):
-    """(training rows, n_fit), `share` of people held out for test; or an error saying there are
-    too few rows to learn from. `draws`: every training row's (`training_draws`).
+              n_fit: int) -> pl.DataFrame:
+    """The training rows, `share` of people held out for test; or an error saying there are too
+    few rows to learn from. `n_fit`: how many training rows fit in all (`fitting_rows`).
 
     The training rows are those the fit will use (`sample_sql`): at 1,000,000 people and 33 dates,
-    a million or so of 25 million, read without reading the rest; `n_fit` says how many fitting
-    rows there were in all, for `fit_lightgbm`."""
+    a million or so of 25 million, read without reading the rest."""
     columns = list(dict.fromkeys(features + spec.baseline.features))
     with connect(cfg.warehouse, read_only=True) as con:
-        train_df = load_rows(con, spec, split, columns, share, test=False, draws=sample_sql(spec, draws))
+        train_df = load_rows(con, spec, split, columns, share, test=False, draws=sample_sql(spec, n_fit))
     if train_df.height < 200 or train_df["label"].sum() < 5:
         raise WobbleError(f"too little data to train {spec.name}: {train_df.height} training rows with "
                           f"{int(train_df['label'].sum())} outcomes")
-    return train_df, n_fitting(spec, draws)
+    return train_df
 
 
 def _test_rows(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str], share: float) -> pl.DataFrame:
