@@ -390,8 +390,13 @@ class _Query:
     def _counted_blocks(self, source: str, records: str, sp: _SourceParts, counted) -> None:
         """One block per tier of reach: parts counted at every as-of date."""
         tiers: dict[int, list[tuple[str, Part]]] = {}
+        reach = {name: min(t for t in TIERS + (self.look,) if t >= part.hi) for name, part in counted}
+        if len(self.as_ofs) == 1 and reach:
+            # At one date a record meets the date once whatever the tier: one block reads each
+            # record once, where a block per tier read the recent ones again and cost a join each.
+            reach = dict.fromkeys(reach, max(reach.values()))
         for name, part in counted:
-            tiers.setdefault(min(t for t in TIERS + (self.look,) if t >= part.hi), []).append((name, part))
+            tiers.setdefault(reach[name], []).append((name, part))
         for tier, group in sorted(tiers.items()):
             self.add_block(f"{source}_{tier}d", _plain_block([(n, _within(p.direct(), tier)) for n, p in group],
                            guarded_sql(records, self.as_of_list, tier, sp.predicates)), [n for n, _ in group])
