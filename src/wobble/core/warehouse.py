@@ -184,14 +184,14 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
-MEMORY_LIMIT = "4GB"  # per connection; a stage may set its own (ingest: its config's memory_limit)
+MEMORY_LIMIT = "4GB"  # per connection; a stage may ask for its own (`connect`; ingest: its config's memory_limit)
 
 
 @contextmanager
 def connect(
-    path: Path, *, read_only: bool = False, wait_seconds: float = 0.0
+    path: Path, *, read_only: bool = False, wait_seconds: float = 0.0, memory_limit: str = MEMORY_LIMIT
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse, creating it and its schema if needed.
+    """Open the warehouse, creating it and its schema if needed. DuckDB may use up to `memory_limit`.
 
     Waits up to `wait_seconds` for another writer to finish, then raises WarehouseBusy.
     """
@@ -217,7 +217,7 @@ def connect(
         con.execute("SET enable_progress_bar = false")
         # DuckDB would take 80% of the machine's memory and a weekly job shares it: beyond this
         # limit it spills to disk (the training rows at 1,000,000 people took 20 GB without it)
-        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute(f"SET memory_limit = '{memory_limit}'")
         if not read_only:
             con.execute(SCHEMA)
             _migrate(con)

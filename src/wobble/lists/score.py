@@ -60,10 +60,9 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
             "retrain it"
         )
     parts = []
-    with connect(cfg.warehouse, read_only=True) as con:
-        # DuckDB keeps what it read, up to its limit, beside each group's frames: at 5,000,000
-        # people, with the warehouse's 4 GB, publish peaked at 8.6 GB; with this, 6.3 GB
-        con.execute(f"SET memory_limit = '{SCORE_MEMORY}'")
+    # DuckDB keeps what it read, up to its limit, beside each group's frames: at 5,000,000 people,
+    # with the warehouse's 4 GB, publish peaked at 8.6 GB; with SCORE_MEMORY, 6.3 GB
+    with connect(cfg.warehouse, read_only=True, memory_limit=SCORE_MEMORY) as con:
         # whole teams at a time (every figure is within a team, so a team scored beside fewer
         # others gets the same): at 5,000,000 people one frame of everyone took 10 GB
         for teams in team_groups(con, as_of, SCORE_ROWS):

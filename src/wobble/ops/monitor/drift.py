@@ -99,7 +99,7 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
             # on the rows scored: at scale both sides are samples, the training dates' a small one
             # (training builds them for the people its fits read), and a few hundred rows a team
             # gave every team of a 5,000,000-person world an "act"
-            judged = min(sizes[t["team"]], t["people"], t["ref_people"]) >= MIN_TEAM_PEOPLE
+            judged = min(sizes[t["team"]], t.pop("scored"), t.pop("ref_scored")) >= MIN_TEAM_PEOPLE
             t["features"] = [r for r in compare(t["team"]) if r["level"] != "ok"] if judged else []
             t["people"], t["judged"] = sizes[t["team"]], judged
             t["feed_gap"] = gaps.get(t["team"], "none")
@@ -151,7 +151,7 @@ def _score_drift(con, features, ref, cur, n_ref, n_cur, booster, calibrator, m) 
         b = now.filter(pl.col("team_id") == team)["risk"].to_numpy()
         p = psi_of(a, b)
         teams.append({"team": team, "psi": round(p, 4), "level": _level(p, m), "ref_mean": float(a.mean()),
-                      "cur_mean": float(b.mean()), "people": int(b.size), "ref_people": int(a.size)})
+                      "cur_mean": float(b.mean()), "scored": int(b.size), "ref_scored": int(a.size)})
     return {"psi": round(overall, 4), "level": _level(overall, m), "ref_mean": float(then["risk"].mean()),
             "cur_mean": float(now["risk"].mean()), "sampled_ref": then.height, "sampled_cur": now.height,
             "teams": teams}
