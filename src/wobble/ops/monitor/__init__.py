@@ -37,7 +37,7 @@ from wobble.features import build_features, dates_to_build, dates_without_rows, 
 from wobble.models.approve import champion
 from wobble.models.spec import load_spec
 from wobble.models.tracking import client, load_version
-from wobble.ops.monitor.drift import PSI_FLOOR, _drift, _drift_findings
+from wobble.ops.monitor.drift import MIN_TEAM_PEOPLE, PSI_FLOOR, _drift, _drift_findings
 from wobble.ops.monitor.findings import LEVELS, Finding, avg, num, pct
 from wobble.ops.monitor.huddles import OUTCOME_WEEKS, _impact, _outcome_findings, _outcomes
 from wobble.ops.monitor.matured import OE_RANGE, _matured, _performance_findings
@@ -145,6 +145,7 @@ def _write_report(cfg: Config, spec, r: MonitorResult) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     context = {"r": r, "spec": spec, "m": cfg.monitor, "demo": cfg.wobble.demo, "name": cfg.wobble.name,
                "subgroups": FAIRNESS_ATTRIBUTES, "pct": pct, "num": num, "avg": avg, "psi_floor": PSI_FLOOR,
+               "min_team_people": MIN_TEAM_PEOPLE,
                "oe_range": OE_RANGE, "outcome_weeks": OUTCOME_WEEKS}
     text = render("monitor.md.j2", **context)
     md_path = out / f"monitor-{spec.name}.md"
