@@ -52,3 +52,24 @@ def test_scoring_a_team_at_a_time_gives_what_one_frame_gives(demo_run, tmp_path,
     for a, b in zip(one_frame, by_team, strict=True):
         assert a.drop("created_at", strict=False).equals(b.drop("created_at", strict=False))
     assert one_frame[0]["list_rank"].drop_nulls().len() > 0
+
+
+def test_what_scoring_keeps_of_a_group_holds_none_of_its_frame():
+    """A frame from DuckDB shares DuckDB's Arrow batches, and a batch lives while any of its columns
+    does: what a group's scoring keeps must be in buffers of its own, or every group's features stay
+    in memory until the last group is scored."""
+    import duckdb
+
+    from wobble.core.warehouse import own_columns
+
+    con = duckdb.connect()
+    frame = con.sql("SELECT i AS n, i * 2 AS m, 'p' || i::VARCHAR AS person_id FROM range(5000) r(i)").pl()
+
+    def addresses(f: pl.DataFrame) -> set[int]:
+        return {b.address for c in f.select("n", "m").to_arrow().columns for chunk in c.chunks
+                for b in chunk.buffers() if b is not None}
+
+    kept = own_columns(frame, "n", "m", "person_id")
+    assert kept.equals(frame)  # the same rows, in the same order
+    assert addresses(frame.select("n", "m")) == addresses(frame)  # a plain select shares them
+    assert not addresses(kept) & addresses(frame)

@@ -19,7 +19,7 @@ import polars as pl
 from wobble.core.config import Config
 from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal, in_list
-from wobble.core.warehouse import connect, transaction
+from wobble.core.warehouse import connect, own_columns, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
 from wobble.models.cohort import RECENT_CRISIS, SHORT_HISTORY, age_sql, cohort_rule_sql
 from wobble.models.explain import change_reasons
@@ -130,7 +130,8 @@ def score_rows(cfg: Config, spec, cat, frame: pl.DataFrame, features: list[str],
     """
     X = feature_matrix(frame, features)
     raw = booster.predict(X)
-    scored = frame.select("person_id", "team_id", "cohort_rule").with_columns(
+    # copied: what is kept of a group must not keep the group's whole frame
+    scored = own_columns(frame, "person_id", "team_id", "cohort_rule").with_columns(
         pl.Series("risk", calibrator.predict(raw)), pl.Series("_raw", raw)).with_row_index("_i")
     # people a cohort rule leaves out are scored (nobody is silently unseen) but not ranked: the
     # model's figures, and the team's list, are about its cohort
