@@ -7,6 +7,7 @@ person) and returns plain values keyed by person (or, for the team's data gaps, 
 from __future__ import annotations
 
 from datetime import date, timedelta
+from functools import cache
 
 import numpy as np
 
@@ -45,13 +46,14 @@ def _months_back(d: date, k: int) -> date:
     return date(y, m, min(d.day, last))
 
 
-def spark_bounds(as_of: date) -> list[date]:
+@cache  # the same for every person on a date's lists, and asked for per person
+def spark_bounds(as_of: date) -> tuple[date, ...]:
     """The 13 edges of the sparkline's 12 months, each [edge i, edge i+1): months ending on the as-of date's
     day, the first clipped to start 365 days back, so the 12 sum to the reasons' count for the last year.
     E.g. as of 23 Nov 2026: 23 Nov 2025, 23 Dec 2025, …, 23 Nov 2026."""
     edges = [_months_back(as_of, SPARK_MONTHS - i) for i in range(SPARK_MONTHS + 1)]
     edges[0] = max(edges[0], as_of - timedelta(days=SPARK_DAYS))
-    return edges
+    return tuple(edges)
 
 
 def sparklines(con, as_of: date) -> dict[str, list[int]]:
