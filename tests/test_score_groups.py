@@ -60,7 +60,7 @@ def test_what_scoring_keeps_of_a_group_holds_none_of_its_frame():
     in memory until the last group is scored."""
     import duckdb
 
-    from wobble.core.warehouse import own_columns
+    from wobble.models.fit import own_columns
 
     con = duckdb.connect()
     frame = con.sql("SELECT i AS n, i * 2 AS m, 'p' || i::VARCHAR AS person_id FROM range(5000) r(i)").pl()

@@ -270,18 +270,6 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
     return rows[0][0] if rows else None
 
 
-def own_columns(frame, *columns: str):
-    """`frame`'s `columns` (a polars DataFrame read from DuckDB, as `.pl()` gives) copied into
-    buffers of their own, same rows in the same order.
-
-    Such a frame's columns share the Arrow batches DuckDB handed over, and a batch is freed only
-    when none of its columns is held: keeping three narrow columns of a scoring group kept all its
-    features too (at 5,000,000 people, about 0.9 GB a group of teams)."""
-    import polars as pl  # here, not at the top: the CLI imports this module for every command
-
-    return frame.select(pl.col(*columns).gather(pl.int_range(pl.len())))
-
-
 def data_version(path: Path) -> str:
     """A digest of what the warehouse holds: every loaded batch and each contract table's row count.
 

@@ -19,11 +19,11 @@ import polars as pl
 from wobble.core.config import Config
 from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal, in_list
-from wobble.core.warehouse import connect, own_columns, transaction
+from wobble.core.warehouse import connect, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
 from wobble.models.cohort import RECENT_CRISIS, SHORT_HISTORY, age_sql, cohort_rule_sql
 from wobble.models.explain import change_reasons
-from wobble.models.fit import feature_matrix
+from wobble.models.fit import feature_matrix, own_columns
 from wobble.models.spec import load_spec
 from wobble.models.tracking import load_version
 

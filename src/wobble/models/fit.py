@@ -91,6 +91,16 @@ def feature_matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
     return frame.select(columns).to_numpy().astype(np.float64, copy=False)
 
 
+def own_columns(frame: pl.DataFrame, *columns: str) -> pl.DataFrame:
+    """`frame`'s `columns` (a frame read from DuckDB, as `.pl()` gives) copied into buffers of
+    their own, same rows in the same order.
+
+    Such a frame's columns share the Arrow batches DuckDB handed over, and a batch is freed only
+    when none of its columns is held: keeping three narrow columns of a scoring group kept all its
+    features too (at 5,000,000 people, about 0.9 GB a group of teams)."""
+    return frame.select(pl.col(*columns).gather(pl.int_range(pl.len())))
+
+
 def predict_rows(model, frame: pl.DataFrame, columns: list[str], rows_at_once: int = 200_000) -> np.ndarray:
     """`model.predict` (a `Fit` or a booster) for each row of `frame` from its `columns`, a slice at
     a time: one row's prediction does not depend on the others, and a million rows' float64 matrix

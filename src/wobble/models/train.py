@@ -32,7 +32,7 @@ from wobble.core.calendar import data_end
 from wobble.core.config import Config
 from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal, in_list
-from wobble.core.warehouse import connect, own_columns
+from wobble.core.warehouse import connect
 from wobble.features import build_features, load_catalogue
 from wobble.models.card import write_card
 from wobble.models.cohort import drawn_people_sql, fitting_rows, held_out_people_sql, held_out_share, load_rows
@@ -43,6 +43,7 @@ from wobble.models.fit import (
     feature_matrix,
     fit_calibrator,
     fit_lightgbm,
+    own_columns,
     sample_sql,
     samples_everyone,
 )
@@ -119,11 +120,9 @@ def train(
     read = features + (champ.features if champ else [])
     train_df = _examples(cfg, spec, split, read, share, n_fit)
     X = feature_matrix(train_df, features)
-    # From here on X holds the features: the frame keeps only what else is read of it, so the
-    # features are not held twice (at 1,000,000 people, over a gigabyte each). Copied: a plain
-    # select of a frame read from DuckDB would keep every column it leaves out (`own_columns`).
-    dropped = set(read) - set(spec.baseline.features)
-    train_df = own_columns(train_df, *(c for c in train_df.columns if c not in dropped))
+    # From here on X holds the features: the frame keeps only what else is read of it, copied so it
+    # holds none of them (`own_columns`; at 1,000,000 people, over a gigabyte each).
+    train_df = own_columns(train_df, *(c for c in train_df.columns if c not in set(read) - set(spec.baseline.features)))
     y = train_df["label"].to_numpy().astype(int)
     draw = train_df["person_draw"].to_numpy()
 
