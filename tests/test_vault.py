@@ -19,13 +19,17 @@ PEOPLE = [("a1b2c3d4e5f60718", Identity("9434765919", "Morgan", "Okafor", "1942-
           ("0f1e2d3c4b5a6978", Identity("9000000009", "Priya", "Evans", None, None))]
 
 
+def _sealable(people: list[tuple[str, Identity]]) -> list[tuple[str, str]]:
+    return [(p, i.to_json()) for p, i in people]
+
+
 def _cfg(tmp_path: Path, **vault) -> object:
     return parse_config({"vault": {"path": "v/identities.vault", **vault}}, root=tmp_path)
 
 
 def test_round_trip_and_only_who_is_asked_for(tmp_path):
     path = tmp_path / "v.vault"
-    assert write_vault(path, TEST_VAULT_KEY.encode(), PEOPLE) == 2
+    assert write_vault(path, TEST_VAULT_KEY.encode(), _sealable(PEOPLE)) == 2
     v = Vault(path, TEST_VAULT_KEY.encode())
     got = v.lookup(["a1b2c3d4e5f60718", "ffffffffffffffff"])
     assert got == {"a1b2c3d4e5f60718": PEOPLE[0][1]}
@@ -37,7 +41,7 @@ def test_round_trip_and_only_who_is_asked_for(tmp_path):
 
 def test_the_file_is_unreadable_without_the_key(tmp_path):
     path = tmp_path / "v.vault"
-    write_vault(path, TEST_VAULT_KEY.encode(), PEOPLE)
+    write_vault(path, TEST_VAULT_KEY.encode(), _sealable(PEOPLE))
     raw = path.read_bytes()
     for secret in (b"9434765919", b"943 476 5919", b"Okafor", b"Morgan", b"ZZ90 1AB", b"1942-07-21", b"nhs_number"):
         assert secret not in raw, secret
@@ -50,7 +54,7 @@ def test_the_file_is_unreadable_without_the_key(tmp_path):
 
 def test_a_row_moved_onto_another_pseudonym_or_altered_does_not_open(tmp_path):
     path = tmp_path / "v.vault"
-    write_vault(path, TEST_VAULT_KEY.encode(), PEOPLE)
+    write_vault(path, TEST_VAULT_KEY.encode(), _sealable(PEOPLE))
     with sqlite3.connect(path) as db:
         (sealed,) = db.execute("SELECT sealed FROM identities WHERE person_id = 'a1b2c3d4e5f60718'").fetchone()
         db.execute("UPDATE identities SET sealed = ? WHERE person_id = '0f1e2d3c4b5a6978'", [sealed])
@@ -60,8 +64,8 @@ def test_a_row_moved_onto_another_pseudonym_or_altered_does_not_open(tmp_path):
 
 def test_a_rebuild_replaces_the_vault_whole(tmp_path):
     path = tmp_path / "v.vault"
-    write_vault(path, TEST_VAULT_KEY.encode(), PEOPLE)
-    write_vault(path, TEST_VAULT_KEY.encode(), PEOPLE[1:])
+    write_vault(path, TEST_VAULT_KEY.encode(), _sealable(PEOPLE))
+    write_vault(path, TEST_VAULT_KEY.encode(), _sealable(PEOPLE[1:]))
     assert set(Vault(path, TEST_VAULT_KEY.encode()).lookup([p for p, _ in PEOPLE])) == {"0f1e2d3c4b5a6978"}
     assert [p.name for p in tmp_path.iterdir()] == ["v.vault"]  # no temporary file left
 
@@ -125,6 +129,12 @@ def test_ingest_builds_it_from_the_register_without_opted_out_people(tiny_world,
         row["NHSNumber"], row["Forename"], row["Surname"], row["Postcode"])
     d, m, y = row["DateOfBirth"].split("/")
     assert who.birth_date == f"{y}-{m}-{d}"
+    # every kept person, field by field, against the register's last line for them
+    last = reg.filter(pl.col("NationalOptOut") == "N").unique("NHSNumber", keep="last", maintain_order=True)
+    expect = {pseudonymise(TEST_KEY.encode(), r["NHSNumber"]): (r["NHSNumber"], r["Forename"], r["Surname"],
+                                                                r["Postcode"]) for r in last.iter_rows(named=True)}
+    got = {p: (i.nhs_number, i.forename, i.surname, i.postcode) for p, i in held.items()}
+    assert got == {p: v for p, v in expect.items() if p in kept}
 
     # Someone joins the opt-out list: gone from the vault at the next ingest (nothing new to load).
     (work / "opt_outs.csv").write_text(f"nhs_number\n{row['NHSNumber']}\n")

@@ -11,12 +11,10 @@ from it after the next ingest.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import duckdb
 
 from wobble.core.errors import WobbleError
-from wobble.core.vault import Identity, vault_path, write_vault
+from wobble.core.vault import IDENTITY_FIELDS, vault_path, write_vault
 from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
 from wobble.ingest.reader import field_text, field_timestamp, fingerprint, first_line
 from wobble.ingest.state import RunState
@@ -30,7 +28,7 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
     was rather than rebuilt without that file's people, and the result says so.
     """
     cfg, con = run.cfg, run.con
-    people: dict[str, Identity] = {}
+    people: dict[str, str] = {}
     read: list[str] = []
     path = vault_path(cfg)
     for f in plan_files(cfg, list(cfg.sources)):
@@ -53,22 +51,20 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
     keep = {r[0] for r in con.execute(
         "SELECT person_id FROM persons WHERE NOT opted_out "
         "AND person_id NOT IN (SELECT person_id FROM opt_out_ids)").fetchall()}
-    n = write_vault(path, vault_key, ((p, i) for p, i in sorted(people.items()) if p in keep),
+    n = write_vault(path, vault_key, sorted(kv for kv in people.items() if kv[0] in keep),
                     source=", ".join(read))
     return {"path": display_path(cfg, path), "people": n, "register_files": len(read)}
 
 
-def _identities(run: RunState, inp) -> Iterator[tuple[str, Identity]]:
-    """(person_id, identity) for each valid registered row of the file, the last line per person."""
+def _identities(run: RunState, inp) -> list[tuple[str, str]]:
+    """(person_id, identity as JSON) for each valid registered row of the file, the last line per
+    person. DuckDB builds the JSON object (`Identity.to_json`'s layout), so no Python runs per row."""
     birth = (f"strftime(({field_timestamp('birth_date', inp, inp.date_format)})::DATE, '%Y-%m-%d')"
              if "birth_date" in inp.fields else "NULL")
     cols = {"nhs_number": "ids.nhs", "forename": field_text("forename", inp), "surname": field_text("surname", inp),
             "birth_date": birth, "postcode": f"upper({field_text('postcode', inp)})"}
-    sel = ", ".join(f"{sql} AS {name}" for name, sql in cols.items())
-    cur = run.con.execute(f"""
-        SELECT ids.person_id, {sel} FROM {inp.relation} r {ids_join(inp)}
+    struct = ", ".join(f"'{name}': ({cols[name]})::VARCHAR" for name in IDENTITY_FIELDS)
+    return run.con.execute(f"""
+        SELECT ids.person_id, to_json({{{struct}}})::VARCHAR FROM {inp.relation} r {ids_join(inp)}
         WHERE ids.status = 0 AND ids.person_id IS NOT NULL
-        QUALIFY row_number() OVER (PARTITION BY ids.person_id ORDER BY r._ord DESC) = 1""")
-    while rows := cur.fetchmany(50_000):
-        for pid, *values in rows:
-            yield pid, Identity(**dict(zip(cols, values, strict=True)))
+        QUALIFY row_number() OVER (PARTITION BY ids.person_id ORDER BY r._ord DESC) = 1""").fetchall()
