@@ -182,3 +182,36 @@ def test_at_a_glance_names_the_flagged_subgroups():
     assert "clearly: Age band 40-64 (AUROC 0.477)" in flagged
     assert "Perhaps by chance (the interval includes everyone's figure): Ethnicity group Asian " \
            "(observed/expected 1.470)" in flagged
+
+
+def test_the_completeness_table_gives_each_team_its_usual_month_per_source(tiny_trained):
+    """Every cell is the first `usual` entry for its team and source, or "none" when there is none
+    (one entry is removed here so that a "none" cell is checked too)."""
+    import copy
+
+    from wobble.core.render import render
+    from wobble.models.card import build_view, fmt
+
+    cfg, result = tiny_trained
+    ev = copy.deepcopy(result.evaluation)
+    comp = ev["data"]["completeness"]
+    # a second team, its rows interleaved with the first's: each cell must come from its own team
+    comp["usual"] = [x for u in comp["usual"] for x in (u, {**u, "team": "T99", "usual": u["usual"] + 7})]
+    comp["teams"] = sorted({*comp["teams"], "T99"})
+    removed = comp["usual"].pop(len(comp["usual"]) // 2)
+    view = build_view(spec=load_spec(cfg.models_dir, "crisis_90d"), evaluation=ev, version="1",
+                      run_id=result.run_id, demo=False, approvals=[],
+                      figures={"calibration": "c.png", "roc": "r.png"})
+    table = render("card.md.j2", **view).split("### Completeness by source and team", 1)[1]
+    table = table.split("**Gaps**", 1)[0].split("\n#", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] in comp["teams"]:
+            rows[cells[0]] = cells[1:]
+    assert list(rows) == comp["teams"]
+    for t in comp["teams"]:
+        want = [next((fmt(u["usual"], "int") for u in comp["usual"] if u["team"] == t and u["system"] == s), "none")
+                for s in comp["systems"]]
+        assert rows[t] == want, t
+    assert rows[removed["team"]][comp["systems"].index(removed["system"])] == "none"
