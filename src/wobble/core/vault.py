@@ -70,7 +70,7 @@ class Identity:
 
     def to_json(self) -> str:
         """The identity as the vault seals it: a JSON object of `IDENTITY_FIELDS` (ingest builds the
-        same object in DuckDB, a million at a time)."""
+        same object in DuckDB, a whole register file at once)."""
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
