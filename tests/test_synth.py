@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -99,6 +99,37 @@ def test_records_arrive_late_and_extracts_have_their_own_formats(world20k):
     lag_hours = ((acute["created_ts"] - acute["start_ts"]).dt.total_seconds() / 3600)
     assert lag_hours.median() < 12  # hours for A&E
     assert (raw / "community/contacts.csv").read_text().count("CH_BROKEN") == 2
+
+
+def test_nothing_in_an_extract_was_recorded_after_the_extract_date(world20k):
+    # else how many rows ingest loads depends on the day it runs (it quarantines future dates)
+    manifest = json.loads((world20k / "truth/manifest.json").read_text())
+    extract = pl.lit(date.fromisoformat(manifest["extract_date"])).cast(pl.Datetime("us"))
+    raw = world20k / "raw"
+    for path, column in [("acute/activity.parquet", "created_ts"), ("acute/activity_corrections.parquet", "created_ts"),
+                         ("social_care/events.parquet", "input_date")]:
+        frame = pl.read_parquet(raw / path)
+        assert frame.height > 0 and frame.filter(pl.col(column) >= extract).height == 0, path
+
+
+def test_corrections_made_after_the_extract_date_are_not_in_it(tmp_path):
+    # A correction is recorded 14 days after the record it corrects: near the extract date,
+    # that is after it. Half these outpatient records were keyed in the extract's last week.
+    from wobble.synth.extracts import Writers
+
+    w = Writers(tmp_path / "raw", tmp_path / "truth", date(2024, 1, 1), 52, {"n_teams": np.array(1)})
+    (tmp_path / "raw/acute").mkdir(parents=True)
+    extract = datetime(2024, 1, 1) + timedelta(weeks=52)
+    n = 20_000
+    created = [extract - timedelta(days=3 if k % 2 else 100) for k in range(n)]
+    pl.DataFrame({"episode_id": [f"EP{k}" for k in range(n)], "pod": "OP", "attend_status": "5",
+                  "created_ts": created}).write_parquet(tmp_path / "raw/acute/activity.parquet")
+    defects: dict[str, int] = {}
+    w._write_corrections(np.random.default_rng(1), defects)
+    fixed = pl.read_parquet(tmp_path / "raw/acute/activity_corrections.parquet")
+    assert fixed.height == defects["acute_activity.corrections"] > 0
+    assert fixed["created_ts"].max() < extract
+    assert set(fixed["attend_status"]) == {"3"}
 
 
 def test_defects_are_stated_and_one_team_has_a_feed_gap(world20k):
