@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import polars as pl
 import pytest
 from conftest import TEST_KEY, run_wobble
 
@@ -33,6 +34,33 @@ def test_psi_matches_hand_computed_and_slow_reference():
         e, a = rng.integers(0, 50, 8).astype(float), rng.integers(0, 50, 8).astype(float)
         e[0] = 0.0  # an empty bin counts as 1 in 10,000, never infinity
         assert _psi(e, a) == pytest.approx(_slow_psi(e, a), rel=1e-12)
+
+
+def test_bin_counts_match_duckdbs_histogram_per_team_and_overall():
+    # the slow obvious way: DuckDB's histogram of each binned column, per team and for everyone
+    from wobble.ops.monitor.drift import BINNED_AT_ONCE, _bin_counts
+
+    con = duckdb.connect()
+    rng = np.random.default_rng(5)
+    n, teams = 5_000, np.array(["T01", "T02", "T10", "T3'x"])
+    a = rng.normal(size=n)
+    a[rng.random(n) < 0.1] = np.nan
+    frame = pl.DataFrame({"team_id": rng.choice(teams, n), "keep": rng.random(n) < 0.7,
+                          "a": pl.Series(a).scatter(np.arange(0, n, 17), None),
+                          "b": pl.Series(rng.integers(0, 9, n), dtype=pl.Int32).scatter(np.arange(0, n, 5), None)})
+    con.register("frame", frame)
+    con.execute("CREATE TABLE feature_snapshots AS SELECT * FROM frame")
+    binned = ["(CASE WHEN a IS NULL THEN 0 ELSE 1 + (a > -1.0)::INT + (a > 0.0)::INT + (a > 1.5)::INT END)::UTINYINT",
+              "(CASE WHEN b IS NULL THEN 0 ELSE 1 + (b::DOUBLE > 3.0)::INT END)::UTINYINT"]
+    binned = binned * (BINNED_AT_ONCE // 2 + 1)  # more columns than one fetch takes
+    got = _bin_counts(con, binned, "keep")
+    for team in [*teams, None]:
+        for i, expr in enumerate(binned):
+            where = "keep" + (f" AND team_id = '{team.replace(chr(39), chr(39) * 2)}'" if team else "")
+            hist = con.execute(f"SELECT histogram({expr}) FROM feature_snapshots WHERE {where}").fetchall()[0][0]
+            row = got[team][i]
+            assert {k: v for k, v in enumerate(row.tolist()) if v} == dict(hist), (team, i)
+    assert got[None][0, 4] > 0 and got[None][0, 0] > 0  # NaN is above every edge; NULL is bin 0
 
 
 def _fingerprint(config):

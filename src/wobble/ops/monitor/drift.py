@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from wobble.core.errors import WobbleError
-from wobble.core.sql import date_literal, in_dates
+from wobble.core.sql import array, date_literal, in_dates
 from wobble.core.warehouse import scalar
 from wobble.features.feeds import RULE, feed_months, feed_status, gap_sentence, quiet_spans
 from wobble.models.fit import feature_matrix
@@ -64,26 +64,26 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
         + f" FROM feature_snapshots WHERE {ref} AND {_person_sample(n_ref, 10 * SAMPLE_ROWS)}").fetchall()[0]
     edges = {f: sorted({e for e in (row or []) if e is not None}) for f, row in zip(features, edges_row, strict=True)}
 
-    def binned(f: str) -> str:
+    def binned(f: str) -> str:  # 0: missing; k: above k - 1 of the edges
         steps = " + ".join(f"({f}::DOUBLE > {e!r})::INT" for e in edges[f]) or "0"
-        return f"CASE WHEN {f} IS NULL THEN -1 ELSE {steps} END"
+        return f"(CASE WHEN {f} IS NULL THEN 0 ELSE 1 + {steps} END)::UTINYINT"
 
-    aggs = ", ".join(f"histogram({binned(f)}), avg({f}::DOUBLE), avg(({f} IS NULL)::DOUBLE)" for f in features)
-    sides = {}
+    aggs = ", ".join(f"avg({f}::DOUBLE), avg(({f} IS NULL)::DOUBLE)" for f in features)
+    sides, counts = {}, {}
     for side, where in (("ref", ref), ("cur", cur)):  # one scan per side: every team, and all teams
         result = con.execute(f"SELECT grouping(team_id), team_id, count(*), {aggs} FROM feature_snapshots "
                              f"WHERE {where} GROUP BY GROUPING SETS ((team_id), ())").fetchall()
         sides[side] = {None if r[0] else r[1]: r[3:] for r in result}
         sizes = {None if r[0] else r[1]: r[2] for r in result}  # the current side's, after the loop
+        counts[side] = _bin_counts(con, [binned(f) for f in features], where)
 
     def compare(team: str | None) -> list[dict]:
         rows = []
         for i, f in enumerate(features):
-            (h_ref, mean_ref, miss_ref), (h_cur, mean_cur, miss_cur) = (
-                sides[s][team][3 * i: 3 * i + 3] for s in ("ref", "cur"))
-            bins = sorted(set(h_ref) | set(h_cur))
-            psi = _psi(np.array([h_ref.get(b, 0) for b in bins], float),
-                       np.array([h_cur.get(b, 0) for b in bins], float))
+            (mean_ref, miss_ref), (mean_cur, miss_cur) = (sides[s][team][2 * i: 2 * i + 2] for s in ("ref", "cur"))
+            then, now = counts["ref"][team][i], counts["cur"][team][i]
+            seen = (then > 0) | (now > 0)  # the bins either side has rows in, in order
+            psi = _psi(then[seen].astype(float), now[seen].astype(float))
             rows.append({"feature": f, "description": _description(cat, f), "unit": _unit(cat, f),
                          "psi": round(psi, 4),
                          "level": _level(psi, m), "ref_mean": mean_ref, "cur_mean": mean_cur,
@@ -111,6 +111,34 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
             "teams": teams, "feed_rule": RULE,
             "feed_gaps": [{"team": s["team_id"], "text": gap_sentence(s), "status": gaps.get(s["team_id"], "none")}
                           for s in quiet_spans(feeds)]}
+
+
+BINNED_AT_ONCE = 32  # binned columns fetched together: a byte each per row
+
+
+def _bin_counts(con, binned: list[str], where: str) -> dict[str | None, np.ndarray]:
+    """Rows of `feature_snapshots` meeting `where` per team (None: every team) and bin: an array
+    (len(binned), bins) per team, bins 0 to the largest value of the `binned` expressions (SQL,
+    each a UTINYINT).
+
+    The bins are computed in DuckDB and counted with numpy, a few columns at a time; DuckDB's
+    `histogram` keeps a map per team and column and took 53 s for 161 columns of 3.8 million rows."""
+    teams = [r[0] for r in con.execute(
+        f"SELECT DISTINCT team_id FROM feature_snapshots WHERE {where} ORDER BY 1").fetchall()]
+    keyed = (f"feature_snapshots JOIN (SELECT unnest({array(teams)}) AS team_id, "
+             f"unnest(range({len(teams)}))::INTEGER AS _team) USING (team_id)")
+    parts = []
+    for k in range(0, len(binned), BINNED_AT_ONCE):
+        chunk = binned[k:k + BINNED_AT_ONCE]
+        got = con.execute(f"SELECT _team, {', '.join(f'{b} AS _b{j}' for j, b in enumerate(chunk))} "
+                          f"FROM {keyed} WHERE {where}").fetchnumpy()
+        team = got["_team"].astype(np.int64)
+        width = 1 + max((int(got[f"_b{j}"].max()) for j in range(len(chunk))), default=0)
+        parts.append([np.bincount(team * width + got[f"_b{j}"], minlength=len(teams) * width)
+                      .reshape(len(teams), width) for j in range(len(chunk))])
+    width = max((p.shape[1] for chunk in parts for p in chunk), default=1)
+    by_team = np.stack([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for chunk in parts for p in chunk], axis=1)
+    return {None: by_team.sum(axis=0)} | {t: by_team[i] for i, t in enumerate(teams)}
 
 
 def _unit(cat, feature: str) -> str:
@@ -145,10 +173,11 @@ def _score_drift(con, features, ref, cur, n_ref, n_cur, booster, calibrator, m) 
                     np.bincount(np.searchsorted(edges, b, "left"), minlength=k).astype(float))
 
     overall = psi_of(then["risk"].to_numpy(), now["risk"].to_numpy())
+    then_by, now_by = ({k[0]: f["risk"].to_numpy() for k, f in side.partition_by("team_id", as_dict=True).items()}
+                       for side in (then, now))
     teams = []
-    for team in sorted(set(now["team_id"].to_list()) & set(then["team_id"].to_list())):
-        a = then.filter(pl.col("team_id") == team)["risk"].to_numpy()
-        b = now.filter(pl.col("team_id") == team)["risk"].to_numpy()
+    for team in sorted(set(now_by) & set(then_by)):
+        a, b = then_by[team], now_by[team]
         p = psi_of(a, b)
         teams.append({"team": team, "psi": round(p, 4), "level": _level(p, m), "ref_mean": float(a.mean()),
                       "cur_mean": float(b.mean()), "scored": int(b.size), "ref_scored": int(a.size)})
