@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -115,14 +114,3 @@ def nhs_valid_sql(n: str) -> str:
         f"coalesce(regexp_full_match({n}, '[0-9]{{10}}') AND "
         f"(11 - ({total}) % 11) % 11 = ascii(substr({n}, 10, 1)) - 48, false)"
     )
-
-
-def pseudonymise_many(key: bytes, identifiers: Iterable[str]) -> list[str]:
-    """Pseudonyms for many identifiers; call it on distinct values so each is hashed once."""
-    base = hmac.new(key, digestmod=hashlib.sha256)
-    out = []
-    for ident in identifiers:
-        h = base.copy()
-        h.update(ident.encode("utf-8"))
-        out.append(h.hexdigest()[:16])
-    return out

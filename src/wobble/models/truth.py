@@ -17,7 +17,7 @@ import polars as pl
 
 from wobble.core.config import Config
 from wobble.core.sql import dates, literal
-from wobble.ingest.identifiers import pseudonymise_many
+from wobble.ingest.identifiers import install_sql_pseudonym
 
 
 def truth_file(cfg: Config, name: str) -> Path | None:
@@ -32,16 +32,19 @@ def _read(path: Path, key: bytes, sql: str, people: pl.Series | None) -> pl.Data
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     try:
+        # each number hashed once, in DuckDB: in Python, 5,000,000 of them took 22 s
+        install_sql_pseudonym(con, key)
         source = f"read_parquet({literal(str(path))})"
-        nhs = con.sql(f"SELECT DISTINCT nhs_number FROM {source}").pl()["nhs_number"].to_list()
-        mapping = pl.DataFrame({"nhs_number": nhs, "person_id": pseudonymise_many(key, nhs)},
-                               schema={"nhs_number": pl.String, "person_id": pl.String})
+        wanted = ""
         if people is not None:
-            mapping = mapping.join(pl.DataFrame({"person_id": people.unique()}, schema={"person_id": pl.String}),
-                                   on="person_id", how="semi")
-        con.register("_people", mapping)
-        return con.sql(f"""SELECT p.person_id, t.* EXCLUDE (nhs_number)
-                           FROM ({sql.replace("{file}", source)}) t JOIN _people p USING (nhs_number)""").pl()
+            con.register("_wanted", pl.DataFrame({"person_id": people.unique()}, schema={"person_id": pl.String}))
+            wanted = "WHERE person_id IN (SELECT person_id FROM _wanted)"
+        return con.sql(f"""
+            WITH _people AS (
+                SELECT * FROM (SELECT nhs_number, wobble_pseudonym(nhs_number) AS person_id
+                               FROM (SELECT DISTINCT nhs_number FROM {source})) {wanted})
+            SELECT p.person_id, t.* EXCLUDE (nhs_number)
+            FROM ({sql.replace("{file}", source)}) t JOIN _people p USING (nhs_number)""").pl()
     finally:
         con.close()
 
