@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
-from conftest import TEST_KEY, run_wobble
+from conftest import TEST_KEY, copy_demo, run_wobble
 
 from wobble.ops.monitor.drift import _psi
 
@@ -172,6 +172,41 @@ def test_outcomes_and_impact_are_counted_as_recorded(monitor_world):
     assert after["with_crisis"] == pytest.approx(
         sum(p in crisis_people for _t, p in discussed) / len(discussed))
     assert "observational" in result.report_md.read_text()
+
+
+def test_monitor_counts_decisions_recorded_since_the_last_publish(monitor_world, tmp_path):
+    # recorded with `wobble outcome record` after the lists went out: the monitor alone must see it
+    import shutil
+
+    from wobble.core.config import load_config
+    from wobble.ops.monitor import monitor
+    from wobble.review.records import record_outcome
+    from wobble.review.tokens import db_of
+
+    source, matured = monitor_world
+    config = copy_demo(source.parent, tmp_path / "copy")
+    for part in source.parent.glob("review.sqlite*"):  # with its write-ahead log
+        shutil.copy2(part, tmp_path / "copy" / part.name)
+    cfg = load_config(config)
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        team, person = con.sql("""
+            SELECT team_id, person_id FROM huddle_lists l WHERE as_of = ?
+              AND NOT EXISTS (SELECT 1 FROM huddle_outcomes o WHERE o.as_of = l.as_of AND o.person_id = l.person_id)
+            ORDER BY team_id, section, rank LIMIT 1""", params=[matured]).fetchall()[0]
+        before = con.sql("SELECT count(*) FROM huddle_outcomes").fetchall()[0][0]
+    record_outcome(db_of(cfg), team_id=team, person_id=person, outcome="outreach_agreed", note=None,
+                   recorded_by="test huddle", actor="test", as_of=matured)
+    result = monitor(cfg)
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        assert con.sql("SELECT count(*) FROM huddle_outcomes").fetchall()[0][0] == before + 1
+        mine = con.sql("SELECT outcome FROM huddle_outcomes WHERE person_id = ? AND as_of = ?",
+                       params=[person, matured]).fetchall()
+        listed = {p for (p,) in con.sql("SELECT DISTINCT person_id FROM huddle_lists WHERE as_of = ? "
+                                        "AND section = 'capacity'", params=[matured]).fetchall()}
+        recorded = con.sql("SELECT DISTINCT team_id, person_id FROM huddle_outcomes WHERE as_of = ?",
+                           params=[matured]).fetchall()
+    assert mine == [("outreach_agreed",)]
+    assert result.outcomes["recorded"] == sum(p in listed for _t, p in recorded)
 
 
 def test_injected_drift_is_flagged_with_a_non_zero_exit(drifted_world):

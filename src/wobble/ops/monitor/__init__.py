@@ -4,8 +4,9 @@ Reads `feature_snapshots` (the current as-of date and the model's training as-of
 `huddle_lists`, `huddle_outcomes`, `contacts`, `tags`, `persons` and the model version's MLflow run
 (its card figures and training dates); writes one report, Markdown and HTML, under
 `<outputs>/monitor/<as_of>/`. It never retrains, re-approves or republishes: it only says what needs
-a human look and why. (If snapshots it needs are missing it builds them, as the features stage
-would; nothing else in the warehouse changes.)
+a human look and why. (It first copies into `huddle_outcomes` the decisions recorded on the review
+page since the last run, as publish does; if snapshots it needs are missing it builds them, as the
+features stage would; nothing else in the warehouse changes.)
 
 Four questions, one section each:
 - drift: the population stability index (PSI) of every model feature and of the risk score, the
@@ -34,6 +35,7 @@ from wobble.core.render import markdown_to_html, render
 from wobble.core.vocab import FAIRNESS_ATTRIBUTES
 from wobble.core.warehouse import connect
 from wobble.features import build_features, dates_to_build, dates_without_rows, load_catalogue
+from wobble.lists.service import pull_outcomes
 from wobble.models.approve import champion
 from wobble.models.spec import load_spec
 from wobble.models.tracking import client, load_version
@@ -99,7 +101,10 @@ def monitor(cfg: Config, *, model: str | None = None, as_of: date | None = None)
     if not train_as_ofs:
         raise WobbleError(f"model {model} v{version} does not record its training as-of dates "
                           "(MLflow param train_as_ofs): retrain it with this version of wobble")
-    with connect(cfg.warehouse, read_only=True) as con:
+    with connect(cfg.warehouse, wait_seconds=10) as con:
+        # decisions recorded on the review page (or `wobble outcome record`) since the last publish:
+        # the outcome figures are of every decision recorded so far, not of those publish copied
+        pull_outcomes(cfg, con)
         # drift's reference is a sample of the training dates' rows: training builds those dates
         # for the people its fits read (at scale, a sample), which serves as well as everyone
         built = sorted(set(dates_to_build(con, [as_of]) + dates_without_rows(con, train_as_ofs)))
