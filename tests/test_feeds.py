@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 import duckdb
 import polars as pl
 
+from wobble.core.sql import dates
 from wobble.core.warehouse import SCHEMA
 from wobble.features import feeds
 
@@ -122,3 +123,41 @@ def test_a_month_under_way_is_judged_pro_rata_and_only_after_two_weeks():
     october = frame.filter(pl.col("month") == date(2026, 10, 1))
     assert october["judged"].all() and not october["quiet"].any()
     assert feeds.feed_status(frame) == {"T01": "none", "T02": "none", "T03": "none"}
+
+
+def test_each_months_records_are_those_known_before_each_as_of_date():
+    """The slow, obvious count per team, system, as-of date and month, against `feed_months_sql`, on
+    contacts and tags keyed in late (some weeks after they happened, some after the as-of dates)."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    con = duckdb.connect()
+    con.execute(SCHEMA)
+    con.executemany("INSERT INTO persons (person_id, team_id, opted_out) VALUES (?, ?, false)",
+                    [(f"p{k}", f"T0{k % 3}") for k in range(30)])
+    start, n = datetime(2025, 9, 1, 9), 4000
+    occurred = [start + timedelta(days=int(d)) for d in rng.integers(0, 450, n)]
+    lags = rng.choice([0, 1, 6, 40, 120], n, p=[0.5, 0.2, 0.15, 0.1, 0.05])
+    systems = rng.choice(["gp", "acute"], n)
+    rows = [(f"c{i}", f"p{rng.integers(30)}", o, o + timedelta(days=int(lag), hours=1), str(s))
+            for i, (o, lag, s) in enumerate(zip(occurred, lags, systems, strict=True))]
+    con.executemany("INSERT INTO contacts VALUES (?, ?, ?, ?, 'gp_appointment', 'attended', NULL, NULL, ?, 'b')", rows)
+    tags = [(f"t{i}", p, o + timedelta(days=int(lag)), "housing") for i, (_, p, o, _, _), lag
+            in zip(range(600), rows, lags, strict=False)]
+    con.executemany("INSERT INTO tags VALUES (?, ?, ?, 'low_mood', 'concern', NULL, ?, 'b')", tags)
+    as_ofs = [date(2026, 6, 1), date(2026, 6, 8), date(2026, 9, 14), date(2026, 11, 23)]
+    got = {(r[0], r[1], r[2], r[3]): r[4] for r in con.sql(
+        f"SELECT team_id, source_system, as_of, month, records FROM ({feeds.feed_months_sql(dates(as_ofs))})"
+    ).fetchall()}
+    team = {f"p{k}": f"T0{k % 3}" for k in range(30)}
+    expected: dict[tuple, int] = {}
+    for as_of in as_ofs:
+        first = date((as_of - timedelta(days=1)).year, (as_of - timedelta(days=1)).month, 1)
+        for _, p, day, known, system in rows + [(i, p, k, k, s) for i, p, k, s in tags]:
+            month = date(day.year, day.month, 1)
+            back = (first.year - month.year) * 12 + first.month - month.month
+            if 0 <= back <= feeds.MONTHS and day.date() < as_of and known.date() < as_of:
+                key = (team[p], system, as_of, month)
+                expected[key] = expected.get(key, 0) + 1
+    assert {k: v for k, v in got.items() if v} == expected
+    assert any(known.date() >= as_ofs[0] > day.date() for _, _, day, known, _ in rows)  # some known late

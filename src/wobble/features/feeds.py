@@ -54,6 +54,13 @@ def feed_months_sql(as_of_list: str, months: int = MONTHS) -> str:
     date, `covered` (the share of the month before the as-of date and after the system's first
     record), `usual` (the pair's median complete month), `judged` and `quiet`. Teams and systems
     with no record in those months are left out."""
+
+    def known(table: str) -> str:
+        # The day a record was known only matters against the as-of dates: every day before the
+        # first of them is one day here, so a year of records groups into far fewer rows (at
+        # 5,000,000 people, 1.6 million rather than 11 million; the query took a third less).
+        return f"greatest({table}.recorded_at::DATE, list_min({as_of_list}) - 1)"
+
     return f"""
         WITH grid_as_of AS (
             SELECT as_of, date_trunc('month', as_of - INTERVAL 1 DAY)::DATE AS month0
@@ -68,14 +75,14 @@ def feed_months_sql(as_of_list: str, months: int = MONTHS) -> str:
                        AS days_before
             FROM month_starts),
         records AS (
-            SELECT p.team_id, c.source_system, c.occurred_at::DATE AS day, c.recorded_at::DATE AS known_day,
+            SELECT p.team_id, c.source_system, c.occurred_at::DATE AS day, {known('c')} AS known_day,
                    count(*) AS n
             FROM contacts c JOIN persons p USING (person_id)
             WHERE p.team_id IS NOT NULL
               AND c.occurred_at >= (SELECT min(month) FROM months) AND c.occurred_at < list_max({as_of_list})
             GROUP BY ALL
             UNION ALL
-            SELECT p.team_id, t.source_system, t.recorded_at::DATE, t.recorded_at::DATE, count(*)
+            SELECT p.team_id, t.source_system, t.recorded_at::DATE, {known('t')}, count(*)
             FROM tags t JOIN persons p USING (person_id)
             WHERE p.team_id IS NOT NULL
               AND t.recorded_at >= (SELECT min(month) FROM months) AND t.recorded_at < list_max({as_of_list})
