@@ -53,7 +53,7 @@ def test_bin_counts_match_duckdbs_histogram_per_team_and_overall():
     binned = ["(CASE WHEN a IS NULL THEN 0 ELSE 1 + (a > -1.0)::INT + (a > 0.0)::INT + (a > 1.5)::INT END)::UTINYINT",
               "(CASE WHEN b IS NULL THEN 0 ELSE 1 + (b::DOUBLE > 3.0)::INT END)::UTINYINT"]
     binned = binned * (BINNED_AT_ONCE // 2 + 1)  # more columns than one fetch takes
-    got = _bin_counts(con, binned, "keep")
+    got = _bin_counts(con, binned, "keep", sorted(teams), 5)
     for team in [*teams, None]:
         for i, expr in enumerate(binned):
             where = "keep" + (f" AND team_id = '{team.replace(chr(39), chr(39) * 2)}'" if team else "")
