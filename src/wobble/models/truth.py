@@ -38,13 +38,12 @@ def _read(path: Path, key: bytes, sql: str, people: pl.Series | None) -> pl.Data
         wanted = ""
         if people is not None:
             con.register("_wanted", pl.DataFrame({"person_id": people.unique()}, schema={"person_id": pl.String}))
-            wanted = "WHERE person_id IN (SELECT person_id FROM _wanted)"
+            wanted = "WHERE p.person_id IN (SELECT person_id FROM _wanted)"
         return con.sql(f"""
-            WITH _people AS (
-                SELECT * FROM (SELECT nhs_number, wobble_pseudonym(nhs_number) AS person_id
-                               FROM (SELECT DISTINCT nhs_number FROM {source})) {wanted})
+            WITH _people AS (SELECT nhs_number, wobble_pseudonym(nhs_number) AS person_id
+                             FROM (SELECT DISTINCT nhs_number FROM {source}))
             SELECT p.person_id, t.* EXCLUDE (nhs_number)
-            FROM ({sql.replace("{file}", source)}) t JOIN _people p USING (nhs_number)""").pl()
+            FROM ({sql.replace("{file}", source)}) t JOIN _people p USING (nhs_number) {wanted}""").pl()
     finally:
         con.close()
 
