@@ -408,3 +408,46 @@ def test_burn_in_is_the_eight_mondays_before_the_test_period(spec):
                    date(2026, 5, 11), date(2026, 5, 18), date(2026, 5, 25)]
     assert all(d.weekday() == 0 for d in got)
     assert not set(got) & set(split.test) and not set(got) & set(split.train)
+
+
+def test_days_into_the_rise_at_first_listing(graded_frame):
+    rows, lists, truth, crises, graded = graded_frame
+    since = {("A", G1): _day(G1, -35), ("B", G1): _day(G1, -14), ("E", G2): G2, ("G", G1): _day(G1, -7),
+             ("G", G2): _day(G1, -7)}  # only for rows rising; B is in crisis at G2
+    truth = truth.with_columns(pl.Series("rising_since", [since.get(k) for k in truth.select(
+        "person_id", "as_of").iter_rows()], dtype=pl.Date))
+    out = figures(rows, lists, truth, crises, graded, replicates=50, seed=0)
+    # model: first listed at a graded date B@G1 (14 days into the rise), C@G2 (steady: not counted),
+    # E@G2 (0: the first list after the rise began), F@G2 (no truth); A was first listed in the
+    # burn-in, so its 35 days at G1 do not count. Over B and E, the lower median: 0.
+    d = out["model"]["days_into_rise"]
+    assert (d["people"], d["value"]) == (2, 0)
+    assert 0 <= d["low"] <= d["high"] <= 14
+    # the other list: A first listed at G1 (35 days in), G at G1 (7): the lower median, 7
+    d = out["other"]["days_into_rise"]
+    assert (d["people"], d["value"]) == (2, 7)
+    assert out["empty"]["days_into_rise"]["people"] == 0
+    assert "days_into_rise" not in figures(rows, lists, truth.drop("rising_since"), crises, graded,
+                                           replicates=5, seed=0)["model"]
+
+
+def test_the_run_summary_holds_each_lists_figures(graded_frame):
+    from wobble.models.train import flat_metrics
+
+    rows, lists, truth, crises, graded = graded_frame
+    figs = figures(rows, lists, truth, crises, graded, replicates=20, seed=0)
+    est = {"value": 0.7, "low": 0.6, "high": 0.8}
+    evaluation = {"scorers": {"model": {"auroc": est}}, "differences": {}, "prevalence": 0.1,
+                  "training": {"best_iteration": 12}, "lists": {"lists": figs}}
+    flat = flat_metrics(evaluation)
+    assert flat["auroc"] == 0.7 and flat["auroc_low"] == 0.6
+    m = figs["model"]
+    assert flat["list_model_rows"] == 6 and flat["list_model_people"] == 5
+    assert flat["list_model_rising"] == m["rising"]["value"] == pytest.approx(0.5)
+    assert (flat["list_model_rising_low"], flat["list_model_rising_high"]) == (m["rising"]["low"], m["rising"]["high"])
+    assert flat["list_model_crisis_contact_30d"] == pytest.approx(2 / 6)
+    assert (flat["list_model_lead_days"], flat["list_model_lead_days_people"]) == (10, 3)
+    assert flat["list_other_in_crisis"] == figs["other"]["in_crisis"]["value"]
+    assert "list_empty_precision_crisis_90d" not in flat  # nothing listed: no figure, not a zero
+    assert flat["list_empty_lead_days_people"] == 0
+    assert all(isinstance(v, float | int) for v in flat.values())

@@ -230,9 +230,12 @@ def test_need_phases_reads_the_week_before_each_as_of(tiny_world):
     cfg = load_config(tiny_world / "wobble.toml")
     key = TEST_KEY.encode()
     as_ofs = [date(2026, 3, 2), date(2026, 8, 24)]
-    got = truth.need_phases(cfg, key, as_ofs)
+    got = truth.need_phases(cfg, key, as_ofs, since=True)
     assert got is not None
-    assert set(got.columns) == {"person_id", "as_of", "phase", "excess"}
+    assert set(got.columns) == {"person_id", "as_of", "phase", "excess", "rising_since"}
+    plain = truth.need_phases(cfg, key, as_ofs)
+    assert plain.columns == ["person_id", "as_of", "phase", "excess"]
+    assert plain.sort("person_id", "as_of").equals(got.drop("rising_since").sort("person_id", "as_of"))
 
     raw = pl.read_parquet(tiny_world / "world" / "truth" / "need.parquet")
     expected = {}
@@ -243,11 +246,28 @@ def test_need_phases_reads_the_week_before_each_as_of(tiny_world):
                                                       "baseline").iter_rows():
             expected[(pseudonymise(key, nhs), as_of)] = (phase, need - baseline)
 
-    rows = {(p, a): (ph, ex) for p, a, ph, ex in got.select("person_id", "as_of", "phase", "excess").iter_rows()}
+    # a rise's first as-of date, week by week: the as-of date after the last week not rising
+    since, start, first = {}, {}, {}
+    for nhs, week, phase in raw.sort("nhs_number", "week_start").select(
+            "nhs_number", "week_start", pl.col("phase").cast(pl.String)).iter_rows():
+        first.setdefault(nhs, week)
+        if phase != "rising":
+            start.pop(nhs, None)
+        else:
+            start.setdefault(nhs, week + timedelta(days=7))
+        if week + timedelta(days=7) in as_ofs:
+            since[(pseudonymise(key, nhs), week + timedelta(days=7))] = start.get(nhs)
+
+    rows = {(p, a): (ph, ex, s) for p, a, ph, ex, s in got.select(
+        "person_id", "as_of", "phase", "excess", "rising_since").iter_rows()}
     assert rows.keys() == expected.keys()
     for k, (phase, excess) in expected.items():
         assert rows[k][0] == phase, k
         assert rows[k][1] == pytest.approx(excess, abs=1e-6), k
+        assert rows[k][2] == since[k], k
+    rising = [k for k in expected if expected[k][0] == "rising"]
+    assert len(rising) > 20
+    assert len({k[1] - rows[k][2] for k in rising}) > 3  # rises of several lengths, not all begun this week
     # the week of the as-of itself would grade a different phase for some people
     same_week = raw.filter(pl.col("week_start") == as_ofs[1]).select("nhs_number", pl.col("phase").cast(pl.String))
     moved = sum(expected[(pseudonymise(key, nhs), as_ofs[1])][0] != ph for nhs, ph in same_week.iter_rows()
@@ -268,6 +288,9 @@ def test_need_phases_of_some_people_are_their_rows_of_everyone(tiny_world):
     got = truth.need_phases(cfg, key, as_ofs, people=pl.concat([some, some, pl.Series(["not-a-person"])]))
     order = ["person_id", "as_of"]
     assert got.sort(order).equals(everyone.filter(pl.col("person_id").is_in(some.implode())).sort(order))
+    since = truth.need_phases(cfg, key, as_ofs, people=some, since=True)
+    assert since.sort(order).equals(truth.need_phases(cfg, key, as_ofs, since=True).filter(
+        pl.col("person_id").is_in(some.implode())).sort(order))
     assert got["person_id"].n_unique() == some.len() > 100
     risk = truth.crisis_risk(cfg, key, as_ofs, people=some)
     assert risk.height > 0

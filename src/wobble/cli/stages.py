@@ -204,10 +204,26 @@ def train(
         f"{model} version {result.model_version}: AUROC {m['auroc']:.3f} "
         f"(baseline {m['baseline_auroc']:.3f}"
         + (f", oracle {m['oracle_auroc']:.3f}" if "oracle_auroc" in m else "") + ")",
+        *_list_line(m),
         f"model card: {result.card_md}",
         f"approve it with: wobble approve --model {model} --version {result.model_version} "
         "--by \"NAME\" --note \"...\"",
     ])
+
+
+def _list_line(m: dict) -> list[str]:
+    """'its list (test period): 76% rising (best list from the same data 86%), …': the graded list's
+    figures in the run's metrics (`train.flat_metrics`), when it was graded."""
+    if "list_model_crisis_contact_30d" not in m:
+        return []
+    parts = []
+    if "list_model_rising" in m:
+        best = f" (best list from the same data {m['list_best_rising']:.0%})" if "list_best_rising" in m else ""
+        parts.append(f"{m['list_model_rising']:.0%} in a rising phase{best}")
+    parts.append(f"{m['list_model_crisis_contact_30d']:.0%} with a crisis contact in the 30 days before")
+    if "list_model_lead_days" in m:
+        parts.append(f"median lead time to a crisis {m['list_model_lead_days']:.0f} days")
+    return ["its list (test period): " + ", ".join(parts)]
 
 
 @app.command()

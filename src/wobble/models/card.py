@@ -401,7 +401,8 @@ def _lists_view(graded: dict | None) -> dict | None:
              and rising["best"] > 0 else None)
     return {"names": names, "labels": [LIST_LABELS[n] for n in names], "lists": lists,
             "notes": graded.get("notes", {}), "truth": graded.get("truth", False),
-            "burn_in_weeks": graded.get("burn_in_weeks", 0), "of_best": ratio}
+            "burn_in_weeks": graded.get("burn_in_weeks", 0), "of_best": ratio,
+            "into_rise": any("days_into_rise" in lists[n] for n in names)}
 
 
 def _thinnest(rep: dict) -> list[str]:

@@ -21,7 +21,9 @@ truth; the share with a crisis contact known in the 30 days before the list; pre
 crisis within 90 days, for everyone listed and for listed people not in crisis care (no crisis
 contact in the 90 days before), with 95% intervals from a person bootstrap; and the median lead
 time: per person first listed in the test period, days from that listing to their first crisis
-within 90 days of it, with its interval and the number of people it is over.
+within 90 days of it, with its interval and the number of people it is over. With the truth, also
+how far into their rise people were when first listed (median days, over people rising then): a
+list can warn of a crisis no earlier than it finds the rise.
 """
 
 from __future__ import annotations
@@ -174,25 +176,45 @@ def _share(mask: np.ndarray, hit: np.ndarray, boot: _Boot) -> dict:
     return _interval(at(ones), [at(r[boot.person]) for r in boot.replicates])
 
 
+def _first_listed(rows: pl.DataFrame, mask: np.ndarray, graded: np.ndarray) -> pl.DataFrame:
+    """(person_id, listed): each person's first listing, for people first listed at a graded date
+    (listings at the burn-in dates before count as first)."""
+    return (rows.filter(pl.Series(mask)).group_by("person_id").agg(pl.col("as_of").min().alias("listed"))
+            .filter(pl.col("listed").is_in(rows.filter(pl.Series(graded))["as_of"].unique().implode())))
+
+
+def _median_days(rows: pl.DataFrame, days: pl.DataFrame, boot: _Boot) -> dict:
+    """The median of `days` (person_id, days: one row per person), with a person-bootstrap
+    interval and the number of people it is over."""
+    if days.height == 0:
+        return {"value": None, "low": None, "high": None, "people": 0}
+    codes = dict(zip(rows["person_id"].to_list(), boot.person.tolist(), strict=True))
+    days = days.sort("days", "person_id")
+    person = np.array([codes[p] for p in days["person_id"].to_list()])
+    values = days["days"].to_numpy().astype(np.float64)
+    point = weighted_quantiles(values, np.ones(values.size), (0.5,))[0]
+    reps = [weighted_quantiles(values, r[person], (0.5,))[0] for r in boot.replicates]
+    return {**_interval(point, reps), "people": int(days.height)}
+
+
 def _lead(rows: pl.DataFrame, mask: np.ndarray, graded: np.ndarray, crises: pl.DataFrame, horizon: int,
           boot: _Boot) -> dict:
     """Median days from each person's first listing to their first crisis within `horizon` of it,
     over people first listed at a graded date (listings at the burn-in dates before count as first)."""
-    first = (rows.filter(pl.Series(mask)).group_by("person_id").agg(pl.col("as_of").min().alias("listed"))
-             .filter(pl.col("listed").is_in(rows.filter(pl.Series(graded))["as_of"].unique().implode())))
-    events = first.join(crises, on="person_id").filter(
+    events = _first_listed(rows, mask, graded).join(crises, on="person_id").filter(
         (pl.col("day") >= pl.col("listed")) & (pl.col("day") < pl.col("listed") + timedelta(days=horizon)))
-    leads = events.group_by("person_id").agg((pl.col("day").min() - pl.col("listed").first()).dt.total_days()
-                                             .alias("days"))
-    if leads.height == 0:
-        return {"value": None, "low": None, "high": None, "people": 0}
-    codes = dict(zip(rows["person_id"].to_list(), boot.person.tolist(), strict=True))
-    leads = leads.sort("days")
-    person = np.array([codes[p] for p in leads["person_id"].to_list()])
-    days = leads["days"].to_numpy().astype(np.float64)
-    point = weighted_quantiles(days, np.ones(days.size), (0.5,))[0]
-    reps = [weighted_quantiles(days, r[person], (0.5,))[0] for r in boot.replicates]
-    return {**_interval(point, reps), "people": int(leads.height)}
+    return _median_days(rows, events.group_by("person_id").agg(
+        (pl.col("day").min() - pl.col("listed").first()).dt.total_days().alias("days")), boot)
+
+
+def _into_rise(rows: pl.DataFrame, mask: np.ndarray, graded: np.ndarray, truth: pl.DataFrame, boot: _Boot) -> dict:
+    """Median days from the start of a person's rise (the truth's `rising_since`) to their first
+    listing, over people first listed at a graded date while rising: how early in a rise the list
+    finds people, which bounds how early it can warn of a crisis."""
+    first = _first_listed(rows, mask, graded).join(
+        truth.select("person_id", pl.col("as_of").alias("listed"), "rising_since"), on=["person_id", "listed"])
+    return _median_days(rows, first.filter(pl.col("rising_since").is_not_null()).select(
+        "person_id", (pl.col("listed") - pl.col("rising_since")).dt.total_days().alias("days")), boot)
 
 
 def figures(rows: pl.DataFrame, lists: dict[str, np.ndarray], truth: pl.DataFrame | None, crises: pl.DataFrame,
@@ -217,6 +239,8 @@ def figures(rows: pl.DataFrame, lists: dict[str, np.ndarray], truth: pl.DataFram
         if phase is not None:
             f["rising"] = _share(mask, (phase == "rising").fill_null(False).to_numpy(), boot)
             f["in_crisis"] = _share(mask, (phase == "in_crisis").fill_null(False).to_numpy(), boot)
+            if "rising_since" in truth.columns:
+                f["days_into_rise"] = _into_rise(rows, taken, graded, truth, boot)
         out[name] = f
     return out
 
@@ -259,7 +283,7 @@ def grade_lists(cfg, key: bytes | None, spec: ModelSpec, split: TimeSplit, share
             lists["crisis_now"] = listed(rows, scores["crisis_now"], cap)
             notes["crisis_now"] = (f"every adult, ranked by the crisis model ({crisis_spec.title.lower()}), "
                                    "fitted on the same training dates and people")
-        truth = need_phases(cfg, key, as_ofs, people=rows["person_id"])
+        truth = need_phases(cfg, key, as_ofs, people=rows["person_id"], since=True)
         if truth is not None:
             if best is not None:
                 lists["best"] = ranked("best")

@@ -301,27 +301,27 @@ def _lead_events(cfg: Config, spec: ModelSpec, split: TimeSplit, test_df: pl.Dat
 
 
 def flat_metrics(evaluation: dict) -> dict[str, float]:
-    """The headline numbers as one flat dict (run summary, CLI, MLflow): value, _low, _high."""
+    """The headline numbers as one flat dict (run summary, CLI, MLflow): value, _low, _high; and
+    each graded list's figures as `list_<list>_<figure>` (`grading.figures`), with `_people` where
+    a median is over people."""
     out: dict[str, float] = {}
+
+    def put(key: str, e: dict) -> None:
+        if e["value"] is None:
+            return
+        out[key] = e["value"]
+        if e["low"] is not None:
+            out[f"{key}_low"], out[f"{key}_high"] = e["low"], e["high"]
+
     for name, metrics in evaluation["scorers"].items():
         prefix = "" if name == "model" else f"{name}_"
         for m, e in metrics.items():
-            if e["value"] is None:
-                continue
-            out[prefix + m] = e["value"]
-            if e["low"] is not None:
-                out[f"{prefix}{m}_low"], out[f"{prefix}{m}_high"] = e["low"], e["high"]
+            put(prefix + m, e)
     for other, diffs in evaluation["differences"].items():
         for m, e in diffs.items():
-            if e["value"] is not None:
-                out[f"diff_{other}_{m}"] = e["value"]
-                if e["low"] is not None:
-                    out[f"diff_{other}_{m}_low"], out[f"diff_{other}_{m}_high"] = e["low"], e["high"]
+            put(f"diff_{other}_{m}", e)
     if evaluation.get("skill_ratio"):
-        sr = evaluation["skill_ratio"]
-        out["skill_ratio"] = sr["value"]
-        if sr["low"] is not None:
-            out["skill_ratio_low"], out["skill_ratio_high"] = sr["low"], sr["high"]
+        put("skill_ratio", evaluation["skill_ratio"])
     out["prevalence"] = evaluation["prevalence"]
     out["best_iteration"] = float(evaluation["training"]["best_iteration"])
     for name, lt in (evaluation.get("lead_time") or {}).items():
@@ -329,6 +329,14 @@ def flat_metrics(evaluation: dict) -> dict[str, float]:
         for k in ("share_preceded_by_listing", "median_days"):
             if lt[k]["value"] is not None:
                 out[f"{prefix}lead_{k}"] = lt[k]["value"]
+    for name, figures in ((evaluation.get("lists") or {}).get("lists") or {}).items():
+        for f, e in figures.items():
+            if not isinstance(e, dict):  # how many rows and people it listed
+                out[f"list_{name}_{f}"] = float(e)
+                continue
+            put(f"list_{name}_{f}", e)
+            if "people" in e:
+                out[f"list_{name}_{f}_people"] = float(e["people"])
     return out
 
 
