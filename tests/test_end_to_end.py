@@ -30,6 +30,13 @@ def test_demo_runs_and_says_where_everything_is(demo_run):
     assert tr["metrics"]["auroc"] > 0.65
     for k in ("warehouse", "mlflow", "model_card"):
         assert Path(summary["outputs"][k]).exists(), k
+    m = tr["metrics"]  # the graded lists' figures, beside the card's table of them
+    assert m["list_model_crisis_contact_30d"] <= 0.1 and m["list_crisis_now_crisis_contact_30d"] > 0.3
+    assert m["list_truth_rising"] >= m["list_model_rising"] > m["list_crisis_now_rising"]
+    assert m["list_model_days_into_rise_people"] > 0 and m["list_model_days_into_rise"] >= 0
+    card = Path(summary["outputs"]["model_card"]).read_text()
+    assert "| median days into a rising phase at first listing (people) |" in card
+    assert "its list (test period): " in proc.stderr
     assert len(summary["lists"]) == 2  # 10,000 people: two teams
     for item in summary["lists"]:
         assert item["rows"] == 20 and item["recent_crisis"] > 0

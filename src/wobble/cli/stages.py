@@ -340,6 +340,7 @@ def demo(
         f"MLflow store: {cfg.mlflow_dir} (mlflow ui --backend-store-uri sqlite:///{cfg.mlflow_dir / 'mlflow.db'})",
         f"model {tr['model_name']} v{tr['model_version']}: AUROC {m['auroc']} (baseline {m['baseline_auroc']}"
         + (f", oracle {m['oracle_auroc']}" if "oracle_auroc" in m else "") + ")",
+        *_list_line(m),
         f"model card: {summary.data['outputs']['model_card']}",
         f"data-quality report: {summary.data['outputs'].get('quality_report')}",
         *_list_lines(summary.data["stages"]["publish"]),
