@@ -177,3 +177,43 @@ def test_an_unreadable_register_leaves_the_vault_as_it_was(tiny_world, tmp_path)
     assert result.summary()["files_failed"] == 1
     assert result.vault["kept_previous"] and "registrations.csv" in result.vault["error"]
     assert cfg.path(cfg.vault.path).read_bytes() == before
+
+
+def test_an_ingest_with_nothing_new_leaves_the_vault_as_it_is_until_what_it_is_built_from_changes(
+        tiny_world, tmp_path, monkeypatch):
+    from wobble.ingest import ingest
+
+    work = copy_tree(tiny_world, tmp_path / "w")
+    cfg = load_config(work / "wobble.toml")
+    path = cfg.path(cfg.vault.path)
+
+    def again() -> dict:
+        result = ingest(cfg, key=TEST_KEY.encode(), report=False)
+        assert result.summary()["rows_in"] == 0  # nothing new to load, each time
+        return result.vault
+
+    first = again()  # records what it was built from
+    built = path.read_bytes()
+    second = again()
+    assert second == {**first, "unchanged": True} and first["people"] > 2500
+    assert path.read_bytes() == built  # not written again
+
+    # someone joins the opt-out list: built again without them
+    before = open_vault(cfg).meta
+    reg = _register(work / "world").filter(pl.col("NationalOptOut") == "N")
+    (work / "opt_outs.csv").write_text(f"nhs_number\n{reg['NHSNumber'][0]}\n")
+    text = (work / "wobble.toml").read_text().replace("[lookups]", '[lookups]\nopt_outs = "opt_outs.csv"', 1)
+    (work / "wobble.toml").write_text(text)
+    cfg = load_config(work / "wobble.toml")
+    third = again()
+    assert "unchanged" not in third and third["people"] == first["people"] - 1
+    assert open_vault(cfg).meta["built_at"] >= before["built_at"] and path.read_bytes() != built
+
+    # a new vault key: built again, and it opens with the new key only
+    assert again()["unchanged"]
+    monkeypatch.setenv("WOBBLE_VAULT_KEY", "another-vault-key-0123456789abcdef0123456789ab")
+    fourth = again()
+    assert "unchanged" not in fourth and fourth["people"] == third["people"]
+    assert len(open_vault(load_config(work / "wobble.toml"))) == third["people"]
+    with pytest.raises(VaultError):
+        Vault(path, TEST_VAULT_KEY.encode())

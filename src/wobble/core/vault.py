@@ -124,10 +124,12 @@ def _seal(aead, plain: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
     return nonce + aead.encrypt(nonce, plain, aad)
 
 
-def write_vault(path: Path, key: bytes, people: Iterable[tuple[str, str]], *, source: str = "") -> int:
+def write_vault(path: Path, key: bytes, people: Iterable[tuple[str, str]], *, source: str = "",
+                inputs: str = "", register_files: int = 0) -> int:
     """Build the vault at `path` from (person_id, identity as JSON: `Identity.to_json`) pairs:
     written beside it, then renamed over it, so a reader sees the old vault or the new one, never
-    half of one. Returns the count."""
+    half of one. `source` (the files), `inputs` (a digest of what it was built from) and
+    `register_files` are recorded with it. Returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -151,7 +153,8 @@ def write_vault(path: Path, key: bytes, people: Iterable[tuple[str, str]], *, so
                 n += len(batch)
             meta = {"format": FORMAT.encode(), "salt": salt, "check": _seal(aead, _CHECK, b"check"),
                     "built_at": datetime.now(UTC).isoformat(timespec="seconds").encode(),
-                    "source": source.encode(), "people": str(n).encode()}
+                    "source": source.encode(), "people": str(n).encode(), "inputs": inputs.encode(),
+                    "register_files": str(register_files).encode()}
             con.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
             con.commit()
         finally:
@@ -189,7 +192,8 @@ class Vault:
         if meta.get("format") != FORMAT.encode():
             raise VaultError(f"{self.path} is not a {FORMAT} identity vault")
         self._aead = _aead(key, meta["salt"])
-        self.meta = {k: v.decode() for k, v in meta.items() if k in ("built_at", "source", "people")}
+        self.meta = {k: v.decode() for k, v in meta.items()
+                     if k in ("built_at", "source", "people", "inputs", "register_files")}
         check = meta["check"]
         try:
             ok = self._aead.decrypt(check[:12], check[12:], b"check") == _CHECK
