@@ -70,3 +70,27 @@ def test_approving_needs_a_name_and_a_real_version(tiny_trained):
         approve(cfg, model="crisis_90d", version=result.model_version, by="  ", note="")
     with pytest.raises(WobbleError, match="no model 'crisis_90d' version 99"):
         approve(cfg, model="crisis_90d", version="99", by="Someone", note="")
+
+
+def test_a_store_moved_to_another_folder_says_so_in_one_line(tiny_world, tmp_path):
+    """MLflow records full paths: after the folder is moved, a version's files are looked for in the
+    old one. Publishing says where, and what to do, in one line (MLflow says "No such artifact: ''")."""
+    import shutil
+
+    from conftest import copy_tree
+
+    from wobble.core.config import load_config
+    from wobble.models.train import train
+
+    before = copy_tree(tiny_world, tmp_path / "before")
+    result = train(load_config(before / "wobble.toml"), "crisis_90d", key=TEST_KEY.encode())
+    approve(load_config(before / "wobble.toml"), model="crisis_90d", version=result.model_version, by="Test Lead",
+            note="for the test")
+    after = tmp_path / "after"
+    shutil.move(before, after)
+    proc = run_wobble("publish", "--config", str(after / "wobble.toml"), "--model", "crisis_90d")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = [x for x in proc.stderr.splitlines() if x.startswith("wobble:")]
+    assert len(line) == 1
+    assert f"model crisis_90d version {result.model_version}: its files are not where" in line[0]
+    assert str(before / "mlflow") in line[0] and "put it back there" in line[0]

@@ -10,9 +10,12 @@ import json
 import logging
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from wobble.core.config import Config
+from wobble.core.errors import WobbleError
 
 EXPERIMENT = "wobble"
 
@@ -59,8 +62,9 @@ def load_version(cfg: Config, name: str, version: str):
 
     c = client(cfg)
     mv = c.get_model_version(name, version)
-    booster = mlflow.lightgbm.load_model(f"models:/{name}/{version}")
-    local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="wobble"))
+    with _stored(c, mv, name, version):
+        booster = mlflow.lightgbm.load_model(f"models:/{name}/{version}")
+        local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="wobble"))
     with open(local / "calibrator.pkl", "rb") as f:
         calibrator = load_pickle(f)
     features = json.loads((local / "features.json").read_text())
@@ -71,9 +75,29 @@ def load_evaluation(cfg: Config, name: str, version: str) -> dict:
     """The evaluation a registered version's card was rendered from (`wobble/evaluation.json`)."""
     import mlflow
 
-    mv = client(cfg).get_model_version(name, str(version))
-    local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="wobble/evaluation.json"))
+    c = client(cfg)
+    mv = c.get_model_version(name, str(version))
+    with _stored(c, mv, name, version):
+        local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="wobble/evaluation.json"))
     return json.loads(local.read_text(encoding="utf-8"))
+
+
+@contextmanager
+def _stored(c, mv, name: str, version: str) -> Iterator[None]:
+    """Say in one line where a version's files were looked for when MLflow cannot find them (it
+    says "No such artifact: ''"): MLflow records full paths, so a store that was moved or copied
+    from another folder still looks in the old one."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        where = c.get_run(mv.run_id).info.artifact_uri
+        raise WobbleError(
+            f"model {name} version {version}: its files are not where the MLflow store says they are "
+            f"({where}). MLflow records full paths, so a store moved or copied from another folder "
+            f"still points to the old one: put it back there, or train the model again with this store "
+            f"({(str(exc).strip().splitlines() or ['no detail'])[0]})") from None
 
 
 # Where classes pickled by earlier versions of wobble live now (a calibrator was `wobble.train._Calibrator`
