@@ -175,3 +175,46 @@ def test_commands_refuse_without_a_key(missing_var, monkeypatch, ingested):
     monkeypatch.delenv("WOBBLE_PSEUDONYM_KEY")
     with pytest.raises(ConfigError, match="WOBBLE_PSEUDONYM_KEY"):
         pseudonym_key(ingested[0])
+
+
+def test_an_extract_loaded_already_is_not_read_again_until_its_file_changes(tiny_world, tmp_path, monkeypatch):
+    """A file's stat data (size, inode, modification and change times) stand for its bytes once it
+    has settled, as git's index does: an unchanged extract is not hashed again, one rewritten with
+    other bytes of the same size and its modification time put back is."""
+    import os
+    import time
+    from pathlib import Path
+
+    from conftest import copy_tree
+
+    import wobble.ingest.reader as reader
+    from wobble.core.config import load_config
+
+    work = copy_tree(tiny_world, tmp_path / "w")
+    cfg = load_config(work / "wobble.toml")
+    read: list[str] = []
+    real = reader.fingerprint
+    monkeypatch.setattr(reader, "fingerprint", lambda path: read.append(Path(path).name) or real(path))
+
+    def again() -> tuple[dict, list[str]]:
+        read.clear()
+        s = ingest(cfg, key=TEST_KEY.encode(), report=False).summary()
+        return s, sorted(read)
+
+    first, every = again()  # copies: new inodes, so each file is read once more, and skipped
+    assert first["rows_in"] == 0 and len(every) == first["files_skipped"] > 5
+    # written moments ago (the copy): not settled when it was hashed, so read again
+    assert again()[1] == every
+    time.sleep(reader.SETTLED_NS / 1e9)
+    again()
+    fourth, none = again()
+    assert none == [] and fourth["rows_in"] == 0 and fourth["files_skipped"] == first["files_skipped"]
+
+    flags = work / "world" / "raw" / "housing" / "flags.csv"
+    st = flags.stat()
+    text = flags.read_bytes()
+    at = text.rindex(b"0")
+    flags.write_bytes(text[:at] + b"1" + text[at + 1:])  # the same size
+    os.utime(flags, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same modification time
+    fifth, changed = again()
+    assert changed == ["flags.csv"] and fifth["rows_in"] > 0

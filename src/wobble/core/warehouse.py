@@ -78,6 +78,16 @@ CREATE TABLE IF NOT EXISTS load_ledger (
     rows_quarantined BIGINT NOT NULL,
     rows_duplicate   BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path             VARCHAR NOT NULL,
+    size             BIGINT NOT NULL,
+    mtime_ns         BIGINT NOT NULL,
+    ctime_ns         BIGINT NOT NULL,
+    inode            BIGINT NOT NULL,
+    device           BIGINT NOT NULL,
+    content_hash     VARCHAR NOT NULL,
+    hashed_at_ns     BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ingest_unmapped (
     batch_id         VARCHAR NOT NULL,
     source           VARCHAR NOT NULL,

@@ -21,7 +21,7 @@ import duckdb
 from wobble.core.errors import WobbleError
 from wobble.core.vault import IDENTITY_FIELDS, Vault, VaultError, vault_path, write_vault
 from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
-from wobble.ingest.reader import field_text, field_timestamp, fingerprint, first_line
+from wobble.ingest.reader import field_text, field_timestamp, fingerprint, first_line, known_hash
 from wobble.ingest.state import RunState
 from wobble.ingest.validate import first_pass, ids_join
 
@@ -41,18 +41,18 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
     path = vault_path(cfg)
     registers = [f for f in plan_files(cfg, list(cfg.sources)) if f.path is not None and
                  (f.source.table == "persons" or (f.source.kind == "fhir" and f.fhir_type == "Patient"))]
-    try:
-        prints = {f.path: fingerprint(f.path) for f in registers}
+    try:  # an unchanged file's hash is known without reading it again (`known_hash`)
+        shas = {f.path: known_hash(con, f.path) or fingerprint(f.path).sha256 for f in registers}
     except OSError:
-        prints = {}  # the file is named below, where it fails to open
-    inputs = _inputs(con, registers, prints) if len(prints) == len(registers) else ""
+        shas = {}  # the file is named below, where it fails to open
+    inputs = _inputs(con, registers, shas) if len(shas) == len(registers) else ""
     built = _built_from(path, vault_key)
     if inputs and built.get("inputs") == inputs:
         return {"path": display_path(cfg, path), "people": int(built["people"]),
                 "register_files": int(built["register_files"]), "unchanged": True}
     for f in registers:
         try:
-            inp = open_input(con, cfg, f.source, f.path, prints.get(f.path) or fingerprint(f.path))
+            inp = open_input(con, cfg, f.source, f.path, fingerprint(f.path))
             if inp.table != "persons" or "nhs_number" not in inp.fields:
                 continue
             first_pass(run, inp, [], None)
@@ -73,14 +73,14 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
 _KEPT = "NOT opted_out AND person_id NOT IN (SELECT person_id FROM opt_out_ids)"  # whom the vault holds
 
 
-def _inputs(con, registers: list, prints: dict) -> str:
+def _inputs(con, registers: list, shas: dict) -> str:
     """A digest of everything a build reads: each register file's bytes and its source's settings
     (a changed column mapping changes the identities), who is kept (registered, not opted out:
     their pseudonyms' hashes, summed), the identity fields and this module's code (which lays the
     identities out), so that an upgrade that lays them out anew builds again."""
     h = hashlib.sha256(json.dumps([IDENTITY_FIELDS, version("wobble")]).encode() + Path(__file__).read_bytes())
     for f in registers:
-        h.update(f"{prints[f.path].sha256} {f.fhir_type} {f.source.model_dump_json()}".encode())
+        h.update(f"{shas[f.path]} {f.fhir_type} {f.source.model_dump_json()}".encode())
     n, total = con.execute(f"SELECT count(*), coalesce(sum(hash(person_id)::HUGEINT), 0)::VARCHAR "
                            f"FROM persons WHERE {_KEPT}").fetchone()
     h.update(f"{n} {total}".encode())

@@ -6,12 +6,15 @@ identifiers masked in quarantined rows).
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wobble.core.config import Source
 from wobble.core.sql import identifier, literal
 from wobble.core.vocab import AUTHOR_ROLES, ETHNICITY_GROUPS, MODES, SERVICES, SEXES, STATUSES, TAGS
+from wobble.core.warehouse import scalar
 from wobble.ingest.identifiers import (
     without_numbers_sql,
 )
@@ -44,6 +47,45 @@ class Fingerprint:
     size: int
     line_breaks: int
     ends_with_newline: bool
+
+
+# A file changed less than this before it was hashed may change again within its file system's
+# timestamp resolution (whole seconds, or two, on some) without its times showing it: hash it again.
+SETTLED_NS = 2_000_000_000
+
+
+def known_hash(con, path: Path) -> str | None:
+    """The content hash recorded for `path` (`remember_hash`) when the file has the same size,
+    inode, modification and change times as then, and had settled before it was hashed; else None.
+
+    As git's index trusts a file's stat data: any write changes its change time (which no tool
+    sets back), and a file replaced by another has a new inode, so an unchanged file need not be
+    read again to know it is one already loaded."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return scalar(con, """
+        SELECT content_hash FROM file_hashes
+        WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? AND inode = ? AND device = ?
+          AND hashed_at_ns - greatest(mtime_ns, ctime_ns) >= ?""",
+        [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, SETTLED_NS])
+
+
+def stat_and_fingerprint(path: Path) -> tuple[Fingerprint, os.stat_result, int]:
+    """`fingerprint(path)`, with the file's stat data and the clock (ns) taken before it was read:
+    what `remember_hash` records (a file written while it was read then no longer matches)."""
+    st = path.stat()
+    started = time.time_ns()
+    return fingerprint(path), st, started
+
+
+def remember_hash(con, path: Path, st: os.stat_result, started_ns: int, sha256: str) -> None:
+    """Record `path`'s hash with its stat data, for `known_hash`."""
+    key = str(path.resolve())
+    con.execute("DELETE FROM file_hashes WHERE path = ?", [key])
+    con.execute("INSERT INTO file_hashes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [key, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, sha256, started_ns])
 
 
 def fingerprint(path: Path) -> Fingerprint:

@@ -47,7 +47,7 @@ from wobble.ingest.load import Batch, FileResult, load_activity, load_persons
 from wobble.ingest.optout import apply_opt_out_list
 from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
 from wobble.ingest.quality import write_report
-from wobble.ingest.reader import Fingerprint, fingerprint, first_line
+from wobble.ingest.reader import Fingerprint, first_line, known_hash, remember_hash, stat_and_fingerprint
 from wobble.ingest.state import RunState
 
 
@@ -140,8 +140,17 @@ def ingest(
     with connect(cfg.warehouse, wait_seconds=wait) as con, ThreadPoolExecutor(1) as hasher:
         run = RunState(con, cfg, key, now)
         result.now = run.now
-        # Fingerprint files in the background, in load order, while earlier files load.
-        prints = {f.path: hasher.submit(fingerprint, f.path) for f in plan if f.path and not f.not_read}
+        # Fingerprint files in the background, in load order, while earlier files load; a file
+        # whose stat data show it is one already loaded (`known_hash`) is not read again.
+        stats: dict[Path, tuple] = {}
+
+        def hashed(path: Path) -> Fingerprint:
+            fp, st, started = stat_and_fingerprint(path)
+            stats[path] = (st, started)
+            return fp
+
+        prints = {f.path: _loaded_print(con, f.name, f.path) or hasher.submit(hashed, f.path)
+                  for f in plan if f.path and not f.not_read}
         result.opt_out_list = apply_opt_out_list(run)
         for f in plan:
             if f.path is None:
@@ -156,6 +165,8 @@ def ingest(
                 progress(f"{f.name}: {f.path.name}")
             fr = load_file(run, f.name, f.source, f.path, prints[f.path])
             result.files.append(fr)
+            if f.path in stats:
+                remember_hash(con, f.path, *stats[f.path], prints[f.path].result().sha256)
             if fr.table == "persons" and fr.status == "loaded" and run.opt_outs:
                 listed = apply_opt_out_list(run)  # newly registered people may be on the list
                 for k in ("persons_flagged", "rows_withdrawn"):
@@ -177,6 +188,23 @@ def ingest(
     return result
 
 
+def in_ledger(con, source: str, sha256: str) -> bool:
+    """Whether a file with this content was loaded for `source` already."""
+    return bool(scalar(con, "SELECT count(*) FROM load_ledger WHERE source = ? AND content_hash = ?",
+                       [source, sha256]))
+
+
+def _loaded_print(con, source: str, path: Path) -> Future | None:
+    """A finished fingerprint for a file its stat data show was loaded for `source` already
+    (`known_hash`): only its hash is known, which is all a skipped file needs; else None."""
+    sha = known_hash(con, path)
+    if sha is None or not in_ledger(con, source, sha):
+        return None
+    done: Future = Future()
+    done.set_result(Fingerprint(sha, path.stat().st_size, line_breaks=-1, ends_with_newline=False))
+    return done
+
+
 def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) -> FileResult:
     """Load one file in one transaction, or say why it failed; a file already in the ledger is skipped."""
     t0 = time.perf_counter()
@@ -185,11 +213,7 @@ def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) 
         fingerprint: Fingerprint = fp.result()
     except OSError as exc:
         return FileResult(name, rel, "failed", error=f"cannot read the file ({exc.strerror})")
-    seen = run.con.execute(
-        "SELECT count(*) FROM load_ledger WHERE source = ? AND content_hash = ?",
-        [name, fingerprint.sha256],
-    ).fetchone()[0]
-    if seen:
+    if in_ledger(run.con, name, fingerprint.sha256):
         return FileResult(name, rel, "skipped", seconds=time.perf_counter() - t0)
     batch = Batch(name, source, rel, f"{name}-{fingerprint.sha256[:16]}", fingerprint.sha256)
     try:
