@@ -201,7 +201,7 @@ def _loaded_print(con, source: str, path: Path) -> Future | None:
     if sha is None or not in_ledger(con, source, sha):
         return None
     done: Future = Future()
-    done.set_result(Fingerprint(sha, path.stat().st_size, line_breaks=-1, ends_with_newline=False))
+    done.set_result(Fingerprint(sha, size=-1, line_breaks=-1, ends_with_newline=False))
     return done
 
 
