@@ -25,3 +25,10 @@ class WarehouseBusy(WobbleError):
 
 class NotApproved(WobbleError):
     """A list was requested from a model version nobody has approved."""
+
+
+def first_line(exc: Exception) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type's name:
+    for a one-line error about a library's failure."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

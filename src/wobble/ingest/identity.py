@@ -18,10 +18,10 @@ from pathlib import Path
 
 import duckdb
 
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 from wobble.core.vault import IDENTITY_FIELDS, Vault, VaultError, vault_path, write_vault
 from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
-from wobble.ingest.reader import field_text, field_timestamp, fingerprint, first_line, known_hash
+from wobble.ingest.reader import field_text, field_timestamp, fingerprint, known_hash
 from wobble.ingest.state import RunState
 from wobble.ingest.validate import first_pass, ids_join
 
@@ -81,8 +81,9 @@ def _inputs(con, registers: list, shas: dict) -> str:
     h = hashlib.sha256(json.dumps([IDENTITY_FIELDS, version("wobble")]).encode() + Path(__file__).read_bytes())
     for f in registers:
         h.update(f"{shas[f.path]} {f.fhir_type} {f.source.model_dump_json()}".encode())
+    # fetchall: DuckDB 2.0 leaves a partly fetched result holding the connection (see `scalar`)
     n, total = con.execute(f"SELECT count(*), coalesce(sum(hash(person_id)::HUGEINT), 0)::VARCHAR "
-                           f"FROM persons WHERE {_KEPT}").fetchone()
+                           f"FROM persons WHERE {_KEPT}").fetchall()[0]
     h.update(f"{n} {total}".encode())
     return h.hexdigest()
 

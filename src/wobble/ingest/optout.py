@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import duckdb
 
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 from wobble.core.sql import identifier
 from wobble.core.warehouse import scalar, transaction
 from wobble.ingest.identifiers import (
     nhs_normalised_sql,
     nhs_valid_sql,
 )
-from wobble.ingest.reader import first_line
 
 # Opted-out people keep only their pseudonym, team, practice and the flag.
 OPTED_OUT_BLANKS = ("birth_year = NULL, sex = NULL, ethnicity_group = NULL, imd_decile = NULL, "

@@ -171,11 +171,6 @@ def select_fields(source: Source, types: dict[str, str] | None = None) -> str:
     return ", ".join(out)
 
 
-def first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
-
-
 def field_text(f: str, inp: Input) -> str:
     """The field as text (readers trim it, and give NULL when blank), NULL when not mapped."""
     if f not in inp.fields:

@@ -39,7 +39,7 @@ from pathlib import Path
 import duckdb
 
 from wobble.core.config import Config, Source
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 from wobble.core.vault import vault_key
 from wobble.core.warehouse import connect, scalar
 from wobble.ingest.identity import build_vault
@@ -47,7 +47,7 @@ from wobble.ingest.load import Batch, FileResult, load_activity, load_persons
 from wobble.ingest.optout import apply_opt_out_list
 from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
 from wobble.ingest.quality import write_report
-from wobble.ingest.reader import Fingerprint, first_line, known_hash, remember_hash, stat_and_fingerprint
+from wobble.ingest.reader import Fingerprint, known_hash, remember_hash, stat_and_fingerprint
 from wobble.ingest.state import RunState
 
 

@@ -8,14 +8,13 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from wobble.core.config import Config
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 from wobble.core.sql import literal
 from wobble.ingest.identifiers import (
     install_sql_pseudonym,
     nhs_valid_sql,
 )
 from wobble.ingest.optout import read_opt_out_list
-from wobble.ingest.reader import first_line
 
 LONDON = ZoneInfo("Europe/London")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import duckdb
 
 from wobble.core.config import Source
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 from wobble.core.sql import literal
 from wobble.core.warehouse import scalar
-from wobble.ingest.reader import TYPED, Fingerprint, Input, first_line, select_fields, tabular_input
+from wobble.ingest.reader import TYPED, Fingerprint, Input, select_fields, tabular_input
 
 
 def open_parquet(con, source: Source, path: Path) -> Input:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wobble.core.config import Config
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 
 EXPERIMENT = "wobble"
 
@@ -97,7 +97,7 @@ def _stored(c, mv, name: str, version: str) -> Iterator[None]:
             f"model {name} version {version}: its files are not where the MLflow store says they are "
             f"({where}). MLflow records full paths, so a store moved or copied from another folder "
             f"still points to the old one: put it back there, or train the model again with this store "
-            f"({(str(exc).strip().splitlines() or ['no detail'])[0]})") from None
+            f"({first_line(exc)})") from None
 
 
 # Where classes pickled by earlier versions of wobble live now (a calibrator was `wobble.train._Calibrator`
