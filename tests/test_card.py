@@ -215,3 +215,35 @@ def test_the_completeness_table_gives_each_team_its_usual_month_per_source(tiny_
                 for s in comp["systems"]]
         assert rows[t] == want, t
     assert rows[removed["team"]][comp["systems"].index(removed["system"])] == "none"
+
+
+def test_a_median_over_fewer_people_than_the_threshold_is_not_shown(tiny_trained):
+    """What the lists hold: a lead time or days into a rise over fewer people than the spec's
+    small-number threshold says "too few people", never a median of one or two."""
+    import copy
+
+    from wobble.core.render import render
+    from wobble.models.card import build_view
+
+    cfg, result = tiny_trained
+    spec = load_spec(cfg.models_dir, "crisis_90d")
+    est = {"value": 0.5, "low": 0.4, "high": 0.6}
+
+    def figs(people: int) -> dict:
+        median = {"value": 21.0, "low": 14.0, "high": 28.0, "people": people}
+        return {"rows": 40, "people": 30, "rising": est, "in_crisis": est, "crisis_contact_30d": est,
+                "precision_crisis_90d": est, "precision_crisis_90d_not_in_crisis_care": est,
+                "lead_days": median, "days_into_rise": {**median, "value": 35.0}}
+
+    ev = copy.deepcopy(result.evaluation)
+    k = spec.small_number_threshold
+    ev["lists"] = {"lists": {"model": figs(k), "truth": figs(k - 1)},
+                   "notes": {"model": "its cohort", "truth": "by the truth"}, "truth": True, "burn_in_weeks": 8}
+    view = build_view(spec=spec, evaluation=ev, version="1", run_id=result.run_id, demo=False, approvals=[],
+                      figures={"calibration": "c.png", "roc": "r.png"})
+    md = render("card.md.j2", **view)
+    too_few = f"too few people (under {spec.small_number_threshold})"
+    lead = next(x for x in md.splitlines() if x.startswith("| median days from first listing to crisis (people)"))
+    rise = next(x for x in md.splitlines() if x.startswith("| median days into a rising phase at first listing"))
+    assert lead.split("|")[2:4] == [f" 21 days (14 to 28 days) ({spec.small_number_threshold}) ", f" {too_few} "]
+    assert rise.split("|")[2:4] == [f" 35 days (14 to 28 days) ({spec.small_number_threshold}) ", f" {too_few} "]
