@@ -247,3 +247,32 @@ def test_a_median_over_fewer_people_than_the_threshold_is_not_shown(tiny_trained
     rise = next(x for x in md.splitlines() if x.startswith("| median days into a rising phase at first listing"))
     assert lead.split("|")[2:4] == [f" 21 days (14 to 28 days) ({spec.small_number_threshold}) ", f" {too_few} "]
     assert rise.split("|")[2:4] == [f" 35 days (14 to 28 days) ({spec.small_number_threshold}) ", f" {too_few} "]
+
+
+def test_the_target_section_reads_right_for_one_measure_or_several(tiny_trained):
+    """A rise target watching one count says "the count below rises"; one watching several says
+    "any of these rises", and lists each."""
+    from wobble.core.render import render
+    from wobble.models.card import build_view
+    from wobble.models.spec import Measure
+
+    cfg, result = tiny_trained
+    spec = load_spec(cfg.models_dir, "early_warning_90d")
+    contacts = Measure(source="contacts", statuses=["attended"], min_count=3, prior_count=0.5)
+    both = spec.model_copy(update={"target": spec.target.model_copy(
+        update={"measures": [contacts, *spec.target.measures]})})
+
+    def target_section(s) -> str:
+        view = build_view(spec=s, evaluation=result.evaluation, version="1", run_id=result.run_id, demo=False,
+                          approvals=[], figures={"calibration": "c.png", "roc": "r.png"})
+        md = render("card.md.j2", **view)
+        return md.split("## Target and horizon", 1)[1].split("\n## ", 1)[0]
+
+    def counts(section: str) -> list[str]:
+        return section.split("(Poisson):", 1)[1].strip().split("\n\n", 1)[0].splitlines()
+
+    one, two = target_section(spec), target_section(both)
+    assert "the count below rises well above" in one and "any of these" not in one
+    assert counts(one) == ["- concern tags noted by frontline staff: at least 2, prior count 0.25;"]
+    assert "any of these rises well above" in two and "the count below" not in two
+    assert len(counts(two)) == 2 and counts(two)[1] == counts(one)[0]

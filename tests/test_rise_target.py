@@ -20,7 +20,7 @@ from wobble.core.vocab import CRISIS_SERVICES, SERVICES
 from wobble.core.warehouse import connect
 from wobble.models.cohort import eligible_sql, label_sql, poisson_tail_sql
 from wobble.models.grading import BURN_IN_WEEKS, burn_in, figures, listed, truth_score
-from wobble.models.spec import load_spec, timesplit
+from wobble.models.spec import Measure, load_spec, timesplit
 
 AS_OFS = [date(2026, 3, 2), date(2026, 8, 24)]
 
@@ -28,6 +28,15 @@ AS_OFS = [date(2026, 3, 2), date(2026, 8, 24)]
 @pytest.fixture(scope="module")
 def spec():
     return load_spec(PACKAGED_MODELS, "early_warning_90d")
+
+
+@pytest.fixture(scope="module")
+def two_measures(spec):
+    """The shipped spec watching routine contacts too, as it did before it watched concerns only: the
+    label code serves any measures a site declares, so the reference checks a contacts measure as well."""
+    contacts = Measure(source="contacts", statuses=["attended"], min_count=3, prior_count=0.5)
+    t = spec.target
+    return spec.model_copy(update={"target": t.model_copy(update={"measures": [contacts, *t.measures]})})
 
 
 # --- P(X >= n) for a Poisson count -----------------------------------------------------------------
@@ -75,7 +84,7 @@ def test_poisson_tail_of_nothing_is_one_and_the_worked_example():
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_world, spec):
+def tiny(tiny_world, spec, two_measures):
     """(rows, reference, disagreements, eligible frame, persons, contacts) on the tiny world: 300
     people and one who is not there, at two Mondays."""
     cfg = load_config(tiny_world / "wobble.toml")
@@ -87,7 +96,7 @@ def tiny(tiny_world, spec):
         people = con.sql("SELECT * FROM persons WHERE person_id IN (SELECT person_id FROM _rows)").pl()
         contacts = con.sql("SELECT * FROM contacts WHERE person_id IN (SELECT person_id FROM _rows)").pl()
         tags = con.sql("SELECT * FROM tags WHERE person_id IN (SELECT person_id FROM _rows)").pl()
-        expected, wrong = _disagreements(con, spec, rows, contacts, tags, max_levels=12)
+        expected, wrong = _disagreements(con, two_measures, rows, contacts, tags, max_levels=12)
         eligible = con.sql(f"SELECT r.person_id, r.as_of, {eligible_sql(spec, 'r.as_of')} AS eligible "
                            "FROM _rows r JOIN persons p USING (person_id)").pl()
     return rows, expected, wrong, eligible, people, contacts
@@ -169,12 +178,14 @@ def _disagreements(con, spec, rows, contacts, tags, max_levels: int | None = Non
     return expected, wrong
 
 
-def test_the_spec_is_the_one_the_reference_reads(spec):
+def test_the_spec_is_the_one_the_reference_reads(spec, two_measures):
     t = spec.target
     assert (t.kind, t.horizon_days, tuple(t.usual_days), t.significance) == ("rise", 90, (91, 365), 0.01)
-    assert [(m.source, m.min_count, m.prior_count) for m in t.measures] == [("contacts", 3, 0.5), ("tags", 2, 0.25)]
-    assert t.measures[0].services is None and t.measures[0].statuses == ["attended"]
-    assert t.measures[1].polarity == "concern"
+    assert [(m.source, m.polarity, m.min_count, m.prior_count) for m in t.measures] == [("tags", "concern", 2, 0.25)]
+    assert t.outcome_phrase == "concerns rising well above their usual"
+    both = two_measures.target.measures
+    assert [(m.source, m.min_count, m.prior_count) for m in both] == [("contacts", 3, 0.5), ("tags", 2, 0.25)]
+    assert both[0].services is None and both[0].statuses == ["attended"]
     c = spec.cohort
     assert (c.min_age, c.max_age, c.no_crisis_days, c.min_registered_days) == (18, 120, 90, 365)
 
@@ -204,7 +215,7 @@ tag = st.tuples(moment, st.sampled_from(["concern", "concern", "strength"]))
 @settings(max_examples=40, deadline=None)
 @given(people=st.lists(st.tuples(st.sampled_from(AS_OFS), st.lists(contact, max_size=30), st.lists(tag, max_size=10)),
                        min_size=1, max_size=4))
-def test_rise_label_matches_a_slow_reference_at_the_window_edges(spec, people):
+def test_rise_label_matches_a_slow_reference_at_the_window_edges(two_measures, people):
     rows, contacts, tags = [], [], []
     for i, (as_of, cs, ts) in enumerate(people):
         midnight = datetime.combine(as_of, datetime.min.time())
@@ -220,7 +231,7 @@ def test_rise_label_matches_a_slow_reference_at_the_window_edges(spec, people):
         for name, frame in (("_rows", rows), ("contacts", contacts), ("tags", tags)):
             con.register(f"_{name}_frame", frame)
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}_frame")
-        _, wrong = _disagreements(con, spec, rows, contacts, tags)
+        _, wrong = _disagreements(con, two_measures, rows, contacts, tags)
     assert not wrong, wrong[:5]
 
 

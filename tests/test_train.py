@@ -272,3 +272,27 @@ def test_a_sample_read_alone_fits_the_same_model():
     # without n_fit the shares would be the sample's, and the rows used another set
     other = fit_lightgbm(spec, X[kept], y[kept], draw[kept], features, seed=7)
     assert other.candidates[0]["rows"] != whole.candidates[0]["rows"]
+
+
+def test_a_target_the_data_never_show_says_so_in_one_line_naming_the_spec(tmp_path, tiny_world):
+    """Concerns rising needs concern tags: on data that never show the outcome (here, a count no one
+    reaches), training stops with one line naming the outcome and the spec to change."""
+    from wobble.core.config import load_config
+    from wobble.core.errors import WobbleError
+    from wobble.models.train import train
+
+    work = copy_tree(tiny_world, tmp_path / "w")
+    copy_tree(PACKAGED_MODELS, work / "models")
+    ew = work / "models" / "early_warning_90d.yml"
+    text = ew.read_text()
+    assert "{source: tags, polarity: concern, min_count: 2," in text
+    ew.write_text(text.replace("{source: tags, polarity: concern, min_count: 2,",
+                               "{source: tags, polarity: concern, min_count: 500,"))
+    toml = work / "wobble.toml"
+    toml.write_text(toml.read_text().replace("[paths]\n", '[paths]\nmodels = "models"\n', 1))
+    with pytest.raises(WobbleError) as err:
+        train(load_config(toml), "early_warning_90d", key=TEST_KEY.encode(), register=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "training rows with 0 outcomes (concerns rising well above their usual)" in message
+    assert "change its target in models/early_warning_90d.yml" in message

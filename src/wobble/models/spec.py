@@ -98,7 +98,7 @@ class Target(_Strict):
     def outcome_phrase(self) -> str:
         """'a crisis': what the list says a person has a chance of."""
         return self.phrase or {"crisis": "a crisis", "escalation": "contacts at least doubling",
-                               "rise": "contacts or concerns rising well above their usual"}[self.kind]
+                               "rise": "a rise well above their usual"}[self.kind]
 
 
 class Cohort(_Strict):

@@ -221,8 +221,7 @@ def _examples(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[str
     with connect(cfg.warehouse, read_only=True) as con:
         train_df = load_rows(con, spec, split, columns, share, test=False, draws=sample_sql(spec, n_fit))
     if train_df.height < 200 or train_df["label"].sum() < 5:
-        raise WobbleError(f"too little data to train {spec.name}: {train_df.height} training rows with "
-                          f"{int(train_df['label'].sum())} outcomes")
+        raise _too_little(spec, "train", train_df)
     return train_df
 
 
@@ -233,9 +232,18 @@ def _test_rows(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[st
     with connect(cfg.warehouse, read_only=True) as con:
         test_df = load_rows(con, spec, split, columns, share, train=False)
     if test_df["label"].sum() < 5:
-        raise WobbleError(f"too little data to test {spec.name}: {test_df.height} test rows with "
-                          f"{int(test_df['label'].sum())} outcomes")
+        raise _too_little(spec, "test", test_df)
     return test_df
+
+
+
+def _too_little(spec: ModelSpec, step: str, rows: pl.DataFrame) -> WobbleError:
+    """The one line for too few rows or outcomes to `step` ("train" or "test") on: it names the outcome,
+    since a target the data rarely show (few concern tags, say) is mended in the model's spec."""
+    which = "training" if step == "train" else step
+    return WobbleError(f"too little data to {step} {spec.name}: {rows.height} {which} rows with "
+                       f"{int(rows['label'].sum())} outcomes ({spec.target.outcome_phrase}); if the data "
+                       f"rarely show that, change its target in models/{spec.name}.yml")
 
 
 # --- evaluation ---------------------------------------------------------------------------------
