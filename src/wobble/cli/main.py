@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 
 app = typer.Typer(
     name="wobble",
@@ -64,8 +64,7 @@ def friendly(fn):
                 raise
             from rich.markup import escape  # DuckDB's text and "[ingest]" are not markup
 
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-            err.print(f"[bold red]wobble:[/] DuckDB ran out of memory ({escape(first)}). Give it more room "
+            err.print(f"[bold red]wobble:[/] DuckDB ran out of memory ({escape(first_line(exc))}). Give it more room "
                       f"(stop other jobs on this machine; for ingest, raise memory_limit under {escape('[ingest]')} "
                       "in wobble.toml) and run it again.", highlight=False, soft_wrap=True)
             raise typer.Exit(OUT_OF_MEMORY) from None

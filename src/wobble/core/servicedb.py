@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 
 META = MetaData()
 
@@ -237,7 +237,8 @@ class ServiceDB:
 
 
 def _first_line(exc: Exception) -> str:
-    return str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+    """The first line of a database error: the driver's own (`orig`) when SQLAlchemy wraps one."""
+    return first_line(getattr(exc, "orig", exc))
 
 
 def _busy_or_error(exc: Exception) -> Exception:

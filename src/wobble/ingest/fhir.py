@@ -31,7 +31,7 @@ from pathlib import Path
 import duckdb
 
 from wobble.core.config import Config, Source
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, first_line
 from wobble.core.sql import literal
 from wobble.ingest.identifiers import without_numbers_sql
 from wobble.ingest.reader import Fingerprint, Input
@@ -453,13 +453,13 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
             [str(path), "\x1f"],
         )
     except duckdb.Error as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         if "invalid unicode" in str(exc).lower():
             raise WobbleError("the file is not UTF-8 text (FHIR NDJSON must be)") from None
         if "maximum line size" in msg.lower():
             raise WobbleError(f"a line is longer than the {source.max_line_bytes:,}-byte limit "
                               "(raise max_line_bytes in the source block if such resources are expected)") from None
-        raise WobbleError(f"cannot read as NDJSON ({msg[:200]})") from None
+        raise WobbleError(f"cannot read as NDJSON ({msg})") from None
     con.execute("""
         CREATE OR REPLACE TEMP TABLE fhir_lines AS
         SELECT _ord, j, CASE WHEN json_valid(j) THEN json_type(j) = 'OBJECT' ELSE false END AS ok

@@ -236,7 +236,6 @@ def _test_rows(cfg: Config, spec: ModelSpec, split: TimeSplit, features: list[st
     return test_df
 
 
-
 def _too_little(spec: ModelSpec, step: str, rows: pl.DataFrame) -> WobbleError:
     """The one line for too few rows or outcomes to `step` ("train" or "test") on: it names the outcome,
     since a target the data rarely show (few concern tags, say) is mended in the model's spec."""
