@@ -273,3 +273,28 @@ def test_calibration_intervals_hold_their_observed_rate_inside_zero_and_one(n, p
     low, obs, high = (np.array(curve[k]) for k in ("low", "observed", "high"))
     assert (low >= 0).all() and (high <= 1).all()
     assert (low <= obs).all() and (obs <= high).all()
+
+
+@pytest.mark.parametrize("auroc_target, cases, non_cases", [(0.75, 100, 5000), (0.65, 40, 2000), (0.85, 400, 4000)])
+def test_the_auroc_standard_error_matches_the_spread_over_data_sets_drawn_afresh(auroc_target, cases, non_cases):
+    """DeLong's standard error against the slow, obvious estimate: the spread of the AUROC over data
+    sets drawn afresh from the same population (binormal scores with that separation)."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(5)
+    shift = np.sqrt(2) * norm.ppf(auroc_target)  # binormal: AUROC = Φ(shift / √2)
+    y = np.r_[np.ones(cases, int), np.zeros(non_cases, int)]
+    draws, ses = [], []
+    for _ in range(400):
+        p = np.r_[rng.normal(shift, 1, cases), rng.normal(0, 1, non_cases)]
+        draws.append(M.auroc_score(y, p))
+        ses.append(M.auroc_standard_error(y, p))
+    assert np.mean(ses) == pytest.approx(np.std(draws), rel=0.1)
+
+
+def test_the_auroc_standard_error_by_hand():
+    """Two cases, two non-cases, scores 0.1, 0.4 (non-cases) and 0.35, 0.8 (cases): the case at 0.35
+    is above one non-case of two (½), the one at 0.8 above both (1); the non-case at 0.1 is below
+    both cases (1), the one at 0.4 below one (½). Variances ⅛ and ⅛ (ddof 1), over 2 each: √⅛."""
+    assert M.auroc_standard_error([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(math.sqrt(1 / 8))
+    assert np.isnan(M.auroc_standard_error([0, 0, 0, 1], [0.1, 0.2, 0.3, 0.4]))  # one case: no spread

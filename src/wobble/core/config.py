@@ -185,7 +185,7 @@ class Monitor(_Strict):
 
     psi_watch: float = Field(default=0.1, gt=0)    # population stability index: a shift to watch
     psi_act: float = Field(default=0.25, gt=0)     # ... a shift to act on
-    auroc_drop: float = Field(default=0.05, gt=0, lt=0.5)  # matured AUROC this far below the card's
+    auroc_drop: float = Field(default=0.05, gt=0, lt=0.5)  # matured AUROC this far below the card's, beyond chance
     calibration_slope: tuple[float, float] = (0.8, 1.25)   # matured slope outside this range
     min_crises: int = Field(default=20, ge=1)      # fewer matured crises: reported, not judged
     fail_on: Literal["act", "watch"] = "act"       # the level that makes `wobble monitor` exit 1

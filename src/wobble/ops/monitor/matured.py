@@ -2,7 +2,8 @@
 
 AUROC, calibration and precision at capacity on the people scored at each matured list, overall
 and per fairness group, next to the figures and 95% intervals of the version's model card (read
-from the card's own evaluation, so labels and intervals are the card's).
+from the card's own evaluation, so labels and intervals are the card's). A matured AUROC below the
+card's is a finding only beyond the monitor's tolerance and beyond chance (`below_card`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from wobble.models.tracking import load_evaluation
 from wobble.ops.monitor.findings import Finding
 
 OE_RANGE = (0.8, 1.25)  # observed / expected crises outside this: watch
+Z95 = 1.96  # a drop within this many standard errors is within chance
 
 
 def _matured(con, cfg: Config, spec, as_of: date) -> dict:
@@ -105,15 +107,34 @@ def _performance(frame: pl.DataFrame) -> dict:
     listed = frame["listed"].to_numpy().astype(bool)
     slope, intercept = M.calibration_slope_intercept(y, p)
     crises = int(y.sum())
+    auroc = M.auroc_score(y, p)
     return {
         "people": frame.height, "crises": crises, "observed_rate": float(y.mean()),
         "mean_risk": float(p.mean()), "observed_to_expected": crises / max(float(p.sum()), 1e-9),
-        "auroc": M.auroc_score(y, p), "brier": M.brier_loss(y, p), "calibration_slope": slope,
+        "auroc": auroc, "auroc_se": M.auroc_standard_error(y, p),
+        "brier": M.brier_loss(y, p), "calibration_slope": slope,
         "calibration_intercept": intercept, "listed": int(listed.sum()),
         "listed_crises": int((y.astype(bool) & listed).sum()),
         "precision_at_capacity": float(y[listed].mean()) if listed.any() else float("nan"),
         "recall_at_capacity": float(y[listed].sum() / crises) if crises else float("nan"),
     }
+
+
+def below_card(card_auroc: float | None, observed: dict, auroc_drop: float) -> bool:
+    """Whether a matured AUROC (`observed`: `_performance`'s figures) is below the card's by more than
+    `auroc_drop` and by more than chance gives over that many people (Z95 standard errors): a list
+    of 100 crises among 7,000 people may read 0.05 below its card by chance alone."""
+    if card_auroc is None or math.isnan(observed["auroc"]):
+        return False
+    drop = card_auroc - observed["auroc"]
+    se = observed.get("auroc_se", float("nan"))
+    return drop > auroc_drop and (math.isnan(se) or drop > Z95 * se)
+
+
+def _within(o: dict) -> str:
+    """' (95% interval 0.675–0.789)' for a matured AUROC with its standard error, else ''."""
+    se = o.get("auroc_se", float("nan"))
+    return "" if math.isnan(se) else f" (95% interval {o['auroc'] - Z95 * se:.3f}–{o['auroc'] + Z95 * se:.3f})"
 
 
 def _performance_findings(matured: dict, m) -> list[Finding]:
@@ -125,11 +146,11 @@ def _performance_findings(matured: dict, m) -> list[Finding]:
         when = f"lists from {dates[0]} to {dates[-1]}" if len(dates) > 1 else f"the list of {dates[0]}"
         if o["crises"] < m.min_crises:
             continue
-        if card.get("auroc") is not None and card["auroc"] - o["auroc"] > m.auroc_drop:
+        if below_card(card.get("auroc"), o, m.auroc_drop):
             out.append(Finding(
                 "act", "performance",
-                f"Version {v['version']} ranks people less well than its model card says: AUROC {o['auroc']:.3f} "
-                f"on {when}, against {card['auroc']:.3f} on the card.",
+                f"Version {v['version']} ranks people less well than its model card says: AUROC {o['auroc']:.3f}"
+                f"{_within(o)} on {when}, against {card['auroc']:.3f} on the card.",
                 "People who went on to a crisis were less often near the top of the lists than the board "
                 "was told. Look at the drift section for a cause; the data team decides whether to retrain "
                 "and the governance board whether to approve a new version."))
@@ -152,12 +173,11 @@ def _performance_findings(matured: dict, m) -> list[Finding]:
         for col, rows in v["subgroups"].items():
             for r in rows:
                 mr, card_auroc = r["metrics"], r["card_auroc"]
-                if mr and card_auroc is not None and r["crises"] >= m.min_crises \
-                        and card_auroc - mr["auroc"] > m.auroc_drop:
+                if mr and r["crises"] >= m.min_crises and below_card(card_auroc, mr, m.auroc_drop):
                     out.append(Finding(
                         "watch", "performance",
                         f"For {FAIRNESS_ATTRIBUTES[col]} {r['value']}, version {v['version']} ranks people "
-                        f"less well than its card says: AUROC {mr['auroc']:.3f} on {when}, against "
+                        f"less well than its card says: AUROC {mr['auroc']:.3f}{_within(mr)} on {when}, against "
                         f"{card_auroc:.3f} on the card ({r['people']:,} person-dates, {r['crises']:,} crises).",
                         "A group for whom the model has got worse is a fairness question for the governance "
                         "board."))
