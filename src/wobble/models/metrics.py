@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import rankdata
 
 EPS = 1e-6
 
@@ -107,8 +108,6 @@ def auroc_standard_error(y, p) -> float:
     people may stray by chance alone. NaN without both classes.
 
     e.g. 100 cases among 5,100 people, AUROC near 0.75: about 0.022, so 0.71 is within chance of 0.75."""
-    from scipy.stats import rankdata
-
     y, p, _ = _arrays(y, p, None)
     pos = y.astype(bool)
     n1, n0 = int(pos.sum()), int((~pos).sum())
