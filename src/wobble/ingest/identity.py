@@ -41,8 +41,14 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
     path = vault_path(cfg)
     registers = [f for f in plan_files(cfg, list(cfg.sources)) if f.path is not None and
                  (f.source.table == "persons" or (f.source.kind == "fhir" and f.fhir_type == "Patient"))]
+    prints = {}  # files read for their hash here, kept for the build below rather than read again
     try:  # an unchanged file's hash is known without reading it again (`known_hash`)
-        shas = {f.path: known_hash(con, f.path) or fingerprint(f.path).sha256 for f in registers}
+        shas = {}
+        for f in registers:
+            shas[f.path] = known_hash(con, f.path)
+            if shas[f.path] is None:
+                prints[f.path] = fingerprint(f.path)
+                shas[f.path] = prints[f.path].sha256
     except OSError:
         shas = {}  # the file is named below, where it fails to open
     inputs = _inputs(con, registers, shas) if len(shas) == len(registers) else ""
@@ -52,7 +58,7 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
                 "register_files": int(built["register_files"]), "unchanged": True}
     for f in registers:
         try:
-            inp = open_input(con, cfg, f.source, f.path, fingerprint(f.path))
+            inp = open_input(con, cfg, f.source, f.path, prints.get(f.path) or fingerprint(f.path))
             if inp.table != "persons" or "nhs_number" not in inp.fields:
                 continue
             first_pass(run, inp, [], None)
