@@ -276,3 +276,6 @@ def test_the_target_section_reads_right_for_one_measure_or_several(tiny_trained)
     assert counts(one) == ["- concern tags noted by frontline staff: at least 2, prior count 0.25;"]
     assert "any of these rises well above" in two and "the count below" not in two
     assert len(counts(two)) == 2 and counts(two)[1] == counts(one)[0]
+    # the example of a high usual level names what the target counts
+    assert "someone with many concerns noted every year" in one
+    assert "someone with many contacts or concerns every year" in two
