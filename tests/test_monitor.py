@@ -149,6 +149,8 @@ def test_a_world_without_drift_is_not_flagged(monitor_world):
     assert 0.8 <= v["overall"]["calibration_slope"] <= 1.25
     text = result.report_md.read_text()
     assert "Matured performance" in text and "not flagged" in text
+    # the outcome is the model's own (concerns rising), not a crisis
+    assert "went on to concerns rising well above their usual" in text and "went on to a crisis" not in text
 
 
 def test_outcomes_and_impact_are_counted_as_recorded(monitor_world):

@@ -36,6 +36,7 @@ def _matured(con, cfg: Config, spec, as_of: date) -> dict:
     pending = scalar(con, "SELECT min(as_of) FROM huddle_lists WHERE model_name = ? AND as_of > ?",
                      [spec.name, last_matured])
     out = {"horizon_days": h, "matured_before": last_matured.isoformat(), "versions": [],
+           "outcome": spec.target.outcome_phrase,  # what "went on to" means: a crisis, or a rise
            "next_matures": (pending + timedelta(days=h)).isoformat() if pending else None}
     for version, as_ofs in lists:
         frame = _matured_rows(con, spec, version, as_ofs)
@@ -140,6 +141,7 @@ def _within(o: dict) -> str:
 def _performance_findings(matured: dict, m) -> list[Finding]:
     out = []
     lo, hi = m.calibration_slope
+    outcome = matured.get("outcome", "a crisis")
     for v in matured["versions"]:
         o, card = v["overall"], v["card"]
         dates = v["as_ofs"]
@@ -151,7 +153,7 @@ def _performance_findings(matured: dict, m) -> list[Finding]:
                 "act", "performance",
                 f"Version {v['version']} ranks people less well than its model card says: AUROC {o['auroc']:.3f}"
                 f"{_within(o)} on {when}, against {card['auroc']:.3f} on the card.",
-                "People who went on to a crisis were less often near the top of the lists than the board "
+                f"People who went on to {outcome} were less often near the top of the lists than the board "
                 "was told. Look at the drift section for a cause; the data team decides whether to retrain "
                 "and the governance board whether to approve a new version."))
         if not math.isnan(o["calibration_slope"]) and not lo <= o["calibration_slope"] <= hi:
@@ -166,10 +168,10 @@ def _performance_findings(matured: dict, m) -> list[Finding]:
         if not OE_RANGE[0] <= oe <= OE_RANGE[1]:
             out.append(Finding(
                 "watch", "performance",
-                f"On {when}, {o['crises']:,} people had a crisis where the risks implied about "
+                f"On {when}, {o['crises']:,} people went on to {outcome} where the risks implied about "
                 f"{o['crises'] / oe:,.0f} (observed ÷ expected {oe:.2f}).",
                 "Risks are running " + ("low" if oe > 1 else "high") + ": either need has changed or the "
-                "recording of crises has."))
+                "recording has."))
         for col, rows in v["subgroups"].items():
             for r in rows:
                 mr, card_auroc = r["metrics"], r["card_auroc"]
@@ -177,8 +179,9 @@ def _performance_findings(matured: dict, m) -> list[Finding]:
                     out.append(Finding(
                         "watch", "performance",
                         f"For {FAIRNESS_ATTRIBUTES[col]} {r['value']}, version {v['version']} ranks people "
-                        f"less well than its card says: AUROC {mr['auroc']:.3f}{_within(mr)} on {when}, against "
-                        f"{card_auroc:.3f} on the card ({r['people']:,} person-dates, {r['crises']:,} crises).",
+                        f"less well than its card says: AUROC {mr['auroc']:.3f}{_within(mr)} on {when}, "
+                        f"against {card_auroc:.3f} on the card ({r['people']:,} person-dates, "
+                        f"{r['crises']:,} with the outcome).",
                         "A group for whom the model has got worse is a fairness question for the governance "
                         "board."))
     return out
