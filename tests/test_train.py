@@ -58,9 +58,10 @@ def test_bad_specs_name_the_key(tmp_path, change, message):
 def test_timesplit_worked_example():
     """The example in timesplit's docstring and in models/crisis_90d.yml."""
     spec = load_spec(MODELS, "crisis_90d")
-    s = timesplit(spec.schedule, 90, date(2026, 11, 23))
+    s = timesplit(spec.schedule, 90, date(2026, 11, 23), data_start=date(2023, 11, 27))
     assert s.test[0] == date(2026, 6, 1) and s.test[-1] == date(2026, 8, 24) and len(s.test) == 7
-    assert s.train[-1] == date(2026, 3, 2) and s.train[0] >= spec.schedule.train_start
+    # a year of data before the first (2024-12-02), on the 4-weekly grid back from 2026-03-02
+    assert s.train[-1] == date(2026, 3, 2) and s.train[0] == date(2024, 12, 9) and len(s.train) == 17
     assert all((b - a).days == 28 for a, b in zip(s.train, s.train[1:], strict=False))
     assert s.last_label_date == date(2026, 5, 30) and s.gap_days == 2
     assert s.test[-1] + timedelta(days=90) <= s.data_end  # every test outcome has matured

@@ -16,6 +16,7 @@ from wobble.features.build import (
 )
 from wobble.features.catalogue import Catalogue, Feature, catalogue_markdown, load_catalogue
 from wobble.features.compile import cohort_sql
+from wobble.features.feeds import data_start
 
 __all__ = ["Catalogue", "Feature", "FeaturesResult", "build_features", "catalogue_markdown", "cohort_sql",
-           "compute_snapshots", "dates_to_build", "dates_without_rows", "load_catalogue", "shared_tables"]
+           "compute_snapshots", "data_start", "dates_to_build", "dates_without_rows", "load_catalogue", "shared_tables"]

@@ -29,6 +29,8 @@ import polars as pl
 
 from wobble.core.sql import dates
 from wobble.core.vocab import system_label
+from wobble.core.warehouse import scalar
+from wobble.features.language import TIME_COLUMN
 
 QUIET_SHARE = 0.1
 MIN_USUAL = 10
@@ -173,3 +175,15 @@ def feed_status(frame: pl.DataFrame) -> dict[str, str]:
                    pl.col("quiet").any().alias("any_quiet")))
     return {r["team_id"]: "ongoing" if r["ongoing"] else "resumed" if r["any_quiet"] else "none"
             for r in status.iter_rows(named=True)}
+
+
+def data_start(con, source: str = "contacts") -> date | None:
+    """The day `source`'s records begin in earnest (None: it holds none): the first record of the
+    first month holding at least QUIET_SHARE of the median month's records, so a few stray old
+    records (an appointment from 1998 in a GP extract) do not count as years of history.
+    Contacts by the day they happened, tags by the day they were recorded."""
+    t = TIME_COLUMN[source]
+    return scalar(con, f"""
+        WITH m AS (SELECT date_trunc('month', {t}) AS month, count(*) AS n, min({t})::DATE AS first
+                   FROM {source} GROUP BY 1)
+        SELECT min(first) FROM m WHERE n >= {QUIET_SHARE} * (SELECT median(n) FROM m)""")

@@ -95,6 +95,11 @@ class Target(_Strict):
         return self
 
     @property
+    def history_days(self) -> int:
+        """How many days before the as-of date the label reads (a usual level), 0 if none."""
+        return {"crisis": 0, "escalation": self.prior_days, "rise": self.usual_days[1]}[self.kind]
+
+    @property
     def outcome_phrase(self) -> str:
         """'a crisis': what the list says a person has a chance of."""
         return self.phrase or {"crisis": "a crisis", "escalation": "contacts at least doubling",
@@ -126,7 +131,11 @@ class ListSettings(_Strict):
 
 
 class Schedule(_Strict):
-    train_start: date
+    # The earliest training as-of, a Monday. Absent: the first Monday with enough history before it
+    # (`timesplit`): a site's data never span the demo's dates, and a fixed date either asks for
+    # history the data do not have or, as years pass, lets training reach ever further back.
+    train_start: date | None = None
+    train_weeks: int | None = Field(default=None, ge=0)  # training as-ofs span at most this many weeks
     train_every_weeks: int = Field(default=4, ge=1)
     test_weeks: int = Field(default=12, ge=1)
     test_every_weeks: int = Field(default=2, ge=1)
@@ -137,8 +146,8 @@ class Schedule(_Strict):
 
     @field_validator("train_start")
     @classmethod
-    def _monday(cls, v: date) -> date:
-        if not is_monday(v):
+    def _monday(cls, v: date | None) -> date | None:
+        if v is not None and not is_monday(v):
             raise ValueError(f"{v} is not a Monday")
         return v
 
@@ -251,26 +260,42 @@ class TimeSplit:
         return (self.test[0] - self.last_label_date).days
 
 
-def timesplit(schedule: Schedule, horizon_days: int, data_end: date) -> TimeSplit:
+def timesplit(schedule: Schedule, horizon_days: int, data_end: date, *, data_start: date | None = None,
+              history_days: int = 365) -> TimeSplit:
     """Split as-of dates so that no training outcome overlaps the test period.
 
     e.g. data_end 2026-11-23, horizon 90: last matured as-of = Monday on/before 2026-08-25
     = 2026-08-24; test = every 2 weeks over 12 weeks back from it (2026-06-01 … 2026-08-24);
-    last training as-of = Monday on/before 2026-06-01 − 90 days = 2026-03-02.
+    last training as-of = Monday on/before 2026-06-01 − 90 days = 2026-03-02. Training as-ofs
+    step back from there every `train_every_weeks`, over at most `train_weeks`, to the earliest
+    allowed: `train_start`, and the first Monday with `history_days` of data before it (data from
+    2023-11-27 and 365 days: 2024-12-02), since a snapshot or a label reaching before the data
+    would read a quiet year as a person's usual.
     """
     horizon = timedelta(days=horizon_days)
     last_test = monday_on_or_before(data_end - horizon)
     n_test = schedule.test_weeks // schedule.test_every_weeks + 1
     test = sorted(last_test - timedelta(weeks=k * schedule.test_every_weeks) for k in range(n_test))
     last_train = monday_on_or_before(test[0] - horizon)
-    if last_train < schedule.train_start:
+    bounds = {}
+    if schedule.train_start:
+        bounds[schedule.train_start] = f"train_start {schedule.train_start}"
+    if data_start:
+        first = monday_on_or_before(data_start + timedelta(days=history_days + 6))
+        bounds[first] = f"{first}, the first Monday with {history_days} days of data before it (from {data_start})"
+    if schedule.train_weeks is not None:
+        bounds[last_train - timedelta(weeks=schedule.train_weeks)] = ""
+    if not bounds:
+        raise ConfigError("the schedule needs train_start or train_weeks when the data's start is not known")
+    earliest = max(bounds)
+    if last_train < earliest:
         raise ConfigError(
-            f"not enough history: training would end {last_train}, before train_start "
-            f"{schedule.train_start}; the data end at {data_end}"
+            f"not enough history: training would end {last_train}, before {bounds[earliest]}; "
+            f"the data end at {data_end}"
         )
     train = []
     d = last_train
-    while d >= schedule.train_start:
+    while d >= earliest:
         train.append(d)
         d -= timedelta(weeks=schedule.train_every_weeks)
     train = sorted(train)

@@ -33,7 +33,7 @@ from wobble.core.config import Config
 from wobble.core.errors import WobbleError
 from wobble.core.sql import date_literal, in_list
 from wobble.core.warehouse import connect
-from wobble.features import build_features, load_catalogue
+from wobble.features import build_features, data_start, load_catalogue
 from wobble.models.card import write_card
 from wobble.models.cohort import drawn_people_sql, fitting_rows, held_out_people_sql, held_out_share, load_rows
 from wobble.models.data_summary import summarise
@@ -100,7 +100,7 @@ def train(
     spec, cat, features = _spec(cfg, model_name, max_train_dates)
     compared = comparator_spec(cfg, spec)
     with connect(cfg.warehouse, read_only=True) as con:
-        split = timesplit(spec.schedule, spec.target.horizon_days, data_end(con, cfg))
+        split = _split(con, cfg, spec, cat)
         share = held_out_share(con, spec, split)
         n_fit = fitting_rows(con, spec, split, share)
         compared_fit = fitting_rows(con, compared[1], split, share) if compared else None
@@ -181,6 +181,14 @@ def _training_facts(cfg: Config, spec: ModelSpec, split: TimeSplit, share: float
                   "estimator": "lightgbm.dask.DaskLGBMClassifier" if dask else "lightgbm.LGBMClassifier",
                   "monotone": dict(spec.estimator.monotone)},
     )
+
+
+def _split(con, cfg: Config, spec: ModelSpec, cat) -> TimeSplit:
+    """The spec's schedule as dates on this warehouse's data: training starts no earlier than the
+    history the features and the label read (`timesplit`) after contacts and tags both begin."""
+    starts = [d for d in (data_start(con, "contacts"), data_start(con, "tags")) if d is not None]
+    return timesplit(spec.schedule, spec.target.horizon_days, data_end(con, cfg), data_start=max(starts, default=None),
+                     history_days=max(cat.lookback_days, spec.target.history_days))
 
 
 def _spec(cfg: Config, model_name: str, max_train_dates: int | None):
