@@ -81,7 +81,9 @@ class Source(_Strict):
     system: str
     path: str
     delimiter: str = Field(default=",", min_length=1, max_length=1)
-    encoding: Literal["utf-8", "latin-1"] = "utf-8"
+    # utf-8, latin-1 (ISO-8859-1), or cp1252 / windows-1252: Windows and Excel's "ANSI" text, with
+    # curly quotes and € (bytes 0x80-0x9F), read through a UTF-8 copy made for the run
+    encoding: Literal["utf-8", "latin-1", "cp1252", "windows-1252"] = "utf-8"
     timestamp_format: str | None = None
     date_format: str | None = None
     # per-field strptime formats (occurred_at = "%d/%m/%Y %H:%M"); the two above are the defaults

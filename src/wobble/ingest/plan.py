@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from wobble.core.config import Config, Source
 from wobble.core.errors import WobbleError
 from wobble.ingest.fhir import TABLE_OF, fhir_files, read_fhir
 from wobble.ingest.reader import Fingerprint, Input
-from wobble.ingest.tabular import open_csv, open_parquet
+from wobble.ingest.tabular import open_csv, open_parquet, scratch_dir
 
 TABLE_ORDER = {"persons": 0, "contacts": 1, "tags": 2}
 
@@ -67,10 +68,11 @@ _TEMP_TABLES = ("staged", "staged_t", "ids", "ids0", "cand", "seen", "staff", "c
 
 
 def drop_temp(con: duckdb.DuckDBPyConnection) -> None:
-    """Drop the temp tables and views one file's load leaves behind."""
+    """Drop the temp tables and views one file's load leaves behind, and its transcoded copy."""
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
     for t in _TEMP_TABLES:
         con.execute(f"DROP {'VIEW' if t in views else 'TABLE'} IF EXISTS {t}")
+    shutil.rmtree(scratch_dir(con), ignore_errors=True)
 
 
 def open_input(con, cfg: Config, source: Source, path: Path, fp: Fingerprint) -> Input:

@@ -134,26 +134,29 @@ def _quarantine_details(con, files) -> dict:
 
 
 FACTS = (  # what the status line judges and the next run compares: key, how a reader names it
-    ("files_failed", "files that failed"), ("rows_loaded", "rows loaded"), ("rows_quarantined", "rows quarantined"),
+    ("files_failed", "files that failed"), ("files_held", "files held back until the register loads"),
+    ("rows_loaded", "rows loaded"), ("rows_quarantined", "rows quarantined"),
     ("unmapped_codes", "unmapped codes"), ("gaps", "team-month feed gaps"), ("warnings", "things worth a look"),
     ("persons", "people in the warehouse"),
 )
 
 
 def status(data: dict) -> dict:
-    """The report's one-line verdict: 'problem' when a file failed, 'look' when a feed went quiet, codes are
+    """The report's one-line verdict: 'problem' when a file failed (or was held back because a register
+    file failed), 'look' when a feed went quiet, codes are
     unmapped, something is worth a look or over 5% of rows were quarantined; else 'ok'. With the facts it
     judged (kept beside the report as JSON, for the next run's comparison)."""
     s = data["summary"]
-    facts = {"started": data["started"], "files_failed": s["files_failed"], "rows_loaded": s["rows_loaded"],
+    facts = {"started": data["started"], "files_failed": s["files_failed"], "files_held": s.get("files_held", 0),
+             "rows_loaded": s["rows_loaded"],
              "rows_quarantined": s["rows_quarantined"], "unmapped_codes": data["unmapped_total"],
              "gaps": len(data["gaps"]), "warnings": len(data["warnings"]), "persons": data["persons"]["total"]}
     share = s["rows_quarantined"] / s["rows_in"] if s["rows_in"] else 0.0
-    issues = [f"{facts[k]:,} {label}" for k, label in FACTS if k in ("files_failed", "gaps", "unmapped_codes",
-                                                                        "warnings") and facts[k]]
+    issues = [f"{facts[k]:,} {label}" for k, label in FACTS if k in ("files_failed", "files_held", "gaps",
+                                                                        "unmapped_codes", "warnings") and facts[k]]
     if share > 0.05:
         issues.append(f"{100 * share:.1f}% of rows quarantined")
-    level = "problem" if facts["files_failed"] else "look" if issues else "ok"
+    level = "problem" if facts["files_failed"] or facts["files_held"] else "look" if issues else "ok"
     words = {"problem": "Problem: a file could not be loaded", "look": "Needs a look",
              "ok": "All well: every file loaded, no feed went quiet, every code mapped"}[level]
     return {"level": level, "text": words + (f" ({'; '.join(issues)})." if issues else "."), "facts": facts}

@@ -178,26 +178,44 @@ def field_text(f: str, inp: Input) -> str:
     return f"r.{f}" if inp.fields[f] == "VARCHAR" else f"r.{f}::VARCHAR"
 
 
+# Text ending in a UTC offset (Z, +01:00, -0500, +01) or UTC/GMT after a time: an instant, not a
+# wall-clock time.
+OFFSET_RE = r"[0-9]:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)? *(Z|z|UTC|GMT|[+-][0-9]{2}(:?[0-9]{2})?)[ \t\r\n]*$"
+
+
 def field_timestamp(f: str, inp: Input, fmt: str | None) -> str:
     """The field as a naive TIMESTAMP in the warehouse's time zone; NULL when unparseable.
-    `fmt` is the source's default format; the field's own (`formats`) wins."""
+    `fmt` is the source's default format; the field's own (`formats`) wins.
+
+    A time that names its offset (a TIMESTAMP WITH TIME ZONE column; text ending in 'Z' or
+    '+01:00'; a format with %z) is an instant, converted to London wall-clock time whatever the
+    session's or host's time zone, and the source's `timezone` does not apply to it; a naive time
+    is read in the source's `timezone`."""
     if f not in inp.fields:
         return "NULL::TIMESTAMP"
     fmt = inp.formats.get(f, fmt)
     typ = inp.fields[f].upper()
     col = f"r.{f}"
+    london = literal(WAREHOUSE_TZ)
     if typ.startswith("TIMESTAMP WITH TIME ZONE"):
-        return f"timezone({literal(WAREHOUSE_TZ)}, {col})"
+        return f"timezone({london}, {col})"
+    text = field_text(f, inp)
+    aware = None
     if typ.startswith("TIMESTAMP") or typ == "DATE":
         ts = f"{col}::TIMESTAMP"
+    elif fmt and ("%z" in fmt or "%Z" in fmt):  # strptime gives a TIMESTAMP WITH TIME ZONE
+        return (f"timezone({london}, coalesce(try_strptime({text}, {literal(fmt)}), "
+                f"try_strptime({trim_sql(text)}, {literal(fmt)})))")
     elif fmt:  # (coalesce tries the second only where the first failed)
-        text = field_text(f, inp)
         ts = f"coalesce(try_strptime({text}, {literal(fmt)}), try_strptime({trim_sql(text)}, {literal(fmt)}))"
     else:
-        text = field_text(f, inp)
         ts = f"coalesce(try_cast({text} AS TIMESTAMP), try_cast({trim_sql(text)} AS TIMESTAMP))"
+        aware = (f"timezone({london}, coalesce(try_cast({text} AS TIMESTAMPTZ), "
+                 f"try_cast({trim_sql(text)} AS TIMESTAMPTZ)))")
     if inp.timezone != WAREHOUSE_TZ:
-        ts = f"timezone({literal(WAREHOUSE_TZ)}, timezone({literal(inp.timezone)}, {ts}))"
+        ts = f"timezone({london}, timezone({literal(inp.timezone)}, {ts}))"
+    if aware:
+        ts = f"(CASE WHEN regexp_matches({text}, {literal(OFFSET_RE)}) THEN {aware} ELSE {ts} END)"
     return ts
 
 

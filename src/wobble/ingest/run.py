@@ -12,6 +12,10 @@ pseudonymises identifiers and writes, per file, in one transaction:
 Then it writes a data-quality report (`wobble.ingest.quality`).
 
 A file whose content hash is already in the ledger is skipped, so loading twice changes nothing.
+When a register (persons) file of the run fails, the run's contact and tag files not yet loaded
+are held back (status `held`: neither loaded nor ledgered, and the run exits non-zero): matched
+against an incomplete register, their people would be quarantined as person_not_found for good.
+They load on the next run once the register is fixed.
 A contact or tag already loaded under the same source system and record id is a duplicate when it
 is identical, a correction (it replaces the old version) when it differs and is not older, and a
 duplicate again when it is an older version than the one held.
@@ -30,6 +34,7 @@ run's temporary tables (in memory, or DuckDB's spill folder), never in the wareh
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,10 +50,11 @@ from wobble.core.warehouse import connect, scalar
 from wobble.ingest.identity import build_vault
 from wobble.ingest.load import Batch, FileResult, load_activity, load_persons
 from wobble.ingest.optout import apply_opt_out_list
-from wobble.ingest.plan import display_path, drop_temp, open_input, plan_files
+from wobble.ingest.plan import Planned, display_path, drop_temp, open_input, plan_files
 from wobble.ingest.quality import write_report
 from wobble.ingest.reader import Fingerprint, known_hash, remember_hash, stat_and_fingerprint
 from wobble.ingest.state import RunState
+from wobble.ingest.tabular import duckdb_error_line
 
 
 @dataclass
@@ -71,7 +77,8 @@ class IngestResult:
 
     @property
     def failed(self) -> list[FileResult]:
-        return [f for f in self.files if f.status == "failed"]
+        """The files that did not load and need someone to act: failed, or held back."""
+        return [f for f in self.files if f.status in ("failed", "held")]
 
     def reasons(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -92,7 +99,8 @@ class IngestResult:
             "rows_retracted": self.total("rows_retracted"),
             "files_loaded": sum(f.status == "loaded" for f in self.files),
             "files_skipped": sum(f.status == "skipped" for f in self.files),
-            "files_failed": len(self.failed),
+            "files_failed": sum(f.status == "failed" for f in self.files),
+            "files_held": sum(f.status == "held" for f in self.files),
             "files_not_read": sum(f.status == "not_read" for f in self.files),
             "quarantine_reasons": self.reasons(),
             "opted_out_persons": self.opted_out_persons,
@@ -152,19 +160,12 @@ def ingest(
         prints = {f.path: _loaded_print(con, f.name, f.path) or hasher.submit(hashed, f.path)
                   for f in plan if f.path and not f.not_read}
         result.opt_out_list = apply_opt_out_list(run)
+        register_failed: list[str] = []  # persons files that failed: their run's activity is held back
         for f in plan:
-            if f.path is None:
-                result.files.append(FileResult(f.name, f.source.path, "failed",
-                                               error=f"no file matches {f.source.path}"))
-                continue
-            if f.not_read:
-                result.files.append(FileResult(f.name, display_path(cfg, f.path), "not_read",
-                                               error=f"resource type {f.fhir_type or 'unknown'} is not read"))
-                continue
-            if progress:
-                progress(f"{f.name}: {f.path.name}")
-            fr = load_file(run, f.name, f.source, f.path, prints[f.path])
+            fr = _one_file(run, f, prints.get(f.path), register_failed, progress)
             result.files.append(fr)
+            if fr.status == "failed" and _is_register(f):
+                register_failed.append(fr.file)
             if f.path in stats:
                 remember_hash(con, f.path, *stats[f.path], prints[f.path].result().sha256)
             if fr.table == "persons" and fr.status == "loaded" and run.opt_outs:
@@ -205,6 +206,48 @@ def _loaded_print(con, source: str, path: Path) -> Future | None:
     return done
 
 
+def _one_file(run: RunState, f: Planned, fp: Future | None, register_failed: list[str],
+              progress: Callable[[str], None] | None) -> FileResult:
+    """Load one planned file, or say why not: no file matches, a resource type not read, or held
+    back because a register file of this run failed (`register_failed`)."""
+    if f.path is None:
+        return FileResult(f.name, f.source.path, "failed", error=f"no file matches {f.source.path}")
+    if f.not_read:
+        return FileResult(f.name, display_path(run.cfg, f.path), "not_read",
+                          error=f"resource type {f.fhir_type or 'unknown'} is not read")
+    if progress:
+        progress(f"{f.name}: {f.path.name}")
+    if register_failed and not _is_register(f):
+        return hold_file(run, f.name, f.path, fp, _held_back(register_failed))
+    return load_file(run, f.name, f.source, f.path, fp)
+
+
+def _is_register(f: Planned) -> bool:
+    """Whether a planned file feeds `persons` (a register, or a FHIR export's Patient file)."""
+    return f.fhir_type == "Patient" if f.source.kind == "fhir" else f.source.table == "persons"
+
+
+def _held_back(register_failed: list[str]) -> str:
+    """Why an activity file is held back: activity is matched against the register, and a register
+    file of this run did not load, so its people would be quarantined as person_not_found for good
+    (the file's hash then in the ledger). Held back, it loads on the next run once that is fixed."""
+    files = ", ".join(register_failed[:3]) + (" …" if len(register_failed) > 3 else "")
+    return (f"held back, not loaded: register file {files} failed in this run; this file loads on the "
+            "next run once the register is fixed")
+
+
+def hold_file(run: RunState, name: str, path: Path, fp: Future, why: str) -> FileResult:
+    """Hold a file back (neither loaded nor ledgered), saying why; one already in the ledger is skipped."""
+    rel = display_path(run.cfg, path)
+    try:
+        sha = fp.result().sha256
+    except OSError as exc:
+        return FileResult(name, rel, "failed", error=f"cannot read the file ({exc.strerror})")
+    if in_ledger(run.con, name, sha):
+        return FileResult(name, rel, "skipped")
+    return FileResult(name, rel, "held", error=why)
+
+
 def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) -> FileResult:
     """Load one file in one transaction, or say why it failed; a file already in the ledger is skipped."""
     t0 = time.perf_counter()
@@ -225,9 +268,21 @@ def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) 
         return FileResult(name, rel, "failed", table=batch.table, error=str(exc),
                           seconds=time.perf_counter() - t0)
     except duckdb.Error as exc:
-        return FileResult(name, rel, "failed", table=batch.table, error=first_line(exc),
+        return FileResult(name, rel, "failed", table=batch.table, error=duckdb_error_line(exc),
+                          seconds=time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - a fault in wobble itself must not stop the other files
+        return FileResult(name, rel, "failed", table=batch.table, error=_unexpected(exc),
                           seconds=time.perf_counter() - t0)
     finally:
         drop_temp(run.con)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _unexpected(exc: Exception) -> str:
+    """One line for an error wobble did not foresee (a bug, not the file's fault): what and where,
+    so it can be reported; the file's transaction was rolled back and the other files still load."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return (f"wobble could not read this file: unexpected {type(exc).__name__}{where} ({first_line(exc)}); "
+            "please report this to wobble's maintainers")
