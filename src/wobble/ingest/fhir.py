@@ -4,14 +4,20 @@ A Bulk Data export is a folder of newline-delimited JSON files, one resource per
 holding one resource type (e.g. `Patient.ndjson`, `Encounter.000.ndjson`, gzipped or not).
 wobble reads:
 
-- Patient → persons: NHS number identifier (else the first other identifier, pseudonymised and
+- Patient → persons: NHS number identifier (UK Core's system or the older fhir.nhs.net one; a
+  current one before one marked old; else the first other identifier, pseudonymised and
   counted), birthDate (year only), gender, UK Core ethnic category extension or US Core race,
-  address postalCode (only to look up the LSOA; never stored), generalPractitioner (practice),
-  deceasedDateTime;
-- Encounter → contacts: subject, class (v3 ActCode), serviceType and type codings, status,
-  period.start, meta.lastUpdated (as recorded_at), first participant individual (continuity);
+  address postalCode (only to look up the LSOA; never stored), the practice (the Organization in
+  generalPractitioner, else managingOrganization), deceasedDateTime or deceasedBoolean;
+- Encounter → contacts: subject, class (v3 ActCode), serviceType and type codings, UK Core
+  admission method, status, period.start, meta.lastUpdated (as recorded_at), the first
+  participant who is staff (continuity);
+- Appointment → contacts (what happened to it: fulfilled, no-show, cancelled);
 - Flag, Condition (category problem-list-item or health-concern) and Observation (category
-  social-history) → tags, through the code → tag map.
+  social-history) → tags, through the code → tag map. A refuted Condition, an inactive Flag or a
+  cancelled Observation withdraws the tag, like entered-in-error.
+
+The SQL for each resource type's fields is built in `wobble.ingest.fhir_sql`.
 
 Each line becomes one row of contract fields in temp table `fhir_rows` (`_ord` is its line
 number); lines that are not JSON objects of the file's type go to temp table `rejects`
@@ -33,30 +39,10 @@ import duckdb
 from wobble.core.config import Config, Source
 from wobble.core.errors import WobbleError, first_line
 from wobble.core.sql import literal
+from wobble.ingest.fhir_sql import ICD10, LOINC, SNOMED, TABLE_OF, in_scope, resource_fields
 from wobble.ingest.identifiers import without_numbers_sql
 from wobble.ingest.reader import Fingerprint, Input
 
-NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-UKCORE_ETHNICITY = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory"
-CARECONNECT_ETHNICITY = "https://fhir.hl7.org.uk/STU3/StructureDefinition/CareConnect-EthnicCategory-1"
-USCORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
-USCORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
-SNOMED = "http://snomed.info/sct"
-LOINC = "http://loinc.org"
-ICD10 = "icd-10"  # the key prefix for every ICD-10 flavour (WHO, -CM, -UK), codes without dots
-TABLE_OF = {"Patient": "persons", "Encounter": "contacts", "Appointment": "contacts", "Flag": "tags",
-            "Condition": "tags", "Observation": "tags"}
-# Categories that make a Condition or Observation a frontline tag (when its code means one).
-TAG_CATEGORIES = {"Condition": ("problem-list-item", "health-concern", "encounter-diagnosis"),
-                  "Observation": ("social-history", "survey")}
-# Appointment statuses that say what happened (the others are plans: booked, proposed, waitlist…).
-APPOINTMENT_DONE = ("fulfilled", "arrived", "checked-in", "noshow", "cancelled", "entered-in-error")
-# Encounter.priority (v3 ActPriority) and admitSource codes that make an admission an emergency
-# (unplanned) one: emergency, urgent, stat, as soon as possible; admitted from the emergency department.
-EMERGENCY_PRIORITY = ("EM", "UR", "S", "A")
-EMERGENCY_ADMIT_SOURCE = ("emd",)
-INPATIENT_CLASSES = ("IMP", "ACUTE", "NONAC")
 _SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 
 
@@ -67,6 +53,8 @@ def default_maps() -> dict[str, dict[str, str]]:
     here = Path(__file__).parent
     maps = tomllib.loads((here / "fhir_maps.toml").read_text(encoding="utf-8"))
     concepts = tomllib.loads((here / "concept_tags.toml").read_text(encoding="utf-8"))
+    # type codes that name no setting are service codes too (read after the class: `_service_codes`)
+    maps["service"] = {**maps.get("service_any_setting", {}), **maps.get("service", {})}
     tags = maps.setdefault("tag", {})
     tags.update({f"{SNOMED}|{k}": v for k, v in concepts["snomed"].items()})
     tags.update({f"{ICD10}|{k}": v for k, v in concepts["icd10"].items()})
@@ -127,253 +115,6 @@ def _type_from_first_line(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# SQL over one resource (`j`, JSON)
-# ---------------------------------------------------------------------------------------------
-
-_CODING = '[{"system":"VARCHAR","code":"VARCHAR"}]'
-_CONCEPTS = '[{"coding":' + _CODING + '}]'
-_IDENTIFIERS = '[{"system":"VARCHAR","value":"VARCHAR"}]'
-_EXTENSIONS = ('[{"url":"VARCHAR","valueCodeableConcept":{"coding":' + _CODING + '},'
-               '"extension":[{"url":"VARCHAR","valueCoding":{"system":"VARCHAR","code":"VARCHAR"}}]}]')
-
-
-def _s(path: str) -> str:
-    """A string at a JSON path."""
-    return f"json_extract_string(j, {literal(path)})"
-
-
-def _codes(list_sql: str) -> str:
-    """SQL list of candidate keys ('system|code', then 'code') from a list of codings; an ICD-10
-    code (any flavour) also as 'icd-10|' + the code without its dot, then its first four and
-    first three characters (so 'F32' in a map stands for every depressive episode)."""
-    icd = "upper(replace(c.code, '.', ''))"
-    icd_keys = (f"CASE WHEN c.system LIKE '%icd-10%' OR c.system LIKE '%icd10%' THEN "
-                f"['{ICD10}|' || {icd}, '{ICD10}|' || left({icd}, 4), '{ICD10}|' || left({icd}, 3)] "
-                "ELSE []::VARCHAR[] END")
-    return (f"flatten(list_transform(coalesce({list_sql}, []), "
-            f"lambda c: list_concat([c.system || '|' || c.code, c.code], {icd_keys})))")
-
-
-def _concept_codes(path: str) -> str:
-    """Candidate keys from one CodeableConcept at `path`."""
-    return _codes(f"from_json(json_extract(j, {literal(path + '.coding')}), '{_CODING}')")
-
-
-def _concepts_codes(path: str) -> str:
-    """Candidate keys from a list of CodeableConcepts at `path`."""
-    concepts = f"from_json(json_extract(j, {literal(path)}), '{_CONCEPTS}')"
-    return f"flatten(list_transform(coalesce({concepts}, []), lambda cc: {_codes('cc.coding')}))"
-
-
-def _coding_codes(path: str) -> str:
-    """Candidate keys from one Coding at `path` (Encounter.class)."""
-    return (f"CASE WHEN {_s(path + '.code')} IS NULL THEN []::VARCHAR[] ELSE "
-            f"[{_s(path + '.system')} || '|' || {_s(path + '.code')}, {_s(path + '.code')}] END")
-
-
-def _pick(candidates: str, mapping: dict[str, str]) -> str:
-    """The first candidate key the map knows; else the first candidate (reported as unmapped)."""
-    cands = f"list_filter({candidates}, lambda v: v IS NOT NULL)"
-    if not mapping:
-        return f"{cands}[1]"
-    keys = ", ".join(literal(k) for k in mapping)
-    return f"coalesce(list_filter({cands}, lambda v: v IN ({keys}))[1], {cands}[1])"
-
-
-def _fhir_time(path: str) -> str:
-    """A FHIR date or dateTime as London wall-clock text 'YYYY-MM-DD HH:MM:SS'; text that does
-    not parse is kept as it is, so validation reports it as an impossible date."""
-    raw = _s(path)
-    offset = f"regexp_matches({raw}, '(Z|[+-][0-9][0-9]:[0-9][0-9])$')"
-    parsed = (f"CASE WHEN {offset} THEN timezone('Europe/London', try_cast({raw} AS TIMESTAMPTZ)) "
-              f"ELSE try_cast({raw} AS TIMESTAMP) END")
-    return f"coalesce(strftime({parsed}, '%Y-%m-%d %H:%M:%S'), {raw})"
-
-
-def _reference(path: str, kind: str) -> str:
-    """'Kind/id' from a reference, whether relative or a full URL."""
-    return f"regexp_extract({_s(path)}, {literal(kind + '/[^/]+$')})"
-
-
-def _fields(kind: str, maps: dict[str, dict[str, str]], system: str) -> dict[str, str]:
-    """Contract field → SQL over `j`, for one resource type."""
-    if kind == "Patient":
-        return _patient_fields(system)
-    if kind == "Encounter":
-        return _encounter_fields(maps)
-    if kind == "Appointment":
-        return _appointment_fields(maps)
-    return _tag_fields(kind, maps)
-
-
-def _retracted(path: str = "$.status") -> str:
-    return f"coalesce({_s(path)} = 'entered-in-error', false)"
-
-
-def _patient_fields(system: str) -> dict[str, str]:
-    """Patient → persons. Without an NHS number, the first other identifier; without any, the
-    resource id in this source (stable across its exports), so nobody is dropped for lacking one."""
-    ids = f"from_json(json_extract(j, '$.identifier'), '{_IDENTIFIERS}')"
-    nhs = f"list_filter({ids}, lambda i: i.system = {literal(NHS_NUMBER_SYSTEM)})"
-    other = (f"list_filter({ids}, lambda i: coalesce(i.system, '') <> {literal(NHS_NUMBER_SYSTEM)} "
-             "AND i.value IS NOT NULL)")
-    ext = f"from_json(json_extract(j, '$.extension'), '{_EXTENSIONS}')"
-    uk = (f"list_filter({ext}, lambda e: e.url IN ({literal(UKCORE_ETHNICITY)}, {literal(CARECONNECT_ETHNICITY)}))[1]"
-          ".valueCodeableConcept.coding[1].code")
-
-    def omb(url: str) -> str:
-        return (f"list_transform(list_filter(list_filter({ext}, lambda e: e.url = {literal(url)})[1].extension, "
-                "lambda x: x.url = 'ombCategory'), lambda x: x.valueCoding.code)")
-
-    race, hispanic = omb(USCORE_RACE), f"list_contains({omb(USCORE_ETHNICITY)}, '2135-2')"
-    # US Core: two or more OMB races is Mixed; Hispanic or Latino with no race stated is Other
-    # (ONS groups have no Hispanic category)
-    us = (f"CASE WHEN len({race}) > 1 THEN 'Mixed' WHEN len({race}) = 1 THEN {race}[1] "
-          f"WHEN coalesce({hispanic}, false) THEN '2131-1' END")
-    birth = _s("$.birthDate")
-    gp_shape = '[{"reference":"VARCHAR","identifier":{"value":"VARCHAR"}}]'
-    practices = f"from_json(json_extract(j, '$.generalPractitioner'), '{gp_shape}')"
-    own = literal(f"resource:{system}|Patient/")
-    return {
-        "patient_ref": "'Patient/' || " + _s("$.id"),
-        "nhs_number": f"{nhs}[1].value",
-        "alt_id": f"CASE WHEN coalesce(len({nhs}), 0) = 0 THEN coalesce({other}[1].system || '|' || {other}[1].value, "
-                  f"{own} || {_s('$.id')}) END",
-        # a partial birth date (year, or year-month) is enough for the birth year
-        "birth_date": f"CASE length({birth}) WHEN 4 THEN {birth} || '-07-01' "
-                      f"WHEN 7 THEN {birth} || '-15' ELSE {birth} END",
-        "sex": _s("$.gender"),
-        "ethnicity_group": f"coalesce({uk}, {us})",
-        "postcode": _s("$.address[0].postalCode"),
-        # identity only: read into the vault, never the warehouse
-        "forename": _s("$.name[0].given[0]"),
-        "surname": _s("$.name[0].family"),
-        "practice_id": f"coalesce({practices}[1].identifier.value, "
-                       f"regexp_extract({practices}[1].reference, '[^/]+$'))",
-        "died_on": f"left({_s('$.deceasedDateTime')}, 10)",
-    }
-
-
-def _admission_class() -> str:
-    """Candidate keys from Encounter.class, where an inpatient class becomes 'admission:emergency'
-    when its priority or admitSource says it was unplanned, else 'admission:elective' (which is
-    not a wobble service: out of scope, counted)."""
-    urgent = (f"list_has_any({_concept_codes('$.priority')}, [{', '.join(map(literal, EMERGENCY_PRIORITY))}]) "
-              f"OR list_has_any({_concept_codes('$.hospitalization.admitSource')}, "
-              f"[{', '.join(map(literal, EMERGENCY_ADMIT_SOURCE))}])")
-    return (f"CASE WHEN {_s('$.class.code')} IN ({', '.join(map(literal, INPATIENT_CLASSES))}) THEN "
-            f"[CASE WHEN {urgent} THEN 'admission:emergency' ELSE 'admission:elective' END] "
-            f"ELSE {_coding_codes('$.class')} END")
-
-
-def _encounter_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Encounter → contacts: the first coding that maps wins, across serviceType, type and class."""
-    specific = f"list_concat({_concept_codes('$.serviceType')}, {_concepts_codes('$.type')})"
-    service_map = maps.get("service", {})
-    return {
-        "record_id": _s("$.id"),
-        "patient_ref": _reference("$.subject.reference", "Patient"),
-        "occurred_at": _fhir_time("$.period.start"),
-        "recorded_at": _fhir_time("$.meta.lastUpdated"),
-        "service": _pick(f"list_concat({specific}, {_admission_class()})", service_map),
-        "status": f"CASE WHEN {_retracted()} THEN NULL ELSE {_s('$.status')} END",
-        "mode": _pick(f"list_concat({_concepts_codes('$.type')}, {_coding_codes('$.class')})", maps.get("mode", {})),
-        "professional": f"coalesce({_s('$.participant[0].individual.reference')}, "
-                        f"{_s('$.participant[0].individual.identifier.value')})",
-        "retracted": _retracted(),
-        # a serviceType or type code no map knows, where the class decided instead (reported)
-        "_passed_over": _unmapped_first(specific, service_map),
-    }
-
-
-def _appointment_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Appointment → contacts: what happened to a booked appointment (fulfilled, noshow,
-    cancelled); its service from serviceType, serviceCategory, specialty or appointmentType."""
-    shape = '[{"actor":{"reference":"VARCHAR","identifier":{"value":"VARCHAR"}}}]'
-    actors = f"from_json(json_extract(j, '$.participant'), '{shape}')"
-
-    def actor(kind: str) -> str:
-        return f"list_filter({actors}, lambda p: p.actor.reference LIKE '%{kind}/%')[1].actor"
-
-    service = (f"list_concat({_concepts_codes('$.serviceType')}, {_concepts_codes('$.serviceCategory')}, "
-               f"{_concepts_codes('$.specialty')}, {_concept_codes('$.appointmentType')})")
-    return {
-        "record_id": "'Appointment/' || " + _s("$.id"),
-        "patient_ref": f"regexp_extract({actor('Patient')}.reference, 'Patient/[^/]+$')",
-        "occurred_at": _fhir_time("$.start"),
-        "recorded_at": f"coalesce(CASE WHEN {_s('$.meta.lastUpdated')} IS NOT NULL THEN "
-                       f"{_fhir_time('$.meta.lastUpdated')} END, {_fhir_time('$.created')})",
-        "service": _pick(service, maps.get("service", {})),
-        "status": f"CASE WHEN {_retracted()} THEN NULL ELSE {_s('$.status')} END",
-        "mode": "NULL::VARCHAR",
-        "professional": f"coalesce({actor('Practitioner')}.reference, {actor('Practitioner')}.identifier.value)",
-        "retracted": _retracted(),
-    }
-
-
-def _tag_fields(kind: str, maps: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Flag, Condition, Observation → tags, through the tag map. An Observation's candidates are
-    its code with its answer ('question=answer'), then its code, then the answer alone."""
-    recorded = {"Flag": ("$.meta.lastUpdated", "$.period.start"),
-                "Condition": ("$.recordedDate", "$.meta.lastUpdated", "$.onsetDateTime"),
-                "Observation": ("$.issued", "$.meta.lastUpdated", "$.effectiveDateTime")}[kind]
-    retracted = _retracted()
-    if kind == "Condition":
-        retracted = f"coalesce({_s('$.verificationStatus.coding[0].code')} = 'entered-in-error', false)"
-    return {
-        "record_id": _s("$.id"),
-        "patient_ref": _reference("$.subject.reference", "Patient"),
-        "recorded_at": "coalesce(" + ", ".join(f"CASE WHEN {_s(p)} IS NOT NULL THEN {_fhir_time(p)} END"
-                                               for p in recorded) + ")",
-        "tag": _pick(_tag_codes(kind), maps.get("tag", {})),
-        "retracted": retracted,
-    }
-
-
-def _tag_codes(kind: str) -> str:
-    """SQL: the candidate keys of a tag resource's code (and, for an Observation, its answer)."""
-    if kind != "Observation":
-        return _concept_codes("$.code")
-    answer = (f"{_s('$.code.coding[0].system')} || '|' || {_s('$.code.coding[0].code')} || '=' || "
-              f"{_s('$.valueCodeableConcept.coding[0].code')}")
-    return (f"list_concat(list_filter([{answer}], lambda v: v IS NOT NULL), {_concept_codes('$.code')}, "
-            f"{_concept_codes('$.valueCodeableConcept')})")
-
-
-def _unmapped_first(candidates: str, mapping: dict[str, str]) -> str:
-    """SQL: the first candidate when none of `candidates` maps (else NULL)."""
-    keys = ", ".join(literal(k) for k in mapping) or "NULL"
-    cands = f"list_filter({candidates}, lambda v: v IS NOT NULL)"
-    return f"CASE WHEN len(list_filter({cands}, lambda v: v IN ({keys}))) = 0 THEN {cands}[1] END"
-
-
-def _in_scope(kind: str, maps: dict[str, dict[str, str]]) -> tuple[str, str]:
-    """SQL: (is this resource of a kind wobble reads, does its code map). Tags need a category
-    (Condition, Observation) and a code in the tag map; an Appointment or Encounter must have
-    happened (not booked or planned); an elective admission is not a wobble service. Patients
-    always qualify."""
-    if kind == "Encounter":
-        keys = ", ".join(literal(k) for k in maps.get("service", {})) or "NULL"
-        service = f"list_concat({_concept_codes('$.serviceType')}, {_concepts_codes('$.type')}, {_admission_class()})"
-        elective = (f"len(list_filter({service}, lambda v: v IN ({keys}))) = 0 "
-                    f"AND list_contains({service}, 'admission:elective')")
-        planned = f"coalesce({_s('$.status')} = 'planned', false)"  # it has not happened (yet)
-        return f"NOT ({elective} OR {planned})", "true"
-    if kind == "Appointment":
-        return f"coalesce({_s('$.status')} IN ({', '.join(map(literal, APPOINTMENT_DONE))}), false)", "true"
-    if kind not in ("Flag", "Condition", "Observation"):
-        return "true", "true"
-    keys = ", ".join(literal(k) for k in maps.get("tag", {})) or "NULL"
-    mapped = f"len(list_filter({_tag_codes(kind)}, lambda v: v IN ({keys}))) > 0"
-    if kind == "Flag":
-        return "true", mapped
-    cats = ", ".join(literal(c) for c in TAG_CATEGORIES[kind])
-    category = (f"len(list_filter({_concepts_codes('$.category')}, "
-                f"lambda v: regexp_extract(v, '[^|]+$') IN ({cats}))) > 0")
-    return category, mapped
-
-
-# ---------------------------------------------------------------------------------------------
 # Reading one file
 # ---------------------------------------------------------------------------------------------
 
@@ -390,9 +131,9 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         raise WobbleError("the file is binary, not NDJSON text")
     maps = code_maps(source)
     _read_lines(con, source, path, fp, kind)
-    fields = _fields(kind, maps, source.system)
+    fields = resource_fields(kind, maps, source.system, _export_date(path))
     cols = ", ".join(f"({sql}) AS {name}" for name, sql in fields.items())
-    category, mapped = _in_scope(kind, maps)
+    category, mapped = in_scope(kind, maps)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE fhir_rows AS
         SELECT _ord, {cols}, {category} AS in_category, {mapped} AS mapped
@@ -406,7 +147,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     con.execute("DROP TABLE fhir_json")
     fields.pop("_passed_over", None)
     names = [n for n in fields if n != "retracted"]
-    types = {n: ("BOOLEAN" if n == "retracted" else "VARCHAR") for n in fields}
+    types = {n: ("BOOLEAN" if n in ("retracted", "deceased") else "VARCHAR") for n in fields}
     labels = {n: _LABELS.get(n, n) for n in names}
     return Input(
         kind="fhir", table=TABLE_OF[kind], relation="(SELECT * FROM fhir_rows)",
@@ -456,7 +197,8 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
         msg = first_line(exc)
         if "invalid unicode" in str(exc).lower():
             raise WobbleError("the file is not UTF-8 text (FHIR NDJSON must be)") from None
-        if "maximum line size" in msg.lower():
+        # DuckDB says so on a line of its own, after the offending line ("Original Line: …")
+        if any(line.lower().startswith("maximum line size") for line in str(exc).splitlines()):
             raise WobbleError(f"a line is longer than the {source.max_line_bytes:,}-byte limit "
                               "(raise max_line_bytes in the source block if such resources are expected)") from None
         raise WobbleError(f"cannot read as NDJSON ({msg})") from None
@@ -495,7 +237,17 @@ _LABELS = {"patient_ref": "subject", "nhs_number": "identifier(nhs-number)", "al
            "birth_date": "birthDate", "sex": "gender", "ethnicity_group": "ethnicity",
            "postcode": "address.postalCode", "forename": "name.given", "surname": "name.family",
            "practice_id": "generalPractitioner",
-           "died_on": "deceasedDateTime"}
+           "died_on": "deceasedDateTime", "deceased": "deceased", "unresolvable_ref": "subject (unresolvable)"}
+
+
+def _export_date(path: Path) -> str | None:
+    """The date the export was taken: its manifest's transactionTime (Bulk Data requires one),
+    when the file sits beside a manifest that says so."""
+    try:
+        manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
+        return str(manifest["transactionTime"])[:10] or None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
 
 
 def _head(path: Path) -> bytes:

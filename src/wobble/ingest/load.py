@@ -189,6 +189,10 @@ def _person_checks(run: RunState, inp: Input) -> tuple[dict[str, str], list[Chec
         imd = "try_cast(li.imd_decile AS TINYINT)"
     else:
         imd = f"try_cast({field_text('imd_decile', inp)} AS TINYINT)"
+    today = literal(run.now.date().isoformat())
+    died_on = dt("died_on")
+    if "deceased" in inp.fields:  # FHIR: dead, and no date known at all; by the run's date at latest
+        died_on = f"coalesce({died_on}, CASE WHEN r.deceased THEN DATE {today} END)"
     team, assigned_by, team_joins = _team_rule(run, inp, lsoa)
     joins += team_joins
     columns = {
@@ -196,10 +200,9 @@ def _person_checks(run: RunState, inp: Input) -> tuple[dict[str, str], list[Chec
         "birth_year": f"year({dt('birth_date')})" if "birth_date" in inp.fields
         else f"try_cast({field_text('birth_year', inp)} AS SMALLINT)",
         "sex": sex, "ethnicity_group": eth, "imd_decile": imd, "team_id": team,
-        "practice_id": field_text("practice_id", inp), "opted_out": opt, "died_on": dt("died_on"),
+        "practice_id": field_text("practice_id", inp), "opted_out": opt, "died_on": died_on,
         "registered_on": dt("registered_on"), "team_assigned_by": assigned_by,
     }
-    today = literal(run.now.date().isoformat())
     born = "birth_date" if "birth_date" in inp.fields else "birth_year"
     # Only the identifier is required: a registered person is never kept out for an optional
     # field (sex not known, no practice, an unknown ethnicity); bad dates and opt-out flags are.
@@ -279,16 +282,21 @@ def _person_candidates(con, inp: Input) -> None:
 
 
 def _write_links(con, inp: Input, batch: Batch) -> None:
-    """FHIR: remember each patient reference's person, so Encounters and Flags can find them."""
+    """FHIR: remember each patient reference's person, so Encounters and Flags can find them.
+    From every line that passed, not only the one kept per person: two Patient resources with
+    one NHS number (a merge the source has not finished) are one person, and each id's records
+    must find them. For a reference on several lines, its last line says who it is."""
     prefix = literal(inp.system_prefix)
     con.execute(f"""
         DELETE FROM person_links WHERE link_id IN (
             SELECT wobble_pseudonym({prefix} || patient_ref) FROM ids WHERE patient_ref IS NOT NULL)""")
     con.execute(f"""
         INSERT INTO person_links
-        SELECT DISTINCT wobble_pseudonym({prefix} || ids.patient_ref), i.person_id, ?, ?
-        FROM incoming i JOIN staged s USING (_ord) JOIN ids USING (idx)
-        WHERE ids.patient_ref IS NOT NULL""", [batch.source.system, batch.batch_id])
+        SELECT wobble_pseudonym({prefix} || ids.patient_ref), ids.person_id, ?, ?
+        FROM staged s JOIN ids USING (idx)
+        WHERE s.reason IS NULL AND ids.patient_ref IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY ids.patient_ref ORDER BY s._ord DESC) = 1""",
+                [batch.source.system, batch.batch_id])
 
 
 def _line_breaks(inp: Input, rows_in: int) -> int:
@@ -378,6 +386,9 @@ def _activity_checks(run: RunState, inp: Input, coded_fields: tuple[str, ...]) -
     keys = id_keys(inp)
     no_identifier = "(" + " AND ".join(f"NOT {present_sql(k, inp)}" for k in keys) + ")"
     checks: list[Check] = [
+        # FHIR: a subject no export can resolve (urn:uuid, contained): say so, not just "missing"
+        *([("missing_field", present_sql("unresolvable_ref", inp), "unresolvable_ref")]
+          if "unresolvable_ref" in inp.fields else []),
         ("missing_field", no_identifier, keys[0] if len(keys) == 1 else "identifier"),
         *[("missing_field", f"NOT {present_sql(f, inp)}", f) for f in required if f not in inp.defaults],
         ("entered_in_error", "@retracted" if "retracted" in inp.fields else "false", None),

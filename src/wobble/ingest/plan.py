@@ -12,7 +12,8 @@ import duckdb
 
 from wobble.core.config import Config, Source
 from wobble.core.errors import WobbleError
-from wobble.ingest.fhir import TABLE_OF, fhir_files, read_fhir
+from wobble.ingest.fhir import fhir_files, read_fhir
+from wobble.ingest.fhir_sql import TABLE_OF
 from wobble.ingest.reader import Fingerprint, Input
 from wobble.ingest.tabular import open_csv, open_parquet, scratch_dir
 

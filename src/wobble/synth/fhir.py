@@ -31,7 +31,8 @@ from pathlib import Path
 
 import polars as pl
 
-from wobble.ingest.fhir import NHS_NUMBER_SYSTEM, ODS_SYSTEM, UKCORE_ETHNICITY, USCORE_RACE, default_maps
+from wobble.ingest.fhir import default_maps
+from wobble.ingest.fhir_sql import NHS_NUMBER_SYSTEM, ODS_SYSTEM, UKCORE_ETHNICITY, USCORE_RACE
 from wobble.synth.population import ETHNIC_CODES
 from wobble.synth.sources import CODES, SOURCES
 
