@@ -81,6 +81,15 @@ def without_numbers_sql(text: str) -> str:
     return f"regexp_replace({text}, '{_NHS_LIKE_SQL}', '{NUMBER_REMOVED}', 'g')"
 
 
+def record_id_sql(text: str) -> str:
+    """SQL: a source's record id as the warehouse keeps it. An id that holds anything written like
+    an NHS number (some systems build ids from one: '9434765919-enc1') is replaced by its
+    pseudonym ('pseudonym:' + 16 hex), stable for the key, so corrections and retractions still
+    find it; any other id is kept as the source wrote it. Needs `wobble_pseudonym`."""
+    return (f"CASE WHEN regexp_matches({text}, '{_NHS_LIKE_SQL}') "
+            f"THEN 'pseudonym:' || wobble_pseudonym('record:' || {text}) ELSE {text} END")
+
+
 def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     """HMAC-SHA256's inner and outer padded keys (RFC 2104), for computing HMACs in SQL."""
     k = hashlib.sha256(key).digest() if len(key) > 64 else key

@@ -19,6 +19,7 @@ from wobble.core.config import Source
 from wobble.core.sql import in_list, literal
 from wobble.core.vocab import CONCERN_TAGS
 from wobble.core.warehouse import scalar, transaction
+from wobble.ingest.identifiers import record_id_sql
 from wobble.ingest.optout import withdraw
 from wobble.ingest.reader import REJECTING, Input, coded_field, field_text, field_timestamp, present_sql, vocab_value
 from wobble.ingest.state import RunState
@@ -364,7 +365,7 @@ def _activity_checks(run: RunState, inp: Input, coded_fields: tuple[str, ...]) -
     """What `stage_parallel` needs for a contacts or tags file: its columns and the checks in order."""
     is_contacts = inp.table == "contacts"
     fmt = inp.timestamp_format
-    columns = {"record_id": field_text("record_id", inp),
+    columns = {"record_id": record_id_sql(field_text("record_id", inp)),
                "occurred_at": field_timestamp("occurred_at" if is_contacts else "recorded_at", inp, fmt),
                "recorded_at": field_timestamp("recorded_at", inp, fmt)}
     unknown: list[Check] = []
