@@ -19,6 +19,10 @@ wobble reads:
 
 The SQL for each resource type's fields is built in `wobble.ingest.fhir_sql`.
 
+An incremental export (`_since`) lists `deleted` files: Bundles of DELETE requests, read by
+`read_deleted` and applied by `wobble.ingest.load.load_deletions` (a deleted Patient is counted,
+not applied).
+
 Each line becomes one row of contract fields in temp table `fhir_rows` (`_ord` is its line
 number); lines that are not JSON objects of the file's type go to temp table `rejects`
 (malformed_line). Resources wobble does not read (an Observation of vital signs, a Condition
@@ -39,11 +43,22 @@ import duckdb
 from wobble.core.config import Config, Source
 from wobble.core.errors import WobbleError, first_line
 from wobble.core.sql import literal
-from wobble.ingest.fhir_sql import ICD10, LOINC, SNOMED, TABLE_OF, in_scope, resource_fields
+from wobble.ingest.fhir_sql import (
+    ICD10,
+    LOINC,
+    SNOMED,
+    TABLE_OF,
+    deleted_record_id,
+    deleted_table,
+    deleted_target,
+    in_scope,
+    resource_fields,
+)
 from wobble.ingest.identifiers import without_numbers_sql
 from wobble.ingest.reader import Fingerprint, Input
 
 _SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
+DELETED = "deleted"  # the type wobble gives a Bulk Data `deleted` file (Bundles of DELETE requests)
 
 
 @cache
@@ -75,27 +90,66 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
 
     The type comes from the export's manifest when there is one, else from the file name
     (`Patient.ndjson`, `Patient.000.ndjson`, `1.Patient.ndjson`), else from the first line.
+    A file the manifest lists under `deleted`, or (unlisted) whose first line is a Bundle of
+    DELETE requests, is `DELETED`: the resources deleted since an incremental export's `_since`.
     Files of types wobble does not read are listed too (with their type, or ''), so a run can
     say it left them alone.
     """
     folder = Path(folder)
     if folder.is_file():
-        paths = [folder]
+        # a single file: its type as before, but a manifest beside it may list it as deleted
+        paths, (listed, deleted) = [folder], ({}, _manifest(folder.parent)[1])
     elif folder.is_dir():
         paths = sorted(p for p in folder.iterdir() if p.name.endswith(_SUFFIXES))
+        listed, deleted = _manifest(folder)
     else:
         return []
-    manifest = {}
-    mf = folder / "manifest.json" if folder.is_dir() else None
-    if mf and mf.exists():
-        try:
-            for item in json.loads(mf.read_text(encoding="utf-8")).get("output", []):
-                manifest[Path(str(item.get("url", ""))).name] = str(item.get("type", ""))
-        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-            pass
-    out = [(manifest.get(p.name) or _type_from_name(p.name) or _type_from_first_line(p), p) for p in paths]
-    order = {"Patient": 0, "Encounter": 1, "Appointment": 2, "Flag": 3, "Condition": 4, "Observation": 5}
-    return sorted(out, key=lambda t: (order.get(t[0], 6), t[1].name))
+    out = [(_file_type(p, listed, deleted), p) for p in paths]
+    # Deletions right after the register: a resource both deleted and in the same export's output
+    # was deleted and then made again, and the output (the state at transactionTime) must win.
+    order = {"Patient": 0, DELETED: 1, "Encounter": 2, "Appointment": 3, "Flag": 4, "Condition": 5,
+             "Observation": 6}
+    return sorted(out, key=lambda t: (order.get(t[0], 7), t[1].name))
+
+
+def _manifest(folder: Path) -> tuple[dict[str, str], set[str]]:
+    """The manifest's files: `output` file name → type, and the names listed under `deleted`."""
+    listed: dict[str, str] = {}
+    deleted: set[str] = set()
+    mf = folder / "manifest.json"
+    if not mf.exists():
+        return listed, deleted
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+        for item in manifest.get("output", []):
+            listed[Path(str(item.get("url", ""))).name] = str(item.get("type", ""))
+        deleted = {Path(str(item.get("url", ""))).name for item in manifest.get("deleted") or []}
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, OSError):
+        pass
+    return listed, deleted
+
+
+def _file_type(path: Path, listed: dict[str, str], deleted: set[str]) -> str:
+    """One file's type: listed as deleted, else the manifest's, else a first line that is a
+    Bundle of DELETE requests, else the name's, else the first line's resourceType."""
+    if path.name in deleted:
+        return DELETED
+    if listed.get(path.name):
+        return listed[path.name]
+    first = _first_line(path)
+    if is_deletions(first):
+        return DELETED
+    return _type_from_name(path.name) or (str(first.get("resourceType", "")) if isinstance(first, dict) else "")
+
+
+def is_deletions(resource: object) -> bool:
+    """Whether a parsed line is a Bundle whose entries are all DELETE requests (a `deleted` file's)."""
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Bundle":
+        return False
+    entries = resource.get("entry")
+    return isinstance(entries, list) and bool(entries) and all(
+        isinstance(e, dict) and isinstance(e.get("request"), dict)
+        and str(e["request"].get("method", "")).strip().upper() == "DELETE" for e in entries)
 
 
 def _type_from_name(name: str) -> str:
@@ -104,14 +158,15 @@ def _type_from_name(name: str) -> str:
     return next((p for p in parts if p in TABLE_OF), next((p for p in parts if p[:1].isupper()), ""))
 
 
-def _type_from_first_line(path: Path) -> str:
+def _first_line(path: Path) -> object:
+    """The file's first line, parsed as JSON; None when it cannot be read or is not JSON."""
     try:
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rb") as f:
             line = f.readline(1 << 20)
-        return str(json.loads(line).get("resourceType", ""))
-    except (OSError, ValueError, AttributeError, EOFError):
-        return ""
+        return json.loads(line)
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,13 +177,15 @@ def _type_from_first_line(path: Path) -> str:
 def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path: Path, fp: Fingerprint) -> Input:
     """Read one NDJSON file into `fhir_rows` and `rejects`; return the ingest `Input` for it."""
     kind = next((k for k, p in fhir_files(path) if p == path), "")
-    if kind not in TABLE_OF:
+    if kind not in TABLE_OF and kind != DELETED:
         raise WobbleError(f"not a FHIR resource type wobble reads ({kind or 'unknown type'})")
     if fp.size == 0:
         raise WobbleError("the file is empty")
     head = _head(path)
     if b"\x00" in head:
         raise WobbleError("the file is binary, not NDJSON text")
+    if kind == DELETED:
+        return read_deleted(con, source, path, fp)
     maps = code_maps(source)
     _read_lines(con, source, path, fp, kind)
     fields = resource_fields(kind, maps, source.system, _export_date(path))
@@ -157,6 +214,49 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         line_sql="_ord", rejects="rejects", out_of_scope=out_of_scope,
         system_prefix=f"ref:{source.system}:", required=(),
         extra_unmapped=reported,
+    )
+
+
+def read_deleted(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: Fingerprint) -> Input:
+    """Read a Bulk Data `deleted` file: one row per DELETE entry of its Bundle lines in `fhir_rows`
+    (line, entry, kind, tbl: the table its record lives in, raw_id: the record id the load keeps it
+    under, before pseudonymising); lines that are not Bundles with entries, and entries that are
+    not a DELETE of one resource, in `rejects` (malformed_line). Table 'deletions': loaded by
+    `wobble.ingest.load.load_deletions`."""
+    _read_lines(con, source, path, fp, "Bundle")  # (other resources: rejects)
+    method, url = "json_extract_string(e.x, '$.request.method')", "json_extract_string(e.x, '$.request.url')"
+    kind = deleted_target(url, "kind")
+    # only the request goes to quarantine, never an entry's resource (a PUT may carry a whole
+    # Patient); a Patient's id is masked as in other files' rows
+    shown = (f"'request.method=' || coalesce(left({method}, 20), '') || '; request.url=' || "
+             f"regexp_replace(coalesce(left({url}, 200), ''), '(^|/)Patient/[^/]+', '\\1Patient/(masked)')")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE fhir_entries AS
+        SELECT _ord AS line, e.i AS entry,
+               coalesce(upper(trim({method})) = 'DELETE', false) AS is_delete, {kind} AS kind,
+               {deleted_target(url, "id")} AS id, {shown} AS shown
+        FROM (SELECT _ord, unnest(list_transform(json_extract(j, '$.entry[*]'), lambda x, i: {{'i': i, 'x': x}})) AS e
+              FROM fhir_json WHERE kind = 'Bundle')""")
+    con.execute("""
+        INSERT INTO rejects
+        SELECT _ord, NULL, 'a Bundle without entries' FROM fhir_json
+        WHERE kind = 'Bundle' AND coalesce(len(json_extract(j, '$.entry[*]')), 0) = 0
+        UNION ALL
+        SELECT line, shown, CASE WHEN NOT is_delete THEN 'an entry that is not a DELETE request'
+                                 ELSE 'a DELETE whose request.url names no one resource (Type/id)' END
+        FROM fhir_entries WHERE NOT is_delete OR kind = ''""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE fhir_rows AS
+        SELECT line, entry, kind, {deleted_table()} AS tbl, {deleted_record_id()} AS raw_id
+        FROM (SELECT line, entry, kind, json_object('id', id) AS j FROM fhir_entries WHERE is_delete AND kind <> '')""")
+    con.execute("DROP TABLE fhir_entries")
+    con.execute("DROP TABLE fhir_json")
+    out_of_scope = int(con.execute("SELECT count(*) FROM fhir_rows WHERE tbl IS NULL").fetchone()[0])
+    return Input(
+        kind="fhir", table="deletions", relation="(SELECT * FROM fhir_rows)", first_pass="(SELECT * FROM fhir_rows)",
+        fields={"record_id": "VARCHAR"}, labels={"record_id": "request.url"}, values={}, defaults={},
+        timestamp_format=None, date_format=None, timezone="Europe/London", line_sql="line", rejects="rejects",
+        out_of_scope=out_of_scope, system_prefix=f"ref:{source.system}:", required=(),
     )
 
 

@@ -382,3 +382,34 @@ def in_scope(kind: str, maps: dict[str, dict[str, str]]) -> tuple[str, str]:
     category = (f"len(list_filter({_concepts_codes('$.category')}, "
                 f"lambda v: regexp_extract(v, '[^|]+$') IN ({cats}))) > 0")
     return category, mapped
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk Data `deleted` files: Bundles whose entries are DELETE requests
+# ---------------------------------------------------------------------------------------------
+
+# request.url of a deleted resource, relative ('Encounter/1'), absolute ('https://server/fhir/
+# Encounter/1') or versioned ('Encounter/1/_history/2'): groups 'kind' and 'id'.
+DELETED_URL = r"(^|/)([A-Za-z]+)/([^/?#]+)(/_history/[^/]+)?$"
+
+
+def deleted_target(url_sql: str, part: str) -> str:
+    """SQL: the resource type (`part` 'kind') or id ('id') a DELETE request.url names; '' when it
+    names no one resource (a search URL, a urn:uuid)."""
+    return f"regexp_extract({url_sql}, {literal(DELETED_URL)}, {2 if part == 'kind' else 3})"
+
+
+def deleted_record_id() -> str:
+    """SQL over `kind` and `j` (a stub resource {"id": …}): the record id the load keeps a deleted
+    contact or tag under, before `record_id_sql`. It is each type's own `record_id` SQL (an
+    Encounter's id, 'Appointment/' || an Appointment's id, a tag resource's id), so a deletion
+    finds what the load stored by construction; NULL for other types."""
+    kinds = [k for k, t in TABLE_OF.items() if t in ("contacts", "tags")]
+    arms = " ".join(f"WHEN {literal(k)} THEN {resource_fields(k, {}, '', None)['record_id']}" for k in kinds)
+    return f"CASE kind {arms} END"
+
+
+def deleted_table() -> str:
+    """SQL over `kind`: the table a deleted resource's record lives in (persons, contacts, tags),
+    NULL for a type wobble does not read."""
+    return f"CASE kind {' '.join(f'WHEN {literal(k)} THEN {literal(t)}' for k, t in TABLE_OF.items())} END"

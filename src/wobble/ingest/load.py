@@ -19,7 +19,7 @@ from wobble.core.config import Source
 from wobble.core.sql import in_list, literal
 from wobble.core.vocab import CONCERN_TAGS
 from wobble.core.warehouse import scalar, transaction
-from wobble.ingest.identifiers import record_id_sql
+from wobble.ingest.identifiers import record_id_sql, without_numbers_sql
 from wobble.ingest.optout import withdraw
 from wobble.ingest.reader import REJECTING, Input, coded_field, field_text, field_timestamp, present_sql, vocab_value
 from wobble.ingest.state import RunState
@@ -57,9 +57,14 @@ class FileResult:
     rows_withdrawn: int = 0  # contacts and tags removed because their person opted out
     rows_retracted: int = 0  # records removed because the source marked them entered-in-error
     rows_out_of_scope: int = 0  # FHIR resources wobble does not read (e.g. vital-sign observations)
+    rows_deleted: int = 0  # contacts and tags removed because the source deleted them (a `deleted` file)
+    deletions_not_held: int = 0  # deletions of records wobble does not hold (never loaded, or gone already)
+    deletions_not_applied: int = 0  # deleted Patients: wobble keeps the person (`load_deletions`)
     reasons: dict[str, int] = field(default_factory=dict)
     unmapped: dict[str, dict[str, int]] = field(default_factory=dict)  # field → code → rows
-    defaulted: dict[str, int] = field(default_factory=dict)  # field → rows given a default
+    # what → rows, each listed by the data-quality report as worth a look: fields given a default
+    # (contacts), or what a `deleted` file's deletions did
+    defaulted: dict[str, int] = field(default_factory=dict)
     other_identifier: int = 0  # persons pseudonymised from an identifier other than an NHS number
     batch_id: str | None = None  # the load's batch (its quarantine rows carry it)
     line_breaks_in_fields: int = 0
@@ -479,3 +484,74 @@ def _duplicates(con, inp: Input, target: str, id_col: str, system: str, incoming
         FROM existing WHERE verdict <> 'newer'""")
     con.execute(f"INSERT INTO bad SELECT {inp.line_sql}, 'duplicate', detail, NULL FROM dups")
     return retracted
+
+
+# ---------------------------------------------------------------------------------------------
+# Deletions (a FHIR Bulk Data `deleted` file)
+# ---------------------------------------------------------------------------------------------
+
+# What the report says a deletions file did (shown as "<file>: <what> on N rows").
+DELETED_REMOVED = "deleted at the source (contact or tag removed)"
+DELETED_NOT_HELD = "deleted at the source (no such record held: nothing to remove)"
+DELETED_PATIENT = ("deleted Patient (not applied: a person leaves the register when the register says so; "
+                   "their contacts and tags go when the source deletes those)")
+
+
+def load_deletions(run: RunState, batch: Batch, inp: Input) -> FileResult:
+    """A `deleted` file (`wobble.ingest.fhir.read_deleted`; one row per DELETE entry): each deleted
+    Encounter or Appointment removes the contact, each Flag, Condition or Observation the tag, that
+    this source system holds under the same record id, pseudonymised by the load's own rule
+    (`record_id_sql`), in one transaction with the quarantine (malformed lines and entries) and
+    the ledger row, so a re-run is skipped and a crash leaves the warehouse as it was.
+
+    A deletion of a record not held is counted (`deletions_not_held`), not an error. A deleted
+    Patient is not applied, only counted (`deletions_not_applied`): a person is their NHS number's
+    pseudonym, not one source's Patient id. One person may have several Patient ids (a merge
+    deletes the duplicate record and keeps the survivor) and rows in other sources' registers, so
+    removing the person would drop someone whose record lives on (nobody dropped for an
+    administrative gap) and quarantine their other sources' activity as person_not_found. A person
+    leaves the register when the register says so: a death, an opt-out, or their own records
+    deleted one by one. Types wobble does not read are out of scope, as in any file."""
+    con, system = run.con, literal(batch.source.system)
+    # Within a file a record deleted twice is one deletion: the earlier entries are duplicates.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE staged AS
+        SELECT line, entry, tbl, record_id,
+               row_number() OVER (PARTITION BY tbl, record_id ORDER BY line DESC, entry DESC) > 1 AS dup,
+               coalesce((tbl = 'contacts' AND record_id IN (SELECT contact_id FROM contacts
+                                                            WHERE source_system = {system}))
+                        OR (tbl = 'tags' AND record_id IN (SELECT tag_id FROM tags WHERE source_system = {system})),
+                        false) AS held
+        FROM (SELECT line, entry, tbl, {record_id_sql('raw_id')} AS record_id FROM fhir_rows
+              WHERE tbl IN ('contacts', 'tags'))""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE bad AS
+        SELECT line, 'malformed_line' AS reason, lower(error) AS detail,
+               {without_numbers_sql("left(csv_line, 500)")} AS raw FROM rejects
+        UNION ALL
+        SELECT line, 'duplicate', 'another entry in this file deletes the same record', NULL FROM staged WHERE dup""")
+    entries, duplicate, not_held = (int(v) for v in con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE dup), count(*) FILTER (WHERE NOT dup AND NOT held) FROM staged"
+    ).fetchone())
+    patients = int(scalar(con, "SELECT count(*) FROM fhir_rows WHERE tbl = 'persons'"))
+    rows_in = entries + int(scalar(con, "SELECT count(*) FROM rejects"))
+    _pause_point("staged", Path(batch.rel).name)
+    with transaction(con):
+        removed = {t: int(con.execute(f"""
+            DELETE FROM {t} WHERE source_system = {system}
+              AND {c} IN (SELECT record_id FROM staged WHERE tbl = {literal(t)} AND held)""").fetchone()[0])
+                   for t, c in (("contacts", "contact_id"), ("tags", "tag_id"))}
+        if sum(removed.values()):  # the rows are gone for good: say so where governance looks
+            con.execute("INSERT INTO audit_log VALUES (?, 'wobble ingest', NULL, NULL, 'source_deletions_applied', ?)",
+                        [run.now, f"{batch.rel}: removed {removed['contacts']} contacts and {removed['tags']} "
+                                  "tags the source deleted"])
+        _pause_point("inserted", Path(batch.rel).name)
+        reasons = _finish(run, batch, inp, rows_in, entries - duplicate, duplicate, {})
+    deleted = sum(removed.values())
+    notes = {DELETED_REMOVED: deleted, DELETED_NOT_HELD: not_held, DELETED_PATIENT: patients}
+    return FileResult(
+        batch.name, batch.rel, "loaded", batch_id=batch.batch_id, table="deletions", rows_in=rows_in,
+        rows_loaded=entries - duplicate, rows_quarantined=rows_in - entries, rows_duplicate=duplicate,
+        rows_deleted=deleted, deletions_not_held=not_held, deletions_not_applied=patients,
+        rows_out_of_scope=inp.out_of_scope, reasons=reasons, defaulted={k: v for k, v in notes.items() if v},
+    )

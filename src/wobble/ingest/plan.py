@@ -12,7 +12,7 @@ import duckdb
 
 from wobble.core.config import Config, Source
 from wobble.core.errors import WobbleError
-from wobble.ingest.fhir import fhir_files, read_fhir
+from wobble.ingest.fhir import DELETED, fhir_files, read_fhir
 from wobble.ingest.fhir_sql import TABLE_OF
 from wobble.ingest.reader import Fingerprint, Input
 from wobble.ingest.tabular import open_csv, open_parquet, scratch_dir
@@ -31,12 +31,14 @@ class Planned:
 
     @property
     def not_read(self) -> bool:
-        return self.source.kind == "fhir" and self.path is not None and self.fhir_type not in TABLE_OF
+        return (self.source.kind == "fhir" and self.path is not None and self.fhir_type not in TABLE_OF
+                and self.fhir_type != DELETED)
 
 
 def plan_files(cfg: Config, names: list[str]) -> list[Planned]:
-    """The files in load order: persons before contacts before tags, and last the FHIR files
-    of resource types wobble does not read (reported, left alone)."""
+    """The files in load order: persons before contacts before tags (a FHIR export's `deleted`
+    files first among its activity: `fhir_files`), and last the FHIR files of resource types
+    wobble does not read (reported, left alone)."""
     plan: list[tuple[int, Planned]] = []
     for name in names:
         source = cfg.sources[name]
@@ -65,7 +67,7 @@ def display_path(cfg: Config, path: Path) -> str:
 
 _TEMP_TABLES = ("staged", "staged_t", "ids", "ids0", "cand", "seen", "staff", "codes", "dups", "existing",
                 "incoming", "bad", "newly_out", "rej_errors", "rej_scans", "rejects", "fhir_rows", "fhir_lines",
-                "fhir_json")
+                "fhir_json", "fhir_entries", "line_steps")
 
 
 def drop_temp(con: duckdb.DuckDBPyConnection) -> None:

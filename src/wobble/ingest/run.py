@@ -48,7 +48,7 @@ from wobble.core.errors import WobbleError, first_line
 from wobble.core.vault import vault_key
 from wobble.core.warehouse import connect, scalar
 from wobble.ingest.identity import build_vault
-from wobble.ingest.load import Batch, FileResult, load_activity, load_persons
+from wobble.ingest.load import Batch, FileResult, load_activity, load_deletions, load_persons
 from wobble.ingest.optout import apply_opt_out_list
 from wobble.ingest.plan import Planned, display_path, drop_temp, open_input, plan_files
 from wobble.ingest.quality import write_report
@@ -97,6 +97,11 @@ class IngestResult:
             "rows_replaced": self.total("rows_replaced"),
             "rows_withdrawn": self.total("rows_withdrawn") + self.opt_out_list.get("rows_withdrawn", 0),
             "rows_retracted": self.total("rows_retracted"),
+            # FHIR Bulk Data `deleted` files: records removed, deletions of records not held, and
+            # deleted Patients, which are not applied (`wobble.ingest.load.load_deletions` says why)
+            "rows_deleted": self.total("rows_deleted"),
+            "deletions_not_held": self.total("deletions_not_held"),
+            "deleted_patients_not_applied": self.total("deletions_not_applied"),
             "files_loaded": sum(f.status == "loaded" for f in self.files),
             "files_skipped": sum(f.status == "skipped" for f in self.files),
             "files_failed": sum(f.status == "failed" for f in self.files),
@@ -164,7 +169,7 @@ def ingest(
         for f in plan:
             fr = _one_file(run, f, prints.get(f.path), register_failed, progress)
             result.files.append(fr)
-            if fr.status == "failed" and _is_register(f):
+            if _holds_back(con, f, fr):
                 register_failed.append(fr.file)
             if f.path in stats:
                 remember_hash(con, f.path, *stats[f.path], prints[f.path].result().sha256)
@@ -222,6 +227,16 @@ def _one_file(run: RunState, f: Planned, fp: Future | None, register_failed: lis
     return load_file(run, f.name, f.source, f.path, fp)
 
 
+def _holds_back(con, f: Planned, fr: FileResult) -> bool:
+    """Whether a register file's failure holds back the run's activity: a file that was there and
+    did not load, or no register file at all while the warehouse has no register yet. A register
+    glob that matches nothing this week (the site moves loaded files away) fails alone: the
+    register already loaded still places the week's activity."""
+    if fr.status != "failed" or not _is_register(f):
+        return False
+    return f.path is not None or not scalar(con, "SELECT count(*) FROM persons")
+
+
 def _is_register(f: Planned) -> bool:
     """Whether a planned file feeds `persons` (a register, or a FHIR export's Patient file)."""
     return f.fhir_type == "Patient" if f.source.kind == "fhir" else f.source.table == "persons"
@@ -262,7 +277,7 @@ def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) 
     try:
         inp = open_input(run.con, run.cfg, source, path, fingerprint)
         batch.table = inp.table
-        load = load_persons if inp.table == "persons" else load_activity
+        load = {"persons": load_persons, "deletions": load_deletions}.get(inp.table, load_activity)
         result = load(run, batch, inp)
     except WobbleError as exc:
         return FileResult(name, rel, "failed", table=batch.table, error=str(exc),
