@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,6 +37,11 @@ def test_vectorised_check_digit_matches_reference(prefix):
 def test_validator_never_raises_and_agrees_with_library(text):
     ours = is_valid_nhs_number(text)
     digits = text.replace(" ", "").replace("-", "")
+    # the whole number as Excel writes a number column: '9434765919.0', '9.434765919E+09'
+    if excel := re.fullmatch(r"([0-9]{10})\.0*", text.strip()):
+        digits = excel[1]
+    elif excel := re.fullmatch(r"([0-9])\.([0-9]{9})[eE]\+?0*9", text.strip()):
+        digits = excel[1] + excel[2]
     if len(digits) == 10 and digits.isascii() and digits.isdigit() and digits >= "3113000000":
         assert ours == is_valid(digits)
     else:
@@ -49,3 +56,11 @@ def test_pseudonym_is_hmac_sha256_prefix():
     expected = hmac.new(key, b"9434765919", hashlib.sha256).hexdigest()[:16]
     assert pseudonymise(key, "9434765919") == expected
     assert pseudonymise(b"other-key-1234567890", "9434765919") != expected
+
+
+@given(st.integers(min_value=3_113_000_000, max_value=9_999_999_999), st.sampled_from(["{n}.0", "{n}.00", "{n}",
+       "{a}.{b}E+09", "{a}.{b}e9", " {n}.0 "]))
+def test_excel_forms_of_a_number_are_that_number(n, form):
+    """Written as Excel saves a number column, a number is valid exactly when it is."""
+    text = form.format(n=n, a=str(n)[0], b=str(n)[1:])
+    assert is_valid_nhs_number(text) == is_valid(str(n))

@@ -63,6 +63,18 @@ class Paths(_Strict):
     models: Path | None = None  # a folder of model spec YAML; default: the packaged ones
 
 
+# Unicode's white space (what Python's str.isspace() matches) and the zero-width space and byte-order
+# mark: what spreadsheets and web pages leave around a code ("Seen\u00a0").
+CODE_SPACES = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+               "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\u200b\ufeff")
+
+
+def code_key(code: str) -> str:
+    """A source's code as matched when it is not mapped exactly: without surrounding white space,
+    in lower case ("Seen\u00a0" and "seen" are both "seen")."""
+    return code.strip(CODE_SPACES).lower()
+
+
 # Fields a FHIR source may give value mappings for (FHIR code → contract value). Keys are a
 # code, or "system|code" to tell apart the same code in two code systems.
 FHIR_VALUE_FIELDS = ("service", "status", "mode", "tag", "sex", "ethnicity_group", "author_role")
@@ -115,6 +127,7 @@ class Source(_Strict):
                     f"sources.{name}: '{field}' is not a field of the {self.table} contract "
                     f"(expected one of: {', '.join(allowed)})"
                 )
+        self._check_value_keys(name)
         for field in self.formats:
             if field not in self.columns:
                 raise ConfigError(f"sources.{name}.formats.{field}: not a mapped column of this source "
@@ -128,6 +141,21 @@ class Source(_Strict):
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"sources.{name}.timezone: unknown time zone {self.timezone!r}") from None
+
+
+    def _check_value_keys(self, name: str) -> None:
+        """Codes match their mapping ignoring case and surrounding white space (`code_key`), so two
+        keys that differ only so must mean the same; else which one a third spelling meant is a guess."""
+        for field, mapping in self.values.items():
+            seen: dict[str, str] = {}
+            for code, value in mapping.items():
+                other = seen.setdefault(code_key(code), code)
+                if mapping[other] != value:
+                    raise ConfigError(
+                        f"sources.{name}.values.{field}: {other!r} and {code!r} differ only by case or spaces but "
+                        f"map to {mapping[other]!r} and {value!r}; codes are matched ignoring both, so give them "
+                        "one value or remove one"
+                    )
 
 
 class Lookups(_Strict):

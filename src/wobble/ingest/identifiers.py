@@ -23,6 +23,13 @@ STRANGER_PREFIX_FROM = 999_999_000
 # SQL pattern below is the same class in RE2's spelling.
 _NON_DIGIT = re.compile("[\t\n\f\r \u00a0-]")
 _NON_DIGIT_SQL = "[\\t\\n\\f\\r \\x{00A0}-]"
+# Excel saves a number column as a decimal ("9434765919.0") or, in scientific notation, as
+# "9.434765919E+09". Either is the ten-digit number when all ten digits are written; a fraction,
+# or a mantissa with digits lost ("9.43477E+09": which number was it?), is not. Matched on the
+# value without surrounding white space (`_EDGES`), in Python and SQL alike.
+_EXCEL = re.compile(r"([0-9]{10})\.0*|([0-9])\.([0-9]{9})[eE]\+?0*9")
+_EXCEL_SQL = r"^(?:([0-9]{10})\.0*|([0-9])\.([0-9]{9})[eE]\+?0*9)$"
+_EDGES = " \t\n\f\r\u00a0"
 
 
 def check_digit(first_nine: np.ndarray) -> np.ndarray:
@@ -33,9 +40,18 @@ def check_digit(first_nine: np.ndarray) -> np.ndarray:
     return np.where(check == 11, 0, check)
 
 
+def nhs_digits(value: str) -> str:
+    """The value as an NHS number's digits: separators removed, or the whole number Excel wrote
+    as a decimal (`_EXCEL`); still to be checked (`is_valid_nhs_number`)."""
+    if "." in value and (m := _EXCEL.fullmatch(value.strip(_EDGES))):
+        return "".join(g or "" for g in m.groups())
+    return _NON_DIGIT.sub("", value)
+
+
 def is_valid_nhs_number(value: str) -> bool:
-    """True when `value` (spaces and hyphens allowed) is a ten-digit number with a valid check digit."""
-    s = _NON_DIGIT.sub("", value)
+    """True when `value` (spaces and hyphens allowed; the whole number as an Excel decimal too) is a
+    ten-digit number with a valid check digit."""
+    s = nhs_digits(value)
     if len(s) != 10 or not s.isascii() or not s.isdigit():
         return False
     total = sum(int(d) * w for d, w in zip(s[:9], range(10, 1, -1), strict=True))
@@ -112,8 +128,36 @@ def install_sql_pseudonym(con, key: bytes) -> None:
 
 
 def nhs_normalised_sql(text: str) -> str:
-    """SQL: the text with separators removed (still text; valid only if `nhs_valid_sql` says so)."""
-    return f"regexp_replace({text}, '{_NON_DIGIT_SQL}', '', 'g')"
+    """SQL: `nhs_digits`: the text with separators removed, or an Excel decimal's whole number (still
+    text; valid only if `nhs_valid_sql` says so). Only text with a '.' is tried as a decimal."""
+    edged = f"trim({text}, {_sql_chars(_EDGES)})"
+    return (f"CASE WHEN contains({text}, '.') AND regexp_matches({edged}, '{_EXCEL_SQL}') "
+            f"THEN regexp_replace({edged}, '{_EXCEL_SQL}', '\\1\\2\\3') "
+            f"ELSE regexp_replace({text}, '{_NON_DIGIT_SQL}', '', 'g') END")
+
+
+def _sql_chars(chars: str) -> str:
+    """SQL: a string of these characters, spelt with chr() (no raw control characters in SQL)."""
+    return "(" + " || ".join(f"chr({ord(c)})" for c in chars) + ")"
+
+
+def nhs_invalid_detail_sql(raw: str) -> str:
+    """SQL: a quarantine detail for an NHS number that is not valid, saying what it looked like with
+    no digit shown: its shape ('#' for each digit) and why, as `nhs_number: '##########.#' (a decimal,
+    not a whole number)`; a value not written as a number is only measured. NULL for ten digits
+    (separators allowed) with a wrong check digit: the reason alone says that."""
+    t = f"trim({raw}, {_sql_chars(_EDGES)})"
+    n = nhs_normalised_sql(raw)
+    why = (f"CASE WHEN regexp_full_match({n}, '[0-9]{{10}}') THEN 'check digit does not match' "
+           f"WHEN regexp_full_match({t}, '[0-9]*\\.?[0-9]+[eE][+-]?[0-9]+') "
+           "THEN 'scientific notation without all ten digits: save the column as text' "
+           f"WHEN regexp_full_match({t}, '[0-9]*\\.[0-9]+') THEN 'a decimal, not a whole number' "
+           f"WHEN regexp_full_match({n}, '[0-9]+') THEN length({n}) || ' digits, not 10' ELSE 'not ten digits' END")
+    number_like = f"regexp_full_match({t}, '[0-9eE.+/ \\t\\x{{00A0}}-]+')"
+    shape = f"'''' || left(translate({t}, '0123456789', '##########'), 30) || ''''"
+    return (f"CASE WHEN regexp_full_match({n}, '[0-9]{{10}}') AND NOT contains({t}, '.') THEN NULL "
+            f"ELSE 'nhs_number: ' || CASE WHEN {number_like} THEN {shape} || ' (' || ({why}) || ')' "
+            f"ELSE 'not written as a number (length ' || length({t}) || ')' END END")
 
 
 def nhs_valid_sql(n: str) -> str:

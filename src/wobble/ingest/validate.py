@@ -13,11 +13,12 @@ from wobble.core.warehouse import scalar
 from wobble.ingest.identifiers import (
     NHS_LIKE,
     NUMBER_REMOVED,
+    nhs_invalid_detail_sql,
     nhs_normalised_sql,
     nhs_valid_sql,
     without_numbers_sql,
 )
-from wobble.ingest.reader import BLANKS, Input, code_map, detail_value_sql, masked_raw_sql
+from wobble.ingest.reader import Input, code_index_sql, detail_value_sql, masked_raw_sql
 from wobble.ingest.state import RunState
 
 # ---------------------------------------------------------------------------------------------
@@ -56,12 +57,12 @@ def first_pass(run: RunState, inp: Input, coded: list[str], staff_system: str | 
             FROM codes WHERE g = {mask_for(['professional'])} AND professional IS NOT NULL""")
     unmapped: dict[str, dict[str, int]] = {}
     for c in coded:
-        mapping = code_map(inp, c)
+        # the same lookup the second pass makes (0 for a blank): what it leaves NULL is unmapped
         rows = con.execute(
-            f"SELECT {c}, n FROM codes WHERE g = {mask_for([c])} AND {c} IS NOT NULL ORDER BY n DESC"
+            f"SELECT {c}, n FROM codes WHERE g = {mask_for([c])} AND {c} IS NOT NULL "
+            f"AND {code_index_sql(c, inp, c, '0')} IS NULL ORDER BY n DESC"
         ).fetchall()
-        found = {safe_code(code): int(n) for code, n in rows
-                 if code not in mapping and code.strip(BLANKS) not in mapping and code.strip(BLANKS)}
+        found = {safe_code(code): int(n) for code, n in rows}
         if found:
             unmapped[c] = found
     return unmapped
@@ -76,10 +77,10 @@ def safe_code(code: str) -> str:
 def _build_ids(run: RunState, inp: Input, keys: list[str], distinct_sql: str) -> None:
     """`ids`: one row per distinct identifier (combination) in the file, with its person.
 
-    status: 0 a person we can load or match, 1 invalid NHS number, 2 not registered, 3 opted
-    out, 4 no identifier at all. In a persons file `person_id` is the pseudonym to load under,
-    and `other_id` says it came from an identifier other than an NHS number (FHIR patients
-    without one: HMAC of 'id:' + system|value).
+    status: 0 a person we can load or match, 1 invalid NHS number (`why`: what it looked like,
+    no digit shown), 2 not registered, 3 opted out, 4 no identifier at all. In a persons file
+    `person_id` is the pseudonym to load under, and `other_id` says it came from an identifier
+    other than an NHS number (FHIR patients without one: HMAC of 'id:' + system|value).
     """
     con = run.con
     nhs = "nhs_number" if "nhs_number" in keys else "NULL::VARCHAR"
@@ -108,10 +109,12 @@ def _build_ids(run: RunState, inp: Input, keys: list[str], distinct_sql: str) ->
                   "WHEN p.person_id IS NULL THEN 2 WHEN p.opted_out THEN 3 ELSE 0 END")
         person = "p.person_id"
         joins += f" LEFT JOIN persons p ON p.person_id = coalesce(c.person_id, {ref})"
+    why = (f"CASE WHEN i.nhs IS NOT NULL AND NOT {valid} THEN {nhs_invalid_detail_sql('i.nhs_number')} END"
+           if "nhs_number" in keys else "NULL::VARCHAR")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE ids AS
         SELECT i.*, ({status})::UTINYINT AS status, {person} AS person_id,
-               (i.nhs IS NULL AND {alt} IS NOT NULL) AS other_id
+               (i.nhs IS NULL AND {alt} IS NOT NULL) AS other_id, {why} AS why
         FROM ids0 i LEFT JOIN nhs_cache c ON c.nhs = i.nhs {joins}""")
     con.execute("DROP TABLE ids0")
 
@@ -156,9 +159,12 @@ def _reason_sql(checks: list[Check]) -> str:
 
 
 def _detail_sql(inp: Input, checks: list[Check]) -> str:
-    """SQL: for a failing row, which field failed and its value (masked as in `raw`). Only
-    evaluated for rows with a reason, so rows that pass pay nothing for it."""
-    arms = " ".join(f"WHEN {cond} THEN {detail_value_sql(inp, f)}" for _, cond, f in checks if f)
+    """SQL: for a failing row, which field failed and its value (masked as in `raw`; an invalid NHS
+    number as what it looked like, no digit shown). Only evaluated for rows with a reason, so rows
+    that pass pay nothing for it."""
+    nhs = nhs_invalid_detail_sql("r.nhs_number::VARCHAR") if "nhs_number" in inp.fields else None
+    arms = " ".join(f"WHEN {cond} THEN {detail_value_sql(inp, f) if f else nhs}" for reason, cond, f in checks
+                    if f or (reason == "invalid_nhs_number" and nhs))
     return f"(CASE {arms} END)" if arms else "NULL::VARCHAR"
 
 
@@ -242,7 +248,9 @@ def settle_identity(con, inp: Input) -> None:
                           WHEN ids.status = 2 THEN {r['person_not_found']}
                           WHEN ids.status = 3 THEN {r['opted_out']}
                           ELSE {r['missing_field']} END,
-            detail = CASE WHEN staged_t.reason IS NOT NULL THEN staged_t.detail
+            detail = CASE WHEN staged_t.reason IN {first} THEN staged_t.detail
+                          WHEN ids.status = 1 THEN ids.why
+                          WHEN staged_t.reason IS NOT NULL THEN staged_t.detail
                           WHEN ids.status = 4 THEN 'identifier: (blank)' END,
             raw = CASE WHEN staged_t.reason IS NULL AND ids.status = 3 THEN NULL ELSE staged_t.raw END
         FROM ids WHERE {ids_match(inp, 'ids', 'staged_t')} AND ids.status <> 0""")
