@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import numpy as np
+from conftest import TEST_KEY
 
+from wobble.core.config import load_config
+from wobble.ingest import IngestResult, ingest
 from wobble.ingest.identifiers import STRANGER_PREFIX_FROM, check_digit, synthetic_nhs_numbers
+
+KEY = TEST_KEY.encode()
 
 CONFIG = """
 [wobble]
@@ -210,3 +216,19 @@ def scan_for(paths: list[Path], needles: set[str], also: tuple[str, ...] = ()) -
                     check(f"{name}:{member}", z.read(member).decode("latin-1"))
         check(name, data.decode("latin-1"))  # the raw bytes too, whatever the format
     return hits
+
+
+def run(cfg_path: Path, **kw) -> IngestResult:
+    """`wobble ingest` of the project at `cfg_path`, in process, without the report."""
+    return ingest(load_config(cfg_path), key=KEY, report=False, **kw)
+
+
+def rows(cfg_path: Path, sql: str) -> list[tuple]:
+    """The rows `sql` returns from the project's warehouse."""
+    with duckdb.connect(str(load_config(cfg_path).warehouse), read_only=True) as con:
+        return con.sql(sql).fetchall()
+
+
+def by_file(result: IngestResult) -> dict:
+    """A run's file results by file name."""
+    return {f.file: f for f in result.files}

@@ -3,39 +3,24 @@ opt-outs and lookups, on files whose every row the test wrote."""
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 from conftest import TEST_KEY, run_wobble
 from ingest_kit import (
     NOTES_HEADER,
     VISITS_HEADER,
     broken,
+    by_file,
     csv_text,
     numbers,
     project,
     register,
+    rows,
+    run,
     stranger,
     visit,
 )
 
-from wobble.core.config import load_config
-from wobble.ingest import ingest
-
-KEY = TEST_KEY.encode()
 PEOPLE = numbers(6)
-
-
-def run(cfg_path, **kw):
-    return ingest(load_config(cfg_path), key=KEY, report=False, **kw)
-
-
-def rows(cfg_path, sql):
-    with duckdb.connect(str(load_config(cfg_path).warehouse), read_only=True) as con:
-        return con.sql(sql).fetchall()
-
-
-def by_file(result):
-    return {f.file: f for f in result.files}
 
 
 # ---------------------------------------------------------------------------------------------

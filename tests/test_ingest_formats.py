@@ -11,37 +11,27 @@ import duckdb
 import pytest
 from conftest import TEST_KEY, run_wobble
 from ingest_kit import (
+    KEY,
     NOTES_HEADER,
     REGISTER_HEADER,
     VISITS_HEADER,
     broken,
+    by_file,
     csv_text,
     numbers,
     project,
     register,
+    rows,
+    run,
     visit,
 )
 
 from wobble.core.config import load_config
 from wobble.ingest import ingest
 
-KEY = TEST_KEY.encode()
 PEOPLE = numbers(4)
 GOOD = csv_text(VISITS_HEADER, [visit("V1", PEOPLE[0])])
 NOTES = csv_text(NOTES_HEADER, [f"N1,{PEOPLE[0]},2025-03-01 10:00,LM"])
-
-
-def run(cfg_path, **kw):
-    return ingest(load_config(cfg_path), key=KEY, report=False, **kw)
-
-
-def rows(cfg_path, sql):
-    with duckdb.connect(str(load_config(cfg_path).warehouse), read_only=True) as con:
-        return con.sql(sql).fetchall()
-
-
-def by_file(result):
-    return {f.file: f for f in result.files}
 
 
 def one_line(error: str | None) -> bool:

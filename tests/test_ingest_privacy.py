@@ -7,7 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from ingest_kit import scan_for, source_nhs_numbers
+from ingest_kit import (
+    VISITS_HEADER,
+    csv_text,
+    numbers,
+    project,
+    register,
+    rows,
+    run,
+    scan_for,
+    source_nhs_numbers,
+    visit,
+)
+
+from wobble.core.config import load_config
 
 
 def _written(work: Path) -> list[Path]:
@@ -63,22 +76,14 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
 def test_a_record_id_built_from_an_nhs_number_is_kept_as_a_pseudonym(tmp_path):
     """Some systems build record ids from the NHS number: the warehouse keeps a stable pseudonym
     instead, so a correction still replaces the version held and a retraction still finds it."""
-    import duckdb
-    from conftest import TEST_KEY
-    from ingest_kit import VISITS_HEADER, csv_text, numbers, project, register, visit
-
-    from wobble.core.config import load_config
-    from wobble.ingest import ingest
-
     a, b = numbers(2)
     cfg = project(tmp_path, files={"register.csv": register([a, b]), "visits.csv": csv_text(
         VISITS_HEADER, [visit(f"{a}-1", a), visit(f"{b.replace(' ', '')}-1", b), visit("V9", a)])})
-    ingest(load_config(cfg), key=TEST_KEY.encode(), report=False)
+    run(cfg)
     (tmp_path / "visits_2.csv").write_text(csv_text(VISITS_HEADER, [visit(f"{a}-1", a, entered="2025-03-02 09:00")]))
-    result = ingest(load_config(cfg), key=TEST_KEY.encode(), report=False)
+    result = run(cfg)
     assert result.total("rows_replaced") == 1
-    with duckdb.connect(str(load_config(cfg).warehouse), read_only=True) as con:
-        ids = sorted(r[0] for r in con.sql("SELECT contact_id FROM contacts").fetchall())
+    ids = sorted(r[0] for r in rows(cfg, "SELECT contact_id FROM contacts"))
     hidden = [i for i in ids if i != "V9"]  # an id with no number in it is kept as sent
     assert len(ids) == 3 and len(set(hidden)) == 2
     assert all(i.startswith("pseudonym:") and len(i) == 26 for i in hidden)

@@ -63,10 +63,9 @@ class Paths(_Strict):
     models: Path | None = None  # a folder of model spec YAML; default: the packaged ones
 
 
-# Unicode's white space (what Python's str.isspace() matches) and the zero-width space and byte-order
-# mark: what spreadsheets and web pages leave around a code ("Seen\u00a0").
-CODE_SPACES = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
-               "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\u200b\ufeff")
+# Unicode's white space (what Python's str.isspace() matches: all of it below U+3001) and the
+# zero-width space and byte-order mark: what spreadsheets and web pages leave around a code ("Seen\u00a0").
+CODE_SPACES = "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "\u200b\ufeff"
 
 
 def code_key(code: str) -> str:
@@ -141,7 +140,6 @@ class Source(_Strict):
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"sources.{name}.timezone: unknown time zone {self.timezone!r}") from None
-
 
     def _check_value_keys(self, name: str) -> None:
         """Codes match their mapping ignoring case and surrounding white space (`code_key`), so two

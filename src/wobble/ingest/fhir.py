@@ -37,6 +37,7 @@ import json
 import tomllib
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 
@@ -98,10 +99,10 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
     folder = Path(folder)
     if folder.is_file():
         # a single file: its type as before, but a manifest beside it may list it as deleted
-        paths, (listed, deleted) = [folder], ({}, _manifest(folder.parent)[1])
+        paths, listed, deleted = [folder], {}, _manifest(folder.parent).deleted
     elif folder.is_dir():
         paths = sorted(p for p in folder.iterdir() if p.name.endswith(_SUFFIXES))
-        listed, deleted = _manifest(folder)
+        listed, deleted, _ = _manifest(folder)
     else:
         return []
     out = [(_file_type(p, listed, deleted), p) for p in paths]
@@ -112,21 +113,26 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
     return sorted(out, key=lambda t: (order.get(t[0], 7), t[1].name))
 
 
-def _manifest(folder: Path) -> tuple[dict[str, str], set[str]]:
-    """The manifest's files: `output` file name → type, and the names listed under `deleted`."""
-    listed: dict[str, str] = {}
-    deleted: set[str] = set()
-    mf = folder / "manifest.json"
-    if not mf.exists():
-        return listed, deleted
+class Manifest(NamedTuple):
+    """What an export's manifest.json says of its files: `output` file name → type, the names
+    listed under `deleted`, and the date the export was taken (transactionTime, which Bulk Data
+    requires), None when it does not say."""
+
+    listed: dict[str, str]
+    deleted: set[str]
+    taken: str | None
+
+
+def _manifest(folder: Path) -> Manifest:
+    """The manifest in `folder` (all empty when there is none, or it cannot be read)."""
     try:
-        manifest = json.loads(mf.read_text(encoding="utf-8"))
-        for item in manifest.get("output", []):
-            listed[Path(str(item.get("url", ""))).name] = str(item.get("type", ""))
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        listed = {Path(str(item.get("url", ""))).name: str(item.get("type", ""))
+                  for item in manifest.get("output", [])}
         deleted = {Path(str(item.get("url", ""))).name for item in manifest.get("deleted") or []}
+        return Manifest(listed, deleted, str(manifest.get("transactionTime") or "")[:10] or None)
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, OSError):
-        pass
-    return listed, deleted
+        return Manifest({}, set(), None)
 
 
 def _file_type(path: Path, listed: dict[str, str], deleted: set[str]) -> str:
@@ -188,7 +194,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         return read_deleted(con, source, path, fp)
     maps = code_maps(source)
     _read_lines(con, source, path, fp, kind)
-    fields = resource_fields(kind, maps, source.system, _export_date(path))
+    fields = resource_fields(kind, maps, source.system, _manifest(path.parent).taken)
     cols = ", ".join(f"({sql}) AS {name}" for name, sql in fields.items())
     category, mapped = in_scope(kind, maps)
     con.execute(f"""
@@ -338,16 +344,6 @@ _LABELS = {"patient_ref": "subject", "nhs_number": "identifier(nhs-number)", "al
            "postcode": "address.postalCode", "forename": "name.given", "surname": "name.family",
            "practice_id": "generalPractitioner",
            "died_on": "deceasedDateTime", "deceased": "deceased", "unresolvable_ref": "subject (unresolvable)"}
-
-
-def _export_date(path: Path) -> str | None:
-    """The date the export was taken: its manifest's transactionTime (Bulk Data requires one),
-    when the file sits beside a manifest that says so."""
-    try:
-        manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
-        return str(manifest["transactionTime"])[:10] or None
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return None
 
 
 def _head(path: Path) -> bytes:
