@@ -33,7 +33,7 @@ browser: $(STAMP) ## Find or install a headless Chromium for the browser tests (
 	$(BIN)/python scripts/get_browser.py
 
 test: $(STAMP) browser ## Run the whole test suite, browser tests included
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --tb=short
 
 test-fast: $(STAMP) browser ## The quick subset for development (tests not marked slow; under 3 minutes)
 	$(BIN)/python -m pytest -m "not slow"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -102,9 +104,25 @@ def demo_run(tmp_path_factory):
     return work, proc
 
 
+SQLITE_SIDE_FILES = ("*.sqlite-wal", "*.sqlite-shm", "*.sqlite-journal", "*.db-wal", "*.db-shm", "*.db-journal")
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
+    """A copy of the folder `src` at `dst`. SQLite databases (the review store, MLflow's) are copied through
+    SQLite's backup, so a copy is whole even while a process of an earlier test still has one open
+    (file by file, a write-ahead log could change or vanish between reading it and the database)."""
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(*SQLITE_SIDE_FILES))
+    for db in (*src.rglob("*.sqlite"), *src.rglob("*.db")):
+        if db.is_file() and not db.is_symlink():
+            with closing(sqlite3.connect(db)) as source, closing(sqlite3.connect(dst / db.relative_to(src))) as copy:
+                source.backup(copy)
     return dst
+
+
+def remove(path: Path) -> None:
+    """Remove what a module's fixture made once its tests are done: the suite's scratch stays a few
+    hundred MB rather than growing with every module (a CI machine's disk is not ours to size)."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def load_script(path: Path):
@@ -187,7 +205,8 @@ def published_copy(demo_run, tmp_path_factory):
                     "'gp', 'test')", [pid, as_of, HOSTILE])
     assert isinstance(as_of, date)
     publish(cfg, model=cfg.wobble.models[0], version="1", as_of=as_of)
-    return cfg, as_of, pid
+    yield cfg, as_of, pid
+    remove(copy.parent)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, copy_tree
+from conftest import ROOT, copy_tree, remove
 from oidc_provider import Provider
 from reviewkit import audit_since, last_seq
 from test_browser import WCAG_22_AA, _free_port, wait_healthy
@@ -66,6 +66,7 @@ team_claim = "wobble_teams"
         finally:
             server.terminate()
             server.wait(timeout=10)
+            remove(copy.parent)
 
 
 def _sign_in(chromium, served, who: str):

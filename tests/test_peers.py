@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from conftest import ROOT, copy_tree, load_script
+from conftest import ROOT, copy_tree, load_script, remove
 
 PEERS = ROOT / "scripts" / "peers.py"
 
@@ -40,7 +40,8 @@ def snapshots(tiny_world, tmp_path_factory):
                         f"WHERE as_of = DATE '{as_of}'").pl()
     finally:
         con.close()
-    return contacts, as_of, frame
+    yield contacts, as_of, frame
+    remove(work.parent)
 
 
 @pytest.mark.parametrize("impl", ["polars", "pandas"])

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 import duckdb
 import numpy as np
 import pytest
-from conftest import TEST_KEY, copy_tree
+from conftest import TEST_KEY, copy_tree, remove
 
 from wobble.core.config import PACKAGED_MODELS
 from wobble.core.errors import ConfigError
@@ -135,7 +135,8 @@ def twice(tmp_path_factory, tiny_world):
 
     work = copy_tree(tiny_world, tmp_path_factory.mktemp("train") / "w")
     cfg = load_config(work / "wobble.toml")
-    return cfg, [train(cfg, "crisis_90d", key=TEST_KEY.encode(), register=False) for _ in range(2)]
+    yield cfg, [train(cfg, "crisis_90d", key=TEST_KEY.encode(), register=False) for _ in range(2)]
+    remove(work.parent)
 
 
 def test_two_trainings_with_one_seed_give_identical_metrics(twice):
