@@ -36,6 +36,9 @@ def test_vectorised_check_digit_matches_reference(prefix):
 @given(st.text(max_size=14))
 def test_validator_never_raises_and_agrees_with_library(text):
     ours = is_valid_nhs_number(text)
+    # Excel's text forms: '9434765919 and ="9434765919"
+    if form := re.fullmatch(r"'(.*)|=\"(.*)\"", text.strip(" \t\n\f\r\u00a0"), re.DOTALL):
+        text = form[1] if form[1] is not None else form[2]
     digits = text.replace(" ", "").replace("-", "")
     # the whole number as Excel writes a number column: '9434765919.0', '9.434765919E+09'
     if excel := re.fullmatch(r"([0-9]{10})\.0*", text.strip()):
@@ -59,7 +62,7 @@ def test_pseudonym_is_hmac_sha256_prefix():
 
 
 @given(st.integers(min_value=3_113_000_000, max_value=9_999_999_999), st.sampled_from(["{n}.0", "{n}.00", "{n}",
-       "{a}.{b}E+09", "{a}.{b}e9", " {n}.0 "]))
+       "{a}.{b}E+09", "{a}.{b}e9", " {n}.0 ", "'{n}", '="{n}"', "'{n}.0", ' ="{a}{b}" ']))
 def test_excel_forms_of_a_number_are_that_number(n, form):
     """Written as Excel saves a number column, a number is valid exactly when it is."""
     text = form.format(n=n, a=str(n)[0], b=str(n)[1:])

@@ -296,6 +296,23 @@ def test_nhs_numbers_saved_as_whole_decimals_are_the_number_and_others_say_what_
     ]
 
 
+def test_nhs_numbers_excel_kept_as_text_are_the_number(tmp_path):
+    """Excel's text forms ('9434765919, ="9434765919", the latter quoted as CSV writes it) are the
+    number, on the register and on activity alike; a form of a form, or a wrong number, is not."""
+    a, b = PEOPLE[:2]
+    reg = "NHS,Sex,Born,Team,OptOut\n" + f"'{a},F,1950,T01,N\n\"=\"\"{b}\"\"\",F,1950,T01,N\n"
+    visits = [visit("V1", a), visit("V2", f"'{b}"), visit("V3", f'"=""{a}"""'), visit("V4", f"' {a[:3]} {a[3:]}"),
+              visit("V5", f"''{a}"), visit("V6", f"'{broken(a)}"), visit("V7", f'"=""{a[:9]}"""')]
+    cfg = project(tmp_path, files={"register.csv": reg, "visits.csv": csv_text(VISITS_HEADER, visits)})
+    files = by_file(run(cfg))
+    assert (files["register.csv"].rows_loaded, files["visits.csv"].rows_loaded) == (2, 4)
+    assert rows(cfg, "SELECT count(DISTINCT person_id) FROM contacts") == [(2,)]  # one person per number
+    got = rows(cfg, "SELECT line, reason, detail FROM quarantine ORDER BY line")
+    assert got == [(6, "invalid_nhs_number", "nhs_number: \'\'\'##########\' (not ten digits)"),
+                   (7, "invalid_nhs_number", None),
+                   (8, "invalid_nhs_number", "nhs_number: \'=\"#########\"\' (9 digits, not 10)")]
+
+
 def test_sql_reads_excel_decimals_as_python_does():
     from wobble.ingest.identifiers import is_valid_nhs_number, nhs_digits, nhs_normalised_sql, nhs_valid_sql
 

@@ -58,6 +58,8 @@ nhs_like = st.one_of(
     st.builds(lambda n, s1, s2: f"{n[:3]}{s1}{n[3:6]}{s2}{n[6:]}",
               st.sampled_from(PEOPLE + [broken(p) for p in PEOPLE]), _separators, _separators),
     st.builds(lambda d, s: s.join([d[:3], d[3:]]), _digits, _separators),
+    st.builds(lambda n, form: form.format(n), st.sampled_from(PEOPLE + [broken(p) for p in PEOPLE]),  # Excel's text
+              st.sampled_from(["'{}", '="{}"', " '{} ", "''{}", '"{}"', '="{}', "'{}.0", "='{}'"])),  # forms, and not
     st.text(max_size=16),
 )
 

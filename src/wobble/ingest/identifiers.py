@@ -30,6 +30,11 @@ _NON_DIGIT_SQL = "[\\t\\n\\f\\r \\x{00A0}-]"
 _EXCEL = re.compile(r"([0-9]{10})\.0*|([0-9])\.([0-9]{9})[eE]\+?0*9")
 _EXCEL_SQL = r"^(?:([0-9]{10})\.0*|([0-9])\.([0-9]{9})[eE]\+?0*9)$"
 _EDGES = " \t\n\f\r\u00a0"
+# Excel keeps a number as text, every digit kept, as '9434765919 (a leading apostrophe) or
+# ="9434765919" (a formula); the value inside is read as any other. Matched on the value without
+# surrounding white space, once (a form inside a form is not a number).
+_TEXT_FORM = re.compile(r"'(.*)|=\"(.*)\"", re.DOTALL)
+_TEXT_FORM_SQL = "^(?s:''(.*)|=\"(.*)\")$"  # as it stands in a SQL string literal
 
 
 def check_digit(first_nine: np.ndarray) -> np.ndarray:
@@ -42,7 +47,10 @@ def check_digit(first_nine: np.ndarray) -> np.ndarray:
 
 def nhs_digits(value: str) -> str:
     """The value as an NHS number's digits: separators removed, or the whole number Excel wrote
-    as a decimal (`_EXCEL`); still to be checked (`is_valid_nhs_number`)."""
+    as a decimal (`_EXCEL`), either also inside Excel's text forms (`_TEXT_FORM`); still to be
+    checked (`is_valid_nhs_number`)."""
+    if m := _TEXT_FORM.fullmatch(value.strip(_EDGES)):
+        value = "".join(g or "" for g in m.groups())
     if "." in value and (m := _EXCEL.fullmatch(value.strip(_EDGES))):
         return "".join(g or "" for g in m.groups())
     return _NON_DIGIT.sub("", value)
@@ -129,7 +137,17 @@ def install_sql_pseudonym(con, key: bytes) -> None:
 
 def nhs_normalised_sql(text: str) -> str:
     """SQL: `nhs_digits`: the text with separators removed, or an Excel decimal's whole number (still
-    text; valid only if `nhs_valid_sql` says so). Only text with a '.' is tried as a decimal."""
+    text; valid only if `nhs_valid_sql` says so), also inside Excel's text forms. Only text with a
+    quote or '=' is tried as a text form, and only text with a '.' as a decimal."""
+    edged = f"trim({text}, {_sql_chars(_EDGES)})"
+    inner = f"regexp_replace({edged}, '{_TEXT_FORM_SQL}', '\\1\\2')"
+    return (f"CASE WHEN (contains({text}, '''') OR contains({text}, '=')) "
+            f"AND regexp_matches({edged}, '{_TEXT_FORM_SQL}') "
+            f"THEN {_plain_normalised_sql(inner)} ELSE {_plain_normalised_sql(text)} END")
+
+
+def _plain_normalised_sql(text: str) -> str:
+    """SQL: `nhs_normalised_sql` for text not in a text form."""
     edged = f"trim({text}, {_sql_chars(_EDGES)})"
     return (f"CASE WHEN contains({text}, '.') AND regexp_matches({edged}, '{_EXCEL_SQL}') "
             f"THEN regexp_replace({edged}, '{_EXCEL_SQL}', '\\1\\2\\3') "
@@ -153,7 +171,7 @@ def nhs_invalid_detail_sql(raw: str) -> str:
            "THEN 'scientific notation without all ten digits: save the column as text' "
            f"WHEN regexp_full_match({t}, '[0-9]*\\.[0-9]+') THEN 'a decimal, not a whole number' "
            f"WHEN regexp_full_match({n}, '[0-9]+') THEN length({n}) || ' digits, not 10' ELSE 'not ten digits' END")
-    number_like = f"regexp_full_match({t}, '[0-9eE.+/ \\t\\x{{00A0}}-]+')"
+    number_like = f"regexp_full_match({t}, '[0-9eE.+/ \\t\\x{{00A0}}''=\"-]+')"  # Excel's text forms too
     shape = f"'''' || left(translate({t}, '0123456789', '##########'), 30) || ''''"
     return (f"CASE WHEN regexp_full_match({n}, '[0-9]{{10}}') AND NOT contains({t}, '.') THEN NULL "
             f"ELSE 'nhs_number: ' || CASE WHEN {number_like} THEN {shape} || ' (' || ({why}) || ')' "
