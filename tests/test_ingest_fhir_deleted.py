@@ -100,7 +100,7 @@ def test_a_deleted_file_removes_exactly_those_records_once(tmp_path):
     # the manifest says what it is)
     _, second = _ingest(tmp_path, "exp2", {"Encounter.ndjson": [_encounter("e9", "p2")],
                                            "Encounter.deleted.ndjson": deletions},
-                        manifest=({"Encounter.ndjson": "Encounter"}, ["Encounter.deleted.ndjson"]))
+                        manifest=({"Encounter.ndjson": "Encounter"}, ["Encounter.deleted.ndjson"]), report=True)
     assert not second.failed, [f.error for f in second.failed]
     assert _q(wh, CONTACTS) == [("Appointment/a2",), ("e2",), ("e9",)]
     assert _q(wh, TAGS) == [("f2",)]
@@ -117,6 +117,10 @@ def test_a_deleted_file_removes_exactly_those_records_once(tmp_path):
                   "WHERE file LIKE '%Encounter.deleted.ndjson'") == [(8, 7, 0, 1)]
     assert _q(wh, "SELECT action, detail FROM audit_log") == [
         ("source_deletions_applied", "exp2/Encounter.deleted.ndjson: removed 3 contacts and 3 tags the source deleted")]
+    report = Path(second.report_md).read_text()  # the report says what the file did, in words
+    assert "exp2/Encounter.deleted.ndjson: 6 contacts and tags removed because the source deleted them" in report
+    assert ("exp2/Encounter.deleted.ndjson: 1 deletion of records wobble does not hold (never loaded, or removed "
+            "already): nothing to remove") in report
     # the same export again: every file is in the ledger, nothing changes
     before = _state(wh)
     _, again = _ingest(tmp_path, "exp2", {"Encounter.ndjson": [_encounter("e9", "p2")],
@@ -181,8 +185,8 @@ def test_a_deleted_patient_is_counted_and_reported_not_applied(tmp_path):
     assert _q(cfg.warehouse, "SELECT count(*) FROM persons") == [(2,)]
     assert len(_q(cfg.warehouse, CONTACTS)) == 5 and len(_q(cfg.warehouse, TAGS)) == 4
     report = Path(result.report_md).read_text()
-    assert ("exp2/deleted.ndjson: deleted Patient (not applied: a person leaves the register when the register "
-            "says so; their contacts and tags go when the source deletes those) on 2 rows") in report
+    assert ("exp2/deleted.ndjson: 2 deleted Patients not applied: a person leaves the register when the register "
+            "says so; their contacts and tags go when the source deletes those") in report
 
 
 def test_a_record_deleted_and_made_again_in_the_same_export_is_kept(tmp_path):

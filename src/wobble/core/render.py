@@ -49,6 +49,11 @@ def day_text(d: date | datetime | str, *, short: bool = False) -> str:
     return f"{d.day} {d:%b %Y}" if short else f"{d.day} {d:%B %Y}"
 
 
+def plural(n: int, one: str, many: str) -> str:
+    """'1 subgroup differs', '3 subgroups differ', '1,204 rows'."""
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def css_string(value) -> markupsafe.Markup:
     """A value as a quoted CSS string inside a `<style>` element (where HTML entities are not decoded): quotes,
     backslashes, line breaks and '<' escaped as CSS escapes, so nothing can close the string or the element."""

@@ -490,12 +490,6 @@ def _duplicates(con, inp: Input, target: str, id_col: str, system: str, incoming
 # Deletions (a FHIR Bulk Data `deleted` file)
 # ---------------------------------------------------------------------------------------------
 
-# What the report says a deletions file did (shown as "<file>: <what> on N rows").
-DELETED_REMOVED = "deleted at the source (contact or tag removed)"
-DELETED_NOT_HELD = "deleted at the source (no such record held: nothing to remove)"
-DELETED_PATIENT = ("deleted Patient (not applied: a person leaves the register when the register says so; "
-                   "their contacts and tags go when the source deletes those)")
-
 
 def load_deletions(run: RunState, batch: Batch, inp: Input) -> FileResult:
     """A `deleted` file (`wobble.ingest.fhir.read_deleted`; one row per DELETE entry): each deleted
@@ -548,10 +542,9 @@ def load_deletions(run: RunState, batch: Batch, inp: Input) -> FileResult:
         _pause_point("inserted", Path(batch.rel).name)
         reasons = _finish(run, batch, inp, rows_in, entries - duplicate, duplicate, {})
     deleted = sum(removed.values())
-    notes = {DELETED_REMOVED: deleted, DELETED_NOT_HELD: not_held, DELETED_PATIENT: patients}
     return FileResult(
         batch.name, batch.rel, "loaded", batch_id=batch.batch_id, table="deletions", rows_in=rows_in,
         rows_loaded=entries - duplicate, rows_quarantined=rows_in - entries, rows_duplicate=duplicate,
         rows_deleted=deleted, deletions_not_held=not_held, deletions_not_applied=patients,
-        rows_out_of_scope=inp.out_of_scope, reasons=reasons, defaulted={k: v for k, v in notes.items() if v},
+        rows_out_of_scope=inp.out_of_scope, reasons=reasons,
     )

@@ -29,7 +29,7 @@ import duckdb
 import polars as pl
 
 from wobble.core.config import Config
-from wobble.core.render import render
+from wobble.core.render import plural, render
 from wobble.core.runs import in_prefect_run
 from wobble.features.feeds import RULE, feed_months, months_between
 
@@ -202,6 +202,16 @@ def _persons(con) -> dict:
     return dict(zip(keys, row, strict=True))
 
 
+DELETIONS = (  # what a `deleted` file did (`wobble.ingest.load.load_deletions`), in words
+    ("rows_deleted", "contact or tag", "contacts and tags", "removed because the source deleted them"),
+    ("deletions_not_held", "deletion", "deletions",
+     "of records wobble does not hold (never loaded, or removed already): nothing to remove"),
+    ("deletions_not_applied", "deleted Patient", "deleted Patients",
+     "not applied: a person leaves the register when the register says so; their contacts and tags go when the "
+     "source deletes those"),
+)
+
+
 def _warnings(files) -> list[str]:
     out = []
     for f in files:
@@ -222,6 +232,8 @@ def _warnings(files) -> list[str]:
         if f.rows_withdrawn:
             out.append(f"{f.file}: {f.rows_withdrawn:,} contacts and tags removed because their person has now "
                        "opted out")
+        out += [f"{f.file}: {plural(n, one, many)} {rest}" for field, one, many, rest in DELETIONS
+                if (n := getattr(f, field))]
         if f.rows_retracted:
             out.append(f"{f.file}: {f.rows_retracted:,} records removed because the source marked them "
                        "entered-in-error")

@@ -24,7 +24,7 @@ import yaml
 
 from wobble.core.config import Config
 from wobble.core.errors import WobbleError
-from wobble.core.render import markdown_to_html, render, template_text
+from wobble.core.render import markdown_to_html, plural, render, template_text
 from wobble.core.vocab import system_label
 from wobble.core.warehouse import connect
 from wobble.models import figures as fig
@@ -189,11 +189,6 @@ def _glance(ev: dict) -> list[str]:
     else:
         lines.append("**Flagged subgroups:** none beyond the spec's tolerances.")
     return lines
-
-
-def plural(n: int, one: str, many: str) -> str:
-    """'1 subgroup differs', '3 subgroups differ'."""
-    return f"{n:,} {one if n == 1 else many}"
 
 
 def _flag_text(f: dict) -> str:
