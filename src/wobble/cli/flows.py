@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from wobble.cli.main import (
     ConfigOpt,
@@ -115,8 +116,7 @@ def run(
     with _Progress() as p:
         run_weekly(cfg, key, summary, p.say, as_of=_date(as_of) if as_of else None)
     st = summary.data["stages"]
-    lines = _list_lines(st["publish"])
-    lines += _monitor_lines(st["monitor"])
+    lines: list[str | Text] = [*_list_lines(st["publish"]), *_monitor_lines(st["monitor"])]
     _finish(summary, cfg.outputs, as_json, lines)
     if summary.data["flagged"]:
         raise typer.Exit(1)

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from wobble.core.errors import WobbleError, first_line
 
@@ -28,7 +29,10 @@ app = typer.Typer(
 )
 features_app = typer.Typer(help="Build feature snapshots, or list the feature catalogue.")
 app.add_typer(features_app, name="features")
-err = Console(stderr=True)
+# Nothing wobble prints is Rich markup: a path, a setting such as [vault] or a value from the data
+# prints as written (with markup, Rich took "[vault]" for a style and dropped it); colour comes from
+# `Text` styles.
+err = Console(stderr=True, markup=False)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to wobble.toml.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")]
@@ -52,7 +56,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except WobbleError as exc:
-            err.print(f"[bold red]wobble:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(Text.assemble(("wobble: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("wobble: interrupted")
@@ -62,11 +66,9 @@ def friendly(fn):
             # `wobble --help` need not import DuckDB.)
             if type(exc).__name__ != "OutOfMemoryException" or not type(exc).__module__.endswith("duckdb"):
                 raise
-            from rich.markup import escape  # DuckDB's text and "[ingest]" are not markup
-
-            err.print(f"[bold red]wobble:[/] DuckDB ran out of memory ({escape(first_line(exc))}). Give it more room "
-                      f"(stop other jobs on this machine; for ingest, raise memory_limit under {escape('[ingest]')} "
-                      "in wobble.toml) and run it again.", highlight=False, soft_wrap=True)
+            err.print(Text.assemble(("wobble: ", "bold red"), f"DuckDB ran out of memory ({first_line(exc)}). Give it "
+                                    "more room (stop other jobs on this machine; for ingest, raise memory_limit under "
+                                    "[ingest] in wobble.toml) and run it again."), highlight=False, soft_wrap=True)
             raise typer.Exit(OUT_OF_MEMORY) from None
 
     return wrapper
@@ -75,7 +77,7 @@ def friendly(fn):
 OUT_OF_MEMORY = 71  # EX_OSERR: the machine, not the input
 
 
-def _finish(summary, outputs_dir: Path, as_json: bool, lines: list[str]) -> None:
+def _finish(summary, outputs_dir: Path, as_json: bool, lines: list[str | Text]) -> None:
     path = summary.write(outputs_dir)
     if as_json:
         sys.stdout.write(json.dumps(summary.data, indent=2, default=str) + "\n")
@@ -144,11 +146,11 @@ def _list_lines(st: dict) -> list[str]:
     return lines
 
 
-def _monitor_lines(st: dict) -> list[str]:
-    head = {"act": "[bold red]needs a human look[/]", "watch": "[yellow]items to watch[/]",
-            "ok": "[green]nothing crossed a threshold[/]"}[st["level"]]
+def _monitor_lines(st: dict) -> list[str | Text]:
+    head = {"act": ("needs a human look", "bold red"), "watch": ("items to watch", "yellow"),
+            "ok": ("nothing crossed a threshold", "green")}[st["level"]]
     version = f" v{st['model_version']}" if st.get("model_version") else ""
-    lines = [f"monitoring {st['model_name']}{version} at {st['as_of']}: {head}"]
+    lines: list[str | Text] = [Text.assemble(f"monitoring {st['model_name']}{version} at {st['as_of']}: ", head)]
     lines += [f"  {f['level']}: {f['what']}" for f in st["findings"]]
     if st.get("report_html"):
         lines.append(f"report: {st['report_html']}")

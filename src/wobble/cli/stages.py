@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from wobble.cli.main import (
     ConfigOpt,
@@ -87,7 +88,7 @@ def ingest(
         summary.output("quality_report", result.report_md)
         summary.output("quality_report_html", result.report_html)
     st = summary.data["stages"]["ingest"]
-    lines = [f"rows in {st['rows_in']:,} = loaded {st['rows_loaded']:,} + quarantined "
+    lines: list[str | Text] = [f"rows in {st['rows_in']:,} = loaded {st['rows_loaded']:,} + quarantined "
              f"{st['rows_quarantined']:,} + duplicate {st['rows_duplicate']:,}",
              "quarantined by reason: " + (", ".join(f"{k} {v:,}" for k, v in st["quarantine_reasons"].items()
                                                       if k != "duplicate") or "none"),
@@ -95,7 +96,7 @@ def ingest(
              f"warehouse: {cfg.warehouse}"]
     if result.report_md:
         lines.append(f"data-quality report: {result.report_md} (and .html)")
-    lines += [f"[red]failed:[/] {e}" for e in st["errors"]]
+    lines += [Text.assemble(("failed: ", "red"), e) for e in st["errors"]]
     _finish(summary, cfg.outputs, as_json, lines)
     if result.failed:
         raise typer.Exit(1)

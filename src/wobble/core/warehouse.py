@@ -178,6 +178,11 @@ CREATE TABLE IF NOT EXISTS review_tokens (
     created_by       VARCHAR NOT NULL,
     revoked_at       TIMESTAMP
 );
+-- the pseudonym key's mark (`wobble.ingest.state.check_key`): one row, written at the first ingest
+CREATE TABLE IF NOT EXISTS pseudonym_key_mark (
+    mark             VARCHAR NOT NULL,
+    since            TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_log (
     logged_at        TIMESTAMP NOT NULL,
     actor            VARCHAR NOT NULL,

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from wobble.core.config import Config, Source
-from wobble.core.errors import WobbleError
+from wobble.core.errors import ConfigError, WobbleError
 from wobble.ingest.fhir import DELETED, fhir_files, read_fhir
 from wobble.ingest.fhir_sql import TABLE_OF
 from wobble.ingest.reader import Fingerprint, Input
@@ -52,7 +52,24 @@ def plan_files(cfg: Config, names: list[str]) -> list[Planned]:
         if not files:
             plan.append((0, Planned(name, source, None)))
     plan.sort(key=lambda t: t[0])  # stable: config order within a table
+    _refuse_shared_files(cfg)
     return [f for _, f in plan]
+
+
+def _refuse_shared_files(cfg: Config) -> None:
+    """A file that two sources of one table match would load twice (two systems' contacts), or, under
+    one system, the second source's reading would overwrite the first's as a correction: refused, in
+    one line, whichever of them this run loads. (One file read as contacts by one source and as tags
+    by another is an extract holding both: allowed.)"""
+    owner: dict[tuple[Path, str], str] = {}
+    for name, source in cfg.sources.items():
+        if source.kind == "fhir":
+            continue  # an export is a folder of its own, read by one source
+        for p in sorted(glob.glob(str(cfg.path(source.path)))):
+            other = owner.setdefault((Path(p).resolve(), source.table), name)
+            if other != name:
+                raise ConfigError(f"sources.{other} and sources.{name} both read {display_path(cfg, Path(p))}: "
+                                  "a file belongs to one source (narrow one of their paths)")
 
 
 def display_path(cfg: Config, path: Path) -> str:

@@ -8,11 +8,13 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from wobble.core.config import Config
-from wobble.core.errors import WobbleError, first_line
+from wobble.core.errors import ConfigError, WobbleError, first_line
+from wobble.core.render import plural
 from wobble.core.sql import literal
 from wobble.ingest.identifiers import (
     install_sql_pseudonym,
     nhs_valid_sql,
+    pseudonymise,
 )
 from wobble.ingest.optout import read_opt_out_list
 
@@ -28,6 +30,24 @@ def run_clock(cfg: Config, now: datetime | None = None) -> datetime:
     return fixed.astimezone(LONDON).replace(tzinfo=None) if fixed.tzinfo else fixed
 
 
+KEY_MARK = "wobble: the pseudonym key of this warehouse"  # what the key's mark is the pseudonym of
+
+
+def check_key(con: duckdb.DuckDBPyConnection, key: bytes, now: datetime, var: str) -> None:
+    """Refuse a pseudonym key other than the one the warehouse was built with. Under another key
+    every person's pseudonym changes, so a run would add everyone again as new people and attach
+    the week's records to them. The warehouse keeps the key's mark (the pseudonym of a fixed text:
+    it does not reveal the key); a warehouse from before marks were kept takes the key it is given."""
+    mark = pseudonymise(key, KEY_MARK)
+    kept = con.execute("SELECT mark FROM pseudonym_key_mark LIMIT 1").fetchone()
+    if kept is None:
+        con.execute("INSERT INTO pseudonym_key_mark VALUES (?, ?)", [mark, now])
+    elif kept[0] != mark:
+        raise ConfigError("this warehouse was built with another pseudonym key: under this one everyone would be "
+                          f"added again as new people. Set {var} to the key it was built with, or load into a "
+                          "new warehouse")
+
+
 class RunState:
     """One ingest run over one warehouse connection, at one clock (`now`, London wall-clock)."""
 
@@ -38,6 +58,7 @@ class RunState:
         if cfg.ingest.threads:
             con.execute(f"SET threads = {int(cfg.ingest.threads)}")
         install_sql_pseudonym(con, key)
+        check_key(con, key, self.now, cfg.wobble.pseudonym_key_env)
         # NHS number (normalised) → pseudonym, for every number pseudonymised in this run.
         con.execute("CREATE OR REPLACE TEMP TABLE nhs_cache (nhs VARCHAR, person_id VARCHAR)")
         self._load_lookups()
@@ -60,14 +81,28 @@ class RunState:
             key_expr = "upper(replace(column0, ' ', ''))" if name == "postcode_lsoa" else "trim(column0)"
             try:
                 self.con.execute(
-                    f"CREATE TEMP TABLE lookup_{name} AS SELECT DISTINCT ON (k) k AS {cols[0]}, "
-                    f"trim(column1) AS {cols[1]} FROM (SELECT {key_expr} AS k, column1 FROM read_csv(?, "
-                    "header = true, auto_detect = false, columns = {'column0': 'VARCHAR', "
-                    "'column1': 'VARCHAR'}, null_padding = true)) WHERE k <> ''",
+                    f"CREATE OR REPLACE TEMP TABLE lookup_rows AS SELECT k, nullif(trim(column1), '') AS v "
+                    f"FROM (SELECT {key_expr} AS k, column1 FROM read_csv(?, header = true, auto_detect = false, "
+                    "columns = {'column0': 'VARCHAR', 'column1': 'VARCHAR'}, null_padding = true)) WHERE k <> ''",
                     [str(full)],
                 )
             except duckdb.Error as exc:
                 raise WobbleError(f"lookups.{name}: cannot read {full} ({first_line(exc)})") from None
+            self._refuse_clashes(name, cols, full)
+            self.con.execute(f"CREATE TEMP TABLE lookup_{name} AS SELECT DISTINCT ON (k) k AS {cols[0]}, "
+                             f"v AS {cols[1]} FROM lookup_rows ORDER BY k, v NULLS LAST")
+        self.con.execute("DROP TABLE IF EXISTS lookup_rows")
+
+    def _refuse_clashes(self, name: str, cols: tuple[str, str], full) -> None:
+        """A key the lookup gives two values (a practice in two teams): which one is right is not
+        wobble's to guess, and whichever came first would decide for everyone with that key."""
+        clash = self.con.execute("""
+            SELECT k, list(DISTINCT v ORDER BY v), count(*) OVER () FROM lookup_rows
+            GROUP BY k HAVING count(DISTINCT v) > 1 ORDER BY k LIMIT 1""").fetchone()
+        if clash:
+            key, values, n = clash
+            raise ConfigError(f"lookups.{name}: {full} gives {plural(n, cols[0], cols[0] + 's')} more than one "
+                              f"{cols[1]} (the first: {key!r} → {', '.join(map(repr, values))}); each must have one")
 
     # -- pseudonyms ----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-from wobble.core.calendar import as_of_for
+from wobble.core.calendar import as_of_for, require_monday
 from wobble.core.config import Config, load_config, pseudonym_key
 from wobble.core.runs import RunSummary
 from wobble.features import build_features
@@ -105,8 +105,13 @@ def stage_monitor(cfg: Config, model: str, as_of: date | None, summary: RunSumma
 
 def run_weekly(cfg: Config, key: bytes, summary: RunSummary, say: Say, *, as_of: date | None = None,
                model: str | None = None) -> None:
-    """ingest → features → score and publish from the champion → monitor."""
+    """ingest → features → score and publish from the champion → monitor. What would stop it after
+    the ingest (a given date that is not a Monday, no approved version to publish from) is checked
+    first: at five million people the ingest alone takes half an hour."""
     model = model or cfg.wobble.models[0]
+    if as_of is not None:
+        require_monday(as_of)
+    champion(cfg, model)
     stage_ingest(cfg, key, summary, say)
     d = as_of_for(cfg, as_of)
     stage_features(cfg, [d], summary, say)

@@ -1,0 +1,97 @@
+"""An analyst's mistakes that used to pass in silence or late: a lookup that puts one key in two
+places, one file read by two sources of a table, a pseudonym key other than the warehouse's, the
+weekly path with nothing to publish from, and messages whose [sections] Rich took for markup."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TEST_KEY, run_wobble
+from ingest_kit import (
+    NOTES_HEADER,
+    VISITS_HEADER,
+    by_file,
+    csv_text,
+    numbers,
+    project,
+    register,
+    rows,
+    run,
+    visit,
+)
+
+from wobble.core.config import load_config
+from wobble.core.errors import ConfigError
+from wobble.ingest import ingest
+
+KEY_ENV = {"WOBBLE_PSEUDONYM_KEY": TEST_KEY}
+PEOPLE = numbers(2)
+GOOD = csv_text(VISITS_HEADER, [visit("V1", PEOPLE[0])])
+NOTES = csv_text(NOTES_HEADER, [f"N1,{PEOPLE[0]},2025-03-01 10:00,LM"])
+
+
+def _files(**more: str) -> dict[str, str]:
+    return {"register.csv": register(PEOPLE[:2]), "visits_a.csv": GOOD, "notes.csv": NOTES, **more}
+
+
+@pytest.mark.parametrize("lookup, header, clash", [
+    ("practice_team", "practice,team", "P1,T01\nP2,T02\nP1,T99\n"),
+    ("lsoa_imd", "lsoa,decile", "E01000001,3\nE01000001, 6\n"),
+])
+def test_a_lookup_giving_one_key_two_values_is_refused_in_one_line(tmp_path, lookup, header, clash):
+    cfg = project(tmp_path, lookups=f'[lookups]\n{lookup} = "lk.csv"\n',
+                  files=_files(**{"lk.csv": f"{header}\n{clash}"}))
+    with pytest.raises(ConfigError) as e:
+        run(cfg)
+    key = "P1" if lookup == "practice_team" else "E01000001"
+    assert f"lookups.{lookup}:" in str(e.value) and f"'{key}' →" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_lookup_repeating_a_line_is_one_mapping(tmp_path):
+    """The same key with the same value twice (an extract that repeats a row) is not a clash."""
+    reg = "NHS,Sex,Born,Practice,OptOut\n" + f"{PEOPLE[0]},F,1950,P1,N\n"
+    cfg = project(tmp_path, lookups='[lookups]\npractice_team = "pt.csv"\n',
+                  files={"register.csv": reg, "pt.csv": "practice,team\nP1,T07\n P1 ,T07\n"})
+    text = (tmp_path / "wobble.toml").read_text().replace('team_id = "Team"', 'practice_id = "Practice"')
+    (tmp_path / "wobble.toml").write_text(text)
+    run(cfg)
+    assert rows(cfg, "SELECT team_id FROM persons") == [("T07",)]
+
+
+def test_one_file_read_by_two_sources_of_a_table_is_refused(tmp_path):
+    cfg = project(tmp_path, files=_files())
+    text = cfg.read_text()
+    block = text[text.index("[sources.visits]"):text.index("[sources.notes]")]
+    cfg.write_text(text + "\n" + block.replace("[sources.visits", "[sources.visits_again")
+                   .replace('system = "community"', 'system = "acute"'))
+    with pytest.raises(ConfigError, match=r"sources.visits and sources.visits_again both read visits_a.csv"):
+        run(cfg)
+    assert not (tmp_path / "wh.duckdb").exists() or rows(cfg, "SELECT count(*) FROM contacts") == [(0,)]
+
+
+def test_another_pseudonym_key_is_refused_before_anyone_is_added_again(tmp_path):
+    cfg = project(tmp_path, files=_files())
+    run(cfg)
+    before = rows(cfg, "SELECT count(*), min(person_id) FROM persons")
+    (tmp_path / "visits_b.csv").write_text(csv_text(VISITS_HEADER, [visit("V9", PEOPLE[1])]))
+    with pytest.raises(ConfigError, match="built with another pseudonym key"):
+        ingest(load_config(cfg), key=b"another-key-0123456789", report=False)
+    assert rows(cfg, "SELECT count(*), min(person_id) FROM persons") == before
+    assert by_file(run(cfg))["visits_b.csv"].rows_loaded == 1  # the right key goes on as before
+
+
+def test_messages_print_bracketed_settings_as_written(tmp_path):
+    (tmp_path / "wobble.toml").write_text('[wobble]\nname = "empty"\n')
+    proc = run_wobble("ingest", "--config", str(tmp_path / "wobble.toml"), env=KEY_ENV)
+    assert proc.returncode != 0
+    assert "add a [sources.<name>] block" in proc.stderr  # Rich markup once swallowed "[sources.<name>]"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--as-of", "2025-03-04"], "is not a Monday"),
+    ([], "has no approved version"),
+])
+def test_the_weekly_path_refuses_before_it_ingests(tmp_path, args, says):
+    cfg = project(tmp_path, files=_files())
+    proc = run_wobble("run", "--config", str(cfg), *args, env=KEY_ENV)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-800:]
+    assert not (tmp_path / "wh.duckdb").exists()  # nothing was loaded first
