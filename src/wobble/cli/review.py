@@ -18,6 +18,7 @@ from wobble.cli.main import (
     err,
     friendly,
 )
+from wobble.core.errors import WobbleError
 
 review_app = typer.Typer(help="The review page: serve it, and manage each team's access token.")
 audit_app = typer.Typer(help="The review service's audit log: check its hash chain, or export it.")
@@ -40,6 +41,8 @@ def review_serve(
     from wobble.review.app import serve
     from wobble.review.tokens import db_of
 
+    if not 1 <= port <= 65535:  # else the server starts, then fails to bind with a traceback
+        raise WobbleError(f"--port {port}: a port is a number from 1 to 65535 (default 8765)")
     cfg = load_config(config)
     db = db_of(cfg)  # opened (and made) now, so a wrong URL is one line before the server starts
     err.print(f"review page on http://{host}:{port}/ (Ctrl+C to stop); database {db.safe_url}", highlight=False,
@@ -78,7 +81,7 @@ def review_revoke(
     from wobble.core.config import load_config
     from wobble.review.tokens import revoke_tokens
 
-    n = revoke_tokens(load_config(config), team, revoked_by=by, token_id=token_id)
+    n = revoke_tokens(load_config(config), team, revoked_by=by, token_id=token_id, must_match=True)
     err.print(f"revoked {n} token(s) for team {team}", highlight=False)
 
 

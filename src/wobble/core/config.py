@@ -11,13 +11,14 @@ import re
 import tomllib
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wobble.core.calendar import is_monday
 from wobble.core.errors import ConfigError
+from wobble.core.vocab import CONTRACT_VALUES
 
 DEFAULT_CONFIG = "wobble.toml"
 
@@ -116,6 +117,7 @@ class Source(_Strict):
                         f"sources.{name}.values: '{field}' cannot be mapped for FHIR "
                         f"(expected one of: {', '.join(FHIR_VALUE_FIELDS)})"
                     )
+            self._check_contract_values(name)
             return
         if self.table is None:
             raise ConfigError(f"sources.{name}.table: missing (persons, contacts or tags)")
@@ -127,6 +129,7 @@ class Source(_Strict):
                     f"(expected one of: {', '.join(allowed)})"
                 )
         self._check_value_keys(name)
+        self._check_contract_values(name)
         for field in self.formats:
             if field not in self.columns:
                 raise ConfigError(f"sources.{name}.formats.{field}: not a mapped column of this source "
@@ -140,6 +143,25 @@ class Source(_Strict):
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"sources.{name}.timezone: unknown time zone {self.timezone!r}") from None
+
+    def _check_contract_values(self, name: str) -> None:
+        """Every value a code maps to, and every default, of a coded field is one of the contract's:
+        found only at ingest, one mapped wrongly would fail every file of the source."""
+        for field, mapping in self.values.items():
+            allowed = CONTRACT_VALUES.get(field)
+            for code, value in mapping.items():
+                if allowed is not None and value != "" and value not in allowed:
+                    raise ConfigError(
+                        f"sources.{name}.values.{field}: code {code!r} maps to {value!r}, which is not a "
+                        f"{field} of the data contract (expected one of: {', '.join(allowed)}; or \"\" for no value)"
+                    )
+        for field, value in self.defaults.items():
+            allowed = CONTRACT_VALUES.get(field)
+            if allowed is not None and value != "" and value not in allowed:
+                raise ConfigError(
+                    f"sources.{name}.defaults.{field}: {value!r} is not a {field} of the data contract "
+                    f"(expected one of: {', '.join(allowed)})"
+                )
 
     def _check_value_keys(self, name: str) -> None:
         """Codes match their mapping ignoring case and surrounding white space (`code_key`), so two
@@ -167,6 +189,23 @@ class Lookups(_Strict):
     opt_outs: str | None = None
 
 
+# DuckDB's memory sizes: a number and a unit (KB, MB, GB, TB: powers of 1000; KiB ... TiB: of
+# 1024; K, M, G, T as the first four), any case, spaces allowed; or a share of the machine's memory.
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt])(i?b)?\s*$", re.IGNORECASE)
+_MEMORY_SHARE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+MIN_MEMORY = 100 * 1000**2  # bytes: below this DuckDB runs out of memory before ingest starts
+
+
+def memory_bytes(size: str) -> float | None:
+    """The bytes a DuckDB memory size means ("4GB": 4e9, "4 GiB": 4 * 1024**3); None for a share
+    ("80%") or a size DuckDB would not understand."""
+    m = _MEMORY.match(size)
+    if not m:
+        return None
+    base = 1024 if m.group(3) and m.group(3).lower() == "ib" else 1000
+    return float(m.group(1)) * base ** ("kmgt".index(m.group(2).lower()) + 1)
+
+
 class Ingest(_Strict):
     """How hard ingest may work: DuckDB's memory limit and threads (default: all cores)."""
 
@@ -176,10 +215,29 @@ class Ingest(_Strict):
     # a fixed clock ("2026-03-02T09:00"): dates after it are impossible; default the wall clock
     now: datetime | None = None
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        # checked here: DuckDB's own error would come as a traceback, after ingest has started
+        share = _MEMORY_SHARE.match(v)
+        if share:
+            if not 0 < float(share.group(1)) <= 100:
+                raise ValueError(f"{v!r}: a share of the machine's memory must be above 0% and at most 100%")
+            return v
+        size = memory_bytes(v)
+        if size is None:
+            raise ValueError(f"{v!r} is not a memory size: give a number and a unit, e.g. \"4GB\", \"500MB\", "
+                             "\"4 GiB\", or a share of the machine's memory, e.g. \"80%\"")
+        if size < MIN_MEMORY:
+            raise ValueError(f"{v!r} is too little for DuckDB to ingest anything: give at least 100MB (default 4GB)")
+        return v
+
 
 class Teams(_Strict):
     default_capacity: int = Field(default=25, ge=1, le=500)
-    capacity: dict[str, int] = Field(default_factory=dict)
+    # per team, bounded as the default is; a team must exist in the data (`lists.score.check_capacity_teams`:
+    # the config cannot know the teams, which come from the register and the practice lookup)
+    capacity: dict[str, Annotated[int, Field(ge=1, le=500)]] = Field(default_factory=dict)
     # people whose team cannot be found (no practice, a practice in no team, no LSOA rule) are kept
     # in this team, whose list goes to `unattached_owner`
     unattached: str = Field(default="unattached", min_length=1)
@@ -309,6 +367,12 @@ class SignIn(_Strict):
         return v
 
 
+# the engines and drivers `core.servicedb` is written for (psycopg's libpq options, SQLite's pragmas)
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2")
+DATABASE_URLS = ("wobble's review service uses SQLite (sqlite:///path/to/review.sqlite) or PostgreSQL "
+                 "(postgresql+psycopg://user@host/db)")
+
+
 class Review(_Strict):
     """The review service (README, "Deploying the review service"): its own database, and its limits.
 
@@ -328,6 +392,19 @@ class Review(_Strict):
     sign_in_failures: int = Field(default=5, ge=1)       # this many failures from one address ...
     lockout_minutes: int = Field(default=15, ge=1)       # ... lock sign-in from it this long
     busy_seconds: float = Field(default=2.0, gt=0, le=30)  # wait this long for a write, then answer 503
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.match(r"^([A-Za-z][\w+.-]*)://", v)
+        if not m:  # not a URL (a bare path, most likely): shown, as it holds no password
+            raise ValueError(f"{v!r} is not a database URL: {DATABASE_URLS}")
+        if m.group(1) not in DATABASE_SCHEMES:
+            # only the scheme is shown: the rest may hold a password
+            raise ValueError(f"{m.group(1)!r} databases are not supported: {DATABASE_URLS}")
+        return v
 
     @field_validator("public_origin")
     @classmethod
@@ -404,12 +481,18 @@ def load_config(path: Path | str = DEFAULT_CONFIG) -> Config:
         raise ConfigError(
             f"no config file at {path}: pass --config, or run `wobble demo` to create one"
         )
+    if path.is_dir():
+        inside = path.resolve() / DEFAULT_CONFIG
+        raise ConfigError(f"the config {path} is a folder, not a file: pass the file, e.g. --config {inside}"
+                          + ("" if inside.is_file() else f" (there is no {DEFAULT_CONFIG} in it yet)"))
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text") from None
+    except OSError as exc:  # unreadable (permissions), or gone since the check above
+        raise ConfigError(f"cannot read the config {path}: {exc.strerror or exc}") from None
     return parse_config(raw, root=path.resolve().parent)
 
 
@@ -423,6 +506,8 @@ def parse_config(raw: dict[str, Any], *, root: Path) -> Config:
         msg = first["msg"]
         if first["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif first["type"] == "value_error":  # our own validators' words, without pydantic's "Value error, "
+            msg = str(first["ctx"]["error"])
         raise ConfigError(f"config {where}: {msg}") from None
     for name, source in cfg.sources.items():
         source.check(name)

@@ -35,8 +35,9 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from wobble.core.config import DATABASE_SCHEMES, DATABASE_URLS
 from wobble.core.errors import WobbleError, first_line
 
 META = MetaData()
@@ -174,16 +175,25 @@ class ServiceDB:
         self.sqlite = url.startswith("sqlite")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        if self.sqlite:
-            self.engine = create_engine(url, connect_args={"timeout": busy_seconds, "check_same_thread": False})
-            event.listen(self.engine, "connect", self._sqlite_connect)
-            event.listen(self.engine, "begin", self._sqlite_begin)
-        else:
-            ms = int(busy_seconds * 1000)
-            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={
-                "options": f"-c lock_timeout={ms} -c idle_in_transaction_session_timeout=60000",
-                "connect_timeout": max(2, int(busy_seconds) + 1)})
+        if url.split("://", 1)[0] not in DATABASE_SCHEMES:
+            raise WobbleError(f"review database {_scheme_only(url)}: {SUPPORTED}")
+        try:
+            self.engine = self._engine(url)
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:  # not a URL; a driver not installed
+            raise WobbleError(f"review database {_scheme_only(url)}: cannot use it ({first_line(exc)}); "
+                              f"{SUPPORTED}") from None
         self._create()
+
+    def _engine(self, url: str):
+        if self.sqlite:
+            engine = create_engine(url, connect_args={"timeout": self.busy_seconds, "check_same_thread": False})
+            event.listen(engine, "connect", self._sqlite_connect)
+            event.listen(engine, "begin", self._sqlite_begin)
+            return engine
+        ms = int(self.busy_seconds * 1000)
+        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={
+            "options": f"-c lock_timeout={ms} -c idle_in_transaction_session_timeout=60000",
+            "connect_timeout": max(2, int(self.busy_seconds) + 1)})
 
     def _sqlite_connect(self, dbapi_con, _record) -> None:
         dbapi_con.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN itself
@@ -234,6 +244,15 @@ class ServiceDB:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+SUPPORTED = f"{DATABASE_URLS}; see [review] database_url in wobble.toml"
+
+
+def _scheme_only(url: str) -> str:
+    """A database URL for a message about it: its scheme alone (the rest may hold a password), or,
+    when it is not a URL at all, the text itself."""
+    return f"{url.split('://', 1)[0]}://…" if "://" in url else repr(url)
 
 
 def _first_line(exc: Exception) -> str:

@@ -123,6 +123,13 @@ OUTCOME_LABELS: dict[str, str] = {
 SEXES: tuple[str, ...] = ("female", "male", "not_known")
 ETHNICITY_GROUPS: tuple[str, ...] = ("White", "Mixed", "Asian", "Black", "Other", "Not stated")
 
+# The contract's coded fields and their values: what a source's codes (`values`) and `defaults` may
+# map to (checked in the config), and what ingest accepts.
+CONTRACT_VALUES: dict[str, tuple[str, ...]] = {
+    "service": SERVICES, "status": STATUSES, "mode": MODES, "tag": TAGS, "sex": SEXES,
+    "ethnicity_group": ETHNICITY_GROUPS, "opted_out": ("true", "false"), "author_role": AUTHOR_ROLES,
+}
+
 SOURCE_SYSTEMS: tuple[str, ...] = ("gp", "acute", "community", "social_care", "housing")
 # How a page names a source system: as a word before "records" ("few or no hospital records")...
 SYSTEM_LABELS: dict[str, str] = {"gp": "GP", "acute": "hospital", "community": "community health",

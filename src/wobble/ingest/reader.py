@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wobble.core.config import CODE_SPACES, Source, code_key
 from wobble.core.sql import identifier, literal
-from wobble.core.vocab import AUTHOR_ROLES, ETHNICITY_GROUPS, MODES, SERVICES, SEXES, STATUSES, TAGS
+from wobble.core.vocab import CONTRACT_VALUES
 from wobble.core.warehouse import scalar
 from wobble.ingest.identifiers import (
     without_numbers_sql,
@@ -30,9 +30,7 @@ MASKED = {"nhs_number": MASK, "birth_date": "(removed)", "postcode": "(removed)"
            "forename": "(removed)", "surname": "(removed)",
            "professional": "(masked)", "alt_id": "(masked)", "patient_ref": "(masked)"}
 # Coded fields: the vocabulary each maps into.
-VOCAB = {"service": SERVICES, "status": STATUSES, "mode": MODES, "tag": TAGS, "sex": SEXES,
-          "ethnicity_group": ETHNICITY_GROUPS, "opted_out": ("true", "false"),
-          "author_role": AUTHOR_ROLES}
+VOCAB = CONTRACT_VALUES
 # Coded fields whose unknown values reject the row; the others are counted and left empty (sex:
 # kept as "not_known", so nobody is dropped for it).
 REJECTING = {"service", "status", "tag"}

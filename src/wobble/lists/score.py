@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from wobble.core.config import Config
-from wobble.core.errors import WobbleError
+from wobble.core.errors import ConfigError, WobbleError
 from wobble.core.sql import date_literal, in_list
 from wobble.core.warehouse import connect, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
@@ -48,6 +48,7 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
     t0 = time.perf_counter()
     spec = load_spec(cfg.models_dir, model)
     with connect(cfg.warehouse, read_only=True) as con:
+        check_capacity_teams(cfg, con)
         to_build = dates_to_build(con, [as_of])
     if to_build:
         build_features(cfg, to_build)
@@ -78,6 +79,24 @@ def score(cfg: Config, *, model: str, version: str, as_of: date) -> ScoreResult:
         write_scores(con, model, str(version), as_of, scores, expl)
     return ScoreResult(model, str(version), as_of, scores.height, expl.height // max(1, len(features)),
                        time.perf_counter() - t0)
+
+
+def check_capacity_teams(cfg: Config, con) -> None:
+    """Refuse a `[teams.capacity]` entry for a team nobody in the warehouse is in.
+
+    Checked here, not when the config is read: the teams come from the data (the register's team,
+    the practice lookup), which only the warehouse knows. A misspelt team (`T1` for `T01`) would
+    otherwise leave the real team on `default_capacity`, silently."""
+    if not cfg.teams.capacity:
+        return
+    known = {t for (t,) in con.execute("SELECT DISTINCT team_id FROM persons WHERE team_id IS NOT NULL").fetchall()}
+    known.add(cfg.teams.unattached)  # a team of its own even before anyone is in it
+    unknown = sorted(set(cfg.teams.capacity) - known)
+    if unknown:
+        shown = ", ".join(sorted(known)[:20]) + (" …" if len(known) > 20 else "")
+        which = f"team{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+        raise ConfigError(f"config teams.capacity: no {which} in the warehouse (its teams: {shown}); correct the "
+                          "name in wobble.toml, or remove it")
 
 
 SCORE_MEMORY = "1500MB"  # DuckDB's limit while the scoring reads run (a group's rows, sorted by person)

@@ -38,7 +38,7 @@ from wobble.core.warehouse import connect, scalar, transaction
 from wobble.features import compute_snapshots, load_catalogue, shared_tables
 from wobble.features.build import prepare_snapshots
 from wobble.features.compile import compile_sql
-from wobble.lists.score import ScoreResult, cohort_frame_sql, score_rows, write_scores
+from wobble.lists.score import ScoreResult, check_capacity_teams, cohort_frame_sql, score_rows, write_scores
 from wobble.models.spec import load_spec
 from wobble.models.tracking import load_version
 
@@ -224,6 +224,7 @@ def export_teams(cfg: Config, model: ScoringModel, as_of: date) -> TeamRows:
     folder = _run_folder(cfg, "scores", as_of)
     (folder / "teams").mkdir()
     with connect(cfg.warehouse, read_only=True, wait_seconds=60) as con:
+        check_capacity_teams(cfg, con)  # as `score` does, before any team is scored
         con.execute(f"CREATE TEMP TABLE _frame AS {cohort_frame_sql(spec, list(model.features), as_of)}")
         teams = [r[0] for r in con.execute("SELECT DISTINCT team_id FROM _frame ORDER BY team_id").fetchall()]
         rows = scalar(con, "SELECT count(*) FROM _frame")

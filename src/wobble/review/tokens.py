@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from wobble.core.config import Config, Review
 from wobble.core.errors import WobbleError
-from wobble.core.servicedb import SESSIONS, TOKENS, ServiceDB, iso, now_utc, service_db
+from wobble.core.servicedb import LISTS, SESSIONS, TOKENS, ServiceDB, iso, now_utc, service_db
 from wobble.review import audit
 from wobble.review.records import teams
 
@@ -43,9 +43,15 @@ def db_of(cfg: Config) -> ServiceDB:
 
 def create_token(cfg: Config, team_id: str, *, created_by: str, scope: str = "record",
                  days: int | None = None, via: str = "command line") -> tuple[str, str]:
-    """A new access token for one team: (token_id, token). Only its hash is stored."""
+    """A new access token for one team: (token_id, token). Only its hash is stored. `days` None:
+    `[review] token_days`."""
     if scope not in SCOPES:
         raise WobbleError(f"unknown scope {scope!r}: read or record")
+    if days is None:
+        days = cfg.review.token_days
+    elif days < 1:  # 0 once meant "the default" and a negative number an already expired token
+        raise WobbleError(f"--days {days}: a token must last at least 1 day (leave --days out for "
+                          f"[review] token_days, {cfg.review.token_days})")
     created_by = created_by.strip()[:80] or "unknown"
     db = db_of(cfg)
     known = teams(db)
@@ -57,21 +63,26 @@ def create_token(cfg: Config, team_id: str, *, created_by: str, scope: str = "re
     with db.write() as conn:
         conn.execute(TOKENS.insert().values(
             token_id=token_id, team_id=team_id, token_hash=token_hash(token), scope=scope, created_at=iso(now),
-            created_by=created_by, expires_at=iso(now + timedelta(days=days or cfg.review.token_days))))
+            created_by=created_by, expires_at=iso(now + timedelta(days=days))))
         audit.append(conn, actor=f"{created_by} ({via})", action="create_token", result="done",
                      team_id=team_id, detail=f"token {token_id}, scope {scope}")
     return token_id, token
 
 
 def revoke_tokens(cfg: Config, team_id: str, *, revoked_by: str, token_id: str | None = None,
-                  via: str = "command line") -> int:
-    """Revoke a team's live tokens (only `token_id`, if given) and end their sessions; returns how many."""
+                  via: str = "command line", must_match: bool = False) -> int:
+    """Revoke a team's live tokens (only `token_id`, if given) and end their sessions; returns how many.
+
+    `must_match`: raise WobbleError, revoking nothing, when no live token matches (a mistyped team
+    or token id must not pass for done); the review page, whose form names live tokens, leaves it off."""
     live = (TOKENS.c.team_id == team_id) & TOKENS.c.revoked_at.is_(None)
     if token_id:
         live &= TOKENS.c.token_id == token_id
     now = iso(now_utc())
     with db_of(cfg).write() as conn:
         ids = [t for (t,) in conn.execute(select(TOKENS.c.token_id).where(live))]
+        if must_match and not ids:
+            raise WobbleError(_nothing_to_revoke(conn, team_id, token_id))
         conn.execute(TOKENS.update().where(live).values(revoked_at=now))
         if ids:
             conn.execute(SESSIONS.update().where(SESSIONS.c.user_id.in_([f"token:{t}" for t in ids]),
@@ -80,6 +91,27 @@ def revoke_tokens(cfg: Config, team_id: str, *, revoked_by: str, token_id: str |
                      result="done", team_id=team_id,
                      detail=f"{len(ids)} token(s)" + (f": {token_id}" if token_id else ""))
     return len(ids)
+
+
+def _nothing_to_revoke(conn, team_id: str, token_id: str | None) -> str:
+    """Why no token matched: an unknown team (naming the known ones), an unknown token id (naming
+    the team's tokens not yet revoked), or a team with none left."""
+    mine = [t for (t,) in conn.execute(select(TOKENS.c.token_id).where(
+        TOKENS.c.team_id == team_id, TOKENS.c.revoked_at.is_(None)).order_by(TOKENS.c.token_id))]
+    held = {t for (t,) in conn.execute(select(TOKENS.c.team_id).distinct())}
+    listed = {t for (t,) in conn.execute(select(LISTS.c.team_id).distinct())}
+    if team_id not in held | listed:
+        known = sorted(held | listed)
+        shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
+        return f"nothing revoked: no team {team_id!r} has tokens or a published list (teams: {shown or 'none yet'})"
+    if team_id not in held:
+        return f"nothing revoked: team {team_id} has no tokens"
+    if token_id and mine:
+        return (f"nothing revoked: team {team_id} has no token {token_id!r} left to revoke "
+                f"(its tokens not yet revoked: {', '.join(mine)})")
+    if token_id:
+        return f"nothing revoked: team {team_id} has no token {token_id!r} left to revoke (all were revoked already)"
+    return f"nothing revoked: team {team_id} has no tokens left to revoke (all were revoked already)"
 
 
 @dataclass(frozen=True)
