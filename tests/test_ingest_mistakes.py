@@ -95,3 +95,21 @@ def test_the_weekly_path_refuses_before_it_ingests(tmp_path, args, says):
     proc = run_wobble("run", "--config", str(cfg), *args, env=KEY_ENV)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-800:]
     assert not (tmp_path / "wh.duckdb").exists()  # nothing was loaded first
+
+
+def test_an_as_of_date_after_the_data_is_refused(tmp_path):
+    """The last record is on Saturday 1 March 2025: Sunday is not in yet, so the latest as-of date
+    the data allow is Monday 24 February (what `data_end` gives when no date is given)."""
+    cfg = project(tmp_path, files=_files())
+    run(cfg)
+    late = run_wobble("features", "--config", str(cfg), "--as-of", "2025-03-03", env=KEY_ENV)
+    assert late.returncode == 2 and "2025-03-03 is after the data: the latest as-of date they allow is 2025-02-24" \
+        in late.stderr, late.stderr[-800:]
+    assert run_wobble("features", "--config", str(cfg), "--as-of", "2025-02-24", env=KEY_ENV).returncode == 0
+
+
+def test_training_on_a_dask_scheduler_nobody_runs_fails_at_once(tmp_path):
+    cfg = project(tmp_path, files=_files())
+    proc = run_wobble("train", "--config", str(cfg), "--dask", "tcp://127.0.0.1:9", env=KEY_ENV)
+    assert proc.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in proc.stderr
+    assert not (tmp_path / "wh.duckdb").exists()  # before any feature was built

@@ -28,23 +28,8 @@ from wobble.cli.main import (
 from wobble.core.errors import WobbleError
 
 
-def _reachable(address: str) -> None:
-    """A one-line error, before any flow starts, when nothing listens at the scheduler's address."""
-    import socket
-    from urllib.parse import urlsplit
-
-    where = urlsplit(address)
-    if where.scheme in ("tcp", "tls"):
-        try:
-            socket.create_connection((where.hostname, where.port or 8786), timeout=10).close()
-        except OSError as exc:
-            raise WobbleError(f"cannot reach the Dask scheduler at {address} ({exc.strerror or exc}); "
-                              "is `dask scheduler` running there?") from None
-
-
 def _run_weekly_flow(config: Path, as_of: str | None, address: str, as_json: bool) -> None:
     """`wobble run` on a Dask cluster: flows/weekly.py's flow, whose summary it prints."""
-    _reachable(address)
     from wobble.flows import weekly
 
     try:

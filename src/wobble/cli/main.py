@@ -158,15 +158,33 @@ def _monitor_lines(st: dict) -> list[str | Text]:
 
 
 def _dask_address(given: str | None, cfg) -> str | None:
-    """--dask, checked as the config's address is, else the config's `[dask] address`."""
+    """--dask, checked as the config's address is, else the config's `[dask] address`; either
+    reachable (`_reachable`), so that a command fails at once rather than after its first stages."""
+    address = cfg.dask.address
     if given:
         from wobble.core.config import Dask
 
         try:
-            return Dask(address=given).address
+            address = Dask(address=given).address
         except ValueError:
             raise WobbleError(f"--dask {given}: not a Dask scheduler address (e.g. tcp://10.0.0.5:8786)") from None
-    return cfg.dask.address
+    if address:
+        _reachable(address)
+    return address
+
+
+def _reachable(address: str) -> None:
+    """A one-line error when nothing listens at the scheduler's address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(address)
+    if where.scheme in ("tcp", "tls"):
+        try:
+            socket.create_connection((where.hostname, where.port or 8786), timeout=10).close()
+        except OSError as exc:
+            raise WobbleError(f"cannot reach the Dask scheduler at {address} ({exc.strerror or exc}); "
+                              "is `dask scheduler` running there?") from None
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -132,11 +132,11 @@ def features(
 
     if not as_of:
         raise WobbleError("give at least one --as-of YYYY-MM-DD (a Monday)")
-    dates = [_date(a) for a in as_of]
-    from wobble.core.calendar import require_monday
+    from wobble.core.calendar import as_of_for, require_monday
 
-    dates = [require_monday(d) for d in dates]
+    dates = [require_monday(_date(a)) for a in as_of]
     cfg, _ = _load(config)
+    dates = [as_of_for(cfg, d) for d in dates]
     summary = RunSummary("features")
     with _Progress() as p, summary.stage("features") as s:
         p.say("features")

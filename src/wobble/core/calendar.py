@@ -1,9 +1,10 @@
 """The calendar wobble runs on: as-of dates are Mondays, and the data say which Monday is current.
 
 A list, a snapshot and a training example are all "as of" a Monday T: they use records known
-before T (`recorded_at < T`). The current as-of date is the configured one, else the Monday after
-the last record the warehouse holds (`data_end`), e.g. a last record on Thursday 2026-11-19 gives
-Monday 2026-11-23.
+before T (`recorded_at < T`). The current as-of date is the configured one, else the latest Monday
+whose every day before it the warehouse's records reach (`data_end`): a last record on Sunday
+2026-11-22 gives Monday 2026-11-23, one on Thursday 2026-11-19 gives Monday 2026-11-16 (the days
+from Friday to Sunday are not in yet).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def weekly_as_ofs(end: date, weeks: int, step: int = 1) -> list[date]:
 
 
 def data_end(con, cfg) -> date:
-    """The as-of date the data support: the config's `as_of`, else the Monday after the last record."""
+    """The as-of date the data support: the config's `as_of`, else the latest Monday whose every day
+    before it the records reach (the Monday on or before the day after the last record)."""
     if cfg.wobble.as_of:
         return cfg.wobble.as_of
     last = scalar(con, "SELECT max(recorded_at)::DATE FROM contacts")
@@ -46,8 +48,15 @@ def data_end(con, cfg) -> date:
 
 
 def as_of_for(cfg, given: date | None) -> date:
-    """The as-of date of a run: `given` (a Monday), else `data_end` of the configured warehouse."""
+    """The as-of date of a run: `given` (a Monday, no later than `data_end`), else `data_end` of the
+    configured warehouse. A later date would read the weeks the data do not reach as weeks without
+    a single contact, and its list would become each team's latest."""
     if given:
-        return require_monday(given)
+        require_monday(given)
     with connect(cfg.warehouse, read_only=True) as con:
-        return data_end(con, cfg)
+        end = data_end(con, cfg)
+    if given and given > end:
+        raise WobbleError(f"{given} is after the data: the latest as-of date they allow is {end} (the latest Monday "
+                          "whose every day before it the records reach, or the config's as_of); a later date would "
+                          "read the days the data do not reach as days without a single contact")
+    return given or end
