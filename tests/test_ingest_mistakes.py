@@ -113,3 +113,16 @@ def test_training_on_a_dask_scheduler_nobody_runs_fails_at_once(tmp_path):
     proc = run_wobble("train", "--config", str(cfg), "--dask", "tcp://127.0.0.1:9", env=KEY_ENV)
     assert proc.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in proc.stderr
     assert not (tmp_path / "wh.duckdb").exists()  # before any feature was built
+
+
+def test_an_outcome_summary_of_nothing_says_why(tmp_path):
+    """A mistyped team or date, or a warehouse path that names nothing, is not an empty table."""
+    cfg = project(tmp_path, files=_files())
+    run(cfg)
+    proc = run_wobble("outcome", "summary", "--config", str(cfg), "--team", "T1", env=KEY_ENV)
+    assert proc.returncode == 2 and "no published list for team T1: lists are published for no team yet" \
+        in proc.stderr, proc.stderr[-800:]
+    cfg.write_text(cfg.read_text().replace('warehouse = "wh.duckdb"', 'warehouse = "data/wh.duckdb"'))
+    proc = run_wobble("outcome", "summary", "--config", str(cfg), env=KEY_ENV)
+    assert proc.returncode == 2 and f"no warehouse at {tmp_path / 'data' / 'wh.duckdb'}" in proc.stderr
+    assert not (tmp_path / "data").exists()  # and none was made

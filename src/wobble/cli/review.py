@@ -164,9 +164,17 @@ def outcome_summary(
     from wobble.lists.service import pull_outcomes
 
     cfg = load_config(config)
-    with connect(cfg.warehouse, wait_seconds=10) as con:
+    day = _date(as_of) if as_of else None
+    with connect(cfg.warehouse, wait_seconds=10, must_exist=True) as con:
         pull_outcomes(cfg, con)  # decisions recorded on the review page since the last run
-        rows = summarise(con, team_id=team, as_of=_date(as_of) if as_of else None)
+        rows = summarise(con, team_id=team, as_of=day)
+        if not rows and (team or day):  # a mistyped team or date must not pass for "no decisions"
+            lists = con.execute("SELECT DISTINCT team_id, as_of FROM huddle_lists ORDER BY ALL").fetchall()
+            teams = sorted({t for t, _ in lists})
+            which = " ".join(([f"for team {team}"] if team else []) + ([f"of {day}"] if day else []))
+            raise WobbleError(f"no published list {which}: lists are published for "
+                              f"{', '.join(teams[:20]) or 'no team yet'}"
+                              f"{', the latest of ' + str(max(d for _, d in lists)) if lists else ''}")
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return

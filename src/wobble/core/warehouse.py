@@ -204,14 +204,16 @@ MEMORY_LIMIT = "4GB"  # per connection; a stage may ask for its own (`connect`; 
 
 @contextmanager
 def connect(
-    path: Path, *, read_only: bool = False, wait_seconds: float = 0.0, memory_limit: str = MEMORY_LIMIT
+    path: Path, *, read_only: bool = False, wait_seconds: float = 0.0, memory_limit: str = MEMORY_LIMIT,
+    must_exist: bool = False,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse, creating it and its schema if needed. DuckDB may use up to `memory_limit`.
+    """Open the warehouse, creating it and its schema if needed (not `read_only` or `must_exist`: then
+    a missing warehouse is an error naming its path). DuckDB may use up to `memory_limit`.
 
     Waits up to `wait_seconds` for another writer to finish, then raises WarehouseBusy.
     """
     path = Path(path)
-    if read_only and not path.exists():
+    if (read_only or must_exist) and not path.exists():
         raise WobbleError(f"no warehouse at {path}: run `wobble ingest` first")
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
