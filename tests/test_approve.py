@@ -36,11 +36,18 @@ def test_publish_refuses_an_unapproved_model(tiny_trained):
 def test_publish_from_the_cli_refuses_in_one_line(tiny_trained):
     cfg, _ = tiny_trained
     version = fresh_version(cfg)
-    proc = run_wobble("publish", "--config", str(cfg.root / "wobble.toml"), "--version", version,
-                      env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
+    proc = run_wobble("publish", "--config", str(cfg.root / "wobble.toml"), "--model", "crisis_90d",
+                      "--version", version, env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
     assert proc.returncode == 2
     assert "not been approved" in proc.stderr and "wobble approve" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # the config's first model, never trained here: train it, not approve it; a version the registry
+    # does not have: which versions it has
+    for args, says in [(["--version", version], "no model 'early_warning_90d' in the registry; train it first"),
+                       (["--model", "crisis_90d", "--version", "99"], "model 'crisis_90d' has no version 99")]:
+        proc = run_wobble("publish", "--config", str(cfg.root / "wobble.toml"), *args,
+                          env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-600:]
 
 
 def test_approval_is_recorded_in_the_warehouse_and_mlflow_and_sets_the_champion(tiny_trained):

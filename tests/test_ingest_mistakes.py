@@ -88,7 +88,7 @@ def test_messages_print_bracketed_settings_as_written(tmp_path):
 
 @pytest.mark.parametrize("args, says", [
     (["--as-of", "2025-03-04"], "is not a Monday"),
-    ([], "has no approved version"),
+    ([], "in the registry; train it first with `wobble train --model early_warning_90d`"),
 ])
 def test_the_weekly_path_refuses_before_it_ingests(tmp_path, args, says):
     cfg = project(tmp_path, files=_files())

@@ -312,9 +312,10 @@ def test_a_monitor_that_cannot_run_flags_the_weekly_path_rather_than_failing_it(
     cfg = load_config(copy_tree(tiny_world, tmp_path / "w") / "wobble.toml")  # nothing trained or approved
     flagged = monitor_or_flag(cfg, model="crisis_90d", as_of=date(2026, 11, 23))
     assert flagged["flagged"] and flagged["level"] == "act" and flagged["report_html"] is None
-    assert "no approved version" in flagged["findings"][0]["what"] and flagged["error"]
+    assert "no model 'crisis_90d' in the registry; train it first" in flagged["findings"][0]["what"]
+    assert flagged["error"]
     summary = RunSummary("run")
     st = stage_monitor(cfg, "crisis_90d", date(2026, 11, 23), summary, lambda _m: None, weekly=True)
     assert st["flagged"] and summary.data["flagged"] and "monitor_report" not in summary.data["outputs"]
-    with pytest.raises(Exception, match="no approved version"):  # `wobble monitor` on its own: an error
+    with pytest.raises(Exception, match="train it first"):  # `wobble monitor` on its own: an error
         stage_monitor(cfg, "crisis_90d", date(2026, 11, 23), RunSummary("monitor"), lambda _m: None)

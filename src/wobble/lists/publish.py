@@ -39,6 +39,7 @@ from wobble.lists.service import pull_outcomes, push_lists
 from wobble.lists.views import change_label, from_json, list_header, person_view, write_csv
 from wobble.models.approve import Approval, require_approval
 from wobble.models.spec import load_spec
+from wobble.models.tracking import registered_version
 
 
 @dataclass
@@ -115,6 +116,7 @@ class PreparedLists:
 def prepare_lists(cfg: Config, *, model: str, version: str, as_of: date, scored=None) -> PreparedLists:
     """Score (unless `scored`), choose reasons and caveats, write `huddle_lists` and its context."""
     t0 = time.perf_counter()
+    registered_version(cfg, model, version)  # a version the registry has, before asking if it is approved
     with connect(cfg.warehouse, read_only=True) as con:
         approval = require_approval(con, model, version)
     spec = load_spec(cfg.models_dir, model)

@@ -13,7 +13,7 @@ from datetime import datetime
 from wobble.core.config import Config
 from wobble.core.errors import NotApproved, WobbleError
 from wobble.core.warehouse import connect, transaction
-from wobble.models.tracking import client
+from wobble.models.tracking import client, registered_version
 
 CHAMPION = "champion"
 
@@ -60,13 +60,14 @@ def approve(cfg: Config, *, model: str, version: str, by: str, note: str, demo: 
 
 
 def champion(cfg: Config, model: str) -> str:
-    """The version the `champion` alias points at."""
+    """The version the `champion` alias points at; with none, what to do: train the model first,
+    or approve one of its versions."""
     from mlflow.exceptions import MlflowException
-
 
     try:
         return str(client(cfg).get_model_version_by_alias(model, CHAMPION).version)
     except MlflowException:
+        registered_version(cfg, model)  # no version at all: train first, not approve
         raise NotApproved(
             f"model {model!r} has no approved version: run `wobble approve --model {model} "
             "--version V --by \"NAME\" --note \"...\"` after reading its model card"

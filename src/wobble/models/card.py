@@ -29,7 +29,7 @@ from wobble.core.vocab import system_label
 from wobble.core.warehouse import connect
 from wobble.models import figures as fig
 from wobble.models.spec import ModelSpec, TimeSplit
-from wobble.models.tracking import client
+from wobble.models.tracking import client, registered_version
 
 SECTIONS = (
     "At a glance", "Model details", "Intended use and users", "Out of scope", "Data", "Target and horizon",
@@ -494,20 +494,8 @@ def rerender(cfg: Config, model: str, version: str | None = None) -> tuple[str, 
     import mlflow
     from mlflow.exceptions import MlflowException
 
-
-    c = client(cfg)
-    try:
-        versions = c.search_model_versions(f"name = '{model}'")
-    except MlflowException:
-        versions = []
-    if not versions:
-        raise WobbleError(f"no model {model!r} in the registry; train it first with `wobble train --model {model}`")
-    if version is None:
-        version = str(max(int(v.version) for v in versions))
-    mv = next((v for v in versions if str(v.version) == str(version)), None)
-    if mv is None:
-        known = ", ".join(sorted((str(v.version) for v in versions), key=int))
-        raise WobbleError(f"model {model!r} has no version {version} (versions: {known})")
+    mv = registered_version(cfg, model, version)
+    version = str(mv.version)
     local = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="wobble"))
     if not (local / "evaluation.json").exists():
         raise WobbleError(f"{model} version {version} was trained before cards were kept; retrain it")

@@ -55,6 +55,26 @@ def client(cfg: Config):
     return MlflowClient(tracking_uri=tracking_uri(cfg), registry_uri=tracking_uri(cfg))
 
 
+def registered_version(cfg: Config, model: str, version: str | None = None):
+    """The registry's version `version` of `model` (default: its latest), or a WobbleError saying
+    what the registry has: no such model (train it first), or the versions it does have."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client(cfg).search_model_versions(f"name = '{model}'")
+    except MlflowException:
+        versions = []
+    if not versions:
+        raise WobbleError(f"no model {model!r} in the registry; train it first with `wobble train --model {model}`")
+    if version is None:
+        version = str(max(int(v.version) for v in versions))
+    mv = next((v for v in versions if str(v.version) == str(version)), None)
+    if mv is None:
+        known = ", ".join(sorted((str(v.version) for v in versions), key=int))
+        raise WobbleError(f"model {model!r} has no version {version} (versions: {known})")
+    return mv
+
+
 def load_version(cfg: Config, name: str, version: str):
     """(LightGBM Booster, calibrator, feature list, run id) for a registered model version."""
     import mlflow
