@@ -131,6 +131,7 @@ def test_quarantine_detail_names_the_field_and_value_and_the_report_groups_by_it
         visit("V1", a, service="XRAY"), visit("V2", a, service="XRAY"), visit("V3", a, outcome="Maybe"),
         visit("V4", a, when="2025-02-30 10:00"), visit("V5", a, service=""), visit("V6", "", service="DN"),
         visit("V7", a, when="2025-03-05 10:00", entered="2025-03-01 10:00"),
+        visit("V8", a),  # one good row: a file none of whose rows loads fails whole (test_ingest_mistakes)
     ])})
     result = _run(cfg, report=True)
     assert _rows(cfg, "SELECT line, reason, detail FROM quarantine ORDER BY line") == [
@@ -152,8 +153,11 @@ def test_a_fixed_clock_makes_ingest_a_function_of_its_files(tmp_path):
              "visits.csv": csv_text(VISITS_HEADER, [visit("V1", a, when="2025-06-01 10:00",
                                                           entered="2025-06-01 11:00")])}
     early, late = project(tmp_path / "a", files=files), project(tmp_path / "b", files=files)
-    assert _run(early, now=datetime(2025, 5, 1)).reasons() == {"impossible_date": 1}  # in the future then
-    assert _rows(early, "SELECT detail FROM quarantine") == [("occurred_at: '2025-06-01 10:00'",)]
+    # in the future then: the file's only row, so the file fails (rolled back, read again next run)
+    visits = next(f for f in _run(early, now=datetime(2025, 5, 1)).files if f.file == "visits.csv")
+    assert visits.status == "failed" and "1 impossible_date (e.g. occurred_at: '2025-06-01 10:00')" in visits.error
+    assert _rows(early, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert _run(early, now=datetime(2025, 7, 1)).summary()["rows_loaded"] == 1  # the clock right, it loads
     assert _run(late, now=datetime(2025, 7, 1)).reasons() == {}
     # the same files at the same clock give the same warehouse, ledger times included; and the
     # clock comes from the command line or the config

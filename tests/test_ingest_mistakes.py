@@ -126,3 +126,19 @@ def test_an_outcome_summary_of_nothing_says_why(tmp_path):
     proc = run_wobble("outcome", "summary", "--config", str(cfg), env=KEY_ENV)
     assert proc.returncode == 2 and f"no warehouse at {tmp_path / 'data' / 'wh.duckdb'}" in proc.stderr
     assert not (tmp_path / "data").exists()  # and none was made
+
+
+def test_a_file_with_no_row_loaded_fails_and_loads_once_its_settings_are_fixed(tmp_path):
+    """A timestamp format that matches nothing quarantined every row, and the file went into the
+    ledger: fixed, it was skipped for good. Now it fails alone, rolled back, and loads after the fix."""
+    visits = csv_text(VISITS_HEADER, [visit(f"V{k}", PEOPLE[k % 2]) for k in range(5)])
+    cfg = project(tmp_path, visits_extra="", files=_files(**{"visits_b.csv": visits}))
+    good = cfg.read_text()
+    cfg.write_text(good.replace('timestamp_format = "%Y-%m-%d %H:%M"', 'timestamp_format = "%d/%m/%Y %H:%M"'))
+    files = by_file(run(cfg))
+    f = files["visits_b.csv"]
+    assert f.status == "failed" and f.error.startswith("every row was quarantined: 5 impossible_date (e.g. ")
+    assert "read again at the next run" in f.error and files["register.csv"].status == "loaded"
+    assert rows(cfg, "SELECT count(*) FROM quarantine WHERE file = 'visits_b.csv'") == [(0,)]  # rolled back
+    cfg.write_text(good)
+    assert by_file(run(cfg))["visits_b.csv"].rows_loaded == 5

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wobble.core.config import Source
+from wobble.core.errors import WobbleError
 from wobble.core.sql import in_list, literal
 from wobble.core.vocab import CONCERN_TAGS
 from wobble.core.warehouse import scalar, transaction
@@ -113,6 +114,8 @@ def _finish(run: RunState, batch: Batch, inp: Input, rows_in: int, loaded: int, 
             f"{batch.rel}: counts do not reconcile: in {rows_in} != loaded {loaded} + "
             f"quarantined {quarantined} + duplicate {duplicate} ({dup_rows} in quarantine)"
         )
+    if rows_in and quarantined == rows_in and not set(reasons) & HONOURED:
+        _refuse_all_quarantined(con, quarantined)
     rows = [(batch.batch_id, batch.name, f, code, n) for f, codes in unmapped.items() for code, n in codes.items()]
     if rows:
         con.executemany("INSERT INTO ingest_unmapped VALUES (?, ?, ?, ?, ?)", rows)
@@ -123,6 +126,26 @@ def _finish(run: RunState, batch: Batch, inp: Input, rows_in: int, loaded: int, 
     )
     _pause_point("committing", Path(batch.rel).name)
     return {k: int(v) for k, v in sorted(reasons.items())}
+
+
+# Quarantine reasons that are the source's own word, honoured, not rows wobble failed to read: a
+# retraction (entered in error, refuted, cancelled) and a person who opted out.
+HONOURED = {"entered_in_error", "opted_out"}
+
+
+def _refuse_all_quarantined(con, quarantined: int) -> None:
+    """A file none of whose rows could be loaded fails alone, rolled back and not in the ledger, so
+    the next run reads it again. It is almost always the settings (a date format that matches
+    nothing, a wrong column) or the clock, not the data; ledgered, its rows would stay quarantined
+    after the fix, and a register's failure holds back the run's activity rather than losing it
+    as person_not_found."""
+    reason, detail, n = con.execute("""
+        SELECT reason, mode(detail), count(*) FROM bad WHERE reason <> 'duplicate'
+        GROUP BY reason ORDER BY count(*) DESC, reason LIMIT 1""").fetchone()
+    most = (f"{n:,} {reason}" + (f" (e.g. {detail})" if detail else "")
+            + (f", {quarantined - n:,} for other reasons" if n < quarantined else ""))
+    raise WobbleError(f"every row was quarantined: {most}. Nothing was loaded, and the file is read again at the "
+                      "next run: check the source's settings in wobble.toml (formats, columns, codes)")
 
 
 # ---------------------------------------------------------------------------------------------
