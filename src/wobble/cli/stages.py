@@ -132,11 +132,10 @@ def features(
 
     if not as_of:
         raise WobbleError("give at least one --as-of YYYY-MM-DD (a Monday)")
-    from wobble.core.calendar import as_of_for, require_monday
+    from wobble.core.calendar import as_of_for
 
-    dates = [require_monday(_date(a)) for a in as_of]
     cfg, _ = _load(config)
-    dates = [as_of_for(cfg, d) for d in dates]
+    dates = [as_of_for(cfg, _date(a)) for a in as_of]  # Mondays no later than the data
     summary = RunSummary("features")
     with _Progress() as p, summary.stage("features") as s:
         p.say("features")

@@ -32,3 +32,9 @@ def first_line(exc: Exception) -> str:
     for a one-line error about a library's failure."""
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
+
+
+def some_of(names: list[str], limit: int) -> str:
+    """The first `limit` of `names`, comma-separated, with " …" when there are more: for a one-line
+    error that names what there is ("found: NHS, When, Service …")."""
+    return ", ".join(names[:limit]) + (" …" if len(names) > limit else "")

@@ -40,6 +40,7 @@ def plan_files(cfg: Config, names: list[str]) -> list[Planned]:
     files first among its activity: `fhir_files`), and last the FHIR files of resource types
     wobble does not read (reported, left alone)."""
     plan: list[tuple[int, Planned]] = []
+    matched = _tabular_files(cfg)
     for name in names:
         source = cfg.sources[name]
         if source.kind == "fhir":
@@ -47,29 +48,32 @@ def plan_files(cfg: Config, names: list[str]) -> list[Planned]:
             plan += [(3 if f.not_read else 0 if f.fhir_type == "Patient" else 1, f) for f in files]
         else:
             order = TABLE_ORDER[source.table]
-            files = [Planned(name, source, Path(p)) for p in sorted(glob.glob(str(cfg.path(source.path))))]
+            files = [Planned(name, source, p) for p in matched[name]]
             plan += [(order, f) for f in files]
         if not files:
             plan.append((0, Planned(name, source, None)))
     plan.sort(key=lambda t: t[0])  # stable: config order within a table
-    _refuse_shared_files(cfg)
     return [f for _, f in plan]
 
 
-def _refuse_shared_files(cfg: Config) -> None:
-    """A file that two sources of one table match would load twice (two systems' contacts), or, under
-    one system, the second source's reading would overwrite the first's as a correction: refused, in
-    one line, whichever of them this run loads. (One file read as contacts by one source and as tags
-    by another is an extract holding both: allowed.)"""
+def _tabular_files(cfg: Config) -> dict[str, list[Path]]:
+    """The files each CSV or Parquet source of the config matches, sorted: every source's, not only
+    this run's, since a file that two sources of one table match would load twice (two systems'
+    contacts), or, under one system, the second source's reading would overwrite the first's as a
+    correction: refused, in one line, whichever of them this run loads. (One file read as contacts by
+    one source and as tags by another is an extract holding both: allowed.)"""
+    matched: dict[str, list[Path]] = {}
     owner: dict[tuple[Path, str], str] = {}
     for name, source in cfg.sources.items():
         if source.kind == "fhir":
             continue  # an export is a folder of its own, read by one source
-        for p in sorted(glob.glob(str(cfg.path(source.path)))):
-            other = owner.setdefault((Path(p).resolve(), source.table), name)
+        matched[name] = [Path(p) for p in sorted(glob.glob(str(cfg.path(source.path))))]
+        for p in matched[name]:
+            other = owner.setdefault((p.resolve(), source.table), name)
             if other != name:
-                raise ConfigError(f"sources.{other} and sources.{name} both read {display_path(cfg, Path(p))}: "
+                raise ConfigError(f"sources.{other} and sources.{name} both read {display_path(cfg, p)}: "
                                   "a file belongs to one source (narrow one of their paths)")
+    return matched
 
 
 def display_path(cfg: Config, path: Path) -> str:

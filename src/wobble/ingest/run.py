@@ -44,7 +44,7 @@ from pathlib import Path
 import duckdb
 
 from wobble.core.config import Config, Source
-from wobble.core.errors import WobbleError, first_line
+from wobble.core.errors import WobbleError, first_line, some_of
 from wobble.core.vault import vault_key
 from wobble.core.warehouse import connect, scalar
 from wobble.ingest.identity import build_vault
@@ -246,9 +246,8 @@ def _held_back(register_failed: list[str]) -> str:
     """Why an activity file is held back: activity is matched against the register, and a register
     file of this run did not load, so its people would be quarantined as person_not_found for good
     (the file's hash then in the ledger). Held back, it loads on the next run once that is fixed."""
-    files = ", ".join(register_failed[:3]) + (" …" if len(register_failed) > 3 else "")
-    return (f"held back, not loaded: register file {files} failed in this run; this file loads on the "
-            "next run once the register is fixed")
+    return (f"held back, not loaded: register file {some_of(register_failed, 3)} failed in this run; this file "
+            "loads on the next run once the register is fixed")
 
 
 def hold_file(run: RunState, name: str, path: Path, fp: Future, why: str) -> FileResult:

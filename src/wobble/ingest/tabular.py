@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from wobble.core.config import Source
-from wobble.core.errors import WobbleError, first_line
+from wobble.core.errors import WobbleError, first_line, some_of
 from wobble.core.sql import literal
 from wobble.core.warehouse import scalar
 from wobble.ingest.reader import TYPED, Fingerprint, Input, file_layers, select_fields, tabular_input, text_chunks
@@ -57,8 +57,7 @@ def open_parquet(con, source: Source, path: Path) -> Input:
 def _check_columns(source: Source, found: list[str]) -> None:
     missing = [c for c in source.columns.values() if c not in found]
     if missing:
-        shown = ", ".join(found[:12]) + (" …" if len(found) > 12 else "")
-        raise WobbleError(f"missing column(s) {', '.join(missing)} (found: {shown})")
+        raise WobbleError(f"missing column(s) {', '.join(missing)} (found: {some_of(found, 12)})")
 
 
 def _head(path: Path, size: int = 1 << 16) -> tuple[bytes, bool]:

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from wobble.core.config import Config
-from wobble.core.errors import ConfigError, WobbleError
+from wobble.core.errors import ConfigError, WobbleError, some_of
 from wobble.core.sql import date_literal, in_list
 from wobble.core.warehouse import connect, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
@@ -93,9 +93,9 @@ def check_capacity_teams(cfg: Config, con) -> None:
     known.add(cfg.teams.unattached)  # a team of its own even before anyone is in it
     unknown = sorted(set(cfg.teams.capacity) - known)
     if unknown:
-        shown = ", ".join(sorted(known)[:20]) + (" …" if len(known) > 20 else "")
         which = f"team{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
-        raise ConfigError(f"config teams.capacity: no {which} in the warehouse (its teams: {shown}); correct the "
+        raise ConfigError(f"config teams.capacity: no {which} in the warehouse (its teams: "
+                          f"{some_of(sorted(known), 20)}); correct the "
                           "name in wobble.toml, or remove it")
 
 

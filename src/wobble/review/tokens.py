@@ -23,7 +23,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from wobble.core.config import Config, Review
-from wobble.core.errors import WobbleError
+from wobble.core.errors import WobbleError, some_of
 from wobble.core.servicedb import LISTS, SESSIONS, TOKENS, ServiceDB, iso, now_utc, service_db
 from wobble.review import audit
 from wobble.review.records import teams
@@ -56,9 +56,8 @@ def create_token(cfg: Config, team_id: str, *, created_by: str, scope: str = "re
     db = db_of(cfg)
     known = teams(db)
     if team_id not in known:
-        shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
         raise WobbleError(f"no team {team_id!r} has a published list "
-                          f"(teams: {shown or 'none yet: run wobble publish'})")
+                          f"(teams: {some_of(known, 20) or 'none yet: run wobble publish'})")
     token, token_id, now = TOKEN_PREFIX + secrets.token_urlsafe(32), secrets.token_hex(4), now_utc()
     with db.write() as conn:
         conn.execute(TOKENS.insert().values(
@@ -101,9 +100,8 @@ def _nothing_to_revoke(conn, team_id: str, token_id: str | None) -> str:
     held = {t for (t,) in conn.execute(select(TOKENS.c.team_id).distinct())}
     listed = {t for (t,) in conn.execute(select(LISTS.c.team_id).distinct())}
     if team_id not in held | listed:
-        known = sorted(held | listed)
-        shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
-        return f"nothing revoked: no team {team_id!r} has tokens or a published list (teams: {shown or 'none yet'})"
+        known = some_of(sorted(held | listed), 20)
+        return f"nothing revoked: no team {team_id!r} has tokens or a published list (teams: {known or 'none yet'})"
     if team_id not in held:
         return f"nothing revoked: team {team_id} has no tokens"
     if token_id and mine:
