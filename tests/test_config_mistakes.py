@@ -20,6 +20,7 @@ from wobble.core.errors import ConfigError, WobbleError
 from wobble.core.servicedb import LISTS, ServiceDB
 from wobble.core.warehouse import connect
 from wobble.lists.score import check_capacity_teams, score
+from wobble.models.truth import truth_file
 from wobble.review.tokens import create_token, db_of, revoke_tokens
 
 ENV = {"WOBBLE_PSEUDONYM_KEY": TEST_KEY}
@@ -271,3 +272,25 @@ def test_the_revoke_command_fails_when_nothing_matched(args, message, review_cfg
     create_token(review_cfg, "T01", created_by="test")
     proc = run_wobble("review", "revoke", *args, cwd=tmp_path, env=ENV)
     assert proc.returncode == 2 and message in _said(proc)
+
+
+# F8 ---------------------------------------------------------------------------------------------
+
+def test_a_truth_folder_that_does_not_exist_is_refused_not_ignored(tmp_path):
+    cfg = parse_config({"paths": {"truth": "world/truht"}}, root=tmp_path)
+    with pytest.raises(ConfigError, match=r"paths.truth: .*world/truht is not a folder"):
+        truth_file(cfg, "need.parquet")
+    (tmp_path / "world" / "truth").mkdir(parents=True)
+    cfg = parse_config({"paths": {"truth": "world/truth"}}, root=tmp_path)
+    assert truth_file(cfg, "need.parquet") is None  # an older world without that file: not graded
+    (tmp_path / "world" / "truth" / "need.parquet").write_bytes(b"")
+    assert truth_file(cfg, "need.parquet") == tmp_path / "world" / "truth" / "need.parquet"
+    assert truth_file(parse_config({}, root=tmp_path), "need.parquet") is None  # real data: no truth
+
+
+def test_publish_with_a_misspelt_truth_folder_stops_before_any_work(tmp_path):
+    (tmp_path / "wobble.toml").write_text('[paths]\ntruth = "world/truht"\nwarehouse = "wh.duckdb"\n')
+    proc = run_wobble("publish", "--as-of", "2026-11-23", cwd=tmp_path, env=ENV)
+    assert proc.returncode == 2
+    assert _said(proc).startswith("wobble: paths.truth: ") and "world/truht is not a folder" in proc.stderr
+    assert not (tmp_path / "wh.duckdb").exists()

@@ -116,6 +116,7 @@ def _load(config: Path):
     from wobble.core.config import load_config, pseudonym_key
 
     cfg = load_config(config)
+    cfg.check_truth()  # before any work: a publish would otherwise go out ungraded, then fail
     return cfg, pseudonym_key
 
 

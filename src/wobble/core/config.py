@@ -455,6 +455,13 @@ class Config(_Strict):
     def truth(self) -> Path | None:
         return self.path(self.paths.truth) if self.paths.truth else None
 
+    def check_truth(self) -> None:
+        """Refuse a `paths.truth` naming no folder (misspelt, or the world moved): its lists would
+        otherwise go out silently ungraded, as on real data, which has no truth."""
+        if self.truth and not self.truth.is_dir():
+            raise ConfigError(f"paths.truth: {self.truth} is not a folder; give the synthetic world's truth "
+                              "folder (written by `wobble synth`), or leave paths.truth out for real data")
+
     @property
     def partitions_dir(self) -> Path:
         return self.path(self.dask.partitions)

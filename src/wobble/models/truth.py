@@ -21,9 +21,14 @@ from wobble.ingest.identifiers import install_sql_pseudonym
 
 
 def truth_file(cfg: Config, name: str) -> Path | None:
-    """`<truth>/<name>` when the config names a synthetic world's truth and the file exists."""
-    path = cfg.truth / name if cfg.truth else None
-    return path if path is not None and path.exists() else None
+    """`<truth>/<name>` when the config names a synthetic world's truth and the file exists; None
+    without a truth (real data), or when the world's truth lacks that file (an older world). A
+    `paths.truth` naming no folder is refused (`Config.check_truth`)."""
+    if not cfg.truth:
+        return None
+    cfg.check_truth()
+    path = cfg.truth / name
+    return path if path.exists() else None
 
 
 def _read(path: Path, key: bytes, sql: str, people: pl.Series | None) -> pl.DataFrame:
