@@ -7,6 +7,7 @@ the fix, the mistake was silently accepted, reported as a wobble bug, or ended i
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -209,6 +210,24 @@ def test_review_serve_refuses_a_port_out_of_range(port, tmp_path):
     assert _said(proc) == f"wobble: --port {port}: a port is a number from 1 to 65535 (default 8765)"
 
 
+def test_review_serve_on_a_port_in_use_says_so_before_claiming_the_page_is_up(tmp_path):
+    (tmp_path / "wobble.toml").write_text(f'[review]\ndatabase_url = "sqlite:///{tmp_path}/review.sqlite"\n')
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = run_wobble("review", "serve", "--port", str(port), cwd=tmp_path, env=ENV)
+    assert proc.returncode == 2
+    assert _said(proc) == (f"wobble: cannot listen on 127.0.0.1:{port}: address already in use (is a review "
+                           "page already running there? stop it, or pass another --port)")
+
+
+def test_review_serve_on_a_host_not_of_this_machine_is_one_line(tmp_path):
+    (tmp_path / "wobble.toml").write_text(f'[review]\ndatabase_url = "sqlite:///{tmp_path}/review.sqlite"\n')
+    proc = run_wobble("review", "serve", "--host", "no-such-host.invalid", cwd=tmp_path, env=ENV)
+    assert proc.returncode == 2 and _said(proc).startswith("wobble: --host no-such-host.invalid: not an address")
+
+
 # F9, F10: a review database with one published list (team T01) and nothing else -------------
 
 @pytest.fixture
@@ -227,12 +246,20 @@ def _expiry(tmp_path: Path, token_id: str) -> timedelta:
     return datetime.fromisoformat(expires) - datetime.now(UTC)
 
 
-@pytest.mark.parametrize("days", [0, -1])
-def test_a_token_must_last_at_least_a_day(days, review_cfg):
+@pytest.mark.parametrize("days", [0, -1, 367, 10**9])
+def test_a_token_lasts_from_a_day_to_a_year(days, review_cfg):
     with pytest.raises(WobbleError) as err:
         create_token(review_cfg, "T01", created_by="test", days=days)
-    assert str(err.value) == (f"--days {days}: a token must last at least 1 day (leave --days out for "
+    assert str(err.value) == (f"--days {days}: a token lasts from 1 to 366 days (leave --days out for "
                               "[review] token_days, 180)")
+    _, token = create_token(review_cfg, "T01", created_by="test", days=366)
+    assert token
+
+
+@pytest.mark.parametrize("days", [0, 367])
+def test_the_configured_token_lifetime_is_bounded_too(days, tmp_path):
+    said = _one_line_error({"review": {"token_days": days}}, tmp_path)
+    assert said.startswith("config review.token_days: Input should be")
 
 
 def test_days_left_out_is_the_default_and_one_day_is_one_day(review_cfg, tmp_path):
@@ -244,7 +271,7 @@ def test_days_left_out_is_the_default_and_one_day_is_one_day(review_cfg, tmp_pat
 
 def test_the_token_command_refuses_zero_days(review_cfg, tmp_path):
     proc = run_wobble("review", "token", "--team", "T01", "--days", "0", cwd=tmp_path, env=ENV)
-    assert proc.returncode == 2 and "--days 0: a token must last at least 1 day" in _said(proc)
+    assert proc.returncode == 2 and "--days 0: a token lasts from 1 to 366 days" in _said(proc)
     assert proc.stdout == ""  # no token printed
 
 

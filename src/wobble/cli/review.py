@@ -45,9 +45,30 @@ def review_serve(
         raise WobbleError(f"--port {port}: a port is a number from 1 to 65535 (default 8765)")
     cfg = load_config(config)
     db = db_of(cfg)  # opened (and made) now, so a wrong URL is one line before the server starts
+    _check_free(host, port)
     err.print(f"review page on http://{host}:{port}/ (Ctrl+C to stop); database {db.safe_url}", highlight=False,
               soft_wrap=True)
     serve(cfg, host=host, port=port)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (a port in use, a host not of this
+    machine) in one line, before saying the page is up: uvicorn would say so after it."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise WobbleError(f"--host {host}: not an address this machine knows ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a closed socket's
+        # TIME_WAIT does not hold the port
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise WobbleError(f"cannot listen on {host}:{port}: {e.strerror.lower()} (is a review page already "
+                              "running there? stop it, or pass another --port)") from None
 
 
 @review_app.command("token")

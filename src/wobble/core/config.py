@@ -46,6 +46,9 @@ SOURCE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+
+MAX_TOKEN_DAYS = 366  # the longest a review token may last: a lost token is a team's list, so it must lapse
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -387,7 +390,7 @@ class Review(_Strict):
     max_body_bytes: int = Field(default=16_384, ge=1024, le=10_000_000)
     session_idle_minutes: int = Field(default=30, ge=1)
     session_hours: int = Field(default=12, ge=1)         # absolute: a session ends this long after sign-in
-    token_days: int = Field(default=180, ge=1)           # a team or machine token expires after this
+    token_days: int = Field(default=180, ge=1, le=MAX_TOKEN_DAYS)  # a team or machine token expires after this
     requests_per_minute: int = Field(default=300, ge=1)  # per source address
     sign_in_failures: int = Field(default=5, ge=1)       # this many failures from one address ...
     lockout_minutes: int = Field(default=15, ge=1)       # ... lock sign-in from it this long

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from wobble.core.config import Config, Review
+from wobble.core.config import MAX_TOKEN_DAYS, Config, Review
 from wobble.core.errors import WobbleError, some_of
 from wobble.core.servicedb import LISTS, SESSIONS, TOKENS, ServiceDB, iso, now_utc, service_db
 from wobble.review import audit
@@ -49,9 +49,10 @@ def create_token(cfg: Config, team_id: str, *, created_by: str, scope: str = "re
         raise WobbleError(f"unknown scope {scope!r}: read or record")
     if days is None:
         days = cfg.review.token_days
-    elif days < 1:  # 0 once meant "the default" and a negative number an already expired token
-        raise WobbleError(f"--days {days}: a token must last at least 1 day (leave --days out for "
-                          f"[review] token_days, {cfg.review.token_days})")
+    elif not 1 <= days <= MAX_TOKEN_DAYS:  # 0 once meant "the default", a negative number an
+        # already expired token, and a huge one a date past the year 9999 (a traceback)
+        raise WobbleError(f"--days {days}: a token lasts from 1 to {MAX_TOKEN_DAYS} days (leave --days out "
+                          f"for [review] token_days, {cfg.review.token_days})")
     created_by = created_by.strip()[:80] or "unknown"
     db = db_of(cfg)
     known = teams(db)
