@@ -29,6 +29,7 @@ MASK = "**********"
 MASKED = {"nhs_number": MASK, "birth_date": "(removed)", "postcode": "(removed)",
            "forename": "(removed)", "surname": "(removed)",
            "professional": "(masked)", "alt_id": "(masked)", "patient_ref": "(masked)"}
+NOT_SHOWN = "(not shown)"  # a value of a field in `Input.hidden`
 # Coded fields: the vocabulary each maps into.
 VOCAB = CONTRACT_VALUES
 # Coded fields whose unknown values reject the row; the others are counted and left empty (sex:
@@ -180,6 +181,9 @@ class Input:
     required: tuple[str, ...] | None = None  # persons fields that must be present, beyond the identifier
     extra_unmapped: dict[str, dict[str, int]] = field(default_factory=dict)  # found by the reader
     formats: dict[str, str] = field(default_factory=dict)  # field → its own strptime format
+    # coded fields with too many unmapped values to be a code list (a wrong column, perhaps of
+    # names): their values are not shown in quarantined rows either (set by the first pass)
+    hidden: set[str] = field(default_factory=set)
 
 
 def tabular_input(source: Source, rel_sql: str, first_sql: str, fields: dict[str, str], **kw) -> Input:
@@ -341,8 +345,8 @@ def masked_raw_sql(inp: Input) -> str:
     for f, label in inp.labels.items():
         if f not in inp.fields:
             continue
-        if f in MASKED:
-            val = f"CASE WHEN {field_text(f, inp)} IS NULL THEN '' ELSE {literal(MASKED[f])} END"
+        if f in MASKED or f in inp.hidden:
+            val = f"CASE WHEN {field_text(f, inp)} IS NULL THEN '' ELSE {literal(MASKED.get(f, NOT_SHOWN))} END"
         else:
             val = without_numbers_sql(f"left(coalesce(r.{f}::VARCHAR, ''), 200)")
         parts.append(f"{literal(label + '=')} || {val}")
@@ -358,8 +362,8 @@ def detail_value_sql(inp: Input, f: str) -> str:
     if f not in inp.fields:
         return literal(f + ": (blank)")
     text = f"r.{f}::VARCHAR"
-    if f in MASKED:
-        return f"{name} || CASE WHEN {text} IS NULL THEN '(blank)' ELSE {literal(MASKED[f])} END"
+    if f in MASKED or f in inp.hidden:
+        return f"{name} || CASE WHEN {text} IS NULL THEN '(blank)' ELSE {literal(MASKED.get(f, NOT_SHOWN))} END"
     shown = without_numbers_sql(f"left({spaces_trimmed_sql(text)}, 60)")
     return (f"{name} || CASE WHEN coalesce({spaces_trimmed_sql(text)}, '') = '' THEN '(blank)' "
             f"ELSE '''' || {shown} || '''' END")

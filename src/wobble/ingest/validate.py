@@ -8,6 +8,8 @@ failing rows keep a masked copy of the row for the quarantine.
 
 from __future__ import annotations
 
+import re
+
 from wobble.core.sql import literal
 from wobble.core.warehouse import scalar
 from wobble.ingest.identifiers import (
@@ -58,14 +60,32 @@ def first_pass(run: RunState, inp: Input, coded: list[str], staff_system: str | 
     unmapped: dict[str, dict[str, int]] = {}
     for c in coded:
         # the same lookup the second pass makes (0 for a blank): what it leaves NULL is unmapped
-        rows = con.execute(
-            f"SELECT {c}, n FROM codes WHERE g = {mask_for([c])} AND {c} IS NOT NULL "
-            f"AND {code_index_sql(c, inp, c, '0')} IS NULL ORDER BY n DESC"
-        ).fetchall()
-        found = {safe_code(code): int(n) for code, n in rows}
-        if found:
-            unmapped[c] = found
+        where = f"g = {mask_for([c])} AND {c} IS NOT NULL AND {code_index_sql(c, inp, c, '0')} IS NULL"
+        values, rows_n = con.execute(f"SELECT count(*), sum(n) FROM codes WHERE {where}").fetchone()
+        if values > MAX_UNMAPPED_SHOWN:  # not a code list: a wrong column (names, free text)
+            unmapped[c] = {too_many_values(values): int(rows_n)}
+            inp.hidden.add(c)
+        elif values:
+            rows = con.execute(f"SELECT {c}, n FROM codes WHERE {where} ORDER BY n DESC").fetchall()
+            unmapped[c] = {safe_code(code): int(n) for code, n in rows}
     return unmapped
+
+
+# More different unmapped values than this in one field of one file are not a code list but a
+# wrong column, perhaps of names or free text: none is kept or shown, only how many there were.
+MAX_UNMAPPED_SHOWN = 1_000
+
+
+def too_many_values(values: int) -> str:
+    """What stands for the unmapped codes of a field with more than MAX_UNMAPPED_SHOWN of them."""
+    return f"({values:,} different values, not shown)"
+
+
+def hidden_values(codes: dict[str, int]) -> int | None:
+    """How many values `too_many_values` stood for, when it stands for a field's codes; else None."""
+    if len(codes) == 1 and (m := re.fullmatch(r"\(([\d,]+) different values, not shown\)", next(iter(codes)))):
+        return int(m.group(1).replace(",", ""))
+    return None
 
 
 def safe_code(code: str) -> str:
