@@ -4,6 +4,8 @@ weekly path with nothing to publish from, and messages whose [sections] Rich too
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import pytest
 from conftest import TEST_KEY, run_wobble
 from ingest_kit import (
@@ -16,11 +18,13 @@ from ingest_kit import (
     register,
     rows,
     run,
+    scan_for,
     visit,
 )
 
+from wobble.core.calendar import as_of_for
 from wobble.core.config import load_config
-from wobble.core.errors import ConfigError
+from wobble.core.errors import ConfigError, WobbleError
 from wobble.ingest import ingest
 
 KEY_ENV = {"WOBBLE_PSEUDONYM_KEY": TEST_KEY}
@@ -98,14 +102,31 @@ def test_the_weekly_path_refuses_before_it_ingests(tmp_path, args, says):
 
 
 def test_an_as_of_date_after_the_data_is_refused(tmp_path):
-    """The last record is on Saturday 1 March 2025: Sunday is not in yet, so the latest as-of date
-    the data allow is Monday 24 February (what `data_end` gives when no date is given)."""
+    """The last record is on Saturday 1 March 2025: Sunday is not in yet, so the data's own as-of
+    date (`data_end`, when no date is given) is Monday 24 February. A run may name Monday 3 March,
+    since only a weekend lies between (many sources record nothing then), but not 10 March."""
     cfg = project(tmp_path, files=_files())
     run(cfg)
-    late = run_wobble("features", "--config", str(cfg), "--as-of", "2025-03-03", env=KEY_ENV)
-    assert late.returncode == 2 and "2025-03-03 is after the data: the latest as-of date they allow is 2025-02-24" \
-        in late.stderr, late.stderr[-800:]
-    assert run_wobble("features", "--config", str(cfg), "--as-of", "2025-02-24", env=KEY_ENV).returncode == 0
+    late = run_wobble("features", "--config", str(cfg), "--as-of", "2025-03-10", env=KEY_ENV)
+    assert late.returncode == 2 and "2025-03-10 is after the data: the latest as-of date they allow is 2025-03-03 " \
+        "(the records reach 2025-03-01; " in late.stderr, late.stderr[-800:]
+    assert run_wobble("features", "--config", str(cfg), "--as-of", "2025-03-03", env=KEY_ENV).returncode == 0
+    assert as_of_for(load_config(cfg), None) == date(2025, 2, 24)
+
+
+@pytest.mark.parametrize("last, latest", [
+    ("2025-02-27 10:00", "2025-02-24"),  # a Thursday: Friday is missing too
+    ("2025-02-28 10:00", "2025-03-03"), ("2025-03-02 10:00", "2025-03-03"), ("2025-03-03 10:00", "2025-03-03"),
+])
+def test_a_given_as_of_date_may_follow_the_last_record_by_a_weekend(tmp_path, last, latest):
+    visits = csv_text(VISITS_HEADER, [visit("V1", PEOPLE[0], when=last, entered=last)])
+    cfg = project(tmp_path, files=_files(**{"visits_a.csv": visits, "notes.csv": csv_text(NOTES_HEADER, [])}))
+    run(cfg)
+    config = load_config(cfg)
+    end = date.fromisoformat(latest)
+    assert as_of_for(config, end) == end
+    with pytest.raises(WobbleError, match=f"the latest as-of date they allow is {latest} "):
+        as_of_for(config, end + timedelta(days=7))
 
 
 def test_training_on_a_dask_scheduler_nobody_runs_fails_at_once(tmp_path):
@@ -142,3 +163,29 @@ def test_a_file_with_no_row_loaded_fails_and_loads_once_its_settings_are_fixed(t
     assert rows(cfg, "SELECT count(*) FROM quarantine WHERE file = 'visits_b.csv'") == [(0,)]  # rolled back
     cfg.write_text(good)
     assert by_file(run(cfg))["visits_b.csv"].rows_loaded == 5
+
+
+@pytest.mark.parametrize("field, column", [("mode", "how"), ("service", "service")])
+def test_a_wrong_column_mapped_to_a_coded_field_keeps_none_of_its_values(tmp_path, field, column):
+    """A column of names mapped to a coded field: more different unmapped values than a code list
+    holds. None is kept (unmapped codes, quarantined rows) or shown (the report), only how many
+    there were. The rows load as they would with any unknown code: `mode` left empty, a row
+    without a known `service` quarantined."""
+    names = [f"Ann Example{chr(65 + k % 26)}{chr(65 + k // 26 % 26)}{chr(65 + k // 676)}" for k in range(1_200)]
+    visits = [visit(f"V{k}", PEOPLE[k % 2], **{column: name}) for k, name in enumerate(names)]
+    visits += [visit(f"W{k}", PEOPLE[k % 2]) for k in range(300)]
+    cfg = project(tmp_path, files=_files(**{"visits_a.csv": csv_text(VISITS_HEADER, visits)}))
+    result = ingest(load_config(cfg), key=TEST_KEY.encode())
+    f = by_file(result)["visits_a.csv"]
+    assert f.unmapped == {field: {"(1,200 different values, not shown)": 1_200}}
+    if field == "service":
+        assert (f.rows_loaded, f.rows_quarantined) == (300, 1_200)
+        assert rows(cfg, "SELECT DISTINCT detail FROM quarantine WHERE file = 'visits_a.csv'") == [
+            ("service: (not shown)",)]
+    else:
+        assert (f.rows_loaded, f.rows_quarantined) == (1_500, 0)
+    report = next((tmp_path / "out" / "reports").glob("data-quality-*.md")).read_text()
+    assert f"visits_a.csv: {field} has 1,200 different values no mapping knows" in report
+    found = scan_for([p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("visits")],
+                     set(), also=("Ann Example",))
+    assert not any(found.values()), found

@@ -4,7 +4,8 @@ A list, a snapshot and a training example are all "as of" a Monday T: they use r
 before T (`recorded_at < T`). The current as-of date is the configured one, else the latest Monday
 whose every day before it the warehouse's records reach (`data_end`): a last record on Sunday
 2026-11-22 gives Monday 2026-11-23, one on Thursday 2026-11-19 gives Monday 2026-11-16 (the days
-from Friday to Sunday are not in yet).
+from Friday to Sunday are not in yet). A run may name a later Monday when only a weekend lies
+between it and the last record (`as_of_for`): a last record on Friday 2026-11-20 allows 2026-11-23.
 """
 
 from __future__ import annotations
@@ -41,22 +42,36 @@ def data_end(con, cfg) -> date:
     before it the records reach (the Monday on or before the day after the last record)."""
     if cfg.wobble.as_of:
         return cfg.wobble.as_of
+    return monday_on_or_before(_last_record_day(con) + timedelta(days=1))
+
+
+def _last_record_day(con) -> date:
     last = scalar(con, "SELECT max(recorded_at)::DATE FROM contacts")
     if last is None:
         raise WobbleError("the warehouse has no contacts: run `wobble ingest` first")
-    return monday_on_or_before(last + timedelta(days=1))
+    return last
+
+
+# Days before a given as-of date that may hold no record at all: a weekend, since many sources
+# record nothing then and an extract taken on a Monday morning may end on the Friday before.
+QUIET_DAYS = 2
 
 
 def as_of_for(cfg, given: date | None) -> date:
-    """The as-of date of a run: `given` (a Monday, no later than `data_end`), else `data_end` of the
-    configured warehouse. A later date would read the weeks the data do not reach as weeks without
-    a single contact, and its list would become each team's latest."""
+    """The as-of date of a run: `given` (a Monday), else `data_end` of the configured warehouse.
+
+    A given date may be later than `data_end` by a weekend the records do not reach (QUIET_DAYS),
+    not by more (nor, with the config's `as_of`, later than that): a later date would read the
+    weeks the data do not reach as weeks without a single contact, and its list would become each
+    team's latest."""
     if given:
         require_monday(given)
     with connect(cfg.warehouse, read_only=True) as con:
         end = data_end(con, cfg)
-    if given and given > end:
-        raise WobbleError(f"{given} is after the data: the latest as-of date they allow is {end} (the latest Monday "
-                          "whose every day before it the records reach, or the config's as_of); a later date would "
-                          "read the days the data do not reach as days without a single contact")
+        last = None if cfg.wobble.as_of else _last_record_day(con)
+    latest = end if last is None else monday_on_or_before(last + timedelta(days=1 + QUIET_DAYS))
+    if given and given > latest:
+        reach = "the config's as_of" if last is None else (
+            f"the records reach {last}; a later Monday would leave more than a weekend before it without a record")
+        raise WobbleError(f"{given} is after the data: the latest as-of date they allow is {latest} ({reach})")
     return given or end
