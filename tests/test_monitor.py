@@ -319,3 +319,16 @@ def test_a_monitor_that_cannot_run_flags_the_weekly_path_rather_than_failing_it(
     assert st["flagged"] and summary.data["flagged"] and "monitor_report" not in summary.data["outputs"]
     with pytest.raises(Exception, match="train it first"):  # `wobble monitor` on its own: an error
         stage_monitor(cfg, "crisis_90d", date(2026, 11, 23), RunSummary("monitor"), lambda _m: None)
+
+
+def test_the_console_says_when_no_list_was_published_in_the_period():
+    """Before any publish the report says 'No lists in this period'; the console said nothing, which
+    read as all well."""
+    from wobble.cli.main import _monitor_lines
+
+    st = {"model_name": "m", "model_version": "1", "as_of": "2026-11-23", "level": "watch", "findings": [],
+          "lists_since": "2026-08-31", "lists_in_period": 0}
+    text = [str(line) for line in _monitor_lines(st)]
+    assert "  no list of this model was published since 2026-08-31: huddle outcomes wait for one " \
+           "(wobble publish)" in text
+    assert not any("no list" in line for line in map(str, _monitor_lines({**st, "lists_in_period": 3})))

@@ -153,6 +153,9 @@ def _monitor_lines(st: dict) -> list[str | Text]:
     version = f" v{st['model_version']}" if st.get("model_version") else ""
     lines: list[str | Text] = [Text.assemble(f"monitoring {st['model_name']}{version} at {st['as_of']}: ", head)]
     lines += [f"  {f['level']}: {f['what']}" for f in st["findings"]]
+    if st.get("lists_in_period") == 0:  # the report says so too; without it, silence read as "all well"
+        lines.append(f"  no list of this model was published since {st['lists_since']}: huddle outcomes "
+                     "wait for one (wobble publish)")
     if st.get("report_html"):
         lines.append(f"report: {st['report_html']}")
     return lines

@@ -82,6 +82,7 @@ class MonitorResult:
             "features_act": sum(f["level"] == "act" for f in self.drift.get("features", [])),
             "matured_lists": [m["as_ofs"] for m in self.matured.get("versions", [])],
             "outcomes_recorded": self.outcomes.get("recorded", 0),
+            "lists_since": self.outcomes.get("since"), "lists_in_period": len(self.outcomes.get("lists", [])),
             "built_snapshots": [d.isoformat() for d in self.built_snapshots],
             "report_md": str(self.report_md), "report_html": str(self.report_html),
             "seconds": round(self.seconds, 2),
