@@ -260,3 +260,37 @@ def test_relative_absolute_and_versioned_urls_name_the_same_record(url):
     with duckdb.connect() as con:
         got = con.execute(f"SELECT {deleted_target('?', 'kind')}, {deleted_target('?', 'id')}", [url, url]).fetchone()
     assert got == ("Encounter", "e1")
+
+
+def _export(folder: Path, taken: str, lines: dict[str, list], deleted: tuple[str, ...] = ()) -> None:
+    """An export taken at `taken`, its manifest listing `lines`' files (Bundles of DELETE requests
+    for the `deleted` urls in `deleted.ndjson`)."""
+    if deleted:
+        lines = {**lines, "deleted.ndjson": [_bundle(*deleted)]}
+    _mini_export(folder, lines)
+    kinds = {n: n.split(".")[0] for n in lines if n != "deleted.ndjson"}
+    _manifest(folder, kinds, ["deleted.ndjson"] if deleted else [])
+    text = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**text, "transactionTime": taken}))
+
+
+@pytest.mark.parametrize("first, second", [("2025-05-31", "2025-06-07"), ("z-weekly", "a-weekly")])
+def test_several_weekly_exports_in_one_run_load_in_the_order_they_were_taken(tmp_path, first, second):
+    """A source whose path is a glob of export folders: the later export deletes e2 and adds e3.
+    Taken in that order whatever their names sort as (the second case's names sort backwards):
+    e2's deletion comes after e2 was loaded, so it goes."""
+    _export(tmp_path / "exports" / first, "2025-05-31T03:00:00Z", {
+        "Patient.ndjson": [_patient("p1", A), _patient("p2", B)],
+        "Encounter.ndjson": [_encounter("e1", "p1"), _encounter("e2", "p2")]})
+    _export(tmp_path / "exports" / second, "2025-06-07T03:00:00+01:00", {
+        "Encounter.ndjson": [_encounter("e3", "p1", start="2025-06-01T10:00:00+00:00",
+                                                   meta={"lastUpdated": "2025-06-02T09:00:00Z"})]},
+        deleted=("Encounter/e2",))
+    cfg, name = with_fhir_folder(tmp_path / "exports" / "*", load_config(_config(tmp_path)))
+    result = ingest(cfg, key=KEY, only=[name], report=False, now=NOW)
+    assert not result.failed
+    assert _q(cfg.warehouse, CONTACTS) == [("e1",), ("e3",)]
+    assert sum(f.rows_deleted for f in result.files) == 1
+    # the same exports again: nothing new, nothing undone
+    again = ingest(cfg, key=KEY, only=[name], report=False, now=NOW)
+    assert not again.failed and _q(cfg.warehouse, CONTACTS) == [("e1",), ("e3",)]

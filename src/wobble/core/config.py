@@ -6,6 +6,7 @@ error names the block and key that is wrong, e.g. ``sources.gp_appointments.colu
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tomllib
@@ -532,7 +533,7 @@ def with_fhir_folder(folder: Path | str, base: Config | None = None) -> tuple[Co
     go under ./data/ (relative to the working folder).
     """
     folder = Path(folder).resolve()
-    if not folder.exists():
+    if not (glob.glob(str(folder)) if glob.has_magic(str(folder)) else folder.exists()):
         raise ConfigError(f"--fhir: no folder or file at {folder}")
     cfg = base or Config(root=Path.cwd().resolve())
     name, template = next(((n, s) for n, s in cfg.sources.items() if s.kind == "fhir"), ("fhir", None))

@@ -32,9 +32,11 @@ Codes map through `fhir_maps.toml`, extended by the source's `values` in wobble.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import tomllib
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -84,6 +86,33 @@ def code_maps(source: Source) -> dict[str, dict[str, str]]:
     for f, mapping in source.values.items():
         maps.setdefault(f, {}).update(mapping)
     return maps
+
+
+def export_folders(path: Path) -> list[Path]:
+    """The exports a FHIR source's `path` names, oldest first: the folder (or file) itself, or each
+    folder or file a glob matches (`exports/*`, one folder per weekly `_since` export), ordered by
+    their manifests' transactionTime when every one states it, else by name.
+
+    Loaded in that order, each export's deletions apply after the exports taken before it and
+    before its own output, so several incremental exports in one run end as the last one left
+    the source, whichever order their folder names sort in."""
+    if not glob.has_magic(str(path)):
+        return [path]
+    found = [Path(p) for p in sorted(glob.glob(str(path)))]
+    taken = [_taken_at(p if p.is_dir() else p.parent) for p in found]
+    if all(t is not None for t in taken):
+        found = [p for _, p in sorted(zip(taken, found, strict=True), key=lambda t: t[0])]
+    return found
+
+
+def _taken_at(folder: Path) -> datetime | None:
+    """An export manifest's full transactionTime, as an aware time (None when it has none, or no manifest)."""
+    try:
+        text = str(json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("transactionTime") or "")
+        taken = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, OSError, ValueError):
+        return None
+    return taken if taken.tzinfo else taken.replace(tzinfo=UTC)
 
 
 def fhir_files(folder: Path) -> list[tuple[str, Path]]:

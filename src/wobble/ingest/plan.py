@@ -12,7 +12,7 @@ import duckdb
 
 from wobble.core.config import Config, Source
 from wobble.core.errors import ConfigError, WobbleError
-from wobble.ingest.fhir import DELETED, fhir_files, read_fhir
+from wobble.ingest.fhir import DELETED, export_folders, fhir_files, read_fhir
 from wobble.ingest.fhir_sql import TABLE_OF
 from wobble.ingest.reader import Fingerprint, Input
 from wobble.ingest.tabular import open_csv, open_parquet, scratch_dir
@@ -44,7 +44,8 @@ def plan_files(cfg: Config, names: list[str]) -> list[Planned]:
     for name in names:
         source = cfg.sources[name]
         if source.kind == "fhir":
-            files = [Planned(name, source, p, kind) for kind, p in fhir_files(cfg.path(source.path))]
+            files = [Planned(name, source, p, kind) for export in export_folders(cfg.path(source.path))
+                     for kind, p in fhir_files(export)]
             plan += [(3 if f.not_read else 0 if f.fhir_type == "Patient" else 1, f) for f in files]
         else:
             order = TABLE_ORDER[source.table]
