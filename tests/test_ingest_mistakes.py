@@ -189,3 +189,18 @@ def test_a_wrong_column_mapped_to_a_coded_field_keeps_none_of_its_values(tmp_pat
     found = scan_for([p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("visits")],
                      set(), also=("Ann Example",))
     assert not any(found.values()), found
+
+
+@pytest.mark.parametrize("weekend_record, end", [(False, date(2025, 3, 3)), (True, date(2025, 2, 24))])
+def test_sources_that_record_on_weekdays_only_reach_the_weekend_by_friday(tmp_path, weekend_record, end):
+    """Four weeks of weekday records, the last on Friday 28 February 2025: nothing is awaited from
+    the weekend, so the data's own as-of date is Monday 3 March. One Saturday record among them (one
+    in 21) says weekends do hold records, and the weekend not yet in is awaited: 24 February."""
+    days = [d for k in range(26) if (d := date(2025, 2, 3) + timedelta(days=k)).weekday() < 5]
+    days += [date(2025, 2, 15)] if weekend_record else []
+    visits = [visit(f"V{k}", PEOPLE[k % 2], when=f"{d} 10:00", entered=f"{d} 11:00") for k, d in enumerate(days)]
+    cfg = project(tmp_path, files=_files(**{"visits_a.csv": csv_text(VISITS_HEADER, visits),
+                                            "notes.csv": csv_text(NOTES_HEADER, [])}))
+    run(cfg)
+    assert max(days) == date(2025, 2, 28)
+    assert as_of_for(load_config(cfg), None) == end

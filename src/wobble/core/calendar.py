@@ -4,8 +4,10 @@ A list, a snapshot and a training example are all "as of" a Monday T: they use r
 before T (`recorded_at < T`). The current as-of date is the configured one, else the latest Monday
 whose every day before it the warehouse's records reach (`data_end`): a last record on Sunday
 2026-11-22 gives Monday 2026-11-23, one on Thursday 2026-11-19 gives Monday 2026-11-16 (the days
-from Friday to Sunday are not in yet). A run may name a later Monday when only a weekend lies
-between it and the last record (`as_of_for`): a last record on Friday 2026-11-20 allows 2026-11-23.
+from Friday to Sunday are not in yet), unless the sources record on weekdays only, when a last
+record on Friday 2026-11-20 gives Monday 2026-11-23. A run may name a later Monday when only a
+weekend lies between it and the last record (`as_of_for`): a last record on Friday 2026-11-20
+allows 2026-11-23 whatever the sources.
 """
 
 from __future__ import annotations
@@ -39,10 +41,28 @@ def weekly_as_ofs(end: date, weeks: int, step: int = 1) -> list[date]:
 
 def data_end(con, cfg) -> date:
     """The as-of date the data support: the config's `as_of`, else the latest Monday whose every day
-    before it the records reach (the Monday on or before the day after the last record)."""
+    before it the records reach (the Monday on or before the day after the last record). Where
+    records are almost never made at weekends (WEEKEND_SHARE), a last record on a Friday or a
+    Saturday reaches the Sunday: the weekend holds nothing to wait for."""
     if cfg.wobble.as_of:
         return cfg.wobble.as_of
-    return monday_on_or_before(_last_record_day(con) + timedelta(days=1))
+    last = _last_record_day(con)
+    if last.weekday() in (4, 5) and _weekend_share(con, last) < WEEKEND_SHARE:
+        last += timedelta(days=6 - last.weekday())
+    return monday_on_or_before(last + timedelta(days=1))
+
+
+# Below this share of the records made at weekends (over the eight weeks to the last one), the
+# sources record on weekdays only: a site whose GP and community systems are its sources.
+WEEKEND_SHARE = 0.02
+
+
+def _weekend_share(con, last: date) -> float:
+    """The share of the contacts recorded on a Saturday or Sunday in the eight weeks to `last`."""
+    return scalar(con, f"""
+        SELECT coalesce(avg((dayofweek(recorded_at) IN (0, 6))::INTEGER), 0) FROM contacts
+        WHERE recorded_at >= DATE '{last.isoformat()}' - INTERVAL 55 DAY
+          AND recorded_at < DATE '{last.isoformat()}' + INTERVAL 1 DAY""")
 
 
 def _last_record_day(con) -> date:
