@@ -7,6 +7,7 @@ the fix, the mistake was silently accepted, reported as a wobble bug, or ended i
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
@@ -14,13 +15,16 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import typer
 from conftest import TEST_KEY, run_wobble
 
+from wobble.cli.main import NO_PERMISSION, friendly
 from wobble.core.config import load_config, parse_config
 from wobble.core.errors import ConfigError, WobbleError
 from wobble.core.servicedb import LISTS, ServiceDB
 from wobble.core.warehouse import connect
 from wobble.lists.score import check_capacity_teams, score
+from wobble.models.tracking import setup
 from wobble.models.truth import truth_file
 from wobble.review.tokens import create_token, db_of, revoke_tokens
 
@@ -321,3 +325,27 @@ def test_publish_with_a_misspelt_truth_folder_stops_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert _said(proc).startswith("wobble: paths.truth: ") and "world/truht is not a folder" in proc.stderr
     assert not (tmp_path / "wh.duckdb").exists()
+
+
+# Permissions (probed as a user other than root: a file or folder the user may not read or write)
+
+def test_a_permission_denied_is_one_line_naming_the_path(capsys):
+    @friendly
+    def reads_a_lookup():
+        raise PermissionError(13, "Permission denied", "/srv/extracts/lookups/lsoa_imd.csv")
+
+    with pytest.raises(typer.Exit) as stop:
+        reads_a_lookup()
+    assert stop.value.exit_code == NO_PERMISSION == 77
+    said = capsys.readouterr().err.strip()
+    assert "Traceback" not in said and len(said.splitlines()) == 1
+    assert said.startswith("wobble: permission denied: /srv/extracts/lookups/lsoa_imd.csv: the user running wobble (")
+
+
+def test_an_mlflow_store_the_user_cannot_write_is_refused_at_once(tmp_path, monkeypatch):
+    """MLflow retries a store it cannot open for about two minutes before a traceback."""
+    cfg = parse_config({"paths": {"mlflow": "mlflow"}}, root=tmp_path)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(WobbleError, match=r"cannot open the MLflow store .*mlflow\.db \(permission denied\): the "
+                                          "user running wobble must be able to write that folder"):
+        setup(cfg)

@@ -8,6 +8,7 @@ the commands that need them, so `wobble --help` stays fast.
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import sys
 from datetime import date, datetime
@@ -61,6 +62,12 @@ def friendly(fn):
         except KeyboardInterrupt:
             err.print("wobble: interrupted")
             raise typer.Exit(130) from None
+        except PermissionError as exc:  # the machine's set-up, not the input or a bug
+            err.print(Text.assemble(("wobble: ", "bold red"), f"permission denied: {exc.filename or first_line(exc)}: "
+                                    f"the user running wobble ({getpass.getuser()}) must be able to read the sources "
+                                    "and lookups, and to write the warehouse, outputs and MLflow folders"),
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(NO_PERMISSION) from None
         except Exception as exc:
             # Out of memory is the machine, not a bug: say so in one line. (By name, so that
             # `wobble --help` need not import DuckDB.)
@@ -75,6 +82,7 @@ def friendly(fn):
 
 
 OUT_OF_MEMORY = 71  # EX_OSERR: the machine, not the input
+NO_PERMISSION = 77  # EX_NOPERM
 
 
 def _finish(summary, outputs_dir: Path, as_json: bool, lines: list[str | Text]) -> None:

@@ -37,9 +37,22 @@ def setup(cfg: Config) -> str:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.ERROR)
     cfg.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    db = cfg.mlflow_dir / "mlflow.db"
+    # checked here: MLflow retries a store it cannot open for about two minutes before failing
+    if not os.access(cfg.mlflow_dir, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise WobbleError(f"cannot open the MLflow store {db} (permission denied): the user running wobble "
+                          "must be able to write that folder")
     mlflow.set_tracking_uri(tracking_uri(cfg))
     mlflow.set_registry_uri(tracking_uri(cfg))
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    try:
+        exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    except Exception as exc:
+        # SQLAlchemy's OperationalError (by name: it is MLflow's dependency, not ours): a folder or
+        # database this user may not write
+        if type(exc).__name__ != "OperationalError" or not hasattr(exc, "orig"):
+            raise
+        raise WobbleError(f"cannot open the MLflow store {db} ({first_line(exc.orig)}): "
+                          "the user running wobble must be able to write that folder") from None
     if exp is not None:
         return exp.experiment_id
     artifacts = (cfg.mlflow_dir / "artifacts").resolve()

@@ -98,6 +98,8 @@ def train(
     t0 = time.perf_counter()
     say = progress or (lambda _m: None)
     spec, cat, features = _spec(cfg, model_name, max_train_dates)
+    if register:
+        setup(cfg)  # a store this user cannot write fails now, not after the features
     compared = comparator_spec(cfg, spec)
     with connect(cfg.warehouse, read_only=True) as con:
         split = _split(con, cfg, spec, cat)
