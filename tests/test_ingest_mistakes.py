@@ -204,3 +204,28 @@ def test_sources_that_record_on_weekdays_only_reach_the_weekend_by_friday(tmp_pa
     run(cfg)
     assert max(days) == date(2025, 2, 28)
     assert as_of_for(load_config(cfg), None) == end
+
+
+def test_a_register_with_names_in_a_coded_field_keeps_none_of_them(tmp_path):
+    """A small register (150 people) whose Sex column holds names: under 1,000 values, but each on
+    one row only, as names are. None is kept; the people are loaded (an unknown sex is not_known)."""
+    people = numbers(150, seed=5)
+    names = [f"Ann Example{chr(65 + k % 26)}{chr(65 + k // 26)}" for k in range(150)]
+    rows_ = [f"{n},{name},1950,T01,N" for n, name in zip(people, names, strict=True)]
+    reg = "\n".join(["NHS,Sex,Born,Team,OptOut", *rows_]) + "\n"
+    cfg = project(tmp_path, files={"register.csv": reg})
+    result = ingest(load_config(cfg), key=TEST_KEY.encode())
+    f = by_file(result)["register.csv"]
+    assert f.rows_loaded == 150 and f.unmapped == {"sex": {"(150 different values, not shown)": 150}}
+    found = scan_for([p for p in tmp_path.rglob("*") if p.is_file() and p.name != "register.csv"], set(),
+                     also=("Ann Example",))
+    assert not any(found.values()), found
+
+
+def test_unmapped_codes_on_several_rows_each_are_still_listed(tmp_path):
+    """150 different codes, each on two rows: a code list the mapping does not know yet, listed so
+    the analyst can map it."""
+    visits = [visit(f"V{k}", PEOPLE[k % 2], how=f"M{k // 2:03d}") for k in range(300)]
+    cfg = project(tmp_path, files=_files(**{"visits_a.csv": csv_text(VISITS_HEADER, visits)}))
+    f = by_file(run(cfg))["visits_a.csv"]
+    assert f.unmapped["mode"] == {f"M{k:03d}": 2 for k in range(150)}

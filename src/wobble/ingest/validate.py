@@ -61,8 +61,10 @@ def first_pass(run: RunState, inp: Input, coded: list[str], staff_system: str | 
     for c in coded:
         # the same lookup the second pass makes (0 for a blank): what it leaves NULL is unmapped
         where = f"g = {mask_for([c])} AND {c} IS NOT NULL AND {code_index_sql(c, inp, c, '0')} IS NULL"
-        values, rows_n = con.execute(f"SELECT count(*), sum(n) FROM codes WHERE {where}").fetchone()
-        if values > MAX_UNMAPPED_SHOWN:  # not a code list: a wrong column (names, free text)
+        values, rows_n, once = con.execute(f"SELECT count(*), sum(n), count(*) FILTER (WHERE n = 1) "
+                                           f"FROM codes WHERE {where}").fetchone()
+        if values > MAX_UNMAPPED_SHOWN or (values > SCATTERED_FROM and 2 * once > values):
+            # not a code list: a wrong column (names, free text)
             unmapped[c] = {too_many_values(values): int(rows_n)}
             inp.hidden.add(c)
         elif values:
@@ -74,6 +76,8 @@ def first_pass(run: RunState, inp: Input, coded: list[str], staff_system: str | 
 # More different unmapped values than this in one field of one file are not a code list but a
 # wrong column, perhaps of names or free text: none is kept or shown, only how many there were.
 MAX_UNMAPPED_SHOWN = 1_000
+# Nor are more than this many of which most stand on one row only, as names do in a register.
+SCATTERED_FROM = 100
 
 
 def too_many_values(values: int) -> str:
