@@ -98,8 +98,7 @@ def train(
     t0 = time.perf_counter()
     say = progress or (lambda _m: None)
     spec, cat, features = _spec(cfg, model_name, max_train_dates)
-    if register:
-        setup(cfg)  # a store this user cannot write fails now, not after the features
+    champ = _champion(cfg, spec, cat) if register else None  # first: a store it cannot open fails at once
     compared = comparator_spec(cfg, spec)
     with connect(cfg.warehouse, read_only=True) as con:
         split = _split(con, cfg, spec, cat)
@@ -117,7 +116,6 @@ def train(
     build_features(cfg, burn_in(split) + split.test, people=held_out_people_sql(share))
     say("the crisis-now ranking the lists are compared with")
     comparator = fit_comparator(cfg, compared, split, share, cat, compared_fit)
-    champ = _champion(cfg, spec, cat) if register else None
     say("outcomes")
     read = features + (champ.features if champ else [])
     train_df = _examples(cfg, spec, split, read, share, n_fit)
