@@ -181,7 +181,7 @@ def outcome_summary(
     from wobble.core.config import load_config
     from wobble.core.vocab import OUTCOME_LABELS
     from wobble.core.warehouse import connect
-    from wobble.lists.outcomes import summarise
+    from wobble.lists.outcomes import require_list, summarise
     from wobble.lists.service import pull_outcomes
 
     cfg = load_config(config)
@@ -189,13 +189,8 @@ def outcome_summary(
     with connect(cfg.warehouse, wait_seconds=10, must_exist=True) as con:
         pull_outcomes(cfg, con)  # decisions recorded on the review page since the last run
         rows = summarise(con, team_id=team, as_of=day)
-        if not rows and (team or day):  # a mistyped team or date must not pass for "no decisions"
-            lists = con.execute("SELECT DISTINCT team_id, as_of FROM huddle_lists ORDER BY ALL").fetchall()
-            teams = sorted({t for t, _ in lists})
-            which = " ".join(([f"for team {team}"] if team else []) + ([f"of {day}"] if day else []))
-            raise WobbleError(f"no published list {which}: lists are published for "
-                              f"{', '.join(teams[:20]) or 'no team yet'}"
-                              f"{', the latest of ' + str(max(d for _, d in lists)) if lists else ''}")
+        if not rows:  # a mistyped team or date must not pass for "no decisions"
+            require_list(con, team_id=team, as_of=day)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return

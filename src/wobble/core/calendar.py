@@ -46,7 +46,11 @@ def data_end(con, cfg) -> date:
     Saturday reaches the Sunday: the weekend holds nothing to wait for."""
     if cfg.wobble.as_of:
         return cfg.wobble.as_of
-    last = _last_record_day(con)
+    return _end_after(con, _last_record_day(con))
+
+
+def _end_after(con, last: date) -> date:
+    """`data_end` for records whose last day is `last`."""
     if last.weekday() in (4, 5) and _weekend_share(con, last) < WEEKEND_SHARE:
         last += timedelta(days=6 - last.weekday())
     return monday_on_or_before(last + timedelta(days=1))
@@ -86,9 +90,9 @@ def as_of_for(cfg, given: date | None) -> date:
     team's latest."""
     if given:
         require_monday(given)
-    with connect(cfg.warehouse, read_only=True) as con:
-        end = data_end(con, cfg)
+    with connect(cfg.warehouse, read_only=True) as con:  # the last record read once, for both dates
         last = None if cfg.wobble.as_of else _last_record_day(con)
+        end = cfg.wobble.as_of if last is None else _end_after(con, last)
     latest = end if last is None else monday_on_or_before(last + timedelta(days=1 + QUIET_DAYS))
     if given and given > latest:
         reach = "the config's as_of" if last is None else (

@@ -46,9 +46,8 @@ SOURCE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 
-
-
 MAX_TOKEN_DAYS = 366  # the longest a review token may last: a lost token is a team's list, so it must lapse
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -151,21 +150,21 @@ class Source(_Strict):
     def _check_contract_values(self, name: str) -> None:
         """Every value a code maps to, and every default, of a coded field is one of the contract's:
         found only at ingest, one mapped wrongly would fail every file of the source."""
+        def outside(field: str, value: str) -> str | None:
+            """The contract's values for `field`, listed, when `value` is not one of them."""
+            allowed = CONTRACT_VALUES.get(field)
+            return ", ".join(allowed) if allowed is not None and value not in ("", *allowed) else None
+
         for field, mapping in self.values.items():
-            allowed = CONTRACT_VALUES.get(field)
             for code, value in mapping.items():
-                if allowed is not None and value != "" and value not in allowed:
-                    raise ConfigError(
-                        f"sources.{name}.values.{field}: code {code!r} maps to {value!r}, which is not a "
-                        f"{field} of the data contract (expected one of: {', '.join(allowed)}; or \"\" for no value)"
-                    )
+                if expected := outside(field, value):
+                    raise ConfigError(f"sources.{name}.values.{field}: code {code!r} maps to {value!r}, which is not "
+                                      f"a {field} of the data contract (expected one of: {expected}; or \"\" for "
+                                      "no value)")
         for field, value in self.defaults.items():
-            allowed = CONTRACT_VALUES.get(field)
-            if allowed is not None and value != "" and value not in allowed:
-                raise ConfigError(
-                    f"sources.{name}.defaults.{field}: {value!r} is not a {field} of the data contract "
-                    f"(expected one of: {', '.join(allowed)})"
-                )
+            if expected := outside(field, value):
+                raise ConfigError(f"sources.{name}.defaults.{field}: {value!r} is not a {field} of the data "
+                                  f"contract (expected one of: {expected})")
 
     def _check_value_keys(self, name: str) -> None:
         """Codes match their mapping ignoring case and surrounding white space (`code_key`), so two

@@ -99,20 +99,10 @@ def export_folders(path: Path) -> list[Path]:
     if not glob.has_magic(str(path)):
         return [path]
     found = [Path(p) for p in sorted(glob.glob(str(path)))]
-    taken = [_taken_at(p if p.is_dir() else p.parent) for p in found]
+    taken = [_manifest(p if p.is_dir() else p.parent).taken_at for p in found]
     if all(t is not None for t in taken):
         found = [p for _, p in sorted(zip(taken, found, strict=True), key=lambda t: t[0])]
     return found
-
-
-def _taken_at(folder: Path) -> datetime | None:
-    """An export manifest's full transactionTime, as an aware time (None when it has none, or no manifest)."""
-    try:
-        text = str(json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("transactionTime") or "")
-        taken = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, OSError, ValueError):
-        return None
-    return taken if taken.tzinfo else taken.replace(tzinfo=UTC)
 
 
 def fhir_files(folder: Path) -> list[tuple[str, Path]]:
@@ -131,7 +121,7 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
         paths, listed, deleted = [folder], {}, _manifest(folder.parent).deleted
     elif folder.is_dir():
         paths = sorted(p for p in folder.iterdir() if p.name.endswith(_SUFFIXES))
-        listed, deleted, _ = _manifest(folder)
+        listed, deleted = _manifest(folder)[:2]
     else:
         return []
     out = [(_file_type(p, listed, deleted), p) for p in paths]
@@ -144,12 +134,14 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
 
 class Manifest(NamedTuple):
     """What an export's manifest.json says of its files: `output` file name → type, the names
-    listed under `deleted`, and the date the export was taken (transactionTime, which Bulk Data
-    requires), None when it does not say."""
+    listed under `deleted`, and when the export was taken (transactionTime, which Bulk Data
+    requires): its date, and the instant itself (aware; a time without a zone read as UTC), None
+    when it does not say or says it in no form of ISO 8601."""
 
     listed: dict[str, str]
     deleted: set[str]
     taken: str | None
+    taken_at: datetime | None = None
 
 
 def _manifest(folder: Path) -> Manifest:
@@ -159,9 +151,14 @@ def _manifest(folder: Path) -> Manifest:
         listed = {Path(str(item.get("url", ""))).name: str(item.get("type", ""))
                   for item in manifest.get("output", [])}
         deleted = {Path(str(item.get("url", ""))).name for item in manifest.get("deleted") or []}
-        return Manifest(listed, deleted, str(manifest.get("transactionTime") or "")[:10] or None)
+        text = str(manifest.get("transactionTime") or "")
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, OSError):
         return Manifest({}, set(), None)
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        at = None
+    return Manifest(listed, deleted, text[:10] or None, at if at is None or at.tzinfo else at.replace(tzinfo=UTC))
 
 
 def _file_type(path: Path, listed: dict[str, str], deleted: set[str]) -> str:

@@ -345,14 +345,20 @@ def masked_raw_sql(inp: Input) -> str:
     for f, label in inp.labels.items():
         if f not in inp.fields:
             continue
-        if f in MASKED or f in inp.hidden:
-            val = f"CASE WHEN {field_text(f, inp)} IS NULL THEN '' ELSE {literal(MASKED.get(f, NOT_SHOWN))} END"
+        if stand_in := _stand_in(inp, f):
+            val = f"CASE WHEN {field_text(f, inp)} IS NULL THEN '' ELSE {literal(stand_in)} END"
         else:
             val = without_numbers_sql(f"left(coalesce(r.{f}::VARCHAR, ''), 200)")
         parts.append(f"{literal(label + '=')} || {val}")
     return " || '; ' || ".join(parts) if parts else "''"
 
 
+
+
+def _stand_in(inp: Input, f: str) -> str | None:
+    """What a quarantined row shows for field `f` instead of its value (an identifier's mask, or
+    `NOT_SHOWN` for a field in `inp.hidden`); None when the value itself is shown."""
+    return MASKED.get(f) or (NOT_SHOWN if f in inp.hidden else None)
 
 
 def detail_value_sql(inp: Input, f: str) -> str:
@@ -362,8 +368,8 @@ def detail_value_sql(inp: Input, f: str) -> str:
     if f not in inp.fields:
         return literal(f + ": (blank)")
     text = f"r.{f}::VARCHAR"
-    if f in MASKED or f in inp.hidden:
-        return f"{name} || CASE WHEN {text} IS NULL THEN '(blank)' ELSE {literal(MASKED.get(f, NOT_SHOWN))} END"
+    if stand_in := _stand_in(inp, f):
+        return f"{name} || CASE WHEN {text} IS NULL THEN '(blank)' ELSE {literal(stand_in)} END"
     shown = without_numbers_sql(f"left({spaces_trimmed_sql(text)}, 60)")
     return (f"{name} || CASE WHEN coalesce({spaces_trimmed_sql(text)}, '') = '' THEN '(blank)' "
             f"ELSE '''' || {shown} || '''' END")

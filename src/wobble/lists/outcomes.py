@@ -164,6 +164,20 @@ def summarise(con, *, team_id: str | None = None, as_of: date | None = None,
     return out
 
 
+def require_list(con, *, team_id: str | None = None, as_of: date | None = None) -> None:
+    """Refuse a team or as-of date no published list has (a mistyped one), naming the teams that
+    have lists and the latest date; with neither given, there is nothing to refuse."""
+    if not (team_id or as_of):
+        return
+    lists = con.execute("SELECT DISTINCT team_id, as_of FROM huddle_lists ORDER BY ALL").fetchall()
+    if any((team_id is None or t == team_id) and (as_of is None or d == as_of) for t, d in lists):
+        return
+    teams = sorted({t for t, _ in lists})
+    which = " ".join(([f"for team {team_id}"] if team_id else []) + ([f"of {as_of}"] if as_of else []))
+    raise WobbleError(f"no published list {which}: lists are published for {', '.join(teams[:20]) or 'no team yet'}"
+                      f"{', the latest of ' + str(max(d for _, d in lists)) if lists else ''}")
+
+
 def summary_sentence(s: dict) -> str:
     """'14 of 20 people discussed; outreach agreed 3, referred on 2, deferred 1'."""
     text = f"{s['discussed']} of {s['listed']} people discussed"
