@@ -222,6 +222,35 @@ def test_a_register_with_names_in_a_coded_field_keeps_none_of_them(tmp_path):
     assert not any(found.values()), found
 
 
+def test_names_repeated_on_each_contact_of_a_small_site_are_not_kept(tmp_path):
+    """A contacts file whose How column holds the person's name on each of their contacts: 40
+    people, 5 contacts each, so 40 values of 5 rows each, under both counts above. But each is seen
+    with one person only, as no code of a code list is: none is kept or shown. The test fails if
+    the rule is dropped (the names are then listed among the unmapped codes)."""
+    people = numbers(40, seed=9)
+    names = {n: f"Ann Example{chr(65 + k % 26)}{chr(65 + k // 26)}" for k, n in enumerate(people)}
+    visits = [visit(f"V{k}_{j}", n, how=names[n]) for k, n in enumerate(people) for j in range(5)]
+    cfg = project(tmp_path, files={"register.csv": register(people), "notes.csv": NOTES,
+                                   "visits_a.csv": csv_text(VISITS_HEADER, visits)})
+    f = by_file(ingest(load_config(cfg), key=TEST_KEY.encode()))["visits_a.csv"]
+    assert f.rows_loaded == 200 and f.unmapped == {"mode": {"(40 different values, not shown)": 200}}
+    report = next((tmp_path / "out" / "reports").glob("data-quality-*.md")).read_text()
+    assert "with most on several rows of one person only" in report
+    found = scan_for([p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("visits")],
+                     set(), also=("Ann Example",))
+    assert not any(found.values()), found
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_rare_or_shared_codes_are_listed(tmp_path, shared):
+    """25 unmapped codes, each on one row of each of two people (a code list), or each on one row
+    only (rare codes, as at a small site): listed, so the analyst can map them."""
+    visits = [visit(f"V{k}_{j}", PEOPLE[j], how=f"M{k:02d}") for k in range(25) for j in range(2 if shared else 1)]
+    cfg = project(tmp_path, files=_files(**{"visits_a.csv": csv_text(VISITS_HEADER, visits)}))
+    f = by_file(run(cfg))["visits_a.csv"]
+    assert f.unmapped["mode"] == {f"M{k:02d}": 2 if shared else 1 for k in range(25)}
+
+
 def test_unmapped_codes_on_several_rows_each_are_still_listed(tmp_path):
     """150 different codes, each on two rows: a code list the mapping does not know yet, listed so
     the analyst can map it."""

@@ -32,7 +32,7 @@ from wobble.core.config import Config
 from wobble.core.render import plural, render
 from wobble.core.runs import in_prefect_run
 from wobble.features.feeds import RULE, feed_months, months_between
-from wobble.ingest.validate import MAX_UNMAPPED_SHOWN, SCATTERED_FROM, hidden_values
+from wobble.ingest.validate import HIDDEN_RULE, hidden_values
 
 HEATMAP_MAX_TEAMS = 40
 
@@ -225,10 +225,9 @@ def _warnings(files) -> list[str]:
             out.append(f"{f.file}: {what} on {n:,} rows")
         for field, codes in f.unmapped.items():
             if (values := hidden_values(codes)) is not None:
-                out.append(f"{f.file}: {field} has {values:,} different values no mapping knows, too many for a "
-                           f"code list (over {MAX_UNMAPPED_SHOWN:,}, or over {SCATTERED_FROM} with most on one row "
-                           f"only): is the right column mapped to {field}? None is shown or kept, since a wrong "
-                           "column can hold names or free text")
+                out.append(f"{f.file}: {field} has {values:,} different values no mapping knows, unlike a code "
+                           f"list ({HIDDEN_RULE}): is the right column mapped to {field}? None is shown or kept, "
+                           "since a wrong column can hold names or free text")
         if f.rows_out_of_scope:
             out.append(f"{f.file}: {f.rows_out_of_scope:,} resources are not ones wobble reads (other "
                        "categories, or codes not in the tag map: see unmapped codes)")

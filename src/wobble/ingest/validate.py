@@ -63,7 +63,8 @@ def first_pass(run: RunState, inp: Input, coded: list[str], staff_system: str | 
         where = f"g = {mask_for([c])} AND {c} IS NOT NULL AND {code_index_sql(c, inp, c, '0')} IS NULL"
         values, rows_n, once = con.execute(f"SELECT count(*), sum(n), count(*) FILTER (WHERE n = 1) "
                                            f"FROM codes WHERE {where}").fetchone()
-        if values > MAX_UNMAPPED_SHOWN or (values > SCATTERED_FROM and 2 * once > values):
+        if (values > MAX_UNMAPPED_SHOWN or (values > SCATTERED_FROM and 2 * once > values)
+                or (values >= PERSONAL_FROM and 2 * _one_person_values(con, inp, c, where) > values)):
             # not a code list: a wrong column (names, free text)
             unmapped[c] = {too_many_values(values): int(rows_n)}
             inp.hidden.add(c)
@@ -78,6 +79,29 @@ def first_pass(run: RunState, inp: Input, coded: list[str], staff_system: str | 
 MAX_UNMAPPED_SHOWN = 1_000
 # Nor are more than this many of which most stand on one row only, as names do in a register.
 SCATTERED_FROM = 100
+# Nor are this many or more of which most are each on several rows of one person only, as a name
+# repeated on each of a person's contacts is: a code list's codes are shared by the people it
+# describes. (A rare code on one row is not counted: at a small site most unmapped codes can be.)
+PERSONAL_FROM = 20
+HIDDEN_RULE = (f"over {MAX_UNMAPPED_SHOWN:,}, over {SCATTERED_FROM} with most on one row only, or "
+               f"{PERSONAL_FROM} or more with most on several rows of one person only")
+
+
+def _one_person_values(con, inp: Input, c: str, where: str) -> int:
+    """How many of field `c`'s unmapped values (the `codes` rows `where` picks) each stand on
+    several rows, all of one person by the file's person identifiers. Reads the file again: only
+    for a field with PERSONAL_FROM or more unmapped values."""
+    keys = id_keys(inp)
+    if not keys:
+        return 0
+    person = keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
+    sel = ", ".join(f"{k}::VARCHAR AS {k}" for k in dict.fromkeys([*keys, c]))
+    return scalar(con, f"""
+        SELECT count(*) FILTER (WHERE people = 1 AND n > 1) FROM (
+            SELECT {c}, count(DISTINCT {person}) AS people, count(*) AS n
+            FROM (SELECT {sel} FROM {inp.first_pass})
+            WHERE {c} IN (SELECT {c} FROM codes WHERE {where})
+            GROUP BY {c})""") or 0
 
 
 def too_many_values(values: int) -> str:
