@@ -161,3 +161,102 @@ def test_each_months_records_are_those_known_before_each_as_of_date():
                 expected[key] = expected.get(key, 0) + 1
     assert {k: v for k, v in got.items() if v} == expected
     assert any(known.date() >= as_ofs[0] > day.date() for _, _, day, known, _ in rows)  # some known late
+
+
+def test_a_feed_that_ends_days_before_the_as_of_date_is_named_by_each_team_list():
+    """A GP feed (a contact a day) stopping 10 days before the as-of date: every team's list says
+    its records end early. Ending on the Friday before (a weekend without a record) is not early."""
+    from wobble.lists.rows import team_caveats
+
+    as_of = date(2026, 10, 26)  # a Monday
+    con = _warehouse((as_of - timedelta(days=10), date(2027, 1, 1)))
+    behind = feeds.feeds_behind(con, as_of)
+    assert [(f["team_id"], f["source_system"], f["last_day"]) for f in behind] == [
+        (t, "gp", date(2026, 10, 15)) for t in ("T01", "T02", "T03")]
+    sentence = "GP records for this team end on 15 October 2026, with none in the 10 days before 26 October 2026"
+    caveats = team_caveats(con, as_of)
+    assert all(any(c.startswith(sentence) for c in caveats[t]) for t in ("T01", "T02", "T03")), caveats
+    weekend = _warehouse((date(2026, 10, 24), date(2027, 1, 1)))  # Saturday and Sunday without a record
+    assert feeds.feeds_behind(weekend, as_of) == [] and team_caveats(weekend, as_of) == {}
+    assert feeds.feeds_behind(_warehouse(None), as_of) == []
+
+
+def test_feeds_behind_against_the_slow_obvious_rule():
+    """Per team and system, the last day with a record known before the as-of date, the median of
+    the last 13 weeks' counts (weeks without a record are zeros), and the days since: computed
+    record by record in Python against `feeds_behind_sql`, on feeds that stop on random days,
+    records keyed in late, small feeds and tags."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    con = duckdb.connect()
+    con.execute(SCHEMA)
+    team = {f"p{k}": f"T{k % 4}" for k in range(40)}
+    con.executemany("INSERT INTO persons (person_id, team_id, opted_out) VALUES (?, ?, false)", list(team.items()))
+    start = date(2026, 5, 1)
+    systems = ("gp", "acute", "community")
+    stops = {(t, s): start + timedelta(days=int(rng.integers(150, 215))) for t in set(team.values()) for s in systems}
+    rate = {(t, s): float(rng.choice([0.05, 0.5, 3.0])) for t, s in stops}  # records a day
+    contacts, tags = [], []
+    for (t, s), stop in stops.items():
+        people = [p for p, tt in team.items() if tt == t]
+        for d in range((stop - start).days):
+            day = start + timedelta(days=d)
+            for k in range(rng.poisson(rate[(t, s)])):
+                when = datetime(day.year, day.month, day.day, 9)
+                lag = timedelta(days=int(rng.choice([0, 1, 9])), hours=1)
+                row = (f"{t}{s}{d}_{k}", people[int(rng.integers(len(people)))], when, when + lag, s)
+                (tags if s == "community" and k % 2 else contacts).append(row)
+    con.executemany("INSERT INTO contacts VALUES (?, ?, ?, ?, 'gp_appointment', 'attended', NULL, NULL, ?, 'b')",
+                    contacts)
+    con.executemany("INSERT INTO tags VALUES (?, ?, ?, 'low_mood', 'concern', NULL, ?, 'b')",
+                    [(i, p, known, s) for i, p, _, known, s in tags])
+    records = [(team[p], s, o.date(), k.date()) for _, p, o, k, s in contacts]
+    records += [(team[p], s, k.date(), k.date()) for _, p, _, k, s in tags]  # tags by the day recorded
+    for as_of in (date(2026, 10, 5), date(2026, 10, 26), date(2026, 11, 16)):
+        expected = []
+        for key in sorted(stops):
+            days = [day for t, s, day, known in records if (t, s) == key and known < as_of
+                    and as_of - timedelta(days=7 * feeds.BEHIND_WEEKS) <= day < as_of]
+            if not days:
+                continue
+            weeks = [sum(1 for day in days if (as_of - day).days - 1 in range(7 * w, 7 * w + 7))
+                     for w in range(feeds.BEHIND_WEEKS)]
+            usual, quiet = float(np.median(weeks)), (as_of - max(days)).days - 1
+            if quiet > feeds.MAX_QUIET_DAYS and usual * quiet / 7 >= feeds.MIN_MISSED:
+                expected.append((*key, max(days), usual))
+        got = [(f["team_id"], f["source_system"], f["last_day"], f["usual_week"])
+               for f in feeds.feeds_behind(con, as_of)]
+        assert got == expected, as_of
+    assert 0 < len(feeds.feeds_behind(con, date(2026, 11, 16))) < len(stops)  # some flagged, not all
+
+
+def test_the_monitor_names_feeds_that_end_early_once_per_system():
+    from wobble.ops.monitor.drift import _drift_findings
+
+    as_of = date(2026, 10, 26)
+    behind = feeds.feeds_behind(_warehouse((as_of - timedelta(days=10), date(2027, 1, 1))), as_of)
+    drift = {"score": {"level": "ok"}, "teams": [], "features": [],
+             "feeds_behind": [{"team": f["team_id"], "system": f["source_system"],
+                               "last_day": f["last_day"].isoformat(), "text": feeds.behind_sentence(f, as_of)}
+                              for f in behind]}
+    found = [f for f in _drift_findings(drift, None) if "records end" in f.what]
+    assert len(found) == 1 and found[0].level == "watch"
+    assert found[0].what.startswith("GP records end days before the as-of date") and \
+        "T01 (to 2026-10-15), T02 (to 2026-10-15), T03 (to 2026-10-15)" in found[0].what
+
+
+def test_the_quality_report_names_a_feed_that_ends_before_the_others():
+    """GP records end on 15 October while acute ones run on to 3 November: a line per team. When
+    every feed ends on the same day, none is early."""
+    from wobble.ingest.quality import _feeds_behind
+
+    con = _warehouse(None)
+    assert _feeds_behind(con) == []
+    con.execute("INSERT INTO contacts SELECT * REPLACE ('a' || contact_id AS contact_id, 'acute' AS source_system) "
+                "FROM contacts")
+    con.execute("DELETE FROM contacts WHERE source_system = 'gp' AND occurred_at >= DATE '2026-10-16'")
+    lines = _feeds_behind(con)
+    assert [line.split(",")[0] for line in lines] == [
+        f"GP records for team {t} end on 2026-10-15" for t in ("T01", "T02", "T03")]
+    assert "19 days before the latest record loaded (2026-11-03)" in lines[0]

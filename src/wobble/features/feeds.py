@@ -177,6 +177,60 @@ def feed_status(frame: pl.DataFrame) -> dict[str, str]:
             for r in status.iter_rows(named=True)}
 
 
+# A feed that ends early: its records stop some days before the as-of date, as when a system's
+# extract lags or sends in batches. The monthly rule above cannot see it until a month is quiet.
+BEHIND_WEEKS = 13  # the usual week: the median week (zeros included) of the weeks before the as-of date
+MAX_QUIET_DAYS = 3  # a long weekend (Good Friday to Easter Sunday) may hold no record at all
+MIN_MISSED = 10  # records the usual week would have given in the days without one
+BEHIND_RULE = (f"a source whose last record for a team is more than {MAX_QUIET_DAYS} days before the as-of date, "
+               f"in which its usual week (the median of the last {BEHIND_WEEKS}) would have given at least "
+               f"{MIN_MISSED} records")
+
+
+def feeds_behind_sql(as_of: date) -> str:
+    """Query: one row per team and source system whose records end early at `as_of` (BEHIND_RULE):
+    `last_day` (the last day with a record known before the as-of date: contacts by the day they
+    happened, tags by the day they were recorded, as the features count them), `usual_week` and
+    `missed` (what the usual week would have given since `last_day`)."""
+    t, since = f"DATE '{as_of.isoformat()}'", f"DATE '{as_of.isoformat()}' - {7 * BEHIND_WEEKS}"
+    return f"""
+        WITH records AS (
+            SELECT p.team_id, c.source_system, c.occurred_at::DATE AS day
+            FROM contacts c JOIN persons p USING (person_id)
+            WHERE p.team_id IS NOT NULL AND c.occurred_at >= {since} AND c.occurred_at < {t}
+              AND c.recorded_at < {t}
+            UNION ALL
+            SELECT p.team_id, g.source_system, g.recorded_at::DATE
+            FROM tags g JOIN persons p USING (person_id)
+            WHERE p.team_id IS NOT NULL AND g.recorded_at >= {since} AND g.recorded_at < {t}),
+        weeks AS (
+            SELECT team_id, source_system, ({t} - day - 1) // 7 AS week, count(*) AS n, max(day) AS last_day
+            FROM records GROUP BY ALL),
+        feeds AS (
+            SELECT team_id, source_system, max(last_day) AS last_day,
+                   -- weeks without a record are zeros in the median
+                   list_median(list(n) || list_resize([]::BIGINT[], {BEHIND_WEEKS} - count(*), 0)) AS usual_week
+            FROM weeks GROUP BY ALL)
+        SELECT team_id, source_system, last_day, usual_week,
+               usual_week * ({t} - last_day - 1) / 7 AS missed
+        FROM feeds
+        WHERE {t} - last_day - 1 > {MAX_QUIET_DAYS} AND usual_week * ({t} - last_day - 1) / 7 >= {MIN_MISSED}
+        ORDER BY team_id, source_system"""
+
+
+def feeds_behind(con, as_of: date) -> list[dict]:
+    """`feeds_behind_sql` at `as_of`, as dicts."""
+    return con.sql(feeds_behind_sql(as_of)).pl().to_dicts()
+
+
+def behind_sentence(feed: dict, as_of: date) -> str:
+    """The caveat a list or a report shows for one feed that ends early."""
+    days = (as_of - feed["last_day"]).days - 1
+    return (f"{system_label(feed['source_system'])} records for this team end on {feed['last_day']:%-d %B %Y}, "
+            f"with none in the {days} days before {as_of:%-d %B %Y} though they usually come every week: the "
+            "latest may not have arrived yet, so a fall in them may not be real")
+
+
 def data_start(con, source: str = "contacts") -> date | None:
     """The day `source`'s records begin in earnest (None: it holds none): the first record of the
     first month holding at least QUIET_SHARE of the median month's records, so a few stray old

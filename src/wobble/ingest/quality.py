@@ -31,7 +31,9 @@ import polars as pl
 from wobble.core.config import Config
 from wobble.core.render import plural, render
 from wobble.core.runs import in_prefect_run
-from wobble.features.feeds import RULE, feed_months, months_between
+from wobble.core.vocab import system_label
+from wobble.core.warehouse import scalar
+from wobble.features.feeds import RULE, feed_months, feeds_behind, months_between
 from wobble.ingest.validate import HIDDEN_RULE, hidden_values
 
 HEATMAP_MAX_TEAMS = 40
@@ -113,7 +115,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> dict:
         "gap_rule": RULE,
         "persons": _persons(con),
         "unattached_team": cfg.teams.unattached,
-        "warnings": _warnings(files),
+        "warnings": _warnings(files) + _feeds_behind(con),
     }
 
 
@@ -244,6 +246,19 @@ def _warnings(files) -> list[str]:
             out.append(f"{f.file}: {f.rows_retracted:,} records removed because the source marked them "
                        "entered-in-error")
     return out
+
+
+def _feeds_behind(con) -> list[str]:
+    """A line per team and source whose records end days before the latest record loaded (the rule
+    of `feeds_behind`, as a list would see it the day after that record)."""
+    last = scalar(con, "SELECT max(d) FROM (SELECT max(recorded_at)::DATE AS d FROM contacts "
+                       "UNION ALL SELECT max(recorded_at)::DATE FROM tags)")
+    if last is None:
+        return []
+    return [f"{system_label(f['source_system'])} records for team {f['team_id']} end on {f['last_day']}, "
+            f"{(last - f['last_day']).days} days before the latest record loaded ({last}), though they usually "
+            "come every week: is an extract late or partial? Lists will say their latest may be missing"
+            for f in feeds_behind(con, last + timedelta(days=1))]
 
 
 def _cumulative_unmapped(con) -> list[tuple]:

@@ -12,7 +12,7 @@ from functools import cache
 import numpy as np
 
 from wobble.core.vocab import TAG_LABELS, role_label
-from wobble.features.feeds import feed_months, gap_sentence, quiet_spans
+from wobble.features.feeds import behind_sentence, feed_months, feeds_behind, gap_sentence, quiet_spans
 from wobble.models.cohort import SHORT_HISTORY
 
 
@@ -102,11 +102,14 @@ def team_caveat(practice_id: str | None, assigned_by: str) -> str:
 
 def team_caveats(con, as_of: date, unattached: str | None = None, owner: str | None = None) -> dict[str, list[str]]:
     """Per team, a sentence for each run of months in the last year when one of its usual data feeds
-    went quiet (by the rule of `wobble.features.feeds`); for the unattached team, who its list goes to."""
+    went quiet, and for each feed whose records end days before `as_of` (by the rules of
+    `wobble.features.feeds`); for the unattached team, who its list goes to."""
     out: dict[str, list[str]] = {}
     for span in quiet_spans(feed_months(con, as_of)):
         out.setdefault(span["team_id"], []).append(
             gap_sentence(span) + ": those contacts may be missing from the reasons")
+    for feed in feeds_behind(con, as_of):
+        out.setdefault(feed["team_id"], []).append(behind_sentence(feed, as_of))
     if unattached:
         goes_to = f"this list goes to {owner}" if owner else "no owner is configured ([teams] unattached_owner)"
         out.setdefault(unattached, []).insert(

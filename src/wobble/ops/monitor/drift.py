@@ -13,8 +13,18 @@ import polars as pl
 
 from wobble.core.errors import WobbleError
 from wobble.core.sql import array, date_literal, in_dates
+from wobble.core.vocab import system_label
 from wobble.core.warehouse import scalar
-from wobble.features.feeds import RULE, feed_months, feed_status, gap_sentence, quiet_spans
+from wobble.features.feeds import (
+    BEHIND_RULE,
+    RULE,
+    behind_sentence,
+    feed_months,
+    feed_status,
+    feeds_behind,
+    gap_sentence,
+    quiet_spans,
+)
 from wobble.models.fit import feature_matrix
 from wobble.ops.monitor.findings import Finding, avg, pct, psi_text
 
@@ -111,7 +121,10 @@ def _drift(con, features, cat, ref_dates, as_of, cohort, booster, calibrator, m)
             "n_ref": int(n_ref), "n_cur": int(n_cur), "features": compare(None), "score": score,
             "teams": teams, "feed_rule": RULE,
             "feed_gaps": [{"team": s["team_id"], "text": gap_sentence(s), "status": gaps.get(s["team_id"], "none")}
-                          for s in quiet_spans(feeds)]}
+                          for s in quiet_spans(feeds)],
+            "behind_rule": BEHIND_RULE,
+            "feeds_behind": [{"team": f["team_id"], "system": f["source_system"], "last_day": f["last_day"].isoformat(),
+                              "text": behind_sentence(f, as_of)} for f in feeds_behind(con, as_of)]}
 
 
 BINNED_AT_ONCE = 32  # binned columns fetched together: a byte each per row
@@ -234,6 +247,17 @@ def _drift_findings(drift: dict, m) -> list[Finding]:
             "act" if "act" in levels else "watch", "drift", text + ".",
             "A change in one team usually means one of its data feeds changed or stopped, not its people; "
             "check the team's sources before trusting its list."))
+    for system in sorted({f["system"] for f in drift.get("feeds_behind", [])}):
+        behind = [f for f in drift["feeds_behind"] if f["system"] == system]
+        teams = ", ".join(f"{f['team']} (to {f['last_day']})" for f in behind)
+        label = system_label(system)
+        out.append(Finding(
+            "watch", "drift",
+            f"{label[:1].upper() + label[1:]} records end days before the as-of date, though they usually "
+            f"come every week, for team{'s' if len(behind) > 1 else ''} {teams}.",
+            "The latest records may not have arrived: an extract that lags or comes in batches. Inputs over the "
+            "last weeks read a fall that may not be real, and the lists say so. Ask the source when the rest "
+            "will come."))
     for level in ("act", "watch"):
         moved = [f for f in drift["features"] if f["level"] == level]
         if not moved:
