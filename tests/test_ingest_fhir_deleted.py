@@ -16,8 +16,9 @@ from test_ingest_fhir import _config, _encounter, _mini_export, _patient, _q
 from test_ingest_fhir_cases import _condition, _flag, _observation
 
 from wobble.core.config import load_config, with_fhir_folder
+from wobble.core.errors import ConfigError
 from wobble.ingest import ingest, load
-from wobble.ingest.fhir import fhir_files
+from wobble.ingest.fhir import export_folders, fhir_files
 from wobble.ingest.fhir_sql import deleted_target
 
 KEY = TEST_KEY.encode()
@@ -294,3 +295,23 @@ def test_several_weekly_exports_in_one_run_load_in_the_order_they_were_taken(tmp
     # the same exports again: nothing new, nothing undone
     again = ingest(cfg, key=KEY, only=[name], report=False, now=NOW)
     assert not again.failed and _q(cfg.warehouse, CONTACTS) == [("e1",), ("e3",)]
+
+
+@pytest.mark.parametrize("names, refused", [(("a", "b", "c"), True), (("c", "b", "a"), False)])
+def test_exports_only_some_of_which_say_when_they_were_taken(tmp_path, names, refused):
+    """Three exports, the middle one without a manifest: where the two that state a transactionTime
+    sort by name in another order than by time, no order can be trusted, and the run is refused in
+    one line before anything loads. Where they agree, the names' order is taken."""
+    older, newer = "2025-05-31T03:00:00Z", "2025-06-07T03:00:00Z"
+    _export(tmp_path / "exports" / names[0], newer, {"Patient.ndjson": [_patient("p1", A)]})
+    _mini_export(tmp_path / "exports" / names[1], {"Patient.ndjson": [_patient("p2", B)]})
+    _export(tmp_path / "exports" / names[2], older, {"Patient.ndjson": [_patient("p3", C)]})
+    cfg, name = with_fhir_folder(tmp_path / "exports" / "*", load_config(_config(tmp_path)))
+    if refused:
+        with pytest.raises(ConfigError) as e:
+            ingest(cfg, key=KEY, only=[name], report=False, now=NOW)
+        assert "states none" in str(e.value) and "\n" not in str(e.value) and "b" in str(e.value)
+        assert not cfg.warehouse.exists() or _q(cfg.warehouse, "SELECT count(*) FROM persons") == [(0,)]
+    else:
+        assert [p.name for p in export_folders(tmp_path / "exports" / "*")] == ["a", "b", "c"]
+        assert not ingest(cfg, key=KEY, only=[name], report=False, now=NOW).failed

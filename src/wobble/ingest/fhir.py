@@ -44,7 +44,7 @@ from typing import NamedTuple
 import duckdb
 
 from wobble.core.config import Config, Source
-from wobble.core.errors import WobbleError, first_line
+from wobble.core.errors import ConfigError, WobbleError, first_line
 from wobble.core.sql import literal
 from wobble.ingest.fhir_sql import (
     ICD10,
@@ -91,7 +91,9 @@ def code_maps(source: Source) -> dict[str, dict[str, str]]:
 def export_folders(path: Path) -> list[Path]:
     """The exports a FHIR source's `path` names, oldest first: the folder (or file) itself, or each
     folder or file a glob matches (`exports/*`, one folder per weekly `_since` export), ordered by
-    their manifests' transactionTime when every one states it, else by name.
+    their manifests' transactionTime when every one states it, else by name. When only some state
+    it, and those sort by name in another order than by time, neither order can be trusted: a
+    ConfigError.
 
     Loaded in that order, each export's deletions apply after the exports taken before it and
     before its own output, so several incremental exports in one run end as the last one left
@@ -101,7 +103,14 @@ def export_folders(path: Path) -> list[Path]:
     found = [Path(p) for p in sorted(glob.glob(str(path)))]
     taken = [_manifest(p if p.is_dir() else p.parent).taken_at for p in found]
     if all(t is not None for t in taken):
-        found = [p for _, p in sorted(zip(taken, found, strict=True), key=lambda t: t[0])]
+        return [p for _, p in sorted(zip(taken, found, strict=True), key=lambda t: t[0])]
+    timed = [t for t in taken if t is not None]
+    if timed != sorted(timed):
+        untimed = [p.name for p, t in zip(found, taken, strict=True) if t is None]
+        raise ConfigError(f"{path}: the exports' names sort in another order than their manifests' "
+                          f"transactionTime, and {', '.join(untimed[:3])}{' …' if len(untimed) > 3 else ''} "
+                          "states none, so the order they were taken in is not known (deletions depend on it): "
+                          "name the folders so they sort oldest first, or give each a manifest")
     return found
 
 
