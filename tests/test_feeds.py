@@ -249,14 +249,14 @@ def test_the_monitor_names_feeds_that_end_early_once_per_system():
 def test_the_quality_report_names_a_feed_that_ends_before_the_others():
     """GP records end on 15 October while acute ones run on to 3 November: a line per team. When
     every feed ends on the same day, none is early."""
-    from wobble.ingest.quality import _feeds_behind
+    from wobble.ingest.quality import _feeds_behind, _loaded_span
 
     con = _warehouse(None)
-    assert _feeds_behind(con) == []
+    assert _feeds_behind(con, _loaded_span(con)[1]) == []
     con.execute("INSERT INTO contacts SELECT * REPLACE ('a' || contact_id AS contact_id, 'acute' AS source_system) "
                 "FROM contacts")
     con.execute("DELETE FROM contacts WHERE source_system = 'gp' AND occurred_at >= DATE '2026-10-16'")
-    lines = _feeds_behind(con)
+    lines = _feeds_behind(con, _loaded_span(con)[1])
     assert [line.split(",")[0] for line in lines] == [
         f"GP records for team {t} end on 2026-10-15" for t in ("T01", "T02", "T03")]
     assert "19 days before the latest record loaded (2026-11-03)" in lines[0]

@@ -167,6 +167,11 @@ def system_label(system: str) -> str:
     return SYSTEM_LABELS.get(system, system.replace("_", " "))
 
 
+def upper_first(text: str) -> str:
+    """The text with its first letter a capital, the rest as it is ('GP records', not 'Gp records')."""
+    return text[:1].upper() + text[1:]
+
+
 def role_label(role: str | None) -> str:
     """'GP' for 'gp', 'district nurse' for 'district_nurse'; 'unknown role' when missing."""
     return ROLE_LABELS.get(role, role.replace("_", " ")) if role else "unknown role"

@@ -191,7 +191,7 @@ def feeds_behind_sql(as_of: date) -> str:
     """Query: one row per team and source system whose records end early at `as_of` (BEHIND_RULE):
     `last_day` (the last day with a record known before the as-of date: contacts by the day they
     happened, tags by the day they were recorded, as the features count them), `usual_week` and
-    `missed` (what the usual week would have given since `last_day`)."""
+    `days_without` (days before the as-of date since `last_day`)."""
     t, since = f"DATE '{as_of.isoformat()}'", f"DATE '{as_of.isoformat()}' - {7 * BEHIND_WEEKS}"
     return f"""
         WITH records AS (
@@ -211,10 +211,8 @@ def feeds_behind_sql(as_of: date) -> str:
                    -- weeks without a record are zeros in the median
                    list_median(list(n) || list_resize([]::BIGINT[], {BEHIND_WEEKS} - count(*), 0)) AS usual_week
             FROM weeks GROUP BY ALL)
-        SELECT team_id, source_system, last_day, usual_week,
-               usual_week * ({t} - last_day - 1) / 7 AS missed
-        FROM feeds
-        WHERE {t} - last_day - 1 > {MAX_QUIET_DAYS} AND usual_week * ({t} - last_day - 1) / 7 >= {MIN_MISSED}
+        SELECT * FROM (SELECT *, {t} - last_day - 1 AS days_without FROM feeds)
+        WHERE days_without > {MAX_QUIET_DAYS} AND usual_week * days_without / 7 >= {MIN_MISSED}
         ORDER BY team_id, source_system"""
 
 
@@ -225,10 +223,9 @@ def feeds_behind(con, as_of: date) -> list[dict]:
 
 def behind_sentence(feed: dict, as_of: date) -> str:
     """The caveat a list or a report shows for one feed that ends early."""
-    days = (as_of - feed["last_day"]).days - 1
     return (f"{system_label(feed['source_system'])} records for this team end on {feed['last_day']:%-d %B %Y}, "
-            f"with none in the {days} days before {as_of:%-d %B %Y} though they usually come every week: the "
-            "latest may not have arrived yet, so a fall in them may not be real")
+            f"with none in the {feed['days_without']} days before {as_of:%-d %B %Y} though they usually come "
+            "every week: the latest may not have arrived yet, so a fall in them may not be real")
 
 
 def data_start(con, source: str = "contacts") -> date | None:

@@ -32,7 +32,6 @@ from wobble.core.config import Config
 from wobble.core.render import plural, render
 from wobble.core.runs import in_prefect_run
 from wobble.core.vocab import system_label
-from wobble.core.warehouse import scalar
 from wobble.features.feeds import RULE, feed_months, feeds_behind, months_between
 from wobble.ingest.validate import HIDDEN_RULE, hidden_values
 
@@ -75,7 +74,8 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> dict:
     reasons = sorted({r for d in by_source.values() for r in d})
     unmapped = [(f.source, field, code, n) for f in files for field, codes in f.unmapped.items()
                 for code, n in codes.items()]
-    cells, gaps, months = _coverage(con)
+    span = _loaded_span(con)
+    cells, gaps, months = _coverage(con, span)
     teams_by_source: dict[str, list[str]] = {}
     for (system, team), _ in cells.items():
         teams_by_source.setdefault(system, [])
@@ -115,7 +115,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> dict:
         "gap_rule": RULE,
         "persons": _persons(con),
         "unattached_team": cfg.teams.unattached,
-        "warnings": _warnings(files) + _feeds_behind(con),
+        "warnings": _warnings(files) + _feeds_behind(con, span[1]),
     }
 
 
@@ -199,7 +199,7 @@ def _persons(con) -> dict:
                count(*) FILTER (WHERE team_assigned_by = 'unattached'),
                count(*) FILTER (WHERE practice_id IS NULL),
                count(*) FILTER (WHERE sex = 'not_known')
-        FROM persons""").fetchone()
+        FROM persons""").fetchall()[0]  # fetchall: a partly fetched result holds the connection (DuckDB 2.0)
     keys = ("total", "opted_out", "no_team", "no_imd", "ethnicity_not_stated", "teams", "team_by_lsoa",
             "team_unattached", "no_practice", "sex_not_known")
     return dict(zip(keys, row, strict=True))
@@ -248,15 +248,13 @@ def _warnings(files) -> list[str]:
     return out
 
 
-def _feeds_behind(con) -> list[str]:
-    """A line per team and source whose records end days before the latest record loaded (the rule
-    of `feeds_behind`, as a list would see it the day after that record)."""
-    last = scalar(con, "SELECT max(d) FROM (SELECT max(recorded_at)::DATE AS d FROM contacts "
-                       "UNION ALL SELECT max(recorded_at)::DATE FROM tags)")
+def _feeds_behind(con, last: date | None) -> list[str]:
+    """A line per team and source whose records end days before `last`, the day the latest record
+    loaded was recorded (the rule of `feeds_behind`, as a list would see it the day after)."""
     if last is None:
         return []
     return [f"{system_label(f['source_system'])} records for team {f['team_id']} end on {f['last_day']}, "
-            f"{(last - f['last_day']).days} days before the latest record loaded ({last}), though they usually "
+            f"{f['days_without']} days before the latest record loaded ({last}), though they usually "
             "come every week: is an extract late or partial? Lists will say their latest may be missing"
             for f in feeds_behind(con, last + timedelta(days=1))]
 
@@ -295,12 +293,19 @@ def _field_completeness(con) -> list[dict]:
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
-def _coverage(con) -> tuple[dict, list[Gap], dict[str, list[str]]]:
-    """Rows per (source system, team, month) over everything loaded, and the months flagged as gaps."""
-    first, last = con.execute("""
+def _loaded_span(con) -> tuple[date | None, date | None]:
+    """The first day a record loaded happened and the last day one was recorded (None, None: none)."""
+    return con.execute("""
         SELECT min(first), max(last) FROM (
             SELECT min(occurred_at)::DATE AS first, max(recorded_at)::DATE AS last FROM contacts
             UNION ALL SELECT min(recorded_at)::DATE, max(recorded_at)::DATE FROM tags)""").fetchall()[0]
+
+
+def _coverage(con, span: tuple[date | None, date | None] | None = None
+              ) -> tuple[dict, list[Gap], dict[str, list[str]]]:
+    """Rows per (source system, team, month) over everything loaded (`span`: `_loaded_span`, read
+    when not given), and the months flagged as gaps."""
+    first, last = span or _loaded_span(con)
     if first is None:
         return {}, [], {}
     as_of = last + timedelta(days=1)  # everything loaded is known before it

@@ -14,6 +14,7 @@ from datetime import date
 import polars as pl
 
 from wobble.core.sql import in_list
+from wobble.core.vocab import upper_first
 from wobble.features import Catalogue
 from wobble.features.language import window_phrase
 from wobble.lists.score import SCORE_ROWS, team_groups
@@ -57,7 +58,7 @@ def reason_sentence(feature, value: float | None, team_typical: float | None) ->
     unit = feature.unit
     # "(blank: none in the last year)" tells an analyst what an empty cell means; a reason has a value
     desc = _BLANK_NOTE.sub("", feature.description)
-    cap = desc[0].upper() + desc[1:]
+    cap = upper_first(desc)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{cap}: none on record"
     if unit in ("", "decile", "years", "share"):
@@ -123,7 +124,7 @@ def change_sentence(feature, value: float | None) -> str | None:
         n = round(v)
         text = (f"no new {noun} in {window}" if n <= 0 else
                 f"{n} new {_singular(noun) if n == 1 else noun} in {window} (none in the months before)")
-    return text[0].upper() + text[1:]
+    return upper_first(text)
 
 
 def choose_reasons(expl: pl.DataFrame) -> pl.DataFrame:

@@ -20,7 +20,7 @@ import polars as pl
 
 from wobble.core.render import day_text
 from wobble.core.sql import age_band_sql, date_literal, in_list, literal
-from wobble.core.vocab import CRISIS_SERVICES, SERVICE_LABELS
+from wobble.core.vocab import CRISIS_SERVICES, SERVICE_LABELS, upper_first
 
 SECTION = "recent_crisis"
 CAPACITY = "capacity"
@@ -93,7 +93,7 @@ def _one(service: str) -> str:
     last = words[-1]
     words[-1] = last[:-1] if last.endswith("s") else last
     text = " ".join(words)
-    return text[0].upper() + text[1:]
+    return upper_first(text)
 
 
 def recent_crisis(con, spec, as_of: date, model: str, exclude: str) -> pl.DataFrame:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from wobble.core.config import Config
 from wobble.core.render import day_text
+from wobble.core.vocab import upper_first
 from wobble.lists.rows import SPARK_MONTHS, spark_bounds
 from wobble.models.approve import Approval
 
@@ -117,7 +118,7 @@ def person_view(row: dict, spec, last_outcome: dict | None, team_caveats: list[s
         "section": row.get("section") or "capacity",
         "rank": row["rank"], "person_id": row["person_id"], "age_band": row["age_band"],
         "risk": risk, "previous_risk": prev, "risk_phrase": phrase or "",
-        "risk_sentence": phrase[0].upper() + phrase[1:] if phrase else "",
+        "risk_sentence": upper_first(phrase or ""),
         "risk_band": BANDS[band(risk)][2] if risk is not None else "",
         "change": row["change"], "change_text": CHANGE_TEXT.get(row["change"], row["change"]),
         "change_detail": detail,

@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from wobble.core.config import Config
 from wobble.core.render import render
 from wobble.core.servicedb import ServiceBusy, service_db
-from wobble.core.vocab import OUTCOME_LABELS, OUTCOMES
+from wobble.core.vocab import OUTCOME_LABELS, OUTCOMES, upper_first
 from wobble.lists.outcomes import OutcomeRefused, summary_sentence
 from wobble.review import audit, records
 from wobble.review.guard import Guard, Limits, client_address
@@ -335,7 +335,7 @@ def _add_lists(app: FastAPI, r: _Review) -> None:
         except OutcomeRefused as exc:
             msg = str(exc)
             return r.person_page(session, ref, person, status=422, form=form, nonce=nonce,
-                                 error=msg[0].upper() + msg[1:] + ".")
+                                 error=upper_first(msg) + ".")
         except ServiceBusy:
             return r.person_page(session, ref, person, status=503, form=form, nonce=nonce,
                                  error="Your decision was NOT saved: the review database is busy for a moment. "

@@ -26,6 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from wobble.core.servicedb import NONCES, SIGNINS, ServiceDB, iso, now_utc
+from wobble.core.vocab import upper_first
 from wobble.review.guard import client_address
 from wobble.review.oidc import OIDCClient, Pending, SignInError, UsedNonces, user_from_claims
 from wobble.review.records import teams
@@ -132,7 +133,7 @@ class SignInFlow:
 
 def _sentence(exc: Exception) -> str:
     text = str(exc)
-    return text[:1].upper() + text[1:] + "."
+    return upper_first(text) + "."
 
 
 def _ago(seconds: float) -> str:

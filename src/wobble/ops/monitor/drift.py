@@ -13,7 +13,7 @@ import polars as pl
 
 from wobble.core.errors import WobbleError
 from wobble.core.sql import array, date_literal, in_dates
-from wobble.core.vocab import system_label
+from wobble.core.vocab import system_label, upper_first
 from wobble.core.warehouse import scalar
 from wobble.features.feeds import (
     BEHIND_RULE,
@@ -250,10 +250,9 @@ def _drift_findings(drift: dict, m) -> list[Finding]:
     for system in sorted({f["system"] for f in drift.get("feeds_behind", [])}):
         behind = [f for f in drift["feeds_behind"] if f["system"] == system]
         teams = ", ".join(f"{f['team']} (to {f['last_day']})" for f in behind)
-        label = system_label(system)
         out.append(Finding(
             "watch", "drift",
-            f"{label[:1].upper() + label[1:]} records end days before the as-of date, though they usually "
+            f"{upper_first(system_label(system))} records end days before the as-of date, though they usually "
             f"come every week, for team{'s' if len(behind) > 1 else ''} {teams}.",
             "The latest records may not have arrived: an extract that lags or comes in batches. Inputs over the "
             "last weeks read a fall that may not be real, and the lists say so. Ask the source when the rest "
