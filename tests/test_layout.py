@@ -136,3 +136,26 @@ def test_module_and_function_sizes(name):
             length = node.end_lineno - node.lineno + 1
             key = f"{name}.{node.name}"
             assert length <= MAX_FUNCTION_LINES or key in LONG_FUNCTIONS, f"{key} has {length} lines"
+
+
+def test_no_partly_fetched_duckdb_results():
+    """`fetchone()` leaves a DuckDB 2.0 result holding its connection, and the next `con.sql` on it is
+    refused: the demo once failed at ingest that way. One row comes from `core.warehouse.one_row`
+    (or `scalar`); the SQLite modules (`import sqlite3`) may fetch one."""
+    found = [f"{name}:{i}" for name, path in MODULES.items()
+             if "import sqlite3" not in (text := path.read_text(encoding="utf-8"))
+             for i, line in enumerate(text.splitlines(), 1) if ".fetchone()" in line]
+    assert not found, found
+
+
+def test_one_row_leaves_the_connection_free():
+    import duckdb
+
+    from wobble.core.warehouse import one_row, scalar
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT range AS i FROM range(100000)")
+    assert one_row(con, "SELECT i, i + 1 FROM t ORDER BY i") == (0, 1)
+    assert one_row(con, "SELECT i FROM t WHERE i < 0") is None
+    assert scalar(con, "SELECT count(*) FROM t WHERE i > ?", [99998]) == 1
+    assert con.sql("SELECT count(*) FROM t").fetchall() == [(100000,)]  # refused after a fetchone

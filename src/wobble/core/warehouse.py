@@ -274,17 +274,21 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether a table of that name exists in the main schema."""
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()
-    return bool(row and row[0])
+    return bool(scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))
+
+
+def one_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:
+    """The first row a query returns (None when it returns none); for queries of one row."""
+    # fetchall, not fetchone: DuckDB 2.0 leaves a partly fetched result holding the connection, and
+    # the next con.sql on it is refused ("connection has an unfinished result")
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
     """The single value a query returns (None when it returns no row)."""
-    # fetchall, not fetchone: DuckDB 2.0 leaves a partly fetched result holding the connection
-    rows = con.execute(sql, params or []).fetchall()
-    return rows[0][0] if rows else None
+    row = one_row(con, sql, params)
+    return row[0] if row else None
 
 
 def data_version(path: Path) -> str:

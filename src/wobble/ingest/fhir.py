@@ -46,6 +46,7 @@ import duckdb
 from wobble.core.config import Config, Source
 from wobble.core.errors import ConfigError, WobbleError, first_line
 from wobble.core.sql import literal
+from wobble.core.warehouse import one_row, scalar
 from wobble.ingest.fhir_sql import (
     ICD10,
     LOINC,
@@ -236,8 +237,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         CREATE OR REPLACE TEMP TABLE fhir_rows AS
         SELECT _ord, {cols}, {category} AS in_category, {mapped} AS mapped
         FROM fhir_json WHERE kind = {literal(kind)}""")
-    out_of_scope = int(con.execute("SELECT count(*) FROM fhir_rows WHERE NOT (in_category AND mapped)")
-                       .fetchone()[0])
+    out_of_scope = int(scalar(con, "SELECT count(*) FROM fhir_rows WHERE NOT (in_category AND mapped)"))
     reported = _reported_codes(con, kind, maps)
     con.execute("DELETE FROM fhir_rows WHERE NOT (in_category AND mapped)")
     for col in ("in_category", "mapped", *(["_passed_over"] if "_passed_over" in fields else [])):
@@ -292,7 +292,7 @@ def read_deleted(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp:
         FROM (SELECT line, entry, kind, json_object('id', id) AS j FROM fhir_entries WHERE is_delete AND kind <> '')""")
     con.execute("DROP TABLE fhir_entries")
     con.execute("DROP TABLE fhir_json")
-    out_of_scope = int(con.execute("SELECT count(*) FROM fhir_rows WHERE tbl IS NULL").fetchone()[0])
+    out_of_scope = int(scalar(con, "SELECT count(*) FROM fhir_rows WHERE tbl IS NULL"))
     return Input(
         kind="fhir", table="deletions", relation="(SELECT * FROM fhir_rows)", first_pass="(SELECT * FROM fhir_rows)",
         fields={"record_id": "VARCHAR"}, labels={"record_id": "request.url"}, values={}, defaults={},
@@ -347,12 +347,12 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
         CREATE OR REPLACE TEMP TABLE fhir_lines AS
         SELECT _ord, j, CASE WHEN json_valid(j) THEN json_type(j) = 'OBJECT' ELSE false END AS ok
         FROM fhir_lines""")
-    first_ok, blank = con.execute("SELECT min(_ord) FILTER (WHERE ok), count(*) FILTER (WHERE j IS NULL) "
-                                  "FROM fhir_lines").fetchone()
+    first_ok, blank = one_row(con, "SELECT min(_ord) FILTER (WHERE ok), count(*) FILTER (WHERE j IS NULL) "
+                                   "FROM fhir_lines")
     if first_ok is None or first_ok > blank + 1:
         raise WobbleError("not NDJSON: the first line is not a JSON resource (a pretty-printed JSON file, "
                           "or a Bundle? Bulk Data files hold one resource per line)")
-    last_ok = con.execute("SELECT ok FROM fhir_lines ORDER BY _ord DESC LIMIT 1").fetchone()[0]
+    last_ok = scalar(con, "SELECT ok FROM fhir_lines ORDER BY _ord DESC LIMIT 1")
     if not fp.ends_with_newline and not path.name.endswith(".gz") and not last_ok:
         raise WobbleError("the file ends part-way through a resource: it looks truncated; copy it again")
     # Parse only the lines that are JSON objects (filtered before the cast); the others are

@@ -19,7 +19,7 @@ from wobble.core.config import Source
 from wobble.core.errors import WobbleError
 from wobble.core.sql import in_list, literal
 from wobble.core.vocab import CONCERN_TAGS
-from wobble.core.warehouse import scalar, transaction
+from wobble.core.warehouse import one_row, scalar, transaction
 from wobble.ingest.identifiers import record_id_sql, without_numbers_sql
 from wobble.ingest.optout import withdraw
 from wobble.ingest.reader import REJECTING, Input, coded_field, field_text, field_timestamp, present_sql, vocab_value
@@ -139,9 +139,9 @@ def _refuse_all_quarantined(con, quarantined: int) -> None:
     nothing, a wrong column) or the clock, not the data; ledgered, its rows would stay quarantined
     after the fix, and a register's failure holds back the run's activity rather than losing it
     as person_not_found."""
-    reason, detail, n = con.execute("""
+    reason, detail, n = one_row(con, """
         SELECT reason, mode(detail), count(*) FROM bad WHERE reason <> 'duplicate'
-        GROUP BY reason ORDER BY count(*) DESC, reason LIMIT 1""").fetchone()
+        GROUP BY reason ORDER BY count(*) DESC, reason LIMIT 1""")
     most = (f"{n:,} {reason}" + (f" (e.g. {detail})" if detail else "")
             + (f", {quarantined - n:,} for other reasons" if n < quarantined else ""))
     raise WobbleError(f"every row was quarantined: {most}. Nothing was loaded, and the file is read again at the "
@@ -177,11 +177,11 @@ def load_persons(run: RunState, batch: Batch, inp: Input) -> FileResult:
         withdrawn = withdraw(run, "newly_out", batch.rel)
         if replaced:
             con.execute("DELETE FROM persons WHERE person_id IN (SELECT person_id FROM existing WHERE NOT same)")
-        loaded = con.execute(f"""
+        loaded = scalar(con, f"""
             INSERT INTO persons (person_id, {', '.join(_PERSON_COLS)}, source_system, batch_id)
             SELECT person_id, {', '.join(_PERSON_COLS)}, ?, ?
             FROM incoming WHERE person_id NOT IN (SELECT person_id FROM existing WHERE same)""",
-                             [batch.source.system, batch.batch_id]).fetchone()[0]
+                        [batch.source.system, batch.batch_id])
         if "patient_ref" in inp.fields:
             _write_links(con, inp, batch)
         _pause_point("inserted", Path(batch.rel).name)
@@ -377,8 +377,7 @@ def load_activity(run: RunState, batch: Batch, inp: Input) -> FileResult:
         if retracted:
             con.execute(f"DELETE FROM {target} WHERE source_system = {system} AND {id_col} IN {retract}")
         keep = "WHERE _ord NOT IN (SELECT _ord FROM dups)" if duplicate else ""
-        loaded = int(con.execute(f"INSERT INTO {target} SELECT * EXCLUDE (_ord) FROM ({incoming}) {keep}")
-                     .fetchone()[0])
+        loaded = int(scalar(con, f"INSERT INTO {target} SELECT * EXCLUDE (_ord) FROM ({incoming}) {keep}"))
         _pause_point("inserted", Path(batch.rel).name)
         reasons = _finish(run, batch, inp, rows_in, loaded, duplicate, unmapped)
     return FileResult(
@@ -547,16 +546,15 @@ def load_deletions(run: RunState, batch: Batch, inp: Input) -> FileResult:
                {without_numbers_sql("left(csv_line, 500)")} AS raw FROM rejects
         UNION ALL
         SELECT line, 'duplicate', 'another entry in this file deletes the same record', NULL FROM staged WHERE dup""")
-    entries, duplicate, not_held = (int(v) for v in con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE dup), count(*) FILTER (WHERE NOT dup AND NOT held) FROM staged"
-    ).fetchone())
+    entries, duplicate, not_held = (int(v) for v in one_row(
+        con, "SELECT count(*), count(*) FILTER (WHERE dup), count(*) FILTER (WHERE NOT dup AND NOT held) FROM staged"))
     patients = int(scalar(con, "SELECT count(*) FROM fhir_rows WHERE tbl = 'persons'"))
     rows_in = entries + int(scalar(con, "SELECT count(*) FROM rejects"))
     _pause_point("staged", Path(batch.rel).name)
     with transaction(con):
-        removed = {t: int(con.execute(f"""
+        removed = {t: int(scalar(con, f"""
             DELETE FROM {t} WHERE source_system = {system}
-              AND {c} IN (SELECT record_id FROM staged WHERE tbl = {literal(t)} AND held)""").fetchone()[0])
+              AND {c} IN (SELECT record_id FROM staged WHERE tbl = {literal(t)} AND held)"""))
                    for t, c in (("contacts", "contact_id"), ("tags", "tag_id"))}
         if sum(removed.values()):  # the rows are gone for good: say so where governance looks
             con.execute("INSERT INTO audit_log VALUES (?, 'wobble ingest', NULL, NULL, 'source_deletions_applied', ?)",

@@ -11,6 +11,7 @@ from wobble.core.config import Config
 from wobble.core.errors import ConfigError, WobbleError, first_line
 from wobble.core.render import plural
 from wobble.core.sql import literal
+from wobble.core.warehouse import one_row
 from wobble.ingest.identifiers import (
     install_sql_pseudonym,
     nhs_valid_sql,
@@ -39,7 +40,7 @@ def check_key(con: duckdb.DuckDBPyConnection, key: bytes, now: datetime, var: st
     the week's records to them. The warehouse keeps the key's mark (the pseudonym of a fixed text:
     it does not reveal the key); a warehouse from before marks were kept takes the key it is given."""
     mark = pseudonymise(key, KEY_MARK)
-    kept = con.execute("SELECT mark FROM pseudonym_key_mark LIMIT 1").fetchone()
+    kept = one_row(con, "SELECT mark FROM pseudonym_key_mark LIMIT 1")
     if kept is None:
         con.execute("INSERT INTO pseudonym_key_mark VALUES (?, ?)", [mark, now])
     elif kept[0] != mark:
@@ -96,9 +97,9 @@ class RunState:
     def _refuse_clashes(self, name: str, cols: tuple[str, str], full) -> None:
         """A key the lookup gives two values (a practice in two teams): which one is right is not
         wobble's to guess, and whichever came first would decide for everyone with that key."""
-        clash = self.con.execute("""
+        clash = one_row(self.con, """
             SELECT k, list(DISTINCT v ORDER BY v), count(*) OVER () FROM lookup_rows
-            GROUP BY k HAVING count(DISTINCT v) > 1 ORDER BY k LIMIT 1""").fetchone()
+            GROUP BY k HAVING count(DISTINCT v) > 1 ORDER BY k LIMIT 1""")
         if clash:
             key, values, n = clash
             raise ConfigError(f"lookups.{name}: {full} gives {plural(n, cols[0], cols[0] + 's')} more than one "

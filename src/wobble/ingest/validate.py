@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from wobble.core.sql import literal
-from wobble.core.warehouse import scalar
+from wobble.core.warehouse import one_row, scalar
 from wobble.ingest.identifiers import (
     NHS_LIKE,
     NUMBER_REMOVED,
@@ -61,8 +61,8 @@ def first_pass(run: RunState, inp: Input, coded: list[str], staff_system: str | 
     for c in coded:
         # the same lookup the second pass makes (0 for a blank): what it leaves NULL is unmapped
         where = f"g = {mask_for([c])} AND {c} IS NOT NULL AND {code_index_sql(c, inp, c, '0')} IS NULL"
-        values, rows_n, once = con.execute(f"SELECT count(*), sum(n), count(*) FILTER (WHERE n = 1) "
-                                           f"FROM codes WHERE {where}").fetchone()
+        values, rows_n, once = one_row(con, f"SELECT count(*), sum(n), count(*) FILTER (WHERE n = 1) "
+                                            f"FROM codes WHERE {where}")
         if (values > MAX_UNMAPPED_SHOWN or (values > SCATTERED_FROM and 2 * once > values)
                 or (values >= PERSONAL_FROM and 2 * _one_person_values(con, inp, c, where) > values)):
             # not a code list: a wrong column (names, free text)

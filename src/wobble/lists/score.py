@@ -19,7 +19,7 @@ import polars as pl
 from wobble.core.config import Config
 from wobble.core.errors import ConfigError, WobbleError, some_of
 from wobble.core.sql import date_literal, in_list
-from wobble.core.warehouse import connect, transaction
+from wobble.core.warehouse import connect, one_row, transaction
 from wobble.features import build_features, dates_to_build, load_catalogue
 from wobble.models.cohort import RECENT_CRISIS, SHORT_HISTORY, age_sql, cohort_rule_sql
 from wobble.models.explain import change_reasons
@@ -220,7 +220,7 @@ def coverage(con, spec, model: str, version: str, as_of: date) -> dict:
     """
     day = date_literal(as_of)
     rules = (RECENT_CRISIS, SHORT_HISTORY)
-    row = con.execute(f"""
+    row = one_row(con, f"""
         WITH base AS (
             SELECT p.*, s.person_id IS NOT NULL AS scored, s.cohort_rule, {age_sql(spec, day, 'p')} AS of_age
             FROM persons p
@@ -234,7 +234,7 @@ def coverage(con, spec, model: str, version: str, as_of: date) -> dict:
                count(*) FILTER (WHERE NOT scored AND coalesce(of_age, false)),
                count(*) FILTER (WHERE scored AND team_assigned_by IS NOT NULL),
                count(*) FILTER (WHERE scored AND sex = 'not_known')
-        FROM base""", [model, str(version)]).fetchone()
+        FROM base""", [model, str(version)])
     adults, scored, ranked, *by_rule, by_age, unaccounted, placed, sex_unknown = (int(v) for v in row)
     return {
         "registered_adults": adults, "scored": scored,

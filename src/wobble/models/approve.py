@@ -12,7 +12,7 @@ from datetime import datetime
 
 from wobble.core.config import Config
 from wobble.core.errors import NotApproved, WobbleError
-from wobble.core.warehouse import connect, transaction
+from wobble.core.warehouse import connect, one_row, transaction
 from wobble.models.tracking import client, registered_version
 
 CHAMPION = "champion"
@@ -76,10 +76,8 @@ def champion(cfg: Config, model: str) -> str:
 
 def require_approval(con, model: str, version: str) -> Approval:
     """The latest approval of this version, or NotApproved with how to get one."""
-    row = con.execute(
-        "SELECT approved_by, approved_at, note, demo FROM approvals WHERE model_name = ? "
-        "AND model_version = ? ORDER BY approved_at DESC LIMIT 1", [model, str(version)]
-    ).fetchone()
+    row = one_row(con, "SELECT approved_by, approved_at, note, demo FROM approvals WHERE model_name = ? "
+                       "AND model_version = ? ORDER BY approved_at DESC LIMIT 1", [model, str(version)])
     if row is None:
         raise NotApproved(
             f"model {model} version {version} has not been approved for publication: read its "
