@@ -23,8 +23,11 @@ from wobble.features.catalogue import Catalogue, Feature
 from wobble.features.feeds import team_quiet_sql
 from wobble.features.language import CODED, PERIOD_DAYS, PSEUDO_COLUMNS, SMALL_INTS, SOURCES, TIME_COLUMN, fill
 
+# Features are computed in passes by how far back they reach: a 30-day count reads a twelfth
+# of the records a one-year count does, at every as-of date.
 TIERS = (30, 90, 182)
 SLIDE_MIN_PARTS = 4  # fewer parts over a window are counted at each date, not slid (measured)
+
 
 def cohort_sql(as_of_list: str) -> str:
     """People in the cohort at each as-of date: registered before it, alive, not opted out."""

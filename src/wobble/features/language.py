@@ -47,11 +47,7 @@ EACH = {
     "system": [{"system": s, "system_label": system_name(s)} for s in SOURCE_SYSTEMS],
 }
 LOOKBACK_DAYS = 365  # the window `all` means: what the last year holds
-# Features are computed in passes by how far back they reach: a 30-day count reads a twelfth
-# of the records a one-year count does, at every as-of date.
-TIERS = (30, 90, 182)
 PERIOD_DAYS = 30  # the period slope() and acceleration() count in
-SLIDE_MIN_PARTS = 4  # fewer parts over a window are counted at each date, not slid (measured)
 WINDOW = re.compile(r"^(\d+)d$")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import duckdb
 
+from wobble.core.clock import WAREHOUSE_TZ
 from wobble.core.config import Config, Source
 from wobble.core.errors import ConfigError, WobbleError, first_line
 from wobble.core.sql import literal
@@ -251,7 +252,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         kind="fhir", table=TABLE_OF[kind], relation="(SELECT * FROM fhir_rows)",
         first_pass="(SELECT * FROM fhir_rows)", fields=types, labels=labels,
         values={k: v for k, v in maps.items()}, defaults={},
-        timestamp_format="%Y-%m-%d %H:%M:%S", date_format="%Y-%m-%d", timezone="Europe/London",
+        timestamp_format="%Y-%m-%d %H:%M:%S", date_format="%Y-%m-%d", timezone=WAREHOUSE_TZ,
         line_sql="_ord", rejects="rejects", out_of_scope=out_of_scope,
         system_prefix=f"ref:{source.system}:", required=(),
         extra_unmapped=reported,
@@ -296,7 +297,7 @@ def read_deleted(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp:
     return Input(
         kind="fhir", table="deletions", relation="(SELECT * FROM fhir_rows)", first_pass="(SELECT * FROM fhir_rows)",
         fields={"record_id": "VARCHAR"}, labels={"record_id": "request.url"}, values={}, defaults={},
-        timestamp_format=None, date_format=None, timezone="Europe/London", line_sql="line", rejects="rejects",
+        timestamp_format=None, date_format=None, timezone=WAREHOUSE_TZ, line_sql="line", rejects="rejects",
         out_of_scope=out_of_scope, system_prefix=f"ref:{source.system}:", required=(),
     )
 

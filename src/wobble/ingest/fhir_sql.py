@@ -4,6 +4,7 @@ and whether a resource is in scope. Pure string building: nothing here runs a qu
 
 from __future__ import annotations
 
+from wobble.core.clock import WAREHOUSE_TZ
 from wobble.core.sql import literal
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -89,7 +90,7 @@ def _fhir_time(path: str) -> str:
     not parse is kept as it is, so validation reports it as an impossible date."""
     raw = _s(path)
     offset = f"regexp_matches({raw}, '(Z|[+-][0-9][0-9]:[0-9][0-9])$')"
-    parsed = (f"CASE WHEN {offset} THEN timezone('Europe/London', try_cast({raw} AS TIMESTAMPTZ)) "
+    parsed = (f"CASE WHEN {offset} THEN timezone({literal(WAREHOUSE_TZ)}, try_cast({raw} AS TIMESTAMPTZ)) "
               f"ELSE try_cast({raw} AS TIMESTAMP) END")
     return f"coalesce(strftime({parsed}, '%Y-%m-%d %H:%M:%S'), {raw})"
 

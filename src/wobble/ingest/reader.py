@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wobble.core.clock import WAREHOUSE_TZ
 from wobble.core.config import CODE_SPACES, Source, code_key
 from wobble.core.sql import identifier, literal
 from wobble.core.vocab import CONTRACT_VALUES
@@ -23,7 +24,6 @@ from wobble.ingest.identifiers import (
     without_numbers_sql,
 )
 
-WAREHOUSE_TZ = "Europe/London"  # stored times are this zone's wall-clock time
 MASK = "**********"
 # Fields whose values are identifiers: masked or removed in quarantined rows.
 MASKED = {"nhs_number": MASK, "birth_date": "(removed)", "postcode": "(removed)",

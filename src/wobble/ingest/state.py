@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import duckdb
 
+from wobble.core.clock import LONDON
 from wobble.core.config import Config
 from wobble.core.errors import ConfigError, WobbleError, first_line
 from wobble.core.render import plural
@@ -18,8 +18,6 @@ from wobble.ingest.identifiers import (
     pseudonymise,
 )
 from wobble.ingest.optout import read_opt_out_list
-
-LONDON = ZoneInfo("Europe/London")
 
 
 def run_clock(cfg: Config, now: datetime | None = None) -> datetime:

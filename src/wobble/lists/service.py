@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from zoneinfo import ZoneInfo
 
 import polars as pl
 from sqlalchemy import select
 
+from wobble.core.clock import LONDON
 from wobble.core.config import Config
 from wobble.core.servicedb import LISTS, OUTCOMES, PEOPLE, service_db
-
-LONDON = ZoneInfo("Europe/London")  # the warehouse keeps Europe/London wall-clock time
 
 
 def list_id(team_id: str, as_of: date | str, model_name: str, model_version: str) -> str:

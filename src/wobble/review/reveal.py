@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import Response
 
+from wobble.core.clock import LONDON
 from wobble.core.errors import WobbleError
 from wobble.core.vault import Identity, open_vault
 from wobble.review import audit, records
@@ -34,7 +34,6 @@ from wobble.review.signin import user_of
 from wobble.review.tokens import Session
 
 PSEUDONYM = re.compile(r"^[0-9a-f]{16}$")
-LONDON = ZoneInfo("Europe/London")
 
 
 def reveal_context(session: Session) -> dict:
