@@ -85,9 +85,15 @@ def test_reason_sentences(feature, value, typical, text):
     assert reason_sentence(feature, value, typical) == text
 
 
-def pick_reasons(contributions: list[float], readable: list[bool]) -> list[int]:
-    """The obvious, slow reference for choose_reasons: one person, plain Python."""
-    order = sorted((i for i in range(len(contributions)) if readable[i]), key=lambda i: (-abs(contributions[i]), i))
+def pick_reasons(contributions: list[float], readable: list[bool], measures: list[int] | None = None) -> list[int]:
+    """The obvious, slow reference for choose_reasons: one person, plain Python. Features of one
+    measure (its windows) are shown once, the strongest."""
+    order, seen = [], set()
+    for i in sorted((i for i in range(len(contributions)) if readable[i]), key=lambda i: (-abs(contributions[i]), i)):
+        m = i if measures is None else measures[i]
+        if m not in seen:
+            seen.add(m)
+            order.append(i)
     chosen = [i for k, i in enumerate(order)
               if k < MIN_REASONS or (k < MAX_REASONS and abs(contributions[i]) >= STRONG_REASON)]
     strengths = [i for i in order if contributions[i] <= -STRENGTH_WORTH_SHOWING]
@@ -96,10 +102,12 @@ def pick_reasons(contributions: list[float], readable: list[bool]) -> list[int]:
     return chosen
 
 
-def _choose(people: list[tuple[list[float], list[bool]]]) -> list[list[int]]:
-    """choose_reasons on several people; the features are named f00, f01, … so ties break by index."""
+def _choose(people: list[tuple]) -> list[list[int]]:
+    """choose_reasons on several people, each (contributions, readable[, measures]); the features
+    are named f00, f01, … so ties break by index."""
     rows = [{"person_id": f"p{p:03d}", "feature": f"f{i:02d}", "contribution": c, "readable": r}
-            for p, (cs, rs) in enumerate(people) for i, (c, r) in enumerate(zip(cs, rs, strict=True))]
+            | ({"measure": f"m{person[2][i]}"} if len(person) > 2 else {})
+            for p, person in enumerate(people) for i, (c, r) in enumerate(zip(*person[:2], strict=True))]
     out = choose_reasons(pl.DataFrame(rows))
     return [[int(f[1:]) for f in out.filter(pl.col("person_id") == f"p{p:03d}")["feature"]]
             for p in range(len(people))]
@@ -127,6 +135,22 @@ def test_choosing_reasons_for_everyone_at_once_matches_the_reference():
         n = int(rng.integers(1, 12))
         cs = np.round(rng.normal(0, 0.15, n), 2)  # rounding makes ties
         people.append((cs.tolist(), (rng.random(n) > 0.2).tolist()))
+    assert _choose(people) == [pick_reasons(*p) for p in people]
+
+
+def test_one_measure_gives_one_reason_whatever_its_windows():
+    """Concerns over 30 and over 60 days are one measure: the stronger is shown, and the next
+    measure takes the other's place."""
+    # f0 and f2 one measure (two windows), f1 and f3 another, f4 a third
+    person = ([0.9, 0.5, 0.4, 0.3, 0.2], [True] * 5, [0, 1, 0, 1, 2])
+    assert pick_reasons(*person) == [0, 1, 4]
+    assert _choose([person]) == [[0, 1, 4]]
+    rng = np.random.default_rng(11)
+    people = []
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        people.append((np.round(rng.normal(0, 0.15, n), 2).tolist(), (rng.random(n) > 0.2).tolist(),
+                       rng.integers(0, 4, n).tolist()))
     assert _choose(people) == [pick_reasons(*p) for p in people]
 
 

@@ -128,6 +128,7 @@ class Feature:
     concern: str = "higher"  # higher | lower | none: which way of the typical value concerns more
     noun: str | None = None  # a change feature's subject, plural, for reasons that read as change
     reads: str = ""  # how a change feature's value reads (`CHANGE_READINGS`), from its aggregate
+    measure: str = ""  # the declaration it was expanded from, before its windows: one measure's windows share it
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ def _expand(family: str, decl: FeatureDecl, fname: str) -> list[Feature]:
             out.append(Feature(column, family, decl.source, desc, decl.unit, decl.missing,
                                decl.predictor, sql, days, reach, decl.internal, (), predicates,
                                decl.only_if, decl.rises_at, _concern(decl, aggregate, item),
-                               fill(decl.noun, item) if decl.noun else None, _reads(aggregate)))
+                               fill(decl.noun, item) if decl.noun else None, _reads(aggregate), name))
     return out
 
 

@@ -130,21 +130,24 @@ def change_sentence(feature, value: float | None) -> str | None:
 def choose_reasons(expl: pl.DataFrame) -> pl.DataFrame:
     """Which explanations to show, for every listed person at once, in the order to show them.
 
-    `expl` has person_id, feature, contribution, readable and, optionally, first (see
+    `expl` has person_id, feature, contribution, readable and, optionally, first and measure (see
     `list_reasons`). Per person, the `first` one (the strongest reason about change, on lists that
-    require one) leads; then, among the readable ones by |contribution| (ties by feature name): at
-    least MIN_REASONS; a fourth and fifth while they still matter (|SHAP| ≥ STRONG_REASON); and,
-    when none of those lowers concern, the strongest strength (a contribution ≤
-    −STRENGTH_WORTH_SHOWING) in place of the fifth, so what lowers concern is shown beside what
-    raises it.
+    require one) leads; then, among the readable ones by |contribution| (ties by feature name) and
+    only the first of each measure's windows ("3 more concerns than usual in the last 60 days" and
+    "… in the last 30 days" say one thing twice): at least MIN_REASONS; a fourth and fifth while
+    they still matter (|SHAP| ≥ STRONG_REASON); and, when none of those lowers concern, the
+    strongest strength (a contribution ≤ −STRENGTH_WORTH_SHOWING) in place of the fifth, so what
+    lowers concern is shown beside what raises it.
     """
     k, c = pl.col("_k"), pl.col("contribution")
     first = pl.col("first") if "first" in expl.columns else pl.lit(False)
+    measure = pl.col("measure") if "measure" in expl.columns else pl.col("feature")
     ranked = (
-        expl.with_columns(first.alias("_first"))
+        expl.with_columns(first.alias("_first"), measure.alias("_measure"))
         .filter(pl.col("readable") | pl.col("_first"))
         .with_columns(pl.when(pl.col("_first")).then(float("inf")).otherwise(c.abs()).alias("_abs"))
         .sort(["person_id", "_abs", "feature"], descending=[False, True, False])
+        .filter(pl.int_range(pl.len()).over(["person_id", "_measure"]) == 0)
         .with_columns(pl.int_range(pl.len()).over("person_id").alias("_k"))
         # the chosen ones are a prefix in that order, since |contribution| only falls along it
         .with_columns(((k < MIN_REASONS) | ((k < MAX_REASONS) & (pl.col("_abs") >= STRONG_REASON))).alias("_chosen"),
@@ -158,7 +161,7 @@ def choose_reasons(expl: pl.DataFrame) -> pl.DataFrame:
     keep = (pl.col("_chosen") & (pl.col("_swap").not_() | (k < MAX_REASONS - 1))) | (
         pl.col("_swap") & (k == pl.col("_first_strength")))
     return ranked.filter(keep).sort(["person_id", "_k"]).drop("_abs", "_chosen", "_strength", "_swap",
-                                                             "_first_strength", "_first")
+                                                             "_first_strength", "_first", "_measure")
 
 
 # "None in the last year" for a days-since feature: later than any value, when finding what is
@@ -228,11 +231,12 @@ def list_reasons(con, cat: Catalogue, model: str, version: str, as_of: date,
         index="team_id", variable_name="feature", value_name="typical").with_columns(
         pl.when(pl.col("typical") >= NONE_YET).then(float("inf")).otherwise(pl.col("typical")).alias("typical"))
     meta = pl.DataFrame({
-        "feature": feats, "concern": [by_name[f].concern for f in feats],
+        "feature": feats, "measure": [by_name[f].measure or f for f in feats],
+        "concern": [by_name[f].concern for f in feats],
         "_days": [by_name[f].unit == "days" for f in feats],
         "_rises_at": [by_name[f].rises_at for f in feats], "_reads": [by_name[f].reads for f in feats],
-    }, schema={"feature": pl.String, "concern": pl.String, "_days": pl.Boolean, "_rises_at": pl.Float64,
-               "_reads": pl.String})
+    }, schema={"feature": pl.String, "measure": pl.String, "concern": pl.String, "_days": pl.Boolean,
+               "_rises_at": pl.Float64, "_reads": pl.String})
     v = pl.col("value")
     expl = (expl.join(typical, on=["team_id", "feature"], how="left").join(meta, on="feature")
             .with_columns(pl.when(v.is_not_null()).then(v)
