@@ -78,6 +78,14 @@ def test_change_labels():
      "Days since the last crisis contact: none on record"),
     (_feature("days since the last missed appointment (blank: none in the last year)", "days"), 19, 167,
      "19 days since the last missed appointment — typical in this team: 167"),
+    (_feature("continuity with one GP over the last year (Usual Provider of Care: the share of GP appointments with "
+              "the GP seen most; 1 = always the same GP; blank with fewer than two)", "index"), 0.8, 0.7,
+     "Continuity with one GP over the last year (Usual Provider of Care: the share of GP appointments with the GP "
+     "seen most; 1 = always the same GP): 0.8 — typical in this team: 0.7"),
+    (_feature("weeks since the person's contacts began running above their own usual rate (blank unless the last 4 "
+              "weeks ran at least double the usual rate)", "weeks"), 3, 0,
+     "3 weeks since the person's contacts began running above their own usual rate — most people in this team "
+     "have none"),
     (_feature("contacts beyond the person's usual number (negative: fewer than usual)", "contacts"), -52, 0,
      "-52 contacts beyond the person's usual number (negative: fewer than usual) — typical in this team: 0"),
 ])

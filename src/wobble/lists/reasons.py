@@ -45,7 +45,9 @@ def _singular(desc: str) -> str:
     return desc
 
 
-_BLANK_NOTE = re.compile(r"\s*\(blank: [^)]*\)")
+# What an empty cell means, for an analyst: "(blank: none in the last year)", "(blank unless …)",
+# or a last clause "; blank with fewer than two)". A reason has a value, so it leaves them out.
+_BLANK_NOTE = re.compile(r"\s*\(blank[: ][^)]*\)|;\s*blank [^;)]*(?=\))")
 
 
 def reason_sentence(feature, value: float | None, team_typical: float | None) -> str:
@@ -56,12 +58,11 @@ def reason_sentence(feature, value: float | None, team_typical: float | None) ->
     if said is not None:
         return said
     unit = feature.unit
-    # "(blank: none in the last year)" tells an analyst what an empty cell means; a reason has a value
     desc = _BLANK_NOTE.sub("", feature.description)
     cap = upper_first(desc)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{cap}: none on record"
-    if unit in ("", "decile", "years", "share"):
+    if unit in ("", "decile", "years", "share", "index"):  # "Continuity …: 0.8", not "0.8 continuity …"
         if unit == "" and value in (0, 1):
             text = cap if value == 1 else "Not " + desc
         else:
