@@ -98,9 +98,11 @@ def _coding(system: str, code: str) -> dict:
     return {"coding": [{"system": system, "code": code}]}
 
 
-def test_the_class_map_and_the_first_coding_that_maps(tmp_path):
+def class_cases() -> tuple[list[dict], list[tuple]]:
+    """Encounters whose class, type and serviceType decide their service, and the contacts they
+    give (contact_id, service, mode, status); two of them are out of scope."""
     prio = "http://terminology.hl7.org/CodeSystem/v3-ActPriority"
-    folder = _export(tmp_path / "x", {"Patient": [_patient("p1")], "Encounter": [
+    encounters = [
         _enc("e1", "EMER"),
         _enc("e2", "IMP", priority=_coding(prio, "EM")),
         _enc("e3", "ACUTE", hospitalization={"admitSource": _coding(
@@ -111,11 +113,8 @@ def test_the_class_map_and_the_first_coding_that_maps(tmp_path):
         _enc("e7", "EMER", serviceType=_coding(SCT, "708168004")),  # serviceType maps first: MH
         _enc("e8", "EMER", status="planned"),  # has not happened: out of scope
         _enc("e9", "EMER", status="unknown"),  # attended is assumed
-    ]})
-    cfg, result = _load(folder, tmp_path)
-    enc = next(f for f in result.files if f.table == "contacts")
-    assert (enc.rows_in, enc.rows_loaded, enc.rows_out_of_scope) == (7, 7, 2)
-    assert _q(cfg, "SELECT contact_id, service, mode, status FROM contacts ORDER BY 1") == [
+    ]
+    return encounters, [
         ("e1", "ae_attendance", "face_to_face", "attended"),
         ("e2", "emergency_admission", "face_to_face", "attended"),
         ("e3", "emergency_admission", "face_to_face", "attended"),
@@ -123,6 +122,15 @@ def test_the_class_map_and_the_first_coding_that_maps(tmp_path):
         ("e6", "outpatient_attendance", "video", "attended"),
         ("e7", "mental_health_contact", "face_to_face", "attended"),
         ("e9", "ae_attendance", "face_to_face", "attended")]
+
+
+def test_the_class_map_and_the_first_coding_that_maps(tmp_path):
+    encounters, contacts = class_cases()
+    folder = _export(tmp_path / "x", {"Patient": [_patient("p1")], "Encounter": encounters})
+    cfg, result = _load(folder, tmp_path)
+    enc = next(f for f in result.files if f.table == "contacts")
+    assert (enc.rows_in, enc.rows_loaded, enc.rows_out_of_scope) == (7, 7, 2)
+    assert _q(cfg, "SELECT contact_id, service, mode, status FROM contacts ORDER BY 1") == contacts
     assert enc.unmapped.get("service (elective admission, not read)") == {"admission:elective": 1}
 
 

@@ -37,6 +37,7 @@ EMERGENCY_ADMISSION_METHOD = "2%"
 
 _CODING = '[{"system":"VARCHAR","code":"VARCHAR"}]'
 _CONCEPTS = '[{"coding":' + _CODING + '}]'
+_CONCEPTS_OR_REFS = '[{"coding":' + _CODING + ',"concept":{"coding":' + _CODING + '}}]'  # R5 CodeableReference
 _IDENTIFIERS = '[{"use":"VARCHAR","system":"VARCHAR","value":"VARCHAR","period":{"end":"VARCHAR"}}]'
 _EXTENSIONS = ('[{"url":"VARCHAR","valueCodeableConcept":{"coding":' + _CODING + '},'
                '"extension":[{"url":"VARCHAR","valueCoding":{"system":"VARCHAR","code":"VARCHAR"}}]}]')
@@ -76,6 +77,17 @@ def _coding_codes(path: str) -> str:
             f"[{_s(path + '.system')} || '|' || {_s(path + '.code')}, {_s(path + '.code')}] END")
 
 
+def _any_codes(path: str) -> str:
+    """Candidate keys from whatever FHIR R4 or R5 puts at `path`: a Coding (R4 Encounter.class), a
+    CodeableConcept (R4 Encounter.serviceType), a list of CodeableConcepts (R5 Encounter.class, R4
+    Appointment.serviceType) or a list of CodeableReferences (R5 serviceType: their `concept`).
+    JSON of another shape reads as no codes, so at most one of the three parts has any."""
+    items = f"coalesce(from_json(json_extract(j, {literal(path)}), '{_CONCEPTS_OR_REFS}'), [])"
+    listed = (f"flatten(list_transform({items}, lambda cc: "
+              f"list_concat({_codes('cc.coding')}, {_codes('cc.concept.coding')})))")
+    return f"list_concat({_coding_codes(path)}, {_concept_codes(path)}, {listed})"
+
+
 def _pick(candidates: str, mapping: dict[str, str]) -> str:
     """The first candidate key the map knows; else the first candidate (reported as unmapped)."""
     cands = f"list_filter({candidates}, lambda v: v IS NOT NULL)"
@@ -93,6 +105,11 @@ def _fhir_time(path: str) -> str:
     parsed = (f"CASE WHEN {offset} THEN timezone({literal(WAREHOUSE_TZ)}, try_cast({raw} AS TIMESTAMPTZ)) "
               f"ELSE try_cast({raw} AS TIMESTAMP) END")
     return f"coalesce(strftime({parsed}, '%Y-%m-%d %H:%M:%S'), {raw})"
+
+
+def _first_time(*paths: str) -> str:
+    """`_fhir_time` of the first of `paths` that the resource has (NULL when it has none)."""
+    return "coalesce(" + ", ".join(f"CASE WHEN {_s(p)} IS NOT NULL THEN {_fhir_time(p)} END" for p in paths) + ")"
 
 
 def _ref_id(ref_sql: str, kind: str) -> str:
@@ -228,18 +245,24 @@ def _practice() -> str:
 
 def _admission_class() -> str:
     """Candidate keys from Encounter.class, where an inpatient class becomes 'admission:emergency'
-    when its priority, admitSource or UK Core admission method says it was unplanned, else
-    'admission:elective' (which is not a wobble service: out of scope, counted)."""
+    when its priority, admitSource (R4 `hospitalization`, R5 `admission`) or UK Core admission
+    method says it was unplanned, else 'admission:elective' (which is not a wobble service: out of
+    scope, counted)."""
     ext = f"from_json(json_extract(j, '$.extension'), '{_EXTENSIONS}')"
     method = (f"flatten(list_transform(list_filter({ext}, lambda e: e.url = {literal(UKCORE_ADMISSION_METHOD)}), "
               "lambda e: list_transform(e.valueCodeableConcept.coding, lambda c: c.code)))")
     urgent = (f"list_has_any({_concept_codes('$.priority')}, [{', '.join(map(literal, EMERGENCY_PRIORITY))}]) "
-              f"OR list_has_any({_concept_codes('$.hospitalization.admitSource')}, "
+              f"OR list_has_any(list_concat({_concept_codes('$.hospitalization.admitSource')}, "
+              f"{_concept_codes('$.admission.admitSource')}), "
               f"[{', '.join(map(literal, EMERGENCY_ADMIT_SOURCE))}]) "
               f"OR len(list_filter({method}, lambda c: c LIKE {literal(EMERGENCY_ADMISSION_METHOD)})) > 0")
-    return (f"CASE WHEN {_s('$.class.code')} IN ({', '.join(map(literal, INPATIENT_CLASSES))}) THEN "
-            f"[CASE WHEN {urgent} THEN 'admission:emergency' ELSE 'admission:elective' END] "
-            f"ELSE {_coding_codes('$.class')} END")
+    return (f"CASE WHEN {_inpatient()} THEN [CASE WHEN {urgent} THEN 'admission:emergency' "
+            f"ELSE 'admission:elective' END] ELSE {_any_codes('$.class')} END")
+
+
+def _inpatient() -> str:
+    """SQL: whether an Encounter's class is an inpatient one."""
+    return f"list_has_any({_any_codes('$.class')}, [{', '.join(map(literal, INPATIENT_CLASSES))}])"
 
 
 def _professional(participants: str, who: str) -> str:
@@ -265,29 +288,31 @@ def _service_codes(maps: dict[str, dict[str, str]]) -> tuple[str, str]:
     codings = (f"flatten(list_transform(coalesce(from_json(json_extract(j, '$.type'), '{_CONCEPTS}'), []), "
                "lambda cc: coalesce(cc.coding, [])))")
     is_generic = f"coalesce(c.system || '|' || c.code IN ({generic}) OR c.code IN ({generic}), false)"
-    specific = (f"list_concat({_concept_codes('$.serviceType')}, "
+    specific = (f"list_concat({_any_codes('$.serviceType')}, "
                 f"{_codes(f'list_filter({codings}, lambda c: NOT {is_generic})')})")
-    class_says = (f"({_s('$.class.code')} IN ({', '.join(map(literal, INPATIENT_CLASSES))}) "
-                  f"OR len(list_filter({_coding_codes('$.class')}, lambda v: v IN ({keys}))) > 0)")
+    class_says = f"({_inpatient()} OR len(list_filter({_any_codes('$.class')}, lambda v: v IN ({keys}))) > 0)"
     after = (f"CASE WHEN {class_says} THEN []::VARCHAR[] "
              f"ELSE {_codes(f'list_filter({codings}, lambda c: {is_generic})')} END")
     return f"list_concat({specific}, {_admission_class()}, {after})", specific
 
 
 def _encounter_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Encounter → contacts: the first coding that maps wins, across serviceType, type and class."""
+    """Encounter → contacts: the first coding that maps wins, across serviceType, type and class.
+    R5's shapes are read too: `actualPeriod`, class as a list, serviceType as CodeableReferences,
+    participant `actor`."""
     candidates, specific = _service_codes(maps)
     service_map = maps.get("service", {})
     return {
         "record_id": _s("$.id"),
         "patient_ref": _reference("$.subject.reference", "Patient"),
         "unresolvable_ref": _unresolvable(_s("$.subject.reference")),
-        "occurred_at": _fhir_time("$.period.start"),
+        "occurred_at": _first_time("$.period.start", "$.actualPeriod.start"),
         "recorded_at": _fhir_time("$.meta.lastUpdated"),
         "service": _pick(candidates, service_map),
         "status": f"CASE WHEN {_retracted('Encounter')} THEN NULL ELSE {_s('$.status')} END",
-        "mode": _pick(f"list_concat({_concepts_codes('$.type')}, {_coding_codes('$.class')})", maps.get("mode", {})),
-        "professional": _professional("$.participant", "individual"),
+        "mode": _pick(f"list_concat({_concepts_codes('$.type')}, {_any_codes('$.class')})", maps.get("mode", {})),
+        "professional": (f"coalesce({_professional('$.participant', 'individual')}, "
+                         f"{_professional('$.participant', 'actor')})"),
         "retracted": _retracted("Encounter"),
         # a serviceType or type code no map knows, where the class decided instead (reported)
         "_passed_over": _unmapped_first(specific, service_map),
@@ -301,7 +326,7 @@ def _appointment_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
            "lambda p: p.actor.reference)"
     patient = f"list_filter({refs}, lambda r: nullif({_ref_id('r', 'Patient')}, '') IS NOT NULL)[1]"
     unresolvable = f"list_filter(list_transform({refs}, lambda r: {_unresolvable('r')}), lambda v: v IS NOT NULL)[1]"
-    service = (f"list_concat({_concepts_codes('$.serviceType')}, {_concepts_codes('$.serviceCategory')}, "
+    service = (f"list_concat({_any_codes('$.serviceType')}, {_concepts_codes('$.serviceCategory')}, "
                f"{_concepts_codes('$.specialty')}, {_concept_codes('$.appointmentType')})")
     # Without lastUpdated, what happened is known no earlier than the start: `created` is only
     # when it was booked (before the start, so it would read as an impossible date).
@@ -330,8 +355,7 @@ def _tag_fields(kind: str, maps: dict[str, dict[str, str]]) -> dict[str, str]:
         "record_id": _s("$.id"),
         "patient_ref": _reference("$.subject.reference", "Patient"),
         "unresolvable_ref": _unresolvable(_s("$.subject.reference")),
-        "recorded_at": "coalesce(" + ", ".join(f"CASE WHEN {_s(p)} IS NOT NULL THEN {_fhir_time(p)} END"
-                                               for p in recorded) + ")",
+        "recorded_at": _first_time(*recorded),
         "tag": _pick(_tag_codes(kind), maps.get("tag", {})),
         "retracted": _retracted(kind),
     }
