@@ -163,6 +163,20 @@ def test_refuted_inactive_and_cancelled_tags_are_retracted(tmp_path):
         ("Flag.ndjson", 1, "entered_in_error"), ("Observation.ndjson", 1, "entered_in_error")]
 
 
+def test_an_stu3_condition_refuted_by_a_plain_code_is_retracted_and_dated_by_when_asserted(tmp_path):
+    """CareConnect (STU3), as older GP systems send it: verificationStatus is a code, not a
+    CodeableConcept, and the date recorded is assertedDate."""
+    def stu3(cid: str, verified: str) -> dict:
+        c = _condition(cid, verified) | {"verificationStatus": verified, "assertedDate": "2025-02-20"}
+        c.pop("recordedDate")
+        return c
+
+    cfg, _ = _load(tmp_path, {"Patient.ndjson": [_patient("p1", None)], "Condition.ndjson": [
+        stu3("c1", "confirmed"), stu3("c2", "refuted")]})
+    assert _q(cfg.warehouse, "SELECT tag_id, recorded_at::DATE::VARCHAR FROM tags") == [("c1", "2025-02-20")]
+    assert _q(cfg.warehouse, "SELECT line, reason FROM quarantine") == [(2, "entered_in_error")]
+
+
 def test_an_observation_maps_whichever_coding_holds_the_loinc_question_and_answer(tmp_path):
     cfg, _ = _load(tmp_path, {"Patient.ndjson": [_patient("p1", None)], "Observation.ndjson": [
         _observation("o1", code=[{"system": SCT, "code": "1234"}, {"system": LOINC, "code": "88122-7"}]),

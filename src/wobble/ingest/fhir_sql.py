@@ -156,8 +156,9 @@ def _retracted(kind: str) -> str:
     path, codes = RETRACTING.get(kind, ("$.status", ("entered-in-error",)))
     if path == "$.status":
         found = f"[{_s(path)}]"
-    else:  # a CodeableConcept: any of its codings
-        found = f"list_transform({_concept_codes(path)}, lambda v: regexp_extract(v, '[^|]+$'))"
+    else:  # a CodeableConcept: any of its codings; in STU3 (CareConnect) the code alone
+        codes_of = f"list_transform({_concept_codes(path)}, lambda v: regexp_extract(v, '[^|]+$'))"
+        found = f"list_append({codes_of}, {_s(path)})"
     return f"list_has_any({found}, [{', '.join(map(literal, codes))}])"
 
 
@@ -349,7 +350,7 @@ def _tag_fields(kind: str, maps: dict[str, dict[str, str]]) -> dict[str, str]:
     """Flag, Condition, Observation → tags, through the tag map. An Observation's candidates are
     its code with its answer ('question=answer'), then its code, then the answer alone."""
     recorded = {"Flag": ("$.meta.lastUpdated", "$.period.start"),
-                "Condition": ("$.recordedDate", "$.meta.lastUpdated", "$.onsetDateTime"),
+                "Condition": ("$.recordedDate", "$.assertedDate", "$.meta.lastUpdated", "$.onsetDateTime"),
                 "Observation": ("$.issued", "$.meta.lastUpdated", "$.effectiveDateTime")}[kind]
     return {
         "record_id": _s("$.id"),
