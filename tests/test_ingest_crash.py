@@ -230,3 +230,25 @@ def test_a_second_writer_is_told_the_warehouse_is_busy_or_waits(project, referen
         assert code == 0, err[-2000:]
         assert '"files_skipped": 12' in out
     assert state_of(load_config(cfg_path).warehouse) == reference[1][-1][1]
+
+
+def test_a_process_killed_mid_load_leaves_no_copy_of_a_transcoded_file(tmp_path):
+    """A cp1252 extract is read through a UTF-8 copy holding what it holds, identifiers included.
+    On Linux the copy has no name, so a SIGKILL while it is being loaded leaves nothing on disk
+    (with a named copy it stayed until the next load)."""
+    from ingest_kit import VISITS_HEADER, csv_text, numbers, project, register, visit
+
+    people = numbers(3, seed=5)
+    cfg_path = project(tmp_path, visits_extra='encoding = "cp1252"', files={
+        "register.csv": register(people),
+        "visits.csv": csv_text(VISITS_HEADER, [visit(f"V{i}", n, staff="S\u20191") for i, n in enumerate(people)])
+        .encode("cp1252")})
+    with _Process(cfg_path, env={"WOBBLE_INGEST_PAUSE": "inserted:visits.csv"}) as proc:
+        proc.wait_for("wobble-paused inserted:visits.csv")
+        scratch = tmp_path / "wh.duckdb.transcoded"
+        assert scratch.is_dir() and not any(scratch.iterdir())  # the copy is open, but has no name
+        assert proc.kill() == -signal.SIGKILL
+    assert not any(scratch.iterdir())
+    result = ingest(load_config(cfg_path), key=KEY, report=False)
+    assert [(f.file, f.status, f.rows_loaded) for f in result.files if f.file == "visits.csv"] == [
+        ("visits.csv", "loaded", 3)]

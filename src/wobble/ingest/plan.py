@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from wobble.core.errors import ConfigError, WobbleError
 from wobble.ingest.fhir import DELETED, export_folders, fhir_files, read_fhir
 from wobble.ingest.fhir_sql import TABLE_OF
 from wobble.ingest.reader import Fingerprint, Input
-from wobble.ingest.tabular import open_csv, open_parquet, scratch_dir
+from wobble.ingest.tabular import drop_copies, open_csv, open_parquet
 
 TABLE_ORDER = {"persons": 0, "contacts": 1, "tags": 2}
 
@@ -97,7 +96,7 @@ def drop_temp(con: duckdb.DuckDBPyConnection) -> None:
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
     for t in _TEMP_TABLES:
         con.execute(f"DROP {'VIEW' if t in views else 'TABLE'} IF EXISTS {t}")
-    shutil.rmtree(scratch_dir(con), ignore_errors=True)
+    drop_copies(con)
 
 
 def open_input(con, cfg: Config, source: Source, path: Path, fp: Fingerprint) -> Input:

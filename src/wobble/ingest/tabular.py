@@ -15,6 +15,7 @@ import csv
 import io
 import itertools
 import os
+import shutil
 import tempfile
 import zlib
 from contextlib import closing
@@ -114,17 +115,49 @@ def scratch_dir(con) -> Path:
     return Path((db or os.path.join(tempfile.gettempdir(), f"wobble-{os.getpid()}")) + SCRATCH_SUFFIX)
 
 
+# Copies without a name (Linux's O_TMPFILE), by scratch folder: their descriptors stay open until
+# `drop_copies`, and the kernel frees them when the process ends, however it ends.
+_UNNAMED: dict[str, list[int]] = {}
+
+
+def _new_copy(folder: Path, name: str) -> tuple[int, Path, bool]:
+    """An empty file for a copy: (its descriptor, the path DuckDB reads it by, whether the
+    descriptor must stay open). On Linux the file has no name and is read through /proc/self/fd,
+    so a process killed mid-load (SIGKILL included) leaves nothing on disk. Elsewhere, or on a
+    filesystem without unnamed files, it is `name` in the private folder, gone at `drop_copies`
+    (or, after a crash, at the next load)."""
+    if hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except OSError:
+            pass
+        else:
+            _UNNAMED.setdefault(str(folder), []).append(fd)
+            return fd, Path(f"/proc/self/fd/{fd}"), True
+    out = folder / name
+    return os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), out, False
+
+
+def drop_copies(con) -> None:
+    """Remove this connection's copies (`transcoded`): close the unnamed ones, delete the folder."""
+    folder = scratch_dir(con)
+    for fd in _UNNAMED.pop(str(folder), []):
+        os.close(fd)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def transcoded(con, path: Path, encoding: str) -> Path:
     """A UTF-8 copy of a file in `encoding` (decompressed, if it is gzip), written in chunks (bounded
-    memory) to a private folder beside the warehouse, which `drop_temp` removes once the file is
-    loaded (the copy holds what the file holds, identifiers included, for no longer than the file's
-    load). A byte the encoding does not define fails the file, naming its line."""
+    memory) to a private folder beside the warehouse (`_new_copy`: on Linux, a file without a
+    name), which `drop_copies` removes once the file is loaded: the copy holds what the file holds,
+    identifiers included, for no longer than the file's load. A byte the encoding does not define
+    fails the file, naming its line."""
     folder = scratch_dir(con)
     folder.mkdir(mode=0o700, exist_ok=True)
-    out = folder / f"{path.stem}.csv"
+    fd, out, keep_open = _new_copy(folder, f"{path.stem}.csv")
     decoder = codecs.getincrementaldecoder(TRANSCODED[encoding])()
     lines = 1
-    with open(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as dst:
+    with open(fd, "wb", closefd=not keep_open) as dst:
         try:
             for chunk in text_chunks(path):
                 try:
