@@ -275,3 +275,18 @@ def test_a_line_over_max_line_bytes_fails_the_file_and_says_so(tmp_path):
     result = ingest(load_config(config), key=KEY, report=False, now=NOW)
     [f] = result.files
     assert f.status == "failed" and "longer than the 2,048-byte limit" in f.error, f.error
+
+
+def test_a_file_of_bundles_fails_alone_and_says_what_to_check(tmp_path):
+    """Bulk Data is one resource per line: a file of Bundles loads nothing, and the line says to
+    check the export, not a CSV's formats and columns."""
+    a, = numbers(1, seed=3)
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": _encounter("e1", "p1")}, {"resource": _encounter("e2", "p1")}]}
+    _, result = _load(tmp_path, {"Patient.ndjson": [_patient("p1", a)], "Encounter.ndjson": [bundle]})
+    enc = _file(result, "contacts")
+    assert enc.status == "failed" and enc.error.startswith(
+        "every row was quarantined: 1 malformed_line (e.g. a bundle in a file of encounter resources)"), enc.error
+    assert enc.error.endswith("check the export (Bulk Data NDJSON, one resource per line) and the source's code maps "
+                              "in wobble.toml"), enc.error
+    assert _file(result, "persons").status == "loaded"

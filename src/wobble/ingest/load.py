@@ -115,7 +115,7 @@ def _finish(run: RunState, batch: Batch, inp: Input, rows_in: int, loaded: int, 
             f"quarantined {quarantined} + duplicate {duplicate} ({dup_rows} in quarantine)"
         )
     if rows_in and quarantined == rows_in and not set(reasons) & HONOURED:
-        _refuse_all_quarantined(con, quarantined)
+        _refuse_all_quarantined(con, quarantined, batch.source.kind == "fhir")
     rows = [(batch.batch_id, batch.name, f, code, n) for f, codes in unmapped.items() for code, n in codes.items()]
     if rows:
         con.executemany("INSERT INTO ingest_unmapped VALUES (?, ?, ?, ?, ?)", rows)
@@ -133,7 +133,7 @@ def _finish(run: RunState, batch: Batch, inp: Input, rows_in: int, loaded: int, 
 HONOURED = {"entered_in_error", "opted_out"}
 
 
-def _refuse_all_quarantined(con, quarantined: int) -> None:
+def _refuse_all_quarantined(con, quarantined: int, fhir: bool = False) -> None:
     """A file none of whose rows could be loaded fails alone, rolled back and not in the ledger, so
     the next run reads it again. It is almost always the settings (a date format that matches
     nothing, a wrong column) or the clock, not the data; ledgered, its rows would stay quarantined
@@ -144,8 +144,10 @@ def _refuse_all_quarantined(con, quarantined: int) -> None:
         GROUP BY reason ORDER BY count(*) DESC, reason LIMIT 1""")
     most = (f"{n:,} {reason}" + (f" (e.g. {detail})" if detail else "")
             + (f", {quarantined - n:,} for other reasons" if n < quarantined else ""))
+    check = ("the export (Bulk Data NDJSON, one resource per line) and the source's code maps in wobble.toml" if fhir
+             else "the source's settings in wobble.toml (formats, columns, codes)")
     raise WobbleError(f"every row was quarantined: {most}. Nothing was loaded, and the file is read again at the "
-                      "next run: check the source's settings in wobble.toml (formats, columns, codes)")
+                      f"next run: check {check}")
 
 
 # ---------------------------------------------------------------------------------------------
