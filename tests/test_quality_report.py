@@ -24,6 +24,12 @@ def test_the_status_line_judges_the_run():
     look = status(_data(gaps=[object(), object()], unmapped_total=3))
     assert look["level"] == "look" and "2 team-month feed gaps" in look["text"] and "3 unmapped codes" in look["text"]
     assert status(_data(summary={"rows_quarantined": 100}))["level"] == "look"  # 9.9% quarantined
+    # opt-outs and records entered in error are the source's word, not a fault: 60 of 100 leaves 4.0%
+    honoured = {"rows_quarantined": 100, "quarantine_reasons": {"opted_out": 50, "entered_in_error": 10,
+                                                                "invalid_nhs_number": 40}}
+    assert status(_data(summary=honoured))["level"] == "ok"
+    honoured["quarantine_reasons"] = {"opted_out": 40, "invalid_nhs_number": 60}  # 5.9% for a fault
+    assert "5.9% of rows quarantined for a fault" in status(_data(summary=honoured))["text"]
     failed = status(_data(summary={"files_failed": 1}))
     assert failed["level"] == "problem" and failed["text"].startswith("Problem: a file could not be loaded")
 
