@@ -63,6 +63,16 @@ def test_counts_and_recency_read_with_the_teams_typical_value():
         "13 days since the last missed appointment — most people in this team have none in the last year")
     assert reason_sentence(_f("days_since_missed"), 19, 167) == (
         "19 days since the last missed appointment — typical in this team: 167")
+    # from two years on, days read as years; counts keep their thousands apart
+    assert reason_sentence(_f("days_registered"), 10155, 4595) == (
+        "About 28 years since registering with the practice — typical in this team: about 13 years")
+    assert reason_sentence(_f("days_registered"), 400, 1200) == (
+        "400 days since registering with the practice — typical in this team: about 3 years")
+    assert reason_sentence(_f("contacts_365d"), 1234, 20).startswith("1,234 contacts")
+    # a blank is "none" over the window the feature reads, not always a year
+    assert reason_sentence(_f("days_since_first_recent_concern_90d"), 87, math.inf) == (
+        "87 days since the first of the concerns noted in the last 90 days, when a run of concerns began "
+        "— most people in this team have none in the last 90 days")
     plain = SimpleNamespace(description="share of booked appointments missed in the last year", unit="share")
     assert reason_sentence(plain, 0.4, 0.05) == (
         "Share of booked appointments missed in the last year: 40% — typical in this team: 5%")

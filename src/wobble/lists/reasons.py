@@ -27,12 +27,18 @@ STRONG_REASON = 0.1
 STRENGTH_WORTH_SHOWING = 0.05
 
 
+# Days from two years on read as years: "about 28 years since registering", not "10155 days".
+DAYS_AS_YEARS = 730
+
+
 def _fmt_value(v: float | None, unit: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "none on record"
     if unit == "share":
         return f"{round(100 * v)}%"
-    return str(int(round(v))) if abs(v - round(v)) < 1e-9 else f"{v:.1f}"
+    if unit == "days" and v >= DAYS_AS_YEARS:
+        return f"about {round(v / 365.25)} years"
+    return f"{int(round(v)):,}" if abs(v - round(v)) < 1e-9 else f"{v:,.1f}"
 
 
 def _singular(desc: str) -> str:
@@ -67,17 +73,24 @@ def reason_sentence(feature, value: float | None, team_typical: float | None) ->
             text = cap if value == 1 else "Not " + desc
         else:
             text = f"{cap}: {_fmt_value(value, unit)}"
+    elif unit == "days" and value >= DAYS_AS_YEARS and desc.startswith("days "):
+        text = upper_first(f"{_fmt_value(value, unit)} {desc.removeprefix('days ')}")
     else:
         text = f"{_fmt_value(value, unit)} {_singular(desc) if value == 1 else desc}"
     known = team_typical is not None and not (isinstance(team_typical, float) and math.isnan(team_typical))
     if known and unit not in ("", "decile", "years"):
-        if math.isinf(team_typical):
-            text += " — most people in this team have none in the last year"
+        if math.isinf(team_typical):  # a days-since blank: none in the window it reads
+            text += f" — most people in this team have none in the last {window_phrase(_window(feature))}"
         elif team_typical == 0 and value > 0:
             text += " — most people in this team have none"
         else:
             text += f" — typical in this team: {_fmt_value(team_typical, unit)}"
     return text
+
+
+def _window(feature) -> int:
+    """The days a feature reads back (a year when it does not say)."""
+    return getattr(feature, "window_days", None) or 365
 
 
 def _about(n: float) -> str:
