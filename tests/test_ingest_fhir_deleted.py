@@ -225,7 +225,7 @@ def test_malformed_deleted_lines_and_entries_are_quarantined_in_one_line_each(tm
         (4, "malformed_line", "a delete whose request.url names no one resource (type/id)"),
         (4, "malformed_line", "a delete whose request.url names no one resource (type/id)"),
         (5, "malformed_line", "a bundle without entries"),
-        (6, "malformed_line", "a encounter in a file of bundle resources")]
+        (6, "malformed_line", "an encounter in a file of bundle resources")]
     raws = " ".join(r[3] for r in rows)
     assert "Placeholder-Surname" not in raws and A not in raws and "request.url=Patient/(masked)" in raws
     assert all("\n" not in str(v) for r in rows for v in r)

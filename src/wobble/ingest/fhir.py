@@ -368,7 +368,8 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
                'not a JSON object' AS error
         FROM fhir_lines WHERE NOT ok AND j IS NOT NULL
         UNION ALL
-        SELECT _ord, NULL, 'a ' || coalesce(kind, 'resource without resourceType') || ' in a file of {kind} resources'
+        SELECT _ord, NULL, CASE WHEN upper(left(kind, 1)) IN ('A', 'E', 'I', 'O', 'U') THEN 'an ' ELSE 'a ' END
+                           || coalesce(kind, 'resource without resourceType') || ' in a file of {kind} resources'
         FROM fhir_json WHERE kind IS DISTINCT FROM {literal(kind)}""")
     con.execute("DROP TABLE fhir_lines")
 
