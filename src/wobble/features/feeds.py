@@ -27,7 +27,7 @@ from datetime import date, timedelta
 
 import polars as pl
 
-from wobble.core.sql import dates
+from wobble.core.sql import date_literal, dates
 from wobble.core.vocab import system_label
 from wobble.core.warehouse import scalar
 from wobble.features.language import TIME_COLUMN
@@ -192,7 +192,8 @@ def feeds_behind_sql(as_of: date) -> str:
     `last_day` (the last day with a record known before the as-of date: contacts by the day they
     happened, tags by the day they were recorded, as the features count them), `usual_week` and
     `days_without` (days before the as-of date since `last_day`)."""
-    t, since = f"DATE '{as_of.isoformat()}'", f"DATE '{as_of.isoformat()}' - {7 * BEHIND_WEEKS}"
+    t = date_literal(as_of)
+    since = f"{t} - {7 * BEHIND_WEEKS}"
     return f"""
         WITH records AS (
             SELECT p.team_id, c.source_system, c.occurred_at::DATE AS day

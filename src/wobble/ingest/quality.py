@@ -32,6 +32,7 @@ from wobble.core.config import Config
 from wobble.core.render import plural, render
 from wobble.core.runs import in_prefect_run
 from wobble.core.vocab import system_label
+from wobble.core.warehouse import one_row
 from wobble.features.feeds import RULE, feed_months, feeds_behind, months_between
 from wobble.ingest.load import HONOURED
 from wobble.ingest.validate import HIDDEN_RULE, hidden_values
@@ -194,7 +195,7 @@ def change_since(before: dict | None, now: dict) -> dict:
 
 
 def _persons(con) -> dict:
-    row = con.execute("""
+    row = one_row(con, """
         SELECT count(*), count(*) FILTER (WHERE opted_out), count(*) FILTER (WHERE team_id IS NULL),
                count(*) FILTER (WHERE imd_decile IS NULL AND NOT opted_out),
                count(*) FILTER (WHERE ethnicity_group = 'Not stated'),
@@ -203,7 +204,7 @@ def _persons(con) -> dict:
                count(*) FILTER (WHERE team_assigned_by = 'unattached'),
                count(*) FILTER (WHERE practice_id IS NULL),
                count(*) FILTER (WHERE sex = 'not_known')
-        FROM persons""").fetchall()[0]  # fetchall: a partly fetched result holds the connection (DuckDB 2.0)
+        FROM persons""")
     keys = ("total", "opted_out", "no_team", "no_imd", "ethnicity_not_stated", "teams", "team_by_lsoa",
             "team_unattached", "no_practice", "sex_not_known")
     return dict(zip(keys, row, strict=True))
@@ -299,10 +300,10 @@ def _field_completeness(con) -> list[dict]:
 
 def _loaded_span(con) -> tuple[date | None, date | None]:
     """The first day a record loaded happened and the last day one was recorded (None, None: none)."""
-    return con.execute("""
+    return one_row(con, """
         SELECT min(first), max(last) FROM (
             SELECT min(occurred_at)::DATE AS first, max(recorded_at)::DATE AS last FROM contacts
-            UNION ALL SELECT min(recorded_at)::DATE, max(recorded_at)::DATE FROM tags)""").fetchall()[0]
+            UNION ALL SELECT min(recorded_at)::DATE, max(recorded_at)::DATE FROM tags)""")
 
 
 def _coverage(con, span: tuple[date | None, date | None] | None = None
