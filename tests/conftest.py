@@ -72,6 +72,15 @@ def world2k(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fhir2k(world2k, tmp_path_factory) -> tuple[Path, dict]:
+    """`world2k` written as a FHIR Bulk Data export (read only): (folder, counts per file)."""
+    from wobble.synth.fhir import write_fhir_export
+
+    out = tmp_path_factory.mktemp("fhir2k")
+    return out, write_fhir_export(world2k, out)
+
+
+@pytest.fixture(scope="session")
 def ingested(tmp_path_factory, world20k):
     """The 20k world with its demo config, ingested once: (config, ingest result)."""
     from wobble.core.config import load_config

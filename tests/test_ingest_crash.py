@@ -62,9 +62,9 @@ def reference(project, tmp_path_factory):
     states: list[tuple[str, dict]] = []
     original = ingest_run.load_file
 
-    def load_and_record(run, name, source, path, fp):
-        result = original(run, name, source, path, fp)
-        states.append((path.name, state(run.con)))
+    def load_and_record(run, f, fp):
+        result = original(run, f, fp)
+        states.append((f.path.name, state(run.con)))
         return result
 
     ingest_run.load_file = load_and_record

@@ -20,11 +20,8 @@ KEY = TEST_KEY.encode()
 
 
 @pytest.fixture(scope="module")
-def export(world2k, tmp_path_factory) -> tuple[Path, dict]:
-    from wobble.synth.fhir import write_fhir_export
-
-    out = tmp_path_factory.mktemp("export")
-    return out, write_fhir_export(world2k, out)
+def export(fhir2k) -> tuple[Path, dict]:
+    return fhir2k
 
 
 @pytest.fixture(scope="module")

@@ -78,18 +78,9 @@ def _contacts(cfg) -> list[tuple]:
                        "professional_id FROM contacts ORDER BY contact_id").fetchall()
 
 
-@pytest.fixture(scope="module")
-def our_export(world2k, tmp_path_factory) -> Path:
-    from wobble.synth.fhir import write_fhir_export
-
-    out = tmp_path_factory.mktemp("r4")
-    write_fhir_export(world2k, out)
-    return out
-
-
 @pytest.mark.parametrize("which", ["ours", "another vendor's"])
 def test_an_r5_export_loads_the_same_contacts_as_its_r4_twin(which, tmp_path, request):
-    r4 = request.getfixturevalue("our_export") if which == "ours" else FIXTURE
+    r4 = request.getfixturevalue("fhir2k")[0] if which == "ours" else FIXTURE
     cfg4, res4 = _load(r4, tmp_path / "a")
     cfg5, res5 = _load(_rewrite(r4, tmp_path / "r5"), tmp_path / "b")
     enc4, enc5 = ([f for f in res.files if f.table == "contacts"] for res in (res4, res5))

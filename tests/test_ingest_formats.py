@@ -113,10 +113,10 @@ def test_an_unexpected_error_fails_that_file_in_one_line_and_the_rest_load(tmp_p
 
     real = run_module.open_input
 
-    def faulty(con, cfg, source, path, fp):
-        if path.name == "visits_a.csv":
+    def faulty(con, cfg, f, fp):
+        if f.path.name == "visits_a.csv":
             raise KeyError("boom")
-        return real(con, cfg, source, path, fp)
+        return real(con, cfg, f, fp)
 
     monkeypatch.setattr(run_module, "open_input", faulty)
     cfg = project(tmp_path, files={"register.csv": register(PEOPLE[:1]), "visits_a.csv": GOOD,

@@ -1,7 +1,8 @@
 """FHIR R4 Bulk Data (`$export`) NDJSON → the rows ingest validates and loads.
 
 A Bulk Data export is a folder of newline-delimited JSON files, one resource per line, each file
-holding one resource type (e.g. `Patient.ndjson`, `Encounter.000.ndjson`, gzipped or not).
+holding one resource type (e.g. `Patient.ndjson`, `Encounter.000.ndjson`, gzipped or not); a
+file named for no type may hold several (`fhir_files`: each type loads as a part of it).
 wobble reads:
 
 - Patient → persons: NHS number identifier (UK Core's system or the older fhir.nhs.net one; a
@@ -37,7 +38,7 @@ import gzip
 import json
 import tomllib
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -135,12 +136,20 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
         listed, deleted = _manifest(folder)[:2]
     else:
         return []
-    out = [(_file_type(p, listed, deleted), p) for p in paths]
-    # Deletions right after the register: a resource both deleted and in the same export's output
-    # was deleted and then made again, and the output (the state at transactionTime) must win.
-    order = {"Patient": 0, DELETED: 1, "Encounter": 2, "Appointment": 3, "Flag": 4, "Condition": 5,
-             "Observation": 6}
-    return sorted(out, key=lambda t: (order.get(t[0], 7), t[1].name))
+    out = [(kind, p) for p in paths for kind in _file_types(p, listed, deleted)]
+    return sorted(out, key=lambda t: (load_rank(t[0]), t[1].name))
+
+
+# Deletions right after the register: a resource both deleted and in the same export's output was
+# deleted and then made again, and the output (the state at transactionTime) must win.
+_LOAD_ORDER = {"Patient": 0, DELETED: 1, "Encounter": 2, "Appointment": 3, "Flag": 4, "Condition": 5,
+               "Observation": 6}
+
+
+def load_rank(kind: str) -> int:
+    """Where a resource type's files load among an export's: the register first, then deletions,
+    then activity; types wobble does not read last."""
+    return _LOAD_ORDER.get(kind, len(_LOAD_ORDER))
 
 
 class Manifest(NamedTuple):
@@ -172,17 +181,49 @@ def _manifest(folder: Path) -> Manifest:
     return Manifest(listed, deleted, text[:10] or None, at if at is None or at.tzinfo else at.replace(tzinfo=UTC))
 
 
-def _file_type(path: Path, listed: dict[str, str], deleted: set[str]) -> str:
-    """One file's type: listed as deleted, else the manifest's, else a first line that is a
-    Bundle of DELETE requests, else the name's, else the first line's resourceType."""
+def _file_types(path: Path, listed: dict[str, str], deleted: set[str]) -> list[str]:
+    """One file's types: listed as deleted, else the manifest's, else a first line that is a
+    Bundle of DELETE requests, else the name's, else every resourceType its lines hold (a file
+    named for no type may hold several, as some exporters write: each type loads as a part of
+    it), else the first line's."""
     if path.name in deleted:
-        return DELETED
+        return [DELETED]
     if listed.get(path.name):
-        return listed[path.name]
+        return [listed[path.name]]
     first = _first_line(path)
     if is_deletions(first):
-        return DELETED
-    return _type_from_name(path.name) or (str(first.get("resourceType", "")) if isinstance(first, dict) else "")
+        return [DELETED]
+    named = _type_from_name(path.name)
+    if named:
+        return [named]
+    try:
+        st = path.stat()
+        return list(_types_in(path, st.st_size, st.st_mtime_ns))
+    except (OSError, duckdb.Error):
+        pass  # the load says what is wrong with the file
+    return [str(first.get("resourceType", "")) if isinstance(first, dict) else ""]
+
+
+@lru_cache(maxsize=64)
+def _types_in(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
+    """The resource types a file's lines hold, named as FHIR names types (planning reads a file
+    named for no type once per run, not once per part; size and time key the cache)."""
+    with duckdb.connect() as con:
+        found = con.execute(f"""
+            SELECT DISTINCT t FROM (
+                SELECT CASE WHEN json_valid(j) AND json_type(j) = 'OBJECT'
+                            THEN json_extract_string(j, '$.resourceType') END AS t
+                FROM {_lines_scan(1 << 30)})
+            WHERE regexp_full_match(t, '[A-Z][A-Za-z]*') ORDER BY t""", [str(path)]).fetchall()
+    if not found:
+        raise duckdb.InvalidInputException("no resources")
+    return tuple(r[0] for r in found)
+
+
+def _lines_scan(max_line_bytes: int) -> str:
+    """SQL reading a text file (the first parameter) as one VARCHAR column `j` per line."""
+    return (f"read_csv(?, columns = {{'j': 'VARCHAR'}}, delim = '\x1f', quote = '', escape = '', header = false, "
+            f"auto_detect = false, strict_mode = false, max_line_size = {max_line_bytes})")
 
 
 def is_deletions(resource: object) -> bool:
@@ -217,9 +258,12 @@ def _first_line(path: Path) -> object:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path: Path, fp: Fingerprint) -> Input:
-    """Read one NDJSON file into `fhir_rows` and `rejects`; return the ingest `Input` for it."""
-    kind = next((k for k, p in fhir_files(path) if p == path), "")
+def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path: Path, fp: Fingerprint,
+              kind: str, others: tuple[str, ...] = ()) -> Input:
+    """Read one NDJSON file's resources of type `kind` (`fhir_files`) into `fhir_rows`, and its
+    malformed lines into `rejects`; return the ingest `Input` for it. `others` are the other types a
+    file named for no type holds: their lines load as parts of their own, and the part that loads
+    first reports the lines that are no resource."""
     if kind not in TABLE_OF and kind != DELETED:
         raise WobbleError(f"not a FHIR resource type wobble reads ({kind or 'unknown type'})")
     if fp.size == 0:
@@ -230,7 +274,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     if kind == DELETED:
         return read_deleted(con, source, path, fp)
     maps = code_maps(source)
-    _read_lines(con, source, path, fp, kind)
+    _read_lines(con, source, path, fp, kind, others)
     fields = resource_fields(kind, maps, source.system, _manifest(path.parent).taken)
     cols = ", ".join(f"({sql}) AS {name}" for name, sql in fields.items())
     category, mapped = in_scope(kind, maps)
@@ -324,17 +368,16 @@ def _reported_codes(con: duckdb.DuckDBPyConnection, kind: str, maps: dict[str, d
     return out
 
 
-def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: Fingerprint, kind: str) -> None:
+def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: Fingerprint, kind: str,
+                others: tuple[str, ...] = ()) -> None:
     """The file's lines as `fhir_json` (one JSON resource each, with its line number) and the lines
-    that are not resources of the file's type as `rejects`; a file that is not NDJSON at all fails."""
+    that are not resources of the file's type as `rejects`; a file that is not NDJSON at all fails.
+    Lines of the `others` types are left to their own parts, and only the part that loads first
+    reports the lines that are no resource."""
     try:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE fhir_lines AS
-            SELECT row_number() OVER () AS _ord, j FROM read_csv(?, columns = {{'j': 'VARCHAR'}},
-                delim = ?, quote = '', escape = '', header = false, auto_detect = false,
-                strict_mode = false, max_line_size = {source.max_line_bytes})""",
-            [str(path), "\x1f"],
-        )
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE fhir_lines AS
+                        SELECT row_number() OVER () AS _ord, j FROM {_lines_scan(source.max_line_bytes)}""",
+                    [str(path)])
     except duckdb.Error as exc:
         msg = first_line(exc)
         if "invalid unicode" in str(exc).lower():
@@ -361,16 +404,19 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
     con.execute("CREATE OR REPLACE TEMP TABLE fhir_json AS SELECT _ord, j FROM fhir_lines WHERE ok")
     con.execute("""CREATE OR REPLACE TEMP TABLE fhir_json AS
                    SELECT _ord, j::JSON AS j, j::JSON->>'resourceType' AS kind FROM fhir_json""")
+    reports = str(all(load_rank(kind) < load_rank(o) for o in others if o in TABLE_OF or o == DELETED)).lower()
+    elsewhere = ", ".join(literal(t) for t in (kind, *others))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rejects AS
         SELECT _ord AS line,
                {without_numbers_sql("left(j, 500)")} AS csv_line,
                'not a JSON object' AS error
-        FROM fhir_lines WHERE NOT ok AND j IS NOT NULL
+        FROM fhir_lines WHERE NOT ok AND j IS NOT NULL AND {reports}
         UNION ALL
         SELECT _ord, NULL, CASE WHEN upper(left(kind, 1)) IN ('A', 'E', 'I', 'O', 'U') THEN 'an ' ELSE 'a ' END
                            || coalesce(kind, 'resource without resourceType') || ' in a file of {kind} resources'
-        FROM fhir_json WHERE kind IS DISTINCT FROM {literal(kind)}""")
+        FROM fhir_json WHERE kind IS DISTINCT FROM {literal(kind)} AND {"true" if not others else
+              f"{reports} AND (kind IS NULL OR kind NOT IN ({elsewhere}))"}""")
     con.execute("DROP TABLE fhir_lines")
 
 

@@ -58,7 +58,7 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
                 "register_files": int(built["register_files"]), "unchanged": True}
     for f in registers:
         try:
-            inp = open_input(con, cfg, f.source, f.path, prints.get(f.path) or fingerprint(f.path))
+            inp = open_input(con, cfg, f, prints.get(f.path) or fingerprint(f.path))
             if inp.table != "persons" or "nhs_number" not in inp.fields:
                 continue
             first_pass(run, inp, [], None)

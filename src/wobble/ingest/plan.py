@@ -27,6 +27,16 @@ class Planned:
     source: Source
     path: Path | None
     fhir_type: str = ""  # the FHIR resource type of an export file
+    others: tuple[str, ...] = ()  # the other types a FHIR file named for no type holds (`fhir_files`)
+
+    @property
+    def part(self) -> bool:
+        """Whether this is one type's part of a FHIR file holding several, ledgered on its own."""
+        return bool(self.others)
+
+    def shown(self, cfg: Config) -> str:
+        """The file as reports name it: its path, and the type of a part."""
+        return display_path(cfg, self.path) + (f" ({self.fhir_type} resources)" if self.part else "")
 
     @property
     def not_read(self) -> bool:
@@ -43,8 +53,11 @@ def plan_files(cfg: Config, names: list[str]) -> list[Planned]:
     for name in names:
         source = cfg.sources[name]
         if source.kind == "fhir":
-            files = [Planned(name, source, p, kind) for export in export_folders(cfg.path(source.path))
-                     for kind, p in fhir_files(export)]
+            found = [t for export in export_folders(cfg.path(source.path)) for t in fhir_files(export)]
+            kinds: dict[Path, list[str]] = {}
+            for kind, p in found:
+                kinds.setdefault(p, []).append(kind)
+            files = [Planned(name, source, p, kind, tuple(k for k in kinds[p] if k != kind)) for kind, p in found]
             plan += [(3 if f.not_read else 0 if f.fhir_type == "Patient" else 1, f) for f in files]
         else:
             order = TABLE_ORDER[source.table]
@@ -99,10 +112,11 @@ def drop_temp(con: duckdb.DuckDBPyConnection) -> None:
     drop_copies(con)
 
 
-def open_input(con, cfg: Config, source: Source, path: Path, fp: Fingerprint) -> Input:
-    """The file read as contract fields, by the reader its kind needs."""
+def open_input(con, cfg: Config, f: Planned, fp: Fingerprint) -> Input:
+    """The planned file (or part) read as contract fields, by the reader its kind needs."""
+    source, path = f.source, f.path
     if source.kind == "fhir":
-        return read_fhir(con, cfg, source, path, fp)
+        return read_fhir(con, cfg, source, path, fp, f.fhir_type, f.others)
     if fp.size == 0:
         raise WobbleError("the file is empty")
     if source.kind == "parquet":

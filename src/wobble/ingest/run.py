@@ -33,24 +33,25 @@ run's temporary tables (in memory, or DuckDB's spill folder), never in the wareh
 
 from __future__ import annotations
 
+import hashlib
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
 
-from wobble.core.config import Config, Source
+from wobble.core.config import Config
 from wobble.core.errors import WobbleError, first_line, some_of
 from wobble.core.vault import vault_key
 from wobble.core.warehouse import connect, scalar
 from wobble.ingest.identity import build_vault
 from wobble.ingest.load import Batch, FileResult, load_activity, load_deletions, load_persons
 from wobble.ingest.optout import apply_opt_out_list
-from wobble.ingest.plan import Planned, display_path, drop_temp, open_input, plan_files
+from wobble.ingest.plan import Planned, drop_temp, open_input, plan_files
 from wobble.ingest.quality import write_report
 from wobble.ingest.reader import Fingerprint, known_hash, remember_hash, stat_and_fingerprint
 from wobble.ingest.state import RunState
@@ -218,13 +219,32 @@ def _one_file(run: RunState, f: Planned, fp: Future | None, register_failed: lis
     if f.path is None:
         return FileResult(f.name, f.source.path, "failed", error=f"no file matches {f.source.path}")
     if f.not_read:
-        return FileResult(f.name, display_path(run.cfg, f.path), "not_read",
+        return FileResult(f.name, f.shown(run.cfg), "not_read",
                           error=f"resource type {f.fhir_type or 'unknown'} is not read")
     if progress:
-        progress(f"{f.name}: {f.path.name}")
+        progress(f"{f.name}: {f.path.name}" + (f" ({f.fhir_type})" if f.part else ""))
+    if f.part:
+        fp = _part_print(fp, f.fhir_type)
     if register_failed and not _is_register(f):
-        return hold_file(run, f.name, f.path, fp, _held_back(register_failed))
-    return load_file(run, f.name, f.source, f.path, fp)
+        return hold_file(run, f, fp, _held_back(register_failed))
+    return load_file(run, f, fp)
+
+
+def _part_print(fp: Future, kind: str) -> Future:
+    """A part's fingerprint: its file's, with a hash of the file's and the type's, so that the
+    ledger holds each type of a file of several as loaded on its own."""
+    out: Future = Future()
+
+    def done(whole: Future) -> None:
+        try:
+            print_ = whole.result()
+        except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits for the part
+            out.set_exception(exc)
+            return
+        out.set_result(replace(print_, sha256=hashlib.sha256(f"{print_.sha256} {kind}".encode()).hexdigest()))
+
+    fp.add_done_callback(done)
+    return out
 
 
 def _holds_back(con, f: Planned, fr: FileResult) -> bool:
@@ -250,9 +270,9 @@ def _held_back(register_failed: list[str]) -> str:
             "loads on the next run once the register is fixed")
 
 
-def hold_file(run: RunState, name: str, path: Path, fp: Future, why: str) -> FileResult:
+def hold_file(run: RunState, f: Planned, fp: Future, why: str) -> FileResult:
     """Hold a file back (neither loaded nor ledgered), saying why; one already in the ledger is skipped."""
-    rel = display_path(run.cfg, path)
+    name, rel = f.name, f.shown(run.cfg)
     try:
         sha = fp.result().sha256
     except OSError as exc:
@@ -262,10 +282,11 @@ def hold_file(run: RunState, name: str, path: Path, fp: Future, why: str) -> Fil
     return FileResult(name, rel, "held", error=why)
 
 
-def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) -> FileResult:
-    """Load one file in one transaction, or say why it failed; a file already in the ledger is skipped."""
+def load_file(run: RunState, f: Planned, fp: Future) -> FileResult:
+    """Load one file (or one type's part of it) in one transaction, or say why it failed; a file
+    already in the ledger is skipped."""
     t0 = time.perf_counter()
-    rel = display_path(run.cfg, path)
+    name, source, rel = f.name, f.source, f.shown(run.cfg)
     try:
         fingerprint: Fingerprint = fp.result()
     except OSError as exc:
@@ -274,7 +295,7 @@ def load_file(run: RunState, name: str, source: Source, path: Path, fp: Future) 
         return FileResult(name, rel, "skipped", seconds=time.perf_counter() - t0)
     batch = Batch(name, source, rel, f"{name}-{fingerprint.sha256[:16]}", fingerprint.sha256)
     try:
-        inp = open_input(run.con, run.cfg, source, path, fingerprint)
+        inp = open_input(run.con, run.cfg, f, fingerprint)
         batch.table = inp.table
         load = {"persons": load_persons, "deletions": load_deletions}.get(inp.table, load_activity)
         result = load(run, batch, inp)

@@ -1,0 +1,121 @@
+"""A FHIR file named for no type that holds several (as some exporters write one `export.ndjson`
+for everything) loads each type as a part of its own: Patients first, then the activity, each part
+ledgered on its own, and the warehouse holds what the same export split into one file per type
+would give, row for row. Lines that are no resource are quarantined once, by the part that loads
+first; types wobble does not read are reported as such, named by the file and the type."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import TEST_KEY
+from test_ingest_other_vendors import FIXTURE, _enc, _patient
+
+from wobble.core.config import with_fhir_folder
+from wobble.ingest import ingest
+
+KEY = TEST_KEY.encode()
+NOW = datetime(2026, 12, 1)
+TABLES = {
+    "persons": "SELECT * EXCLUDE (batch_id) FROM persons ORDER BY person_id",
+    "contacts": "SELECT * EXCLUDE (batch_id) FROM contacts ORDER BY contact_id, source_system",
+    "tags": "SELECT * EXCLUDE (batch_id) FROM tags ORDER BY ALL",
+}
+
+
+def _resources(folder: Path) -> list[str]:
+    """Every resource line of an export folder's NDJSON files (gzipped or not)."""
+    lines = []
+    for path in sorted(folder.iterdir()):
+        if ".ndjson" in path.name:
+            opener = gzip.open if path.name.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8") as f:
+                lines += [line.rstrip("\n") for line in f if line.strip()]
+    return lines
+
+
+def _one_file(lines: list[str], path: Path, *, seed: int = 3) -> Path:
+    """`lines` in one file, shuffled so that activity comes before the Patients it names."""
+    lines = list(lines)
+    random.Random(seed).shuffle(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _load(export: Path, root: Path):
+    cfg, name = with_fhir_folder(export)
+    cfg = cfg.model_copy(update={"root": root})
+    root.mkdir(parents=True, exist_ok=True)
+    return cfg, ingest(cfg, key=KEY, only=[name], report=False, now=NOW)
+
+
+def _name(f) -> str:
+    return Path(f.file).name
+
+
+def _tables(cfg) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        return {t: con.sql(sql).fetchall() for t, sql in TABLES.items()}
+
+
+@pytest.mark.parametrize("which", ["ours", "another vendor's"])
+def test_one_file_of_every_type_loads_as_the_split_export_does(which, tmp_path, request):
+    split = request.getfixturevalue("fhir2k")[0] if which == "ours" else FIXTURE
+    name = "export.ndjson" if which == "ours" else "everything.ndjson.gz"
+    mixed = _one_file(_resources(split), tmp_path / "mixed" / name)
+    cfg_split, res_split = _load(split, tmp_path / "a")
+    cfg_mixed, res_mixed = _load(mixed.parent, tmp_path / "b")
+    assert not res_mixed.failed, [(f.file, f.error) for f in res_mixed.failed]
+    want, got = _tables(cfg_split), _tables(cfg_mixed)
+    assert len(want["contacts"]) > (50_000 if which == "ours" else 200) and want["persons"] and want["tags"]
+    assert got == want
+    by_table = {}
+    for f in res_mixed.files:
+        by_table.setdefault(f.table, []).append(f)
+    for table in ("persons", "contacts", "tags"):  # the same counts, file by file, as parts
+        parts = [f for f in res_split.files if f.table == table]
+        assert sum(f.rows_loaded for f in by_table[table]) == sum(f.rows_loaded for f in parts)
+        assert sum(f.rows_quarantined for f in by_table[table]) == sum(f.rows_quarantined for f in parts)
+    assert {_name(f) for f in res_mixed.files if f.table == "persons"} == {f"{name} (Patient resources)"}
+
+    again = ingest(cfg_mixed, key=KEY, report=False, now=NOW)  # each part is in the ledger
+    assert {f.status for f in again.files if f.status != "not_read"} == {"skipped"}
+    assert _tables(cfg_mixed) == want
+
+
+def test_malformed_lines_are_quarantined_once_and_unread_types_named(tmp_path):
+    lines = [json.dumps(r) for r in (
+        _enc("e1", "EMER"), _patient("p1"), {"resourceType": "Practitioner", "id": "dr1"},
+        _enc("e2", "EMER"), {"id": "no-type"}, _patient("p2"))] + ["{not json", "[1, 2]"]
+    mixed = _one_file(lines, tmp_path / "x" / "bulk.ndjson")
+    cfg, result = _load(mixed.parent, tmp_path / "w")
+    files = {(_name(f), f.table): f for f in result.files}
+    pat, enc = files[("bulk.ndjson (Patient resources)", "persons")], files[("bulk.ndjson (Encounter resources)",
+                                                                              "contacts")]
+    assert (pat.rows_loaded, pat.reasons) == (2, {"malformed_line": 3})
+    assert (enc.rows_in, enc.rows_loaded, enc.reasons) == (2, 2, {})
+    practitioner = next(f for f in result.files if f.status == "not_read")
+    assert _name(practitioner) == "bulk.ndjson (Practitioner resources)"
+    assert "Practitioner is not read" in practitioner.error
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        assert con.sql("SELECT count(*) FROM quarantine").fetchall() == [(3,)]
+        assert con.sql("SELECT count(*) FROM load_ledger").fetchall() == [(2,)]
+
+
+def test_a_file_named_for_its_type_still_quarantines_other_types(tmp_path):
+    """The file's name says what it holds, so a Patient in an Encounter file is a fault, as before."""
+    folder = tmp_path / "x"
+    _one_file([json.dumps(_patient("p1"))], folder / "Patient.ndjson")
+    _one_file([json.dumps(_enc("e1", "EMER")), json.dumps(_patient("p2"))], folder / "Encounter.ndjson")
+    cfg, result = _load(folder, tmp_path / "w")
+    enc = next(f for f in result.files if f.table == "contacts")
+    assert (_name(enc), enc.rows_loaded, enc.reasons) == ("Encounter.ndjson", 1, {"malformed_line": 1}), enc
