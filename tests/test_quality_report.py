@@ -66,3 +66,45 @@ def test_a_second_run_compares_with_the_first_and_every_table_scrolls_by_keyboar
     assert months and all(m == months[0] for m in months)
     ym = [(int(m[:4]), int(m[5:])) for m in months[0]]
     assert all((b[0] * 12 + b[1]) - (a[0] * 12 + a[1]) == 1 for a, b in zip(ym, ym[1:], strict=False))
+
+
+def test_what_an_export_holds_that_wobble_does_not_read_is_listed_not_judged(tmp_path):
+    """A whole-system FHIR export holds resource types wobble does not read and diagnoses that are
+    no concern tag, every week: the report lists them under 'Left alone' and the status stays 'All
+    well'. An Encounter whose class maps to nothing still fails rows, and still counts."""
+    from datetime import datetime
+
+    from test_ingest_other_vendors import SCT, _coding, _enc, _export, _patient
+
+    from wobble.core.config import with_fhir_folder
+    from wobble.ingest import ingest
+
+    diabetes = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                "category": [_coding("http://terminology.hl7.org/CodeSystem/condition-category",
+                                     "problem-list-item")],
+                "code": _coding(SCT, "44054006"), "recordedDate": "2025-03-01"}
+
+    nhs = [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}]
+
+    def report(encounters: list[dict]) -> tuple[str, dict]:
+        encounters = [{**e, "meta": {"lastUpdated": "2025-03-01T12:00:00Z"}} for e in encounters]
+        folder = _export(tmp_path / f"x{len(encounters)}", {
+            "Patient": [_patient("p1", identifier=nhs)], "Encounter": encounters, "Condition": [diabetes],
+            "Practitioner": [{"resourceType": "Practitioner", "id": "d1"}],
+            "Medication": [{"resourceType": "Medication", "id": "m1"}]})
+        cfg, _ = with_fhir_folder(folder)
+        cfg = cfg.model_copy(update={"root": folder.parent / f"w{len(encounters)}"})
+        result = ingest(cfg, key=TEST_KEY.encode(), now=datetime(2025, 4, 1))
+        return result.report_md.read_text(), json.loads(result.report_md.with_suffix(".json").read_text())
+
+    md, facts = report([_enc("e1", "EMER")])
+    assert "**Status: All well" in md, md[:600]
+    assert (facts["unmapped_codes"], facts["passed_over_codes"], facts["warnings"]) == (0, 1, 0)
+    left = md.split("### Left alone")[1].split("##")[0]
+    assert "fhir: 2 files of resource types wobble does not read: Medication, Practitioner" in left
+    assert "Condition.ndjson: 1 resources are not ones wobble reads" in left
+    assert "44054006" in md.split("## Unmapped codes")[1]  # still listed, to be mapped if it should be
+
+    md, facts = report([_enc("e1", "EMER"), _enc("e2", "NOSUCH")])
+    assert re.search(r"\*\*Status: Needs a look \(\d unmapped codes", md)
+    assert facts["unmapped_codes"] >= 1 and facts["passed_over_codes"] == 1

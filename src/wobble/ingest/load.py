@@ -63,6 +63,7 @@ class FileResult:
     deletions_not_applied: int = 0  # deleted Patients: wobble keeps the person (`load_deletions`)
     reasons: dict[str, int] = field(default_factory=dict)
     unmapped: dict[str, dict[str, int]] = field(default_factory=dict)  # field → code → rows
+    passed_over: int = 0  # of `unmapped`'s codes, those only on resources not read (no row failed)
     # what → rows, each listed by the data-quality report as worth a look: fields given a default
     # (contacts), or what a `deleted` file's deletions did
     defaulted: dict[str, int] = field(default_factory=dict)
@@ -353,9 +354,11 @@ def load_activity(run: RunState, batch: Batch, inp: Input) -> FileResult:
     staff = is_contacts and "professional" in inp.fields
     unmapped = first_pass(run, inp, [f for f in coded_fields if f in inp.fields],
                            source.system if staff else None)
+    failing = sum(len(codes) for codes in unmapped.values())
     for f, codes in inp.extra_unmapped.items():
         for code, n in codes.items():
             unmapped.setdefault(f, {})[safe_code(code)] = unmapped.get(f, {}).get(code, 0) + n
+    passed_over = sum(len(codes) for codes in unmapped.values()) - failing
     mark_suspects(con, inp)
     stage_parallel(con, inp, *_activity_checks(run, inp, coded_fields))
     if inp.kind == "csv":
@@ -386,7 +389,8 @@ def load_activity(run: RunState, batch: Batch, inp: Input) -> FileResult:
         batch.name, batch.rel, "loaded", batch_id=batch.batch_id, table=inp.table, rows_in=rows_in, rows_loaded=loaded,
         rows_quarantined=rows_in - loaded - duplicate, rows_duplicate=duplicate, rows_replaced=replaced,
         rows_retracted=retracted, rows_out_of_scope=inp.out_of_scope, reasons=reasons,
-        unmapped=unmapped, defaulted=defaulted, line_breaks_in_fields=_line_breaks(inp, rows_in),
+        unmapped=unmapped, passed_over=passed_over, defaulted=defaulted,
+        line_breaks_in_fields=_line_breaks(inp, rows_in),
     )
 
 

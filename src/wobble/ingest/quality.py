@@ -109,6 +109,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> dict:
         "details": _quarantine_details(con, files),
         "unmapped": sorted(unmapped, key=lambda u: (u[0], u[1], -u[3]))[:500],
         "unmapped_total": len(unmapped),
+        "passed_over_total": sum(f.passed_over for f in files),
         "unmapped_cumulative": _cumulative_unmapped(con),
         "ranges": _date_ranges(con),
         "field_completeness": _field_completeness(con),
@@ -118,6 +119,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, result) -> dict:
         "persons": _persons(con),
         "unattached_team": cfg.teams.unattached,
         "warnings": _warnings(files) + _feeds_behind(con, span[1]),
+        "left_alone": _left_alone(files),
     }
 
 
@@ -141,8 +143,8 @@ def _quarantine_details(con, files) -> dict:
 FACTS = (  # what the status line judges and the next run compares: key, how a reader names it
     ("files_failed", "files that failed"), ("files_held", "files held back until the register loads"),
     ("rows_loaded", "rows loaded"), ("rows_quarantined", "rows quarantined"),
-    ("unmapped_codes", "unmapped codes"), ("gaps", "team-month feed gaps"), ("warnings", "things worth a look"),
-    ("persons", "people in the warehouse"),
+    ("unmapped_codes", "unmapped codes"), ("passed_over_codes", "codes only on resources not read"),
+    ("gaps", "team-month feed gaps"), ("warnings", "things worth a look"), ("persons", "people in the warehouse"),
 )
 
 
@@ -152,11 +154,16 @@ def status(data: dict) -> dict:
     unmapped, something is worth a look or over 5% of rows were quarantined for a fault (not counting
     rows the source's own word withdrew: a national data opt-out, a record entered in error; about
     5% of England has opted out, so counting them would keep every run at 'look'); else 'ok'. With
-    the facts it judged (kept beside the report as JSON, for the next run's comparison)."""
+    the facts it judged (kept beside the report as JSON, for the next run's comparison).
+
+    What a FHIR export holds that wobble does not read (resource types, a problem list's other
+    diagnoses and the codes on them) is listed but not judged: a whole-system export holds it every
+    week, so judging it would keep every run at 'look' too."""
     s = data["summary"]
+    passed_over = data.get("passed_over_total", 0)
     facts = {"started": data["started"], "files_failed": s["files_failed"], "files_held": s.get("files_held", 0),
-             "rows_loaded": s["rows_loaded"],
-             "rows_quarantined": s["rows_quarantined"], "unmapped_codes": data["unmapped_total"],
+             "rows_loaded": s["rows_loaded"], "rows_quarantined": s["rows_quarantined"],
+             "unmapped_codes": data["unmapped_total"] - passed_over, "passed_over_codes": passed_over,
              "gaps": len(data["gaps"]), "warnings": len(data["warnings"]), "persons": data["persons"]["total"]}
     honoured = sum(n for r, n in s.get("quarantine_reasons", {}).items() if r in HONOURED)
     share = (s["rows_quarantined"] - honoured) / s["rows_in"] if s["rows_in"] else 0.0
@@ -223,8 +230,6 @@ DELETIONS = (  # what a `deleted` file did (`wobble.ingest.load.load_deletions`)
 def _warnings(files) -> list[str]:
     out = []
     for f in files:
-        if f.status == "not_read":
-            out.append(f"{f.file}: not read ({f.error})")
         if f.line_breaks_in_fields:
             out.append(f"{f.file}: {f.line_breaks_in_fields:,} line breaks sit inside quoted fields (or are blank "
                        "lines); check that no quote is out of place, since rows can hide inside a field")
@@ -235,9 +240,6 @@ def _warnings(files) -> list[str]:
                 out.append(f"{f.file}: {field} has {values:,} different values no mapping knows, unlike a code "
                            f"list ({HIDDEN_RULE}): is the right column mapped to {field}? None is shown or kept, "
                            "since a wrong column can hold names or free text")
-        if f.rows_out_of_scope:
-            out.append(f"{f.file}: {f.rows_out_of_scope:,} resources are not ones wobble reads (other "
-                       "categories, or codes not in the tag map: see unmapped codes)")
         if f.other_identifier:
             out.append(f"{f.file}: {f.other_identifier:,} people have no NHS number; they were pseudonymised "
                        "from the identifier the export does have, so their records cannot be matched to other "
@@ -250,6 +252,24 @@ def _warnings(files) -> list[str]:
         if f.rows_retracted:
             out.append(f"{f.file}: {f.rows_retracted:,} records removed because the source marked them "
                        "entered-in-error")
+    return out
+
+
+def _left_alone(files) -> list[str]:
+    """What an export holds that wobble does not read, a line per source and file: listed for the
+    data team, not judged by the status (`status`)."""
+    out, not_read = [], {}
+    for f in files:
+        if f.status == "not_read":
+            kind = f.error.removeprefix("resource type ").removesuffix(" is not read")
+            not_read.setdefault(f.source, []).append(f"none ({Path(f.file).name})" if kind == "unknown" else kind)
+        if f.rows_out_of_scope:
+            out.append(f"{f.file}: {f.rows_out_of_scope:,} resources are not ones wobble reads (other "
+                       "categories, or codes not in the tag map: see unmapped codes)")
+    for source, kinds in not_read.items():
+        counts = {k: kinds.count(k) for k in sorted(set(kinds))}
+        out.insert(0, f"{source}: {plural(len(kinds), 'file', 'files')} of resource types wobble does not "
+                      "read: " + ", ".join(f"{k}{f' ({n} files)' if n > 1 else ''}" for k, n in counts.items()))
     return out
 
 
