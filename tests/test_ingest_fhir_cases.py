@@ -254,13 +254,17 @@ def test_the_professional_is_the_first_participant_who_is_staff(tmp_path):
             "meta": {"lastUpdated": "2025-03-04T09:00:00Z"},
             "serviceCategory": [_cc("http://terminology.hl7.org/CodeSystem/service-category", "17")],
             "participant": [{"actor": {"reference": "PractitionerRole/pr1"}}, {"actor": {"reference": "Patient/p1"}}]}
+    # a conditional reference names staff by identifier, as Synthea's Bulk Data export does
+    npi = "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999974493"
     cfg, _ = _load(tmp_path, {"Patient.ndjson": [_patient("p1", None)], "Encounter.ndjson": [
         by("e1", "RelatedPerson/rp1", "Practitioner/dr2"), by("e2", "Practitioner/dr2"),
-        by("e3", "RelatedPerson/rp1"), by("e4", "PractitionerRole/pr1")], "Appointment.ndjson": [appt]})
+        by("e3", "RelatedPerson/rp1"), by("e4", "PractitionerRole/pr1"), by("e5", "Patient/p1", npi),
+        by("e6", npi), by("e7", "Patient?identifier=x|1")], "Appointment.ndjson": [appt]})
     staff = dict(_q(cfg.warehouse, "SELECT contact_id, professional_id FROM contacts"))
     assert staff["e1"] is not None and staff["e1"] == staff["e2"] != "Practitioner/dr2"  # pseudonymised
-    assert staff["e3"] is None  # a relative is not staff
+    assert staff["e3"] is None and staff["e7"] is None  # a relative, the patient: not staff
     assert staff["Appointment/a1"] is not None and staff["Appointment/a1"] == staff["e4"] != staff["e2"]
+    assert staff["e5"] is not None and staff["e5"] == staff["e6"] not in (staff["e2"], staff["e4"])
 
 
 # --- 12: files ------------------------------------------------------------------------------------

@@ -268,9 +268,10 @@ def _inpatient() -> str:
 
 def _professional(participants: str, who: str) -> str:
     """SQL: the first participant (`who`: its individual, or actor) that is a member of staff,
-    by reference or type (a Practitioner or PractitionerRole), or known by an identifier alone;
-    a RelatedPerson, the Patient, a Location or a Device is not (continuity of care is with staff)."""
-    staff = f"regexp_matches(coalesce(p.{who}.reference, ''), '(^|/)Practitioner(Role)?/')"
+    by reference or type (a Practitioner or PractitionerRole; a conditional reference such as
+    'Practitioner?identifier=…|123' too), or known by an identifier alone; a RelatedPerson, the
+    Patient, a Location or a Device is not (continuity of care is with staff)."""
+    staff = f"regexp_matches(coalesce(p.{who}.reference, ''), '(^|/)Practitioner(Role)?[/?]')"
     shape = '{"reference":"VARCHAR","type":"VARCHAR","identifier":{"value":"VARCHAR"}}'
     listed = f"from_json(json_extract(j, {literal(participants)}), '[{{\"{who}\":{shape}}}]')"
     first = (f"list_filter({listed}, lambda p: {staff} OR p.{who}.type IN ('Practitioner', 'PractitionerRole') "
