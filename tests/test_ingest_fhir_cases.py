@@ -294,3 +294,29 @@ def test_a_file_of_bundles_fails_alone_and_says_what_to_check(tmp_path):
     assert enc.error.endswith("check the export (Bulk Data NDJSON, one resource per line) and the source's code maps "
                               "in wobble.toml"), enc.error
     assert _file(result, "persons").status == "loaded"
+
+
+def test_synthea_bundles_fail_each_in_one_line_and_a_listed_file_without_suffix_loads(tmp_path):
+    """Synthea's default output, one pretty-printed Bundle per person named for the person
+    ('Aaron697_Brekke496_<uuid>.json'), and a file of Bundles named for no type, fail each in one
+    line saying what to export instead; they are neither left alone as a type wobble does not use
+    nor loaded in part. A file the manifest lists loads whatever its name ends in."""
+    a, = numbers(1, seed=3)
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"fullUrl": "urn:uuid:p1", "resource": _patient("p1", a)}]}
+    folder = _mini_export(tmp_path / "exp", {"Encounter.ndjson": [_encounter("e1", "p1")],
+                                              "bundles.ndjson": [bundle], "patients": [_patient("p1", a)]})
+    (folder / "Aaron697_Brekke496_5f1c.json").write_text(json.dumps(bundle, indent=2))
+    (folder / "manifest.json").write_text(json.dumps({"transactionTime": "2025-06-01T00:00:00Z", "output": [
+        {"type": "Patient", "url": "https://server.example/files/patients"},
+        {"type": "Encounter", "url": "https://server.example/files/Encounter.ndjson"}]}))
+    cfg, name = with_fhir_folder(folder, load_config(_config(tmp_path)))
+    result = ingest(cfg, key=KEY, only=[name], report=False, now=NOW)
+    files = {Path(f.file).name: f for f in result.files}
+    assert (files["patients"].status, files["patients"].rows_loaded) == ("loaded", 1)
+    assert (files["Encounter.ndjson"].status, files["Encounter.ndjson"].rows_loaded) == ("loaded", 1)
+    synthea, bundles = files["Aaron697_Brekke496_5f1c.json"], files["bundles.ndjson"]
+    assert synthea.status == "failed" and synthea.error.startswith("not NDJSON: the first line is not a JSON resource")
+    assert bundles.status == "failed" and bundles.error.startswith("a file of Bundles, not of resources")
+    assert all("exporter.fhir.bulk_data = true" in f.error for f in (synthea, bundles))
+    assert "manifest.json" not in files

@@ -36,6 +36,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import re
 import tomllib
 from datetime import UTC, datetime
 from functools import cache, lru_cache
@@ -63,8 +64,15 @@ from wobble.ingest.fhir_sql import (
 from wobble.ingest.identifiers import without_numbers_sql
 from wobble.ingest.reader import Fingerprint, Input
 
-_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
+_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 DELETED = "deleted"  # the type wobble gives a Bulk Data `deleted` file (Bundles of DELETE requests)
+NOT_NDJSON = "(not NDJSON)"  # the type of a file whose first line is no JSON (a pretty-printed Bundle)
+
+
+def is_read(kind: str) -> bool:
+    """Whether wobble reads a file (or part) of this type: one it loads, or one it must fail with
+    a reason (a file of Bundles, a file that is not NDJSON), not leave alone as a type it does not use."""
+    return kind in TABLE_OF or kind in (DELETED, NOT_NDJSON, "Bundle")
 
 
 @cache
@@ -132,8 +140,9 @@ def fhir_files(folder: Path) -> list[tuple[str, Path]]:
         # a single file: its type as before, but a manifest beside it may list it as deleted
         paths, listed, deleted = [folder], {}, _manifest(folder.parent).deleted
     elif folder.is_dir():
-        paths = sorted(p for p in folder.iterdir() if p.name.endswith(_SUFFIXES))
         listed, deleted = _manifest(folder)[:2]
+        paths = sorted(p for p in folder.iterdir() if p.is_file() and (
+            p.name.endswith(_SUFFIXES) and p.name != "manifest.json" or p.name in listed or p.name in deleted))
     else:
         return []
     out = [(kind, p) for p in paths for kind in _file_types(p, listed, deleted)]
@@ -196,6 +205,8 @@ def _file_types(path: Path, listed: dict[str, str], deleted: set[str]) -> list[s
     named = _type_from_name(path.name)
     if named:
         return [named]
+    if first is None:
+        return [NOT_NDJSON]  # read, to fail in one line: empty, binary, or JSON over several lines
     try:
         st = path.stat()
         return list(_types_in(path, st.st_size, st.st_mtime_ns))
@@ -237,9 +248,11 @@ def is_deletions(resource: object) -> bool:
 
 
 def _type_from_name(name: str) -> str:
-    stem = name.split(".ndjson")[0].split(".jsonl")[0]
+    """The type a file's name gives: a type wobble reads among its parts, else the first part named
+    as FHIR names types ('MedicationRequest'; not 'Aaron697', a person's name in Synthea's files)."""
+    stem = name.split(".ndjson")[0].split(".jsonl")[0].split(".json")[0]
     parts = [p for p in stem.replace("_", ".").replace("-", ".").split(".") if p]
-    return next((p for p in parts if p in TABLE_OF), next((p for p in parts if p[:1].isupper()), ""))
+    return next((p for p in parts if p in TABLE_OF), next((p for p in parts if re.fullmatch("[A-Z][A-Za-z]+", p)), ""))
 
 
 def _first_line(path: Path) -> object:
@@ -264,8 +277,11 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     malformed lines into `rejects`; return the ingest `Input` for it. `others` are the other types a
     file named for no type holds: their lines load as parts of their own, and the part that loads
     first reports the lines that are no resource."""
-    if kind not in TABLE_OF and kind != DELETED:
+    if not is_read(kind):
         raise WobbleError(f"not a FHIR resource type wobble reads ({kind or 'unknown type'})")
+    if kind == "Bundle":
+        raise WobbleError("a file of Bundles, not of resources: wobble reads FHIR Bulk Data NDJSON, one resource "
+                          "per line (a server's $export; Synthea writes it with exporter.fhir.bulk_data = true)")
     if fp.size == 0:
         raise WobbleError("the file is empty")
     head = _head(path)
@@ -395,7 +411,8 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
                                    "FROM fhir_lines")
     if first_ok is None or first_ok > blank + 1:
         raise WobbleError("not NDJSON: the first line is not a JSON resource (a pretty-printed JSON file, "
-                          "or a Bundle? Bulk Data files hold one resource per line)")
+                          "or a Bundle? Bulk Data files hold one resource per line; Synthea writes them with "
+                          "exporter.fhir.bulk_data = true)")
     last_ok = scalar(con, "SELECT ok FROM fhir_lines ORDER BY _ord DESC LIMIT 1")
     if not fp.ends_with_newline and not path.name.endswith(".gz") and not last_ok:
         raise WobbleError("the file ends part-way through a resource: it looks truncated; copy it again")
@@ -404,7 +421,7 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
     con.execute("CREATE OR REPLACE TEMP TABLE fhir_json AS SELECT _ord, j FROM fhir_lines WHERE ok")
     con.execute("""CREATE OR REPLACE TEMP TABLE fhir_json AS
                    SELECT _ord, j::JSON AS j, j::JSON->>'resourceType' AS kind FROM fhir_json""")
-    reports = str(all(load_rank(kind) < load_rank(o) for o in others if o in TABLE_OF or o == DELETED)).lower()
+    reports = str(all(load_rank(kind) < load_rank(o) for o in others if is_read(o))).lower()
     elsewhere = ", ".join(literal(t) for t in (kind, *others))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rejects AS

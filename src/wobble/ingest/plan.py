@@ -11,8 +11,7 @@ import duckdb
 
 from wobble.core.config import Config, Source
 from wobble.core.errors import ConfigError, WobbleError
-from wobble.ingest.fhir import DELETED, export_folders, fhir_files, read_fhir
-from wobble.ingest.fhir_sql import TABLE_OF
+from wobble.ingest.fhir import export_folders, fhir_files, is_read, read_fhir
 from wobble.ingest.reader import Fingerprint, Input
 from wobble.ingest.tabular import drop_copies, open_csv, open_parquet
 
@@ -40,8 +39,7 @@ class Planned:
 
     @property
     def not_read(self) -> bool:
-        return (self.source.kind == "fhir" and self.path is not None and self.fhir_type not in TABLE_OF
-                and self.fhir_type != DELETED)
+        return self.source.kind == "fhir" and self.path is not None and not is_read(self.fhir_type)
 
 
 def plan_files(cfg: Config, names: list[str]) -> list[Planned]:
