@@ -320,3 +320,37 @@ def test_synthea_bundles_fail_each_in_one_line_and_a_listed_file_without_suffix_
     assert bundles.status == "failed" and bundles.error.startswith("a file of Bundles, not of resources")
     assert all("exporter.fhir.bulk_data = true" in f.error for f in (synthea, bundles))
     assert "manifest.json" not in files
+
+
+def test_the_servers_export_errors_are_worth_a_look_and_never_shown(tmp_path):
+    """A manifest's `error` files hold OperationOutcomes: what the server could not export. The
+    report counts their issues by severity and code under 'Worth a look' (the export may be missing
+    resources), never their text, which may name a patient; an informational note is left alone."""
+    from wobble.ingest.quality import build, status
+
+    a, = numbers(1, seed=3)
+    secret = "Patient/p1 (Jane Doe, 943 476 5919) could not be read"
+    outcome = {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "processing", "diagnostics": secret},
+        {"severity": "error", "code": "processing", "diagnostics": secret},
+        {"severity": "warning", "code": "too-costly"}]}
+    note = {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational"}]}
+    folder = _mini_export(tmp_path / "exp", {"Patient.ndjson": [_patient("p1", a)], "err_1.ndjson": [outcome],
+                                              "OperationOutcome.ndjson": [note]})
+    (folder / "manifest.json").write_text(json.dumps({"transactionTime": "2025-06-01T00:00:00Z", "output": [
+        {"type": "Patient", "url": "https://s.example/Patient.ndjson"}], "error": [
+        {"type": "OperationOutcome", "url": "https://s.example/err_1.ndjson"}]}))
+    cfg, name = with_fhir_folder(folder, load_config(_config(tmp_path)))
+    result = ingest(cfg, key=KEY, only=[name], report=False, now=NOW)
+    files = {Path(f.file).name: f for f in result.files}
+    assert files["err_1.ndjson"].export_issues == {"error: processing": 2, "warning: too-costly": 1}
+    import duckdb
+
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        data = build(con, cfg, result)
+    look = [w for w in data["warnings"] if "err_1.ndjson" in w]
+    assert look and ("the server reported 2 errors while exporting (error: processing 2, warning: too-costly 1)"
+                     in look[0])
+    assert not any("Jane" in w or "943" in w for w in data["warnings"] + data["left_alone"])
+    assert any("OperationOutcome" in w for w in data["left_alone"])  # the informational note
+    assert status(data)["level"] == "look"

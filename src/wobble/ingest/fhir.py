@@ -69,6 +69,9 @@ DELETED = "deleted"  # the type wobble gives a Bulk Data `deleted` file (Bundles
 NOT_NDJSON = "(not NDJSON)"  # the type of a file whose first line is no JSON (a pretty-printed Bundle)
 
 
+OUTCOME = "OperationOutcome"  # a manifest's `error` files: what the server could not export
+
+
 def is_read(kind: str) -> bool:
     """Whether wobble reads a file (or part) of this type: one it loads, or one it must fail with
     a reason (a file of Bundles, a file that is not NDJSON), not leave alone as a type it does not use."""
@@ -177,8 +180,10 @@ def _manifest(folder: Path) -> Manifest:
     """The manifest in `folder` (all empty when there is none, or it cannot be read)."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        listed = {Path(str(item.get("url", ""))).name: str(item.get("type", ""))
-                  for item in manifest.get("output", [])}
+        listed = {Path(str(item.get("url", ""))).name: str(item.get("type", "") or OUTCOME)
+                  for item in manifest.get("error") or []}  # the server's errors while exporting
+        listed.update({Path(str(item.get("url", ""))).name: str(item.get("type", ""))
+                       for item in manifest.get("output", [])})
         deleted = {Path(str(item.get("url", ""))).name for item in manifest.get("deleted") or []}
         text = str(manifest.get("transactionTime") or "")
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, OSError):
@@ -229,6 +234,23 @@ def _types_in(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
     if not found:
         raise duckdb.InvalidInputException("no resources")
     return tuple(r[0] for r in found)
+
+
+def export_issues(path: Path) -> dict[str, int]:
+    """The issues of a file of OperationOutcomes (a manifest's `error` file), counted by severity
+    and code ('error: not-found' → 3), never their text, which may name a patient; {} when it
+    holds none or cannot be read."""
+    try:
+        with duckdb.connect() as con:
+            rows = con.execute(f"""
+                SELECT i.severity || ': ' || coalesce(i.code, 'no code'), count(*) FROM (
+                    SELECT unnest(from_json(json_extract(j, '$.issue'), '[{{"severity":"VARCHAR","code":"VARCHAR"}}]'))
+                           AS i
+                    FROM {_lines_scan(1 << 30)} WHERE json_valid(j) AND j::JSON->>'resourceType' = {literal(OUTCOME)})
+                WHERE i.severity IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1""", [str(path)]).fetchall()
+    except duckdb.Error:
+        return {}
+    return {str(k): int(n) for k, n in rows}
 
 
 def _lines_scan(max_line_bytes: int) -> str:

@@ -64,6 +64,7 @@ class FileResult:
     reasons: dict[str, int] = field(default_factory=dict)
     unmapped: dict[str, dict[str, int]] = field(default_factory=dict)  # field → code → rows
     passed_over: int = 0  # of `unmapped`'s codes, those only on resources not read (no row failed)
+    export_issues: dict[str, int] = field(default_factory=dict)  # an export's error file: 'severity: code' → n
     # what → rows, each listed by the data-quality report as worth a look: fields given a default
     # (contacts), or what a `deleted` file's deletions did
     defaulted: dict[str, int] = field(default_factory=dict)

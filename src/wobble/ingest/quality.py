@@ -230,6 +230,11 @@ DELETIONS = (  # what a `deleted` file did (`wobble.ingest.load.load_deletions`)
 def _warnings(files) -> list[str]:
     out = []
     for f in files:
+        if problems := sum(n for k, n in f.export_issues.items() if k.startswith(("fatal", "error"))):
+            out.append(f"{f.file}: the server reported {plural(problems, 'error', 'errors')} while exporting ("
+                       + ", ".join(f"{k} {n:,}" for k, n in f.export_issues.items())
+                       + "): resources may be missing from this export; the file says which (not shown here, "
+                       "as it may name patients)")
         if f.line_breaks_in_fields:
             out.append(f"{f.file}: {f.line_breaks_in_fields:,} line breaks sit inside quoted fields (or are blank "
                        "lines); check that no quote is out of place, since rows can hide inside a field")
@@ -260,7 +265,7 @@ def _left_alone(files) -> list[str]:
     data team, not judged by the status (`status`)."""
     out, not_read = [], {}
     for f in files:
-        if f.status == "not_read":
+        if f.status == "not_read" and not any(k.startswith(("fatal", "error")) for k in f.export_issues):
             kind = f.error.removeprefix("resource type ").removesuffix(" is not read")
             not_read.setdefault(f.source, []).append(f"none ({Path(f.file).name})" if kind == "unknown" else kind)
         if f.rows_out_of_scope:

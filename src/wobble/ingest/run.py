@@ -48,6 +48,7 @@ from wobble.core.config import Config
 from wobble.core.errors import WobbleError, first_line, some_of
 from wobble.core.vault import vault_key
 from wobble.core.warehouse import connect, scalar
+from wobble.ingest.fhir import OUTCOME, export_issues
 from wobble.ingest.identity import build_vault
 from wobble.ingest.load import Batch, FileResult, load_activity, load_deletions, load_persons
 from wobble.ingest.optout import apply_opt_out_list
@@ -219,7 +220,8 @@ def _one_file(run: RunState, f: Planned, fp: Future | None, register_failed: lis
     if f.path is None:
         return FileResult(f.name, f.source.path, "failed", error=f"no file matches {f.source.path}")
     if f.not_read:
-        return FileResult(f.name, f.shown(run.cfg), "not_read",
+        issues = export_issues(f.path) if f.fhir_type == OUTCOME else {}
+        return FileResult(f.name, f.shown(run.cfg), "not_read", export_issues=issues,
                           error=f"resource type {f.fhir_type or 'unknown'} is not read")
     if progress:
         progress(f"{f.name}: {f.path.name}" + (f" ({f.fhir_type})" if f.part else ""))
