@@ -53,8 +53,8 @@ def test_every_stage_names_the_same_team_and_months(demo_run, monitor_world):
     assert [(s["team_id"], s["source_system"], s["first"], s["last"]) for s in spans] == [
         (team, "social_care", months[0], months[-1])]
 
-    for page in (outputs / "lists" / as_of.isoformat()).glob("*.html"):
-        assert (sentence in page.read_text()) == (page.stem == team), page.name
+    for page in (outputs / "lists" / as_of.isoformat()).glob("*.html"):  # a list item: a sentence of its own
+        assert (f"<li>{sentence[0].upper()}{sentence[1:]}" in page.read_text()) == (page.stem == team), page.name
 
     card = next((outputs / "cards").glob("*.md")).read_text()
     rows = re.findall(r"^\| (T\d+) \| ([\w ]+?) \| (\d{4}-\d{2}) \|", card, re.M)

@@ -18,7 +18,7 @@ import jinja2
 import markdown
 import markupsafe
 
-from wobble.core.vocab import reason_label, system_label
+from wobble.core.vocab import reason_label, system_label, upper_first
 
 _TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
 _ENTITY = re.compile(r"&(?=#|[A-Za-z][A-Za-z0-9]*;)")
@@ -80,6 +80,7 @@ ENV.filters["cell"] = markdown_cell
 ENV.filters["system"] = system_label  # a source system's plain name: 'hospital' for 'acute'
 ENV.filters["reason"] = reason_label  # a quarantine reason's plain words
 ENV.filters["css_string"] = css_string
+ENV.filters["upper_first"] = upper_first  # a sentence that stands alone (a list item) starts with a capital
 
 
 def template_text(name: str) -> str:
