@@ -251,6 +251,9 @@ def test_outcomes_show_on_the_next_list(published_copy, tmp_path):
         rows = {r["person_id"]: r for r in csv.DictReader(f)}
     assert rows[top[0]]["last_outcome"] == "referred on (list of 2026-11-23)"
     assert rows[top[0]]["change"] in ("higher", "same", "lower")  # listed last week: not "new"
+    recent = [r for r in rows.values() if r["section"] == "recent_crisis"]  # events, said once, plainly
+    assert recent and all(r["reasons"] and "(what happened)" not in r["reasons"] for r in recent)
+    assert all("(raises concern)" in r["reasons"] for r in rows.values() if r["section"] == "capacity")
     assert "list of 23 November 2026: 0 of 20 people discussed" in _text(_page(cfg, nxt, "T02"))
 
 

@@ -33,7 +33,7 @@ from wobble.features import load_catalogue
 from wobble.lists import rows as row_parts
 from wobble.lists.outcomes import last_outcomes, summarise, summary_sentence
 from wobble.lists.reasons import list_reasons
-from wobble.lists.recent import CAPACITY, SECTION, event_sentences, recent_crisis
+from wobble.lists.recent import CAPACITY, EVENT, SECTION, event_sentences, recent_crisis
 from wobble.lists.score import coverage, score
 from wobble.lists.service import pull_outcomes, push_lists
 from wobble.lists.views import change_label, from_json, list_header, person_view, write_csv
@@ -264,7 +264,7 @@ def _assemble(listed, recent, reasons, tags, sparks, person_caveats, team_caveat
                      "change": change_label(r["risk"], prev), "previous_risk": prev,
                      "reasons": json.dumps(reasons.get(r["person_id"], []))})
     for r in recent.iter_rows(named=True) if recent.height else []:  # one row per recently in crisis
-        events = [{"feature": "crisis_contact", "text": t, "direction": "what happened"}
+        events = [{"feature": "crisis_contact", "text": t, "direction": EVENT}
                   for t in event_sentences(r["events"], r["carried"])]
         rows.append({**common(r, SECTION), "risk": None, "team_percentile": None,
                      "change": "carried" if r["carried"] else "new", "previous_risk": None,

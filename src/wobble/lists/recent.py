@@ -23,6 +23,7 @@ from wobble.core.sql import age_band_sql, date_literal, in_list, literal
 from wobble.core.vocab import CRISIS_SERVICES, SERVICE_LABELS, upper_first
 
 SECTION = "recent_crisis"
+EVENT = "what happened"  # the direction of a recently-in-crisis row's reasons: events, not evidence for or against
 CAPACITY = "capacity"
 MAX_EVENTS_NAMED = 3
 

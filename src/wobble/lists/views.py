@@ -17,6 +17,7 @@ from pathlib import Path
 from wobble.core.config import Config
 from wobble.core.render import day_text
 from wobble.core.vocab import upper_first
+from wobble.lists.recent import EVENT
 from wobble.lists.rows import SPARK_MONTHS, spark_bounds
 from wobble.models.approve import Approval
 
@@ -182,7 +183,8 @@ def write_csv(path: Path, people: list[dict], demo: bool) -> None:
                 p["section"], p["rank"], p["person_id"], p["age_band"],
                 "" if p["risk"] is None else f"{p['risk']:.3f}", p["risk_band"], p["risk_phrase"], p["change"],
                 "" if p["previous_risk"] is None else f"{p['previous_risk']:.3f}",
-                "; ".join(f"{x['text']} ({x['direction']})" for x in p["reasons"]),
+                "; ".join(x["text"] if x["direction"] == EVENT else f"{x['text']} ({x['direction']})"
+                          for x in p["reasons"]),
                 "; ".join(f"{t['tag']} ({t['polarity']}, {t['role']}, {t['date']})" for t in p["tags"]),
                 "; ".join(p["all_caveats"]),
                 " ".join(str(v) for v in p["contacts_per_month"]),
