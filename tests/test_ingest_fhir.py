@@ -213,7 +213,7 @@ def test_fhir_edge_cases(tmp_path):
 
 
 @pytest.mark.parametrize("content, phrase", [
-    ('{\n  "resourceType": "Patient",\n  "id": "x"\n}\n', "not NDJSON"),
+    ('{\n  "resourceType": "Patient",\n  "id": "x"\n', "not NDJSON"),  # JSON over several lines, cut short
     ('{"resourceType": "Patient", "id": "Zoë"}\n'.encode("latin-1"), "not UTF-8"),
     ("", "the file is empty"),
     ('{"resourceType": "Patient", "id": "x"}\n{"resourceType": "Patient", "id": "y", "gen', "looks truncated"),

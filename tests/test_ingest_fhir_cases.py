@@ -8,6 +8,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import pytest
 from conftest import TEST_KEY
 from ingest_kit import numbers
@@ -281,45 +282,59 @@ def test_a_line_over_max_line_bytes_fails_the_file_and_says_so(tmp_path):
     assert f.status == "failed" and "longer than the 2,048-byte limit" in f.error, f.error
 
 
-def test_a_file_of_bundles_fails_alone_and_says_what_to_check(tmp_path):
-    """Bulk Data is one resource per line: a file of Bundles loads nothing, and the line says to
-    check the export, not a CSV's formats and columns."""
+def test_a_file_of_bundles_loads_their_entries(tmp_path):
+    """Bulk Data is one resource per line, but some systems write Bundles: their entries' resources
+    load as the file's own, and a quarantined one is named by the Bundle's line."""
     a, = numbers(1, seed=3)
     bundle = {"resourceType": "Bundle", "type": "collection",
-              "entry": [{"resource": _encounter("e1", "p1")}, {"resource": _encounter("e2", "p1")}]}
-    _, result = _load(tmp_path, {"Patient.ndjson": [_patient("p1", a)], "Encounter.ndjson": [bundle]})
+              "entry": [{"resource": _encounter("e1", "p1")}, {"resource": _encounter("e2", "p1")},
+                        {"resource": {**_encounter("e3", "p1"), "period": {"start": "not a date"}}}]}
+    cfg, result = _load(tmp_path, {"Patient.ndjson": [_patient("p1", a)],
+                                   "Encounter.ndjson": [_encounter("e0", "p1"), bundle]})
     enc = _file(result, "contacts")
-    assert enc.status == "failed" and enc.error.startswith(
-        "every row was quarantined: 1 malformed_line (e.g. a bundle in a file of encounter resources)"), enc.error
-    assert enc.error.endswith("check the export (Bulk Data NDJSON, one resource per line) and the source's code maps "
-                              "in wobble.toml"), enc.error
-    assert _file(result, "persons").status == "loaded"
+    assert (enc.status, enc.rows_in, enc.rows_loaded) == ("loaded", 4, 3), enc.error
+    assert _q(cfg.warehouse, "SELECT contact_id FROM contacts ORDER BY 1") == [("e0",), ("e1",), ("e2",)]
+    assert _q(cfg.warehouse, "SELECT line FROM quarantine") == [(2,)]
 
 
-def test_synthea_bundles_fail_each_in_one_line_and_a_listed_file_without_suffix_loads(tmp_path):
-    """Synthea's default output, one pretty-printed Bundle per person named for the person
-    ('Aaron697_Brekke496_<uuid>.json'), and a file of Bundles named for no type, fail each in one
-    line saying what to export instead; they are neither left alone as a type wobble does not use
-    nor loaded in part. A file the manifest lists loads whatever its name ends in."""
-    a, = numbers(1, seed=3)
-    bundle = {"resourceType": "Bundle", "type": "transaction",
-              "entry": [{"fullUrl": "urn:uuid:p1", "resource": _patient("p1", a)}]}
+def test_bundles_load_a_broken_json_file_fails_in_one_line_and_a_listed_file_without_suffix_loads(tmp_path):
+    """A pretty-printed transaction Bundle named for a person (Synthea's default output) and a file
+    of Bundles named for no type load their entries' resources (`test_ingest_fhir_mixed.py` checks
+    them row for row); an entry without a resource is quarantined; a JSON file cut short fails in
+    one line; a file the manifest lists loads whatever its name ends in."""
+    a, b, c = numbers(3, seed=3)
+
+    def person(k: int, nhs: str) -> dict:
+        return {"resourceType": "Bundle", "type": "transaction",
+                "entry": [{"fullUrl": f"urn:uuid:p{k}", "resource": _patient(f"p{k}", nhs)},
+                          {"fullUrl": f"urn:uuid:e{k}", "resource": {**_encounter(f"e{k}", f"p{k}"),
+                                                                     "subject": {"reference": f"urn:uuid:p{k}"}}},
+                          {"request": {"method": "DELETE", "url": "Encounter/e0"}}]}
+
+    bundle = person(2, b)
     folder = _mini_export(tmp_path / "exp", {"Encounter.ndjson": [_encounter("e1", "p1")],
                                               "bundles.ndjson": [bundle], "patients": [_patient("p1", a)]})
-    (folder / "Aaron697_Brekke496_5f1c.json").write_text(json.dumps(bundle, indent=2))
+    (folder / "Aaron697_Brekke496_5f1c.json").write_text(json.dumps(person(3, c), indent=2))
+    (folder / "Cut_Short_1.json").write_text(json.dumps(bundle, indent=2)[:-40])
     (folder / "manifest.json").write_text(json.dumps({"transactionTime": "2025-06-01T00:00:00Z", "output": [
         {"type": "Patient", "url": "https://server.example/files/patients"},
         {"type": "Encounter", "url": "https://server.example/files/Encounter.ndjson"}]}))
     cfg, name = with_fhir_folder(folder, load_config(_config(tmp_path)))
     result = ingest(cfg, key=KEY, only=[name], report=False, now=NOW)
     files = {Path(f.file).name: f for f in result.files}
-    assert (files["patients"].status, files["patients"].rows_loaded) == ("loaded", 1)
-    assert (files["Encounter.ndjson"].status, files["Encounter.ndjson"].rows_loaded) == ("loaded", 1)
-    synthea, bundles = files["Aaron697_Brekke496_5f1c.json"], files["bundles.ndjson"]
-    assert synthea.status == "failed" and synthea.error.startswith("not NDJSON: the first line is not a JSON resource")
-    assert bundles.status == "failed" and bundles.error.startswith("a file of Bundles, not of resources")
-    assert all("exporter.fhir.bulk_data = true" in f.error for f in (synthea, bundles))
     assert "manifest.json" not in files
+    assert (files["patients"].status, files["patients"].rows_loaded) == ("loaded", 1)
+    for f in ("bundles.ndjson", "Aaron697_Brekke496_5f1c.json"):
+        parts = (files[f"{f} (Patient resources)"], files[f"{f} (Encounter resources)"])
+        assert [part.rows_loaded for part in parts] == [1, 1]
+    assert files["bundles.ndjson (Patient resources)"].reasons == {"malformed_line": 1}  # the DELETE entry
+    cut = files["Cut_Short_1.json"]
+    assert cut.status == "failed" and cut.error.startswith("not NDJSON: the first line is not a JSON resource, nor")
+    with duckdb.connect(str(cfg.warehouse), read_only=True) as con:
+        got = con.sql("SELECT contact_id FROM contacts ORDER BY 1").fetchall()
+        subjects = con.sql("SELECT count(DISTINCT person_id) FROM contacts").fetchall()
+    assert got == [("e1",), ("e2",), ("e3",)] and subjects == [(3,)]
+
 
 
 def test_the_servers_export_errors_are_worth_a_look_and_never_shown(tmp_path):

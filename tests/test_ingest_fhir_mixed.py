@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -119,3 +120,54 @@ def test_a_file_named_for_its_type_still_quarantines_other_types(tmp_path):
     cfg, result = _load(folder, tmp_path / "w")
     enc = next(f for f in result.files if f.table == "contacts")
     assert (_name(enc), enc.rows_loaded, enc.reasons) == ("Encounter.ndjson", 1, {"malformed_line": 1}), enc
+
+
+def _by_patient(lines: list[str]) -> dict[str, list[dict]]:
+    """Resources grouped by the Patient they are about (the first 'Patient/<id>' they name)."""
+    groups: dict[str, list[dict]] = {}
+    for line in lines:
+        r = json.loads(line)
+        about = r["id"] if r["resourceType"] == "Patient" else (
+            re.search(r'"Patient/([^"/]+)"', line).group(1) if '"Patient/' in line else "")
+        groups.setdefault(about, []).append(r)
+    return groups
+
+
+def _bundle(resources: list[dict], kind: str = "transaction") -> dict:
+    """A Bundle of `resources` as a transaction names them: each by a urn:uuid fullUrl, and every
+    reference to another entry by that urn, not by Type/id."""
+    urns = {f"{r['resourceType']}/{r['id']}": f"urn:uuid:{r['resourceType']}-{r['id']}" for r in resources}
+    text = json.dumps(resources)
+    for ref, urn in urns.items():
+        text = text.replace(f'"{ref}"', f'"{urn}"')
+    return {"resourceType": "Bundle", "type": kind, "entry": [
+        {"fullUrl": urns[f"{r['resourceType']}/{r['id']}"], "resource": r,
+         "request": {"method": "POST", "url": r["resourceType"]}} for r in json.loads(text)]}
+
+
+def test_bundles_of_a_persons_records_load_as_the_split_export_does(fhir2k, tmp_path):
+    """Two layouts other systems write: a file of Bundles, one person's records per line (all 2,000
+    people), and one pretty-printed transaction Bundle per person named for the person (as Synthea
+    does; 40 people). Entries name each other by urn:uuid; the warehouse must hold what the split
+    export gives, row for row."""
+    groups = _by_patient(_resources(fhir2k[0]))
+    assert "" not in groups  # every resource is about a Patient
+    lines = [json.dumps(_bundle(rs, "collection")) for rs in groups.values()]
+    cfg_b, res_b = _load(_one_file(lines, tmp_path / "bundles" / "people.ndjson").parent, tmp_path / "b")
+    assert not res_b.failed, [(f.file, f.error) for f in res_b.failed]
+    cfg_s, _ = _load(fhir2k[0], tmp_path / "s")
+    want = _tables(cfg_s)
+    assert _tables(cfg_b) == want
+
+    few = dict(list(groups.items())[:40])
+    folder = tmp_path / "synthea"
+    folder.mkdir()
+    for k, (pid, rs) in enumerate(few.items()):
+        (folder / f"Given{k}_Family{k}_{pid}.json").write_text(json.dumps(_bundle(rs), indent=2))
+    cfg_p, res_p = _load(folder, tmp_path / "p")
+    assert not res_p.failed, [(f.file, f.error) for f in res_p.failed]
+    got = _tables(cfg_p)
+    with duckdb.connect(str(cfg_p.warehouse), read_only=True) as con:
+        people = {r[0] for r in con.sql("SELECT person_id FROM persons").fetchall()}
+    assert len(people) == 40 and got["contacts"] and got["tags"]
+    assert got == {t: [r for r in rows if (r[0] if t == "persons" else r[1]) in people] for t, rows in want.items()}

@@ -2,8 +2,9 @@
 
 A Bulk Data export is a folder of newline-delimited JSON files, one resource per line, each file
 holding one resource type (e.g. `Patient.ndjson`, `Encounter.000.ndjson`, gzipped or not); a
-file named for no type may hold several (`fhir_files`: each type loads as a part of it).
-wobble reads:
+file named for no type may hold several (`fhir_files`: each type loads as a part of it), and a
+file of Bundles, or one JSON document over several lines (Synthea's per-person Bundles), is read
+for its entries (`_unpack_bundles`). wobble reads:
 
 - Patient → persons: NHS number identifier (UK Core's system or the older fhir.nhs.net one; a
   current one before one marked old; else the first other identifier, pseudonymised and
@@ -202,38 +203,52 @@ def _file_types(path: Path, listed: dict[str, str], deleted: set[str]) -> list[s
     it), else the first line's."""
     if path.name in deleted:
         return [DELETED]
-    if listed.get(path.name):
+    if listed.get(path.name) not in (None, "", "Bundle"):
         return [listed[path.name]]
     first = _first_line(path)
     if is_deletions(first):
         return [DELETED]
     named = _type_from_name(path.name)
-    if named:
-        return [named]
-    if first is None:
-        return [NOT_NDJSON]  # read, to fail in one line: empty, binary, or JSON over several lines
+    if named in TABLE_OF or (named != "Bundle" and isinstance(first, dict) and first.get("resourceType") == named):
+        return [named]  # (a name wobble does not read counts only when the first line bears it out)
     try:
         st = path.stat()
         return list(_types_in(path, st.st_size, st.st_mtime_ns))
     except (OSError, duckdb.Error):
         pass  # the load says what is wrong with the file
+    if first is None:
+        return [NOT_NDJSON]  # read, to fail in one line: empty, binary, or not JSON at all
     return [str(first.get("resourceType", "")) if isinstance(first, dict) else ""]
 
 
 @lru_cache(maxsize=64)
 def _types_in(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
-    """The resource types a file's lines hold, named as FHIR names types (planning reads a file
-    named for no type once per run, not once per part; size and time key the cache)."""
+    """The resource types a file holds, named as FHIR names types: its lines' and, for a line that
+    is a Bundle, its entries' (a file that is one JSON document over several lines, such as a
+    pretty-printed Bundle, read whole). Planning reads a file named for no type once per run, not
+    once per part; size and time key the cache."""
     with duckdb.connect() as con:
-        found = con.execute(f"""
+        con.execute(f"""CREATE TEMP TABLE docs AS SELECT j::JSON AS j FROM {_lines_scan(1 << 30)}
+                        WHERE json_valid(j) AND json_type(j) = 'OBJECT'""", [str(path)])
+        if not scalar(con, "SELECT count(*) FROM docs"):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE docs AS SELECT json AS j FROM {_documents_scan(DOCUMENT_BYTES)} "
+                        "WHERE json_type(json) = 'OBJECT'", [str(path)])
+        found = con.execute("""
             SELECT DISTINCT t FROM (
-                SELECT CASE WHEN json_valid(j) AND json_type(j) = 'OBJECT'
-                            THEN json_extract_string(j, '$.resourceType') END AS t
-                FROM {_lines_scan(1 << 30)})
-            WHERE regexp_full_match(t, '[A-Z][A-Za-z]*') ORDER BY t""", [str(path)]).fetchall()
+                SELECT j->>'resourceType' AS t FROM docs WHERE (j->>'resourceType') IS DISTINCT FROM 'Bundle'
+                UNION ALL
+                SELECT unnest(json_extract_string(j, '$.entry[*].resource.resourceType')) FROM docs
+                WHERE (j->>'resourceType') = 'Bundle')
+            WHERE regexp_full_match(t, '[A-Z][A-Za-z]*') ORDER BY t""").fetchall()
     if not found:
         raise duckdb.InvalidInputException("no resources")
     return tuple(r[0] for r in found)
+
+
+def _documents_scan(max_bytes: int) -> str:
+    """SQL reading a file (the first parameter) of JSON documents, whatever their layout (one
+    pretty-printed over several lines, gzipped or not), as one JSON column `json` per document."""
+    return f"read_json_objects(?, format = 'unstructured', maximum_object_size = {max_bytes})"
 
 
 def export_issues(path: Path) -> dict[str, int]:
@@ -271,7 +286,8 @@ def is_deletions(resource: object) -> bool:
 
 def _type_from_name(name: str) -> str:
     """The type a file's name gives: a type wobble reads among its parts, else the first part named
-    as FHIR names types ('MedicationRequest'; not 'Aaron697', a person's name in Synthea's files)."""
+    as FHIR names types ('MedicationRequest'; not 'Aaron697', a person's name in Synthea's files,
+    though 'Aaron' would pass: `_file_types` asks the first line to bear it out)."""
     stem = name.split(".ndjson")[0].split(".jsonl")[0].split(".json")[0]
     parts = [p for p in stem.replace("_", ".").replace("-", ".").split(".") if p]
     return next((p for p in parts if p in TABLE_OF), next((p for p in parts if re.fullmatch("[A-Z][A-Za-z]+", p)), ""))
@@ -302,8 +318,8 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     if not is_read(kind):
         raise WobbleError(f"not a FHIR resource type wobble reads ({kind or 'unknown type'})")
     if kind == "Bundle":
-        raise WobbleError("a file of Bundles, not of resources: wobble reads FHIR Bulk Data NDJSON, one resource "
-                          "per line (a server's $export; Synthea writes it with exporter.fhir.bulk_data = true)")
+        raise WobbleError("a file of Bundles that hold no resource wobble can name (entries without a resource, "
+                          "or Bundles inside Bundles)")
     if fp.size == 0:
         raise WobbleError("the file is empty")
     head = _head(path)
@@ -312,7 +328,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     if kind == DELETED:
         return read_deleted(con, source, path, fp)
     maps = code_maps(source)
-    _read_lines(con, source, path, fp, kind, others)
+    unpacked = _read_lines(con, source, path, fp, kind, others)
     fields = resource_fields(kind, maps, source.system, _manifest(path.parent).taken)
     cols = ", ".join(f"({sql}) AS {name}" for name, sql in fields.items())
     category, mapped = in_scope(kind, maps)
@@ -335,7 +351,7 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
         first_pass="(SELECT * FROM fhir_rows)", fields=types, labels=labels,
         values={k: v for k, v in maps.items()}, defaults={},
         timestamp_format="%Y-%m-%d %H:%M:%S", date_format="%Y-%m-%d", timezone=WAREHOUSE_TZ,
-        line_sql="_ord", rejects="rejects", out_of_scope=out_of_scope,
+        line_sql=f"(_ord // {ENTRIES})" if unpacked else "_ord", rejects="rejects", out_of_scope=out_of_scope,
         system_prefix=f"ref:{source.system}:", required=(),
         extra_unmapped=reported,
     )
@@ -407,11 +423,13 @@ def _reported_codes(con: duckdb.DuckDBPyConnection, kind: str, maps: dict[str, d
 
 
 def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: Fingerprint, kind: str,
-                others: tuple[str, ...] = ()) -> None:
+                others: tuple[str, ...] = ()) -> bool:
     """The file's lines as `fhir_json` (one JSON resource each, with its line number) and the lines
     that are not resources of the file's type as `rejects`; a file that is not NDJSON at all fails.
     Lines of the `others` types are left to their own parts, and only the part that loads first
-    reports the lines that are no resource."""
+    reports the lines that are no resource. A Bundle's entries are read as resources of the file
+    (`_unpack_bundles`, unless `kind` is Bundle, a `deleted` file's); returns whether any were, as
+    `_ord` is then no longer the line."""
     try:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE fhir_lines AS
                         SELECT row_number() OVER () AS _ord, j FROM {_lines_scan(source.max_line_bytes)}""",
@@ -432,17 +450,20 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
     first_ok, blank = one_row(con, "SELECT min(_ord) FILTER (WHERE ok), count(*) FILTER (WHERE j IS NULL) "
                                    "FROM fhir_lines")
     if first_ok is None or first_ok > blank + 1:
-        raise WobbleError("not NDJSON: the first line is not a JSON resource (a pretty-printed JSON file, "
-                          "or a Bundle? Bulk Data files hold one resource per line; Synthea writes them with "
-                          "exporter.fhir.bulk_data = true)")
-    last_ok = scalar(con, "SELECT ok FROM fhir_lines ORDER BY _ord DESC LIMIT 1")
-    if not fp.ends_with_newline and not path.name.endswith(".gz") and not last_ok:
-        raise WobbleError("the file ends part-way through a resource: it looks truncated; copy it again")
+        _read_documents(con, path)  # one JSON document over several lines (a pretty-printed Bundle)
+    else:
+        last_ok = scalar(con, "SELECT ok FROM fhir_lines ORDER BY _ord DESC LIMIT 1")
+        if not fp.ends_with_newline and not path.name.endswith(".gz") and not last_ok:
+            raise WobbleError("the file ends part-way through a resource: it looks truncated; copy it again")
     # Parse only the lines that are JSON objects (filtered before the cast); the others are
     # malformed lines.
     con.execute("CREATE OR REPLACE TEMP TABLE fhir_json AS SELECT _ord, j FROM fhir_lines WHERE ok")
     con.execute("""CREATE OR REPLACE TEMP TABLE fhir_json AS
                    SELECT _ord, j::JSON AS j, j::JSON->>'resourceType' AS kind FROM fhir_json""")
+    unpacked = kind != "Bundle" and bool(scalar(con, "SELECT count(*) FROM fhir_json WHERE kind = 'Bundle'"))
+    if unpacked:
+        _unpack_bundles(con)
+    line = f"_ord // {ENTRIES}" if unpacked else "_ord"
     reports = str(all(load_rank(kind) < load_rank(o) for o in others if is_read(o))).lower()
     elsewhere = ", ".join(literal(t) for t in (kind, *others))
     con.execute(f"""
@@ -452,11 +473,80 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
                'not a JSON object' AS error
         FROM fhir_lines WHERE NOT ok AND j IS NOT NULL AND {reports}
         UNION ALL
-        SELECT _ord, NULL, CASE WHEN upper(left(kind, 1)) IN ('A', 'E', 'I', 'O', 'U') THEN 'an ' ELSE 'a ' END
+        SELECT {line}, NULL, CASE WHEN upper(left(kind, 1)) IN ('A', 'E', 'I', 'O', 'U') THEN 'an ' ELSE 'a ' END
                            || coalesce(kind, 'resource without resourceType') || ' in a file of {kind} resources'
         FROM fhir_json WHERE kind IS DISTINCT FROM {literal(kind)} AND {"true" if not others else
               f"{reports} AND (kind IS NULL OR kind NOT IN ({elsewhere}))"}""")
+    if unpacked:
+        con.execute(f"""INSERT INTO rejects SELECT line, NULL, 'a Bundle entry without a resource'
+                        FROM fhir_entries WHERE (x->'resource') IS NULL AND {reports}""")
+        con.execute("DROP TABLE fhir_entries")
     con.execute("DROP TABLE fhir_lines")
+    return unpacked
+
+
+ENTRIES = 1 << 20  # a resource unpacked from a Bundle is `_ord` line × ENTRIES + its entry's place
+# A JSON document over several lines is read whole, whatever max_line_bytes says of an NDJSON line:
+# one person's Bundle from Synthea runs to megabytes.
+DOCUMENT_BYTES = 1 << 30
+
+
+def _read_documents(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """`fhir_lines` for a file that is not NDJSON but JSON documents over several lines (Synthea's
+    default output: one pretty-printed Bundle per person), one row per document; a file that is
+    neither fails in one line."""
+    try:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE fhir_lines AS
+                        SELECT row_number() OVER () AS _ord, json::VARCHAR AS j, json_type(json) = 'OBJECT' AS ok
+                        FROM {_documents_scan(DOCUMENT_BYTES)}""", [str(path)])
+    except duckdb.Error:
+        raise WobbleError("not NDJSON: the first line is not a JSON resource, nor is the file JSON (Bulk Data files "
+                          "hold one resource per line; a Bundle over several lines must be whole JSON, and under "
+                          f"{DOCUMENT_BYTES >> 20:,} MB)") from None
+    if not scalar(con, "SELECT count(*) FILTER (WHERE ok) FROM fhir_lines"):
+        raise WobbleError("not NDJSON: the first line is not a JSON resource (Bulk Data files hold one resource "
+                          "per line)")
+
+
+def _unpack_bundles(con: duckdb.DuckDBPyConnection) -> None:
+    """Replace each Bundle in `fhir_json` by its entries' resources (a `collection`, `transaction`,
+    `searchset`… Bundle, as some exporters write a person's records), numbered `_ord` = line ×
+    ENTRIES + entry, the other resources line × ENTRIES. A reference to another entry by its
+    `fullUrl` (`urn:uuid:…`, meaningless outside the Bundle) becomes `Type/id` of that entry, and an
+    entry's resource without an id takes its urn's, so a transaction Bundle's Encounters find its
+    Patient. Entries without a resource stay in `fhir_entries` for `rejects`."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE fhir_entries AS
+        SELECT _ord AS line, e.i AS entry, e.x AS x
+        FROM (SELECT _ord, unnest(list_transform(json_extract(j, '$.entry[*]'), lambda x, i: {'i': i, 'x': x})) AS e
+              FROM fhir_json WHERE kind = 'Bundle')""")
+    if scalar(con, "SELECT coalesce(max(entry), 0) FROM fhir_entries") >= ENTRIES:
+        raise WobbleError(f"a Bundle holds more than {ENTRIES - 1:,} entries: split it")
+    urn = "regexp_extract(x->>'fullUrl', '^urn:[a-z]+:(.+)$', 1)"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE fhir_refs AS
+        WITH urls AS (
+            SELECT line, x->>'fullUrl' AS url,
+                   (x->'resource'->>'resourceType') || '/' || coalesce(x->'resource'->>'id', {urn}) AS target
+            FROM fhir_entries WHERE (x->>'fullUrl') ILIKE 'urn:%' AND (x->'resource'->>'resourceType') IS NOT NULL),
+        refs AS (
+            SELECT DISTINCT line, entry, unnest(regexp_extract_all((x->'resource')::VARCHAR, '"(urn:[^"]+)"', 1)) AS url
+            FROM fhir_entries WHERE (x->'resource') IS NOT NULL)
+        SELECT refs.line, refs.entry, list({{'f': '"' || url || '"', 't': '"' || target || '"'}}) AS pairs
+        FROM refs JOIN urls USING (line, url) GROUP BY ALL""")
+    resolved = ("CASE WHEN r.pairs IS NULL THEN (e.x->'resource')::VARCHAR ELSE list_reduce(r.pairs, "
+                "lambda acc, p: replace(acc, p.f, p.t), (e.x->'resource')::VARCHAR) END")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE fhir_json AS
+        SELECT _ord * {ENTRIES} AS _ord, j, kind FROM fhir_json WHERE kind IS DISTINCT FROM 'Bundle'
+        UNION ALL
+        SELECT e.line * {ENTRIES} + e.entry,
+               CASE WHEN (e.x->'resource'->>'id') IS NULL AND {urn.replace('x->', 'e.x->')} <> ''
+                    THEN json_merge_patch(({resolved})::JSON, json_object('id', {urn.replace('x->', 'e.x->')}))
+                    ELSE ({resolved})::JSON END,
+               e.x->'resource'->>'resourceType'
+        FROM fhir_entries e LEFT JOIN fhir_refs r USING (line, entry) WHERE (e.x->'resource') IS NOT NULL""")
+    con.execute("DROP TABLE fhir_refs")
 
 
 _LABELS = {"patient_ref": "subject", "nhs_number": "identifier(nhs-number)", "alt_id": "identifier",
