@@ -67,10 +67,12 @@ from wobble.ingest.reader import Fingerprint, Input
 
 _SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 DELETED = "deleted"  # the type wobble gives a Bulk Data `deleted` file (Bundles of DELETE requests)
-NOT_NDJSON = "(not NDJSON)"  # the type of a file whose first line is no JSON (a pretty-printed Bundle)
-
-
+NOT_NDJSON = "(not NDJSON)"  # the type of a file that is not JSON at all, read to fail in one line
 OUTCOME = "OperationOutcome"  # a manifest's `error` files: what the server could not export
+ENTRIES = 1 << 20  # a resource unpacked from a Bundle is `_ord` line × ENTRIES + its entry's place
+# A JSON document over several lines is read whole, whatever max_line_bytes says of an NDJSON line:
+# one person's Bundle from Synthea runs to megabytes.
+DOCUMENT_BYTES = 1 << 30
 
 
 def is_read(kind: str) -> bool:
@@ -483,12 +485,6 @@ def _read_lines(con: duckdb.DuckDBPyConnection, source: Source, path: Path, fp: 
         con.execute("DROP TABLE fhir_entries")
     con.execute("DROP TABLE fhir_lines")
     return unpacked
-
-
-ENTRIES = 1 << 20  # a resource unpacked from a Bundle is `_ord` line × ENTRIES + its entry's place
-# A JSON document over several lines is read whole, whatever max_line_bytes says of an NDJSON line:
-# one person's Bundle from Synthea runs to megabytes.
-DOCUMENT_BYTES = 1 << 30
 
 
 def _read_documents(con: duckdb.DuckDBPyConnection, path: Path) -> None:
