@@ -171,3 +171,24 @@ def test_bundles_of_a_persons_records_load_as_the_split_export_does(fhir2k, tmp_
         people = {r[0] for r in con.sql("SELECT person_id FROM persons").fetchall()}
     assert len(people) == 40 and got["contacts"] and got["tags"]
     assert got == {t: [r for r in rows if (r[0] if t == "persons" else r[1]) in people] for t, rows in want.items()}
+
+
+def test_a_file_of_several_types_is_read_once_a_run_and_not_again_once_loaded(tmp_path, monkeypatch):
+    """Its parts share one fingerprint; once every part is in the ledger and the file has settled,
+    its stat data stand for its bytes (`known_hash`), as for any other file."""
+    import time
+
+    import wobble.ingest.reader as reader
+
+    lines = [json.dumps(r) for r in (_patient("p1"), _enc("e1", "EMER"), _enc("e2", "EMER"))]
+    mixed = _one_file(lines, tmp_path / "x" / "bulk.ndjson")
+    read: list[str] = []
+    real = reader.fingerprint
+    monkeypatch.setattr(reader, "fingerprint", lambda path: read.append(Path(path).name) or real(path))
+    cfg, first = _load(mixed.parent, tmp_path / "w")
+    assert read == ["bulk.ndjson"] and [f.status for f in first.files] == ["loaded", "loaded"]
+    time.sleep(reader.SETTLED_NS / 1e9)
+    ingest(cfg, key=KEY, report=False, now=NOW)  # hashed again (written just before), now settled
+    read.clear()
+    again = ingest(cfg, key=KEY, report=False, now=NOW)
+    assert read == [] and [f.status for f in again.files] == ["skipped", "skipped"]

@@ -48,7 +48,7 @@ from wobble.core.config import Config
 from wobble.core.errors import WobbleError, first_line, some_of
 from wobble.core.vault import vault_key
 from wobble.core.warehouse import connect, scalar
-from wobble.ingest.fhir import OUTCOME, export_issues
+from wobble.ingest.fhir import OUTCOME, export_issues, is_read
 from wobble.ingest.identity import build_vault
 from wobble.ingest.load import Batch, FileResult, load_activity, load_deletions, load_persons
 from wobble.ingest.optout import apply_opt_out_list
@@ -164,8 +164,10 @@ def ingest(
             stats[path] = (st, started)
             return fp
 
-        prints = {f.path: _loaded_print(con, f.name, f.path) or hasher.submit(hashed, f.path)
-                  for f in plan if f.path and not f.not_read}
+        prints: dict[Path, Future] = {}
+        for f in plan:  # a file of several types is planned once per type, and read once
+            if f.path and not f.not_read and f.path not in prints:
+                prints[f.path] = _loaded_print(con, f) or hasher.submit(hashed, f.path)
         result.opt_out_list = apply_opt_out_list(run)
         register_failed: list[str] = []  # persons files that failed: their run's activity is held back
         for f in plan:
@@ -202,11 +204,13 @@ def in_ledger(con, source: str, sha256: str) -> bool:
                        [source, sha256]))
 
 
-def _loaded_print(con, source: str, path: Path) -> Future | None:
-    """A finished fingerprint for a file its stat data show was loaded for `source` already
-    (`known_hash`): only its hash is known, which is all a skipped file needs; else None."""
-    sha = known_hash(con, path)
-    if sha is None or not in_ledger(con, source, sha):
+def _loaded_print(con, f: Planned) -> Future | None:
+    """A finished fingerprint for a file its stat data show was loaded for its source already
+    (`known_hash`; a file of several types: each part it loads): only its hash is known, which is
+    all a skipped file needs; else None."""
+    sha = known_hash(con, f.path)
+    kinds = [k for k in (f.fhir_type, *f.others) if is_read(k)] if f.part else [""]
+    if sha is None or not all(in_ledger(con, f.name, _part_sha(sha, k) if k else sha) for k in kinds):
         return None
     done: Future = Future()
     done.set_result(Fingerprint(sha, size=-1, line_breaks=-1, ends_with_newline=False))
@@ -243,10 +247,15 @@ def _part_print(fp: Future, kind: str) -> Future:
         except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits for the part
             out.set_exception(exc)
             return
-        out.set_result(replace(print_, sha256=hashlib.sha256(f"{print_.sha256} {kind}".encode()).hexdigest()))
+        out.set_result(replace(print_, sha256=_part_sha(print_.sha256, kind)))
 
     fp.add_done_callback(done)
     return out
+
+
+def _part_sha(sha: str, kind: str) -> str:
+    """The ledger's hash for one type's part of a file of several: the file's and the type's."""
+    return hashlib.sha256(f"{sha} {kind}".encode()).hexdigest()
 
 
 def _holds_back(con, f: Planned, fr: FileResult) -> bool:
