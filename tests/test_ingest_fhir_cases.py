@@ -316,6 +316,7 @@ def test_bundles_load_a_broken_json_file_fails_in_one_line_and_a_listed_file_wit
                                               "bundles.ndjson": [bundle], "patients": [_patient("p1", a)]})
     (folder / "Aaron697_Brekke496_5f1c.json").write_text(json.dumps(person(3, c), indent=2))
     (folder / "Cut_Short_1.json").write_text(json.dumps(bundle, indent=2)[:-40])
+    (folder / "job_status.json").write_text(json.dumps({"job": 7, "state": "complete"}, indent=2))
     (folder / "manifest.json").write_text(json.dumps({"transactionTime": "2025-06-01T00:00:00Z", "output": [
         {"type": "Patient", "url": "https://server.example/files/patients"},
         {"type": "Encounter", "url": "https://server.example/files/Encounter.ndjson"}]}))
@@ -328,6 +329,7 @@ def test_bundles_load_a_broken_json_file_fails_in_one_line_and_a_listed_file_wit
         parts = (files[f"{f} (Patient resources)"], files[f"{f} (Encounter resources)"])
         assert [part.rows_loaded for part in parts] == [1, 1]
     assert files["bundles.ndjson (Patient resources)"].reasons == {"malformed_line": 1}  # the DELETE entry
+    assert files["job_status.json"].status == "not_read"  # JSON, but no resource: left alone, listed
     cut = files["Cut_Short_1.json"]
     assert cut.status == "failed" and cut.error.startswith("not NDJSON: the first line is not a JSON resource, nor")
     with duckdb.connect(str(cfg.warehouse), read_only=True) as con:

@@ -242,6 +242,12 @@ def _types_in(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
                 SELECT unnest(json_extract_string(j, '$.entry[*].resource.resourceType')) FROM docs
                 WHERE (j->>'resourceType') = 'Bundle')
             WHERE regexp_full_match(t, '[A-Z][A-Za-z]*') ORDER BY t""").fetchall()
+        bundles, json_at_all = one_row(con, "SELECT count(*) FILTER (WHERE (j->>'resourceType') = 'Bundle'), "
+                                            "count(*) FROM docs")
+    if not found and bundles:
+        return ("Bundle",)  # Bundles of no resource (PUT or DELETE requests alone): fail, saying so
+    if not found and json_at_all:
+        return ("",)  # JSON, but no FHIR resource (a client's log, a status file): left alone, listed
     if not found:
         raise duckdb.InvalidInputException("no resources")
     return tuple(r[0] for r in found)
