@@ -61,6 +61,7 @@ from wobble.ingest.fhir_sql import (
     deleted_target,
     in_scope,
     resource_fields,
+    resource_steps,
 )
 from wobble.ingest.identifiers import without_numbers_sql
 from wobble.ingest.reader import Fingerprint, Input
@@ -88,7 +89,7 @@ def default_maps() -> dict[str, dict[str, str]]:
     here = Path(__file__).parent
     maps = tomllib.loads((here / "fhir_maps.toml").read_text(encoding="utf-8"))
     concepts = tomllib.loads((here / "concept_tags.toml").read_text(encoding="utf-8"))
-    # type codes that name no setting are service codes too (read after the class: `_service_codes`)
+    # type codes that name no setting are service codes too (read after the class: `resource_steps`)
     maps["service"] = {**maps.get("service_any_setting", {}), **maps.get("service", {})}
     tags = maps.setdefault("tag", {})
     tags.update({f"{SNOMED}|{k}": v for k, v in concepts["snomed"].items()})
@@ -340,10 +341,12 @@ def read_fhir(con: duckdb.DuckDBPyConnection, cfg: Config, source: Source, path:
     fields = resource_fields(kind, maps, source.system, _manifest(path.parent).taken)
     cols = ", ".join(f"({sql}) AS {name}" for name, sql in fields.items())
     category, mapped = in_scope(kind, maps)
+    rows = f"(SELECT _ord, j FROM fhir_json WHERE kind = {literal(kind)})"
+    for step in resource_steps(kind, maps):
+        rows = f"(SELECT *, {', '.join(f'({sql}) AS {name}' for name, sql in step.items())} FROM {rows})"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE fhir_rows AS
-        SELECT _ord, {cols}, {category} AS in_category, {mapped} AS mapped
-        FROM fhir_json WHERE kind = {literal(kind)}""")
+        SELECT _ord, {cols}, {category} AS in_category, {mapped} AS mapped FROM {rows}""")
     out_of_scope = int(scalar(con, "SELECT count(*) FROM fhir_rows WHERE NOT (in_category AND mapped)"))
     reported = _reported_codes(con, kind, maps)
     con.execute("DELETE FROM fhir_rows WHERE NOT (in_category AND mapped)")

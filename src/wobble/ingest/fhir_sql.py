@@ -88,9 +88,14 @@ def _any_codes(path: str) -> str:
     return f"list_concat({_coding_codes(path)}, {_concept_codes(path)}, {listed})"
 
 
-def _pick(candidates: str, mapping: dict[str, str]) -> str:
-    """The first candidate key the map knows; else the first candidate (reported as unmapped)."""
-    cands = f"list_filter({candidates}, lambda v: v IS NOT NULL)"
+def _not_null(candidates: str) -> str:
+    """SQL: the list `candidates` without its NULLs."""
+    return f"list_filter({candidates}, lambda v: v IS NOT NULL)"
+
+
+def _pick(cands: str, mapping: dict[str, str]) -> str:
+    """The first candidate key (of `cands`, without NULLs: `_not_null`) the map knows; else the
+    first candidate (reported as unmapped)."""
     if not mapping:
         return f"{cands}[1]"
     keys = ", ".join(literal(k) for k in mapping)
@@ -244,26 +249,17 @@ def _practice() -> str:
     return f"coalesce({code(f'list_filter({gps}, lambda g: {is_org})[1]')}, {code(managing)})"
 
 
-def _admission_class() -> str:
-    """Candidate keys from Encounter.class, where an inpatient class becomes 'admission:emergency'
-    when its priority, admitSource (R4 `hospitalization`, R5 `admission`) or UK Core admission
-    method says it was unplanned, else 'admission:elective' (which is not a wobble service: out of
-    scope, counted)."""
+def _urgent() -> str:
+    """SQL: an Encounter's priority, admitSource (R4 `hospitalization`, R5 `admission`) or UK Core
+    admission method says it was unplanned (an emergency admission, when its class is inpatient)."""
     ext = f"from_json(json_extract(j, '$.extension'), '{_EXTENSIONS}')"
     method = (f"flatten(list_transform(list_filter({ext}, lambda e: e.url = {literal(UKCORE_ADMISSION_METHOD)}), "
               "lambda e: list_transform(e.valueCodeableConcept.coding, lambda c: c.code)))")
-    urgent = (f"list_has_any({_concept_codes('$.priority')}, [{', '.join(map(literal, EMERGENCY_PRIORITY))}]) "
-              f"OR list_has_any(list_concat({_concept_codes('$.hospitalization.admitSource')}, "
-              f"{_concept_codes('$.admission.admitSource')}), "
-              f"[{', '.join(map(literal, EMERGENCY_ADMIT_SOURCE))}]) "
-              f"OR len(list_filter({method}, lambda c: c LIKE {literal(EMERGENCY_ADMISSION_METHOD)})) > 0")
-    return (f"CASE WHEN {_inpatient()} THEN [CASE WHEN {urgent} THEN 'admission:emergency' "
-            f"ELSE 'admission:elective' END] ELSE {_any_codes('$.class')} END")
-
-
-def _inpatient() -> str:
-    """SQL: whether an Encounter's class is an inpatient one."""
-    return f"list_has_any({_any_codes('$.class')}, [{', '.join(map(literal, INPATIENT_CLASSES))}])"
+    return (f"list_has_any({_concept_codes('$.priority')}, [{', '.join(map(literal, EMERGENCY_PRIORITY))}]) "
+            f"OR list_has_any(list_concat({_concept_codes('$.hospitalization.admitSource')}, "
+            f"{_concept_codes('$.admission.admitSource')}), "
+            f"[{', '.join(map(literal, EMERGENCY_ADMIT_SOURCE))}]) "
+            f"OR len(list_filter({method}, lambda c: c LIKE {literal(EMERGENCY_ADMISSION_METHOD)})) > 0")
 
 
 def _professional(participants: str, who: str) -> str:
@@ -280,29 +276,45 @@ def _professional(participants: str, who: str) -> str:
     return f"coalesce({first}.reference, {first}.identifier.value)"
 
 
-def _service_codes(maps: dict[str, dict[str, str]]) -> tuple[str, str]:
-    """SQL: (an Encounter's service candidates, in order, the first that maps winning; its
-    serviceType and type codes that name a service). The order: serviceType, type, the class
-    (`_admission_class`), then the type codes that name no setting (`[service_any_setting]`),
-    only when the class names no service itself and is not an inpatient one."""
+def resource_steps(kind: str, maps: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    """Helper columns `resource_fields` and `in_scope` read, computed once per resource, not once
+    per use (an Encounter's class codes stood in its SQL some twenty times, and DuckDB took 0.15 s
+    to plan it for each file however small): each step's SQL is over `j` and the steps before.
+    Encounter: `_class` (Encounter.class's candidate keys), `_inpatient`, `_specific` (serviceType
+    and the type codes that name a setting), `_candidates` (the service candidates, in order, the
+    first that maps winning: `_specific`, the class, where an inpatient class becomes
+    'admission:emergency' when `_urgent`, else 'admission:elective' (not a wobble service: out of
+    scope, counted), then the type codes that name no setting (`[service_any_setting]`) only when
+    the class names no service itself and is not an inpatient one). Tag resources: `_candidates`
+    (`_tag_codes`). Others: none."""
+    if kind in ("Flag", "Condition", "Observation"):
+        return [{"_candidates": _not_null(_tag_codes(kind))}]
+    if kind != "Encounter":
+        return []
     generic = ", ".join(literal(k) for k in maps.get("service_any_setting", {})) or "NULL"
     keys = ", ".join(literal(k) for k in maps.get("service", {})) or "NULL"
+    is_generic = f"coalesce(c.system || '|' || c.code IN ({generic}) OR c.code IN ({generic}), false)"
     codings = (f"flatten(list_transform(coalesce(from_json(json_extract(j, '$.type'), '{_CONCEPTS}'), []), "
                "lambda cc: coalesce(cc.coding, [])))")
-    is_generic = f"coalesce(c.system || '|' || c.code IN ({generic}) OR c.code IN ({generic}), false)"
-    specific = (f"list_concat({_any_codes('$.serviceType')}, "
-                f"{_codes(f'list_filter({codings}, lambda c: NOT {is_generic})')})")
-    class_says = f"({_inpatient()} OR len(list_filter({_any_codes('$.class')}, lambda v: v IN ({keys}))) > 0)"
-    after = (f"CASE WHEN {class_says} THEN []::VARCHAR[] "
-             f"ELSE {_codes(f'list_filter({codings}, lambda c: {is_generic})')} END")
-    return f"list_concat({specific}, {_admission_class()}, {after})", specific
+    inpatient = ", ".join(map(literal, INPATIENT_CLASSES))
+    # (urgency is read for inpatient encounters only: CASE evaluates it for those rows alone)
+    admission = (f"CASE WHEN _inpatient THEN [CASE WHEN {_urgent()} THEN 'admission:emergency' "
+                 "ELSE 'admission:elective' END] ELSE _class END")
+    after = (f"CASE WHEN _inpatient OR len(list_filter(_class, lambda v: v IN ({keys}))) > 0 THEN []::VARCHAR[] "
+             f"ELSE {_codes('list_filter(_type_codings, lambda c: ' + is_generic + ')')} END")
+    return [
+        {"_class": _any_codes("$.class"), "_type_codings": codings},
+        {"_inpatient": f"list_has_any(_class, [{inpatient}])",
+         "_specific": _not_null(f"list_concat({_any_codes('$.serviceType')}, "
+                                f"{_codes('list_filter(_type_codings, lambda c: NOT ' + is_generic + ')')})")},
+        {"_candidates": _not_null(f"list_concat(_specific, {admission}, {after})")},
+    ]
 
 
 def _encounter_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Encounter → contacts: the first coding that maps wins, across serviceType, type and class.
-    R5's shapes are read too: `actualPeriod`, class as a list, serviceType as CodeableReferences,
-    participant `actor`."""
-    candidates, specific = _service_codes(maps)
+    """Encounter → contacts, over `resource_steps`: the first coding that maps wins, across
+    serviceType, type and class. R5's shapes are read too: `actualPeriod`, class as a list,
+    serviceType as CodeableReferences, participant `actor`."""
     service_map = maps.get("service", {})
     return {
         "record_id": _s("$.id"),
@@ -310,14 +322,14 @@ def _encounter_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
         "unresolvable_ref": _unresolvable(_s("$.subject.reference")),
         "occurred_at": _first_time("$.period.start", "$.actualPeriod.start"),
         "recorded_at": _fhir_time("$.meta.lastUpdated"),
-        "service": _pick(candidates, service_map),
+        "service": _pick("_candidates", service_map),
         "status": f"CASE WHEN {_retracted('Encounter')} THEN NULL ELSE {_s('$.status')} END",
-        "mode": _pick(f"list_concat({_concepts_codes('$.type')}, {_any_codes('$.class')})", maps.get("mode", {})),
+        "mode": _pick(_not_null(f"list_concat({_concepts_codes('$.type')}, _class)"), maps.get("mode", {})),
         "professional": (f"coalesce({_professional('$.participant', 'individual')}, "
                          f"{_professional('$.participant', 'actor')})"),
         "retracted": _retracted("Encounter"),
         # a serviceType or type code no map knows, where the class decided instead (reported)
-        "_passed_over": _unmapped_first(specific, service_map),
+        "_passed_over": _unmapped_first("_specific", service_map),
     }
 
 
@@ -339,7 +351,7 @@ def _appointment_fields(maps: dict[str, dict[str, str]]) -> dict[str, str]:
         "unresolvable_ref": f"CASE WHEN {patient} IS NULL THEN {unresolvable} END",
         "occurred_at": _fhir_time("$.start"),
         "recorded_at": f"coalesce({updated}, greatest({_fhir_time('$.created')}, {_fhir_time('$.start')}))",
-        "service": _pick(service, maps.get("service", {})),
+        "service": _pick(_not_null(service), maps.get("service", {})),
         "status": f"CASE WHEN {_retracted('Appointment')} THEN NULL ELSE {_s('$.status')} END",
         "mode": "NULL::VARCHAR",
         "professional": _professional("$.participant", "actor"),
@@ -358,7 +370,7 @@ def _tag_fields(kind: str, maps: dict[str, dict[str, str]]) -> dict[str, str]:
         "patient_ref": _reference("$.subject.reference", "Patient"),
         "unresolvable_ref": _unresolvable(_s("$.subject.reference")),
         "recorded_at": _first_time(*recorded),
-        "tag": _pick(_tag_codes(kind), maps.get("tag", {})),
+        "tag": _pick("_candidates", maps.get("tag", {})),
         "retracted": _retracted(kind),
     }
 
@@ -378,10 +390,9 @@ def _tag_codes(kind: str) -> str:
             f"{_concept_codes('$.valueCodeableConcept')})")
 
 
-def _unmapped_first(candidates: str, mapping: dict[str, str]) -> str:
-    """SQL: the first candidate when none of `candidates` maps (else NULL)."""
+def _unmapped_first(cands: str, mapping: dict[str, str]) -> str:
+    """SQL: the first of `cands` (without NULLs) when none maps (else NULL)."""
     keys = ", ".join(literal(k) for k in mapping) or "NULL"
-    cands = f"list_filter({candidates}, lambda v: v IS NOT NULL)"
     return f"CASE WHEN len(list_filter({cands}, lambda v: v IN ({keys}))) = 0 THEN {cands}[1] END"
 
 
@@ -392,9 +403,8 @@ def in_scope(kind: str, maps: dict[str, dict[str, str]]) -> tuple[str, str]:
     always qualify."""
     if kind == "Encounter":
         keys = ", ".join(literal(k) for k in maps.get("service", {})) or "NULL"
-        service, _ = _service_codes(maps)
-        elective = (f"len(list_filter({service}, lambda v: v IN ({keys}))) = 0 "
-                    f"AND list_contains({service}, 'admission:elective')")
+        elective = (f"len(list_filter(_candidates, lambda v: v IN ({keys}))) = 0 "
+                    "AND list_contains(_candidates, 'admission:elective')")
         planned = f"coalesce({_s('$.status')} = 'planned', false)"  # it has not happened (yet)
         return f"NOT ({elective} OR {planned})", "true"
     if kind == "Appointment":
@@ -402,7 +412,7 @@ def in_scope(kind: str, maps: dict[str, dict[str, str]]) -> tuple[str, str]:
     if kind not in ("Flag", "Condition", "Observation"):
         return "true", "true"
     keys = ", ".join(literal(k) for k in maps.get("tag", {})) or "NULL"
-    mapped = f"len(list_filter({_tag_codes(kind)}, lambda v: v IN ({keys}))) > 0"
+    mapped = f"len(list_filter(_candidates, lambda v: v IN ({keys}))) > 0"
     if kind == "Flag":
         return "true", mapped
     cats = ", ".join(literal(c) for c in TAG_CATEGORIES[kind])
