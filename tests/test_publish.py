@@ -74,6 +74,8 @@ def test_change_labels():
     (_feature("share of booked appointments missed in the last year", "share"), 0.4, 0.05,
      "Share of booked appointments missed in the last year: 40% — typical in this team: 5%"),
     (_feature("recorded as female", ""), 1, 1, "Recorded as female"),
+    (_feature("age", "years"), 83, 74, "Age: 83 years"),
+    (_feature("age", "years"), 1, 74, "Age: 1 year"),
     (_feature("days since the last crisis contact", "days"), None, 200,
      "Days since the last crisis contact: none on record"),
     (_feature("days since the last missed appointment (blank: none in the last year)", "days"), 19, 167,

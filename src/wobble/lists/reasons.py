@@ -73,6 +73,8 @@ def reason_sentence(feature, value: float | None, team_typical: float | None) ->
             text = cap if value == 1 else "Not " + desc
         else:
             text = f"{cap}: {_fmt_value(value, unit)}"
+            if unit == "years":  # "Age: 83 years"
+                text += " year" if value == 1 else " years"
     elif unit == "days" and value >= DAYS_AS_YEARS and desc.startswith("days "):
         text = upper_first(f"{_fmt_value(value, unit)} {desc.removeprefix('days ')}")
     else:
