@@ -192,3 +192,53 @@ def test_a_file_of_several_types_is_read_once_a_run_and_not_again_once_loaded(tm
     read.clear()
     again = ingest(cfg, key=KEY, report=False, now=NOW)
     assert read == [] and [f.status for f in again.files] == ["skipped", "skipped"]
+
+
+def test_a_persons_file_is_named_by_its_hash_not_its_name_anywhere(tmp_path):
+    """Synthea names each person's Bundle `Given_Family_<id>.json`: the console, the report, the run
+    summary, the vault and the warehouse (ledger, quarantine, the stat cache) name such a file by
+    its folder and content hash. A file named for its type, or holding several people, keeps its name."""
+    import hashlib
+
+    from conftest import run_wobble
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    names = {}
+    for k, pid in enumerate(("9434765919", "p2")):
+        enc = _enc(f"e{k}", "EMER", subject={"reference": f"Patient/{pid}"})
+        bad = _enc(f"x{k}", "EMER", subject={"reference": f"Patient/{pid}"}, period={"start": "not a date"})
+        nhs = {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": pid} if pid[0].isdigit() else {}
+        patient = _patient(pid, identifier=[nhs] if nhs else _patient(pid)["identifier"])
+        path = folder / f"Zebedee{k}_Quartermain{k}_{pid}.json"
+        path.write_text(json.dumps(_bundle([patient, enc, bad]), indent=2))
+        names[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    bulk = [json.dumps(r) for r in (_patient("p3"), _patient("p4"), _enc("e9", "EMER", subject={
+        "reference": "Patient/p3"}))]
+    _one_file(bulk, folder / "everyone_Quartermain.ndjson")
+    _one_file([json.dumps(_patient("p5"))], folder / "Patient.ndjson")
+    cwd = tmp_path / "analyst"
+    cwd.mkdir()
+    proc = run_wobble("ingest", "--fhir", str(folder), "--json", cwd=cwd, env={"WOBBLE_PSEUDONYM_KEY": TEST_KEY})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = proc.stdout + proc.stderr + "".join(
+        p.read_text(encoding="utf-8") for p in (cwd / "data").rglob("*") if p.suffix in (".md", ".html", ".json"))
+    with duckdb.connect(str(cwd / "data" / "warehouse.duckdb"), read_only=True) as con:
+        kept = con.sql("SELECT string_agg(file, ' ') FROM load_ledger").fetchall()[0][0]
+        said += kept + con.sql("SELECT string_agg(file, ' ') FROM quarantine").fetchall()[0][0]
+        said += con.sql("SELECT string_agg(path, ' ') FROM file_hashes").fetchall()[0][0]
+    assert "Zebedee" not in said and "9434765919" not in said
+    for sha in names.values():
+        assert f"export/one person's records, sha256 {sha} (Encounter resources)" in kept
+    assert "everyone_Quartermain.ndjson (Encounter resources)" in kept and "Patient.ndjson" in kept
+
+
+def test_the_paths_an_earlier_version_kept_in_the_stat_cache_go_when_the_warehouse_is_opened(tmp_path):
+    from wobble.core.warehouse import connect
+
+    wh = tmp_path / "warehouse.duckdb"
+    with connect(wh) as con:
+        for key in ("/data/Zebedee_Quartermain_1.json", r"C:\data\Zebedee.json", "ab" * 32):
+            con.execute("INSERT INTO file_hashes VALUES (?, 1, 1, 1, 1, 1, 'h', 1)", [key])
+    with connect(wh) as con:
+        assert con.sql("SELECT path FROM file_hashes").fetchall() == [("ab" * 32,)]

@@ -252,6 +252,9 @@ MIGRATIONS = (
     "ALTER TABLE huddle_lists ADD COLUMN IF NOT EXISTS section VARCHAR DEFAULT 'capacity'",
     "ALTER TABLE huddle_lists ALTER COLUMN risk DROP NOT NULL",
     "ALTER TABLE persons ADD COLUMN IF NOT EXISTS team_assigned_by VARCHAR",
+    # file_hashes keys a file by its path's SHA-256 now, since a path may name a person: the paths
+    # an earlier version kept go (those files are hashed once more)
+    "DELETE FROM file_hashes WHERE contains(path, '/') OR contains(path, '\\')",
 )
 
 

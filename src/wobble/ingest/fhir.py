@@ -199,6 +199,12 @@ def _manifest(folder: Path) -> Manifest:
     return Manifest(listed, deleted, text[:10] or None, at if at is None or at.tzinfo else at.replace(tzinfo=UTC))
 
 
+def listed_names(folder: Path) -> set[str]:
+    """The names of the files the export's manifest in `folder` lists (output, error, deleted)."""
+    manifest = _manifest(folder)
+    return {*manifest.listed, *manifest.deleted}
+
+
 def _file_types(path: Path, listed: dict[str, str], deleted: set[str]) -> list[str]:
     """One file's types: listed as deleted, else the manifest's, else a first line that is a
     Bundle of DELETE requests, else the name's, else every resourceType its lines hold (a file
@@ -211,12 +217,11 @@ def _file_types(path: Path, listed: dict[str, str], deleted: set[str]) -> list[s
     first = _first_line(path)
     if is_deletions(first):
         return [DELETED]
-    named = _type_from_name(path.name)
+    named = type_from_name(path.name)
     if named in TABLE_OF or (named != "Bundle" and isinstance(first, dict) and first.get("resourceType") == named):
         return [named]  # (a name wobble does not read counts only when the first line bears it out)
     try:
-        st = path.stat()
-        return list(_types_in(path, st.st_size, st.st_mtime_ns))
+        return list(holds(path).types)
     except (OSError, duckdb.Error):
         pass  # the load says what is wrong with the file
     if first is None:
@@ -224,12 +229,26 @@ def _file_types(path: Path, listed: dict[str, str], deleted: set[str]) -> list[s
     return [str(first.get("resourceType", "")) if isinstance(first, dict) else ""]
 
 
-@lru_cache(maxsize=64)
-def _types_in(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
+class Holds(NamedTuple):
+    """What a file named for no type holds (`_types_in`): its resource types, and whether it is one
+    person's records (one Patient among its resources, a Bundle's entries included)."""
+
+    types: tuple[str, ...]
+    one_person: bool
+
+
+def holds(path: Path) -> Holds:
+    """`_types_in` for the file as it is now (OSError, duckdb.Error when it cannot be read)."""
+    st = path.stat()
+    return _types_in(path, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)  # every part of a file, and its name in each report line, asks again
+def _types_in(path: Path, size: int, mtime_ns: int) -> Holds:
     """The resource types a file holds, named as FHIR names types: its lines' and, for a line that
     is a Bundle, its entries' (a file that is one JSON document over several lines, such as a
-    pretty-printed Bundle, read whole). Planning reads a file named for no type once per run, not
-    once per part; size and time key the cache."""
+    pretty-printed Bundle, read whole); and whether they are one person's. Planning reads a file
+    named for no type once per run, not once per part; size and time key the cache."""
     with duckdb.connect() as con:
         con.execute(f"""CREATE TEMP TABLE docs AS SELECT j::JSON AS j FROM {_lines_scan(1 << 30)}
                         WHERE json_valid(j) AND json_type(j) = 'OBJECT'""", [str(path)])
@@ -243,15 +262,19 @@ def _types_in(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
                 SELECT unnest(json_extract_string(j, '$.entry[*].resource.resourceType')) FROM docs
                 WHERE (j->>'resourceType') = 'Bundle')
             WHERE regexp_full_match(t, '[A-Z][A-Za-z]*') ORDER BY t""").fetchall()
-        bundles, json_at_all = one_row(con, "SELECT count(*) FILTER (WHERE (j->>'resourceType') = 'Bundle'), "
-                                            "count(*) FROM docs")
+        bundles, json_at_all, patients = one_row(con, """
+            SELECT count(*) FILTER (WHERE (j->>'resourceType') = 'Bundle'), count(*),
+                   sum(CASE WHEN (j->>'resourceType') = 'Patient' THEN 1 ELSE len(list_filter(
+                       json_extract_string(j, '$.entry[*].resource.resourceType'), lambda t: t = 'Patient')) END)
+            FROM docs""")
+    one_person = patients == 1
     if not found and bundles:
-        return ("Bundle",)  # Bundles of no resource (PUT or DELETE requests alone): fail, saying so
+        return Holds(("Bundle",), one_person)  # Bundles of no resource (PUT or DELETE requests alone): fail, saying so
     if not found and json_at_all:
-        return ("",)  # JSON, but no FHIR resource (a client's log, a status file): left alone, listed
+        return Holds(("",), False)  # JSON, but no FHIR resource (a client's log, a status file): left alone, listed
     if not found:
         raise duckdb.InvalidInputException("no resources")
-    return tuple(r[0] for r in found)
+    return Holds(tuple(r[0] for r in found), one_person)
 
 
 def _documents_scan(max_bytes: int) -> str:
@@ -293,7 +316,7 @@ def is_deletions(resource: object) -> bool:
         and str(e["request"].get("method", "")).strip().upper() == "DELETE" for e in entries)
 
 
-def _type_from_name(name: str) -> str:
+def type_from_name(name: str) -> str:
     """The type a file's name gives: a type wobble reads among its parts, else the first part named
     as FHIR names types ('MedicationRequest'; not 'Aaron697', a person's name in Synthea's files,
     though 'Aaron' would pass: `_file_types` asks the first line to bear it out)."""

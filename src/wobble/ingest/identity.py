@@ -63,11 +63,11 @@ def build_vault(run: RunState, vault_key: bytes) -> dict:
                 continue
             first_pass(run, inp, [], None)
             people.update(_identities(run, inp))  # later files win, as later lines do
-            read.append(display_path(cfg, f.path))
+            read.append(f.shown(cfg))
         except (OSError, WobbleError, duckdb.Error) as exc:
             why = first_line(exc) if isinstance(exc, duckdb.Error) else str(exc)
             return {"path": display_path(cfg, path), "people": None, "register_files": len(read),
-                    "kept_previous": True, "error": f"{display_path(cfg, f.path)}: {why}"}
+                    "kept_previous": True, "error": f"{f.shown(cfg)}: {why}"}
         finally:
             drop_temp(con)
     keep = {r[0] for r in con.execute(f"SELECT person_id FROM persons WHERE {_KEPT}").fetchall()}

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import duckdb
 
 from wobble.core.config import Config, Source
 from wobble.core.errors import ConfigError, WobbleError
-from wobble.ingest.fhir import export_folders, fhir_files, is_read, read_fhir
+from wobble.ingest.fhir import (
+    TABLE_OF,
+    export_folders,
+    fhir_files,
+    holds,
+    is_read,
+    listed_names,
+    read_fhir,
+    type_from_name,
+)
 from wobble.ingest.reader import Fingerprint, Input
 from wobble.ingest.tabular import drop_copies, open_csv, open_parquet
 
@@ -34,12 +45,43 @@ class Planned:
         return bool(self.others)
 
     def shown(self, cfg: Config) -> str:
-        """The file as reports name it: its path, and the type of a part."""
-        return display_path(cfg, self.path) + (f" ({self.fhir_type} resources)" if self.part else "")
+        """The file as reports name it: its path (a FHIR file of one person's records by its folder
+        and content hash: `personal_name`), and the type of a part."""
+        where = display_path(cfg, self.path)
+        if self.source.kind == "fhir" and personal_name(self.path):
+            folder = Path(where).parent
+            where = ("" if folder == Path(".") else f"{folder}/") + hashed_name(self.path)
+        return where + (f" ({self.fhir_type} resources)" if self.part else "")
 
     @property
     def not_read(self) -> bool:
         return self.source.kind == "fhir" and self.path is not None and not is_read(self.fhir_type)
+
+
+def personal_name(path: Path) -> bool:
+    """Whether a FHIR file's name may name a person: it is named for no type and holds one person's
+    records (Synthea names each person's Bundle `Given_Family_<id>.json`; a Patient/$everything
+    saved per person may carry an NHS number). Reports, the ledger and the console then name it by
+    its content hash instead (`hashed_name`), as raw identifiers never leave ingest."""
+    if type_from_name(path.name) in TABLE_OF or path.name in listed_names(path.parent):
+        return False  # named by the export, for its type
+    try:
+        return holds(path).one_person
+    except (OSError, duckdb.Error):
+        return False
+
+
+def hashed_name(path: Path) -> str:
+    """A person's file as reports name it: 'one person's records, sha256 2fa15bc7e1d4' (the first
+    12 hex digits of its content's SHA-256, which `sha256sum` finds among the folder's files)."""
+    st = path.stat()
+    return f"one person's records, sha256 {_content_sha(path, st.st_size, st.st_mtime_ns)[:12]}"
+
+
+@lru_cache(maxsize=4096)  # each part of a file, and each line that names it, asks again
+def _content_sha(path: Path, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def plan_files(cfg: Config, names: list[str]) -> list[Planned]:

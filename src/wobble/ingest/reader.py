@@ -72,7 +72,13 @@ def known_hash(con, path: Path) -> str | None:
         SELECT content_hash FROM file_hashes
         WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? AND inode = ? AND device = ?
           AND hashed_at_ns - greatest(mtime_ns, ctime_ns) >= ?""",
-        [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, SETTLED_NS])
+        [_path_key(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, SETTLED_NS])
+
+
+def _path_key(path: Path) -> str:
+    """`file_hashes.path`: the SHA-256 of the file's resolved path, not the path, which may name a
+    person (a FHIR file of one person's records: `wobble.ingest.plan.personal_name`)."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()
 
 
 def stat_and_fingerprint(path: Path) -> tuple[Fingerprint, os.stat_result, int]:
@@ -85,7 +91,7 @@ def stat_and_fingerprint(path: Path) -> tuple[Fingerprint, os.stat_result, int]:
 
 def remember_hash(con, path: Path, st: os.stat_result, started_ns: int, sha256: str) -> None:
     """Record `path`'s hash with its stat data, for `known_hash`."""
-    key = str(path.resolve())
+    key = _path_key(path)
     con.execute("DELETE FROM file_hashes WHERE path = ?", [key])
     con.execute("INSERT INTO file_hashes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [key, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, sha256, started_ns])

@@ -228,7 +228,7 @@ def _one_file(run: RunState, f: Planned, fp: Future | None, register_failed: lis
         return FileResult(f.name, f.shown(run.cfg), "not_read", export_issues=issues,
                           error=f"resource type {f.fhir_type or 'unknown'} is not read")
     if progress:
-        progress(f"{f.name}: {f.path.name}" + (f" ({f.fhir_type})" if f.part else ""))
+        progress(f"{f.name}: {Path(f.shown(run.cfg)).name}")
     if f.part:
         fp = _part_print(fp, f.fhir_type)
     if register_failed and not _is_register(f):
