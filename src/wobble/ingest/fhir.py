@@ -243,7 +243,12 @@ def holds(path: Path) -> Holds:
     return _types_in(path, st.st_size, st.st_mtime_ns)
 
 
-@lru_cache(maxsize=4096)  # every part of a file, and its name in each report line, asks again
+# Files whose types and hash a run remembers: every part of a file, and each line naming it, asks
+# again, and the parts load type by type across all files, so fewer would be forgotten before use.
+FILES_REMEMBERED = 1 << 17
+
+
+@lru_cache(maxsize=FILES_REMEMBERED)
 def _types_in(path: Path, size: int, mtime_ns: int) -> Holds:
     """The resource types a file holds, named as FHIR names types: its lines' and, for a line that
     is a Bundle, its entries' (a file that is one JSON document over several lines, such as a

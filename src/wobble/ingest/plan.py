@@ -14,6 +14,7 @@ import duckdb
 from wobble.core.config import Config, Source
 from wobble.core.errors import ConfigError, WobbleError
 from wobble.ingest.fhir import (
+    FILES_REMEMBERED,
     TABLE_OF,
     export_folders,
     fhir_files,
@@ -78,7 +79,7 @@ def hashed_name(path: Path) -> str:
     return f"one person's records, sha256 {_content_sha(path, st.st_size, st.st_mtime_ns)[:12]}"
 
 
-@lru_cache(maxsize=4096)  # each part of a file, and each line that names it, asks again
+@lru_cache(maxsize=FILES_REMEMBERED)
 def _content_sha(path: Path, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
