@@ -178,6 +178,11 @@ CREATE TABLE IF NOT EXISTS review_tokens (
     created_by       VARCHAR NOT NULL,
     revoked_at       TIMESTAMP
 );
+-- rules an ingest applied once to what the warehouse held (`wobble.ingest.state.apply_held_rules`)
+CREATE TABLE IF NOT EXISTS applied_rules (
+    rule             VARCHAR NOT NULL,
+    applied_at       TIMESTAMP NOT NULL
+);
 -- the pseudonym key's mark (`wobble.ingest.state.check_key`): one row, written at the first ingest
 CREATE TABLE IF NOT EXISTS pseudonym_key_mark (
     mark             VARCHAR NOT NULL,

@@ -93,16 +93,21 @@ def pseudonymise(key: bytes, identifier: str) -> str:
     return hmac.new(key, identifier.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
-# Anything written like an NHS number (ten digits, or 3-3-4 with a space or hyphen) standing on
-# its own: removed from any text kept about a quarantined row, in SQL and in Python alike.
-NHS_LIKE = re.compile(r"\b[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}\b", re.ASCII)
-_NHS_LIKE_SQL = r"\b[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}\b"
+# Anything written like an NHS number (ten digits, or 3-3-4 with a space or hyphen) that is not
+# part of a longer run of digits: removed from any text kept about a quarantined row, in SQL and in
+# Python alike. Letters and '_' may touch it: ids such as '9434765919_20261101' or 'NHS9434765919'
+# hold one too (a word boundary, `\b`, missed both).
+NHS_LIKE = re.compile(r"(?<![0-9])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}(?![0-9])", re.ASCII)
+# DuckDB's regular expressions (RE2) have no look-around: the neighbours are matched and put back.
+NHS_LIKE_SQL = r"(^|[^0-9])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}([^0-9]|$)"
 NUMBER_REMOVED = "[number removed]"
 
 
 def without_numbers_sql(text: str) -> str:
-    """SQL: the text with anything written like an NHS number replaced."""
-    return f"regexp_replace({text}, '{_NHS_LIKE_SQL}', '{NUMBER_REMOVED}', 'g')"
+    """SQL: the text with anything written like an NHS number replaced. Twice: a neighbour one
+    match takes cannot begin the next ('9434765919_9434765920'), and the second pass finds those."""
+    once = f"regexp_replace({text}, '{NHS_LIKE_SQL}', '\\1{NUMBER_REMOVED}\\2', 'g')"
+    return f"regexp_replace({once}, '{NHS_LIKE_SQL}', '\\1{NUMBER_REMOVED}\\2', 'g')"
 
 
 def record_id_sql(text: str) -> str:
@@ -110,7 +115,7 @@ def record_id_sql(text: str) -> str:
     an NHS number (some systems build ids from one: '9434765919-enc1') is replaced by its
     pseudonym ('pseudonym:' + 16 hex), stable for the key, so corrections and retractions still
     find it; any other id is kept as the source wrote it. Needs `wobble_pseudonym`."""
-    return (f"CASE WHEN regexp_matches({text}, '{_NHS_LIKE_SQL}') "
+    return (f"CASE WHEN regexp_matches({text}, '{NHS_LIKE_SQL}') "
             f"THEN 'pseudonym:' || wobble_pseudonym('record:' || {text}) ELSE {text} END")
 
 

@@ -11,11 +11,14 @@ from wobble.core.config import Config
 from wobble.core.errors import ConfigError, WobbleError, first_line
 from wobble.core.render import plural
 from wobble.core.sql import literal
-from wobble.core.warehouse import one_row
+from wobble.core.warehouse import one_row, scalar, transaction
 from wobble.ingest.identifiers import (
+    NHS_LIKE_SQL,
     install_sql_pseudonym,
     nhs_valid_sql,
     pseudonymise,
+    record_id_sql,
+    without_numbers_sql,
 )
 from wobble.ingest.optout import read_opt_out_list
 
@@ -47,6 +50,29 @@ def check_key(con: duckdb.DuckDBPyConnection, key: bytes, now: datetime, var: st
                           "new warehouse")
 
 
+# What a warehouse holds that an earlier version kept under a rule since made stricter, applied
+# once (it needs the key, so at ingest): record ids and quarantined text holding an NHS number that
+# letters or '_' touch ('9434765919_20261101'), which the word-boundary rule let through.
+NUMBERS_TOUCHED = "NHS numbers touched by letters or '_' (record ids, quarantined text)"
+
+
+def apply_held_rules(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+    """Apply `NUMBERS_TOUCHED` to what the warehouse holds, once: such a record id becomes the
+    pseudonym a load now gives it (so the record's next version still replaces it), and the number
+    leaves the quarantine's kept text and the unmapped codes. Needs `wobble_pseudonym`."""
+    if scalar(con, "SELECT count(*) FROM applied_rules WHERE rule = ?", [NUMBERS_TOUCHED]):
+        return
+    with transaction(con):
+        for table, col in (("contacts", "contact_id"), ("tags", "tag_id")):
+            con.execute(f"UPDATE {table} SET {col} = {record_id_sql(col)} "
+                        f"WHERE NOT starts_with({col}, 'pseudonym:') AND regexp_matches({col}, '{NHS_LIKE_SQL}')")
+        # (a duplicate's detail names a batch by its hash, whose hex digits are no number)
+        con.execute(f"UPDATE quarantine SET raw = {without_numbers_sql('raw')}, detail = CASE WHEN reason = "
+                    f"'duplicate' THEN detail ELSE {without_numbers_sql('detail')} END")
+        con.execute(f"UPDATE ingest_unmapped SET code = {without_numbers_sql('code')}")
+        con.execute("INSERT INTO applied_rules VALUES (?, ?)", [NUMBERS_TOUCHED, now])
+
+
 class RunState:
     """One ingest run over one warehouse connection, at one clock (`now`, London wall-clock)."""
 
@@ -58,6 +84,7 @@ class RunState:
             con.execute(f"SET threads = {int(cfg.ingest.threads)}")
         install_sql_pseudonym(con, key)
         check_key(con, key, self.now, cfg.wobble.pseudonym_key_env)
+        apply_held_rules(con, self.now)
         # NHS number (normalised) → pseudonym, for every number pseudonymised in this run.
         con.execute("CREATE OR REPLACE TEMP TABLE nhs_cache (nhs VARCHAR, person_id VARCHAR)")
         self._load_lookups()
