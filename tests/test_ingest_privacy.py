@@ -125,3 +125,14 @@ def test_a_record_id_whose_number_letters_or_underscores_touch_is_a_pseudonym_to
                     for r in rows(cfg, f'SELECT * FROM "{t}"') for v in r).replace(" ", "")
     assert a.replace(" ", "") not in held and b.replace(" ", "") not in held
     assert rows(cfg, "SELECT count(*) FROM applied_rules") == [(1,)]
+
+
+def test_a_file_or_folder_named_for_an_nhs_number_is_shown_without_it(tmp_path):
+    a, b = numbers(2)
+    compact = a.replace(" ", "")
+    cfg = project(tmp_path, files={"register.csv": register([a, b]), f"visits_{compact}.csv": csv_text(
+        VISITS_HEADER, [visit("V1", a), visit("V2", b, when="not a date")])})
+    result = run(cfg)
+    assert [Path(f.file).name for f in result.files if "visits" in f.file] == ["visits_[number removed].csv"]
+    held = rows(cfg, "SELECT file FROM load_ledger UNION ALL SELECT file FROM quarantine")
+    assert len(held) >= 3 and not any(compact in f for (f,) in held)

@@ -24,6 +24,7 @@ from wobble.ingest.fhir import (
     read_fhir,
     type_from_name,
 )
+from wobble.ingest.identifiers import NHS_LIKE, NUMBER_REMOVED
 from wobble.ingest.reader import Fingerprint, Input
 from wobble.ingest.tabular import drop_copies, open_csv, open_parquet
 
@@ -47,8 +48,9 @@ class Planned:
 
     def shown(self, cfg: Config) -> str:
         """The file as reports name it: its path (a FHIR file of one person's records by its folder
-        and content hash: `personal_name`), and the type of a part."""
-        where = display_path(cfg, self.path)
+        and content hash: `personal_name`; a number written like an NHS number removed, as from any
+        text kept, since a folder or file may be named for a person's), and the type of a part."""
+        where = NHS_LIKE.sub(NUMBER_REMOVED, display_path(cfg, self.path))
         if self.source.kind == "fhir" and personal_name(self.path):
             folder = Path(where).parent
             where = ("" if folder == Path(".") else f"{folder}/") + hashed_name(self.path)
