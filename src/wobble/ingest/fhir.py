@@ -243,8 +243,7 @@ def holds(path: Path) -> Holds:
     return _types_in(path, st.st_size, st.st_mtime_ns)
 
 
-# Files whose types and hash a run remembers: every part of a file, and each line naming it, asks
-# again, and the parts load type by type across all files, so fewer would be forgotten before use.
+# Files whose types and hash a run remembers: parts load type by type across all files, and each asks again
 FILES_REMEMBERED = 1 << 17
 
 
@@ -255,7 +254,7 @@ def _types_in(path: Path, size: int, mtime_ns: int) -> Holds:
     pretty-printed Bundle, read whole); and whether they are one person's. Planning reads a file
     named for no type once per run, not once per part; size and time key the cache."""
     with duckdb.connect() as con:
-        con.execute(f"""CREATE TEMP TABLE docs AS SELECT j::JSON AS j FROM {_lines_scan(1 << 30)}
+        con.execute(f"""CREATE TEMP TABLE docs AS SELECT j::JSON AS j FROM {_lines_scan(DOCUMENT_BYTES)}
                         WHERE json_valid(j) AND json_type(j) = 'OBJECT'""", [str(path)])
         if not scalar(con, "SELECT count(*) FROM docs"):
             con.execute(f"CREATE OR REPLACE TEMP TABLE docs AS SELECT json AS j FROM {_documents_scan(DOCUMENT_BYTES)} "
@@ -298,7 +297,8 @@ def export_issues(path: Path) -> dict[str, int]:
                 SELECT i.severity || ': ' || coalesce(i.code, 'no code'), count(*) FROM (
                     SELECT unnest(from_json(json_extract(j, '$.issue'), '[{{"severity":"VARCHAR","code":"VARCHAR"}}]'))
                            AS i
-                    FROM {_lines_scan(1 << 30)} WHERE json_valid(j) AND j::JSON->>'resourceType' = {literal(OUTCOME)})
+                    FROM {_lines_scan(DOCUMENT_BYTES)}
+                    WHERE json_valid(j) AND j::JSON->>'resourceType' = {literal(OUTCOME)})
                 WHERE i.severity IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1""", [str(path)]).fetchall()
     except duckdb.Error:
         return {}

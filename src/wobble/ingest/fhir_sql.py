@@ -283,8 +283,8 @@ def resource_steps(kind: str, maps: dict[str, dict[str, str]]) -> list[dict[str,
     Encounter: `_class` (Encounter.class's candidate keys), `_inpatient`, `_specific` (serviceType
     and the type codes that name a setting), `_candidates` (the service candidates, in order, the
     first that maps winning: `_specific`, the class, where an inpatient class becomes
-    'admission:emergency' when `_urgent`, else 'admission:elective' (not a wobble service: out of
-    scope, counted), then the type codes that name no setting (`[service_any_setting]`) only when
+    'admission:emergency' when `_urgent` says so, else 'admission:elective' (not a wobble service:
+    out of scope, counted), then the type codes that name no setting (`[service_any_setting]`) only when
     the class names no service itself and is not an inpatient one). Tag resources: `_candidates`
     (`_tag_codes`). Others: none."""
     if kind in ("Flag", "Condition", "Observation"):

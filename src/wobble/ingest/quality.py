@@ -230,7 +230,7 @@ DELETIONS = (  # what a `deleted` file did (`wobble.ingest.load.load_deletions`)
 def _warnings(files) -> list[str]:
     out = []
     for f in files:
-        if problems := sum(n for k, n in f.export_issues.items() if k.startswith(("fatal", "error"))):
+        if problems := _server_errors(f):
             out.append(f"{f.file}: the server reported {plural(problems, 'error', 'errors')} while exporting ("
                        + ", ".join(f"{k} {n:,}" for k, n in f.export_issues.items())
                        + "): resources may be missing from this export; the file says which (not shown here, "
@@ -260,12 +260,17 @@ def _warnings(files) -> list[str]:
     return out
 
 
+def _server_errors(f) -> int:
+    """The issues a FHIR server reported as fatal or errors while exporting (a manifest's error file)."""
+    return sum(n for k, n in f.export_issues.items() if k.startswith(("fatal", "error")))
+
+
 def _left_alone(files) -> list[str]:
     """What an export holds that wobble does not read, a line per source and file: listed for the
     data team, not judged by the status (`status`)."""
     out, not_read = [], {}
     for f in files:
-        if f.status == "not_read" and not any(k.startswith(("fatal", "error")) for k in f.export_issues):
+        if f.status == "not_read" and not _server_errors(f):
             kind = f.error.removeprefix("resource type ").removesuffix(" is not read")
             not_read.setdefault(f.source, []).append(f"none ({Path(f.file).name})" if kind == "unknown" else kind)
         if f.rows_out_of_scope:
