@@ -102,7 +102,8 @@ def test_what_an_export_holds_that_wobble_does_not_read_is_listed_not_judged(tmp
     assert (facts["unmapped_codes"], facts["passed_over_codes"], facts["warnings"]) == (0, 1, 0)
     left = md.split("### Left alone")[1].split("##")[0]
     assert "fhir: 2 files of resource types wobble does not read: Medication, Practitioner" in left
-    assert "Condition.ndjson: 1 resources are not ones wobble reads" in left
+    assert "Condition.ndjson: 1 resource is not one wobble reads" in left
+    assert "People: 1 in the warehouse, in 1 team." in md
     assert "44054006" in md.split("## Unmapped codes")[1]  # still listed, to be mapped if it should be
 
     md, facts = report([_enc("e1", "EMER"), _enc("e2", "NOSUCH")])

@@ -81,6 +81,7 @@ ENV.filters["system"] = system_label  # a source system's plain name: 'hospital'
 ENV.filters["reason"] = reason_label  # a quarantine reason's plain words
 ENV.filters["css_string"] = css_string
 ENV.filters["upper_first"] = upper_first  # a sentence that stands alone (a list item) starts with a capital
+ENV.globals["plural"] = plural  # '1 team', '4 teams'
 
 
 def template_text(name: str) -> str:

@@ -274,8 +274,8 @@ def _left_alone(files) -> list[str]:
             kind = f.error.removeprefix("resource type ").removesuffix(" is not read")
             not_read.setdefault(f.source, []).append(f"none ({Path(f.file).name})" if kind == "unknown" else kind)
         if f.rows_out_of_scope:
-            out.append(f"{f.file}: {f.rows_out_of_scope:,} resources are not ones wobble reads (other "
-                       "categories, or codes not in the tag map: see unmapped codes)")
+            out.append(f"{f.file}: {plural(f.rows_out_of_scope, 'resource is not one', 'resources are not ones')} "
+                       "wobble reads (other categories, or codes not in the tag map: see unmapped codes)")
     for source, kinds in not_read.items():
         counts = {k: kinds.count(k) for k in sorted(set(kinds))}
         out.insert(0, f"{source}: {plural(len(kinds), 'file', 'files')} of resource types wobble does not "
